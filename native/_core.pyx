@@ -1,0 +1,465 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""The native core of v2g-rt: process image, cycle, exchange and scheduler.
+
+They are compiled as one module so the C compiler sees the whole loop at once.
+Python reaches the image only through the methods of `Core`, which go through
+the exchange; `v2g_rt.controller.Controller` is the public face.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, INT64_MAX, INT64_MIN
+from libc.stdlib cimport free
+from libc.string cimport memset
+from libc.errno cimport errno, EPERM, EINVAL
+from libc.math cimport INFINITY
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from image cimport *
+from syscalls cimport *
+
+include "exchange.pxi"
+include "cycle.pxi"
+include "scheduler.pxi"
+
+import os
+
+CAPACITY = {"ports": MAX_PORTS, "nodes": MAX_NODES, "sources": MAX_SOURCES,
+            "links": MAX_LINKS, "depth": MAX_DEPTH, "command_ring": CMD_RING,
+            "hist_bins": HIST_BINS, "trace": TRACE_LEN}
+
+NODE_KINDS = {"grid": NODE_GRID, "transformer": NODE_TRANSFORMER,
+              "group": NODE_GROUP, "evse": NODE_EVSE}
+
+PORT_SOURCES = {
+    "connected": SRC_PORT_CONNECTED, "soc": SRC_PORT_SOC,
+    "capacity_wh": SRC_PORT_CAPACITY_WH, "energy_request_wh": SRC_PORT_ENERGY_REQUEST_WH,
+    "departure_in_s": SRC_PORT_DEPARTURE_IN_S, "max_charge_w": SRC_PORT_MAX_CHARGE_W,
+    "max_discharge_w": SRC_PORT_MAX_DISCHARGE_W, "min_soc": SRC_PORT_MIN_SOC,
+    "v2g": SRC_PORT_V2G, "power_w": SRC_PORT_POWER_W,
+}
+SOURCE_KINDS = dict(PORT_SOURCES, node_power_w=SRC_NODE_POWER_W,
+                    frequency_hz=SRC_SITE_FREQUENCY_HZ, heartbeat=SRC_LINK_HEARTBEAT)
+
+COMMAND_KINDS = {"setpoint": CMD_SETPOINT, "export_limit": CMD_EXPORT_LIMIT,
+                 "import_limit": CMD_IMPORT_LIMIT, "load_shed": CMD_LOAD_SHED,
+                 "cancel": CMD_CANCEL, "reset_fault": CMD_RESET_FAULT}
+GRID_COMMANDS = N_GRID_COMMANDS
+
+BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
+            "safe_state", "stale_meter", "base_load", "children", "parent", "ev_limit",
+            "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband")
+assert len(BINDINGS) == BIND_DEADBAND + 1
+
+FAULTS = {"session_stale": FAULT_SESSION_STALE}
+SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN}
+
+
+# Field layouts of the published rows, for numpy structured dtypes. Offsets are
+# taken from the compiled structs, so Python cannot disagree with C about them.
+cdef PortRow _pr
+cdef NodeRow _nr
+cdef SiteRow _sr
+cdef Trace _tr
+
+cdef size_t _off(void* field, void* base):
+    return <size_t>field - <size_t>base
+
+def _layout(name):
+    if name == "port":
+        b = <void*>&_pr
+        return sizeof(PortRow), [
+            ("cycle", "u8", _off(&_pr.cycle, b)), ("valid_until_ns", "i8", _off(&_pr.valid_until_ns, b)),
+            ("setpoint_w", "f8", _off(&_pr.setpoint_w, b)), ("target_w", "f8", _off(&_pr.target_w, b)),
+            ("min_w", "f8", _off(&_pr.min_w, b)), ("max_w", "f8", _off(&_pr.max_w, b)),
+            ("measured_w", "f8", _off(&_pr.measured_w, b)), ("soc", "f8", _off(&_pr.soc, b)),
+            ("energy_request_wh", "f8", _off(&_pr.energy_request_wh, b)),
+            ("departure_in_s", "f8", _off(&_pr.departure_in_s, b)), ("laxity_s", "f8", _off(&_pr.laxity_s, b)),
+            ("binding", "i4", _off(&_pr.binding, b)), ("binding_node", "i4", _off(&_pr.binding_node, b)),
+            ("faults", "u4", _off(&_pr.faults, b)), ("connected", "?", _off(&_pr.connected, b)),
+            ("v2g", "?", _off(&_pr.v2g, b))]
+    if name == "node":
+        b = <void*>&_nr
+        return sizeof(NodeRow), [
+            ("cycle", "u8", _off(&_nr.cycle, b)),
+            ("import_headroom_w", "f8", _off(&_nr.import_headroom_w, b)),
+            ("export_headroom_w", "f8", _off(&_nr.export_headroom_w, b)),
+            ("fleet_w", "f8", _off(&_nr.fleet_w, b)), ("measured_w", "f8", _off(&_nr.measured_w, b)),
+            ("non_ev_w", "f8", _off(&_nr.non_ev_w, b)), ("binding", "i4", _off(&_nr.binding, b)),
+            ("faults", "u4", _off(&_nr.faults, b))]
+    if name == "site":
+        b = <void*>&_sr
+        return sizeof(SiteRow), [
+            ("cycle", "u8", _off(&_sr.cycle, b)), ("t_ns", "i8", _off(&_sr.t_ns, b)),
+            ("setpoint_w", "f8", _off(&_sr.setpoint_w, b)), ("requested_w", "f8", _off(&_sr.requested_w, b)),
+            ("fleet_target_w", "f8", _off(&_sr.fleet_target_w, b)), ("fleet_w", "f8", _off(&_sr.fleet_w, b)),
+            ("fleet_measured_w", "f8", _off(&_sr.fleet_measured_w, b)),
+            ("import_limit_w", "f8", _off(&_sr.import_limit_w, b)),
+            ("export_limit_w", "f8", _off(&_sr.export_limit_w, b)),
+            ("load_shed_w", "f8", _off(&_sr.load_shed_w, b)), ("frequency_hz", "f8", _off(&_sr.frequency_hz, b)),
+            ("commands_applied", "u8", _off(&_sr.commands_applied, b)),
+            ("commands_expired", "u8", _off(&_sr.commands_expired, b)),
+            ("command_digest", "u8", _off(&_sr.command_digest, b)),
+            ("measurements_applied", "u8", _off(&_sr.measurements_applied, b)),
+            ("binding", "i4", _off(&_sr.binding, b)), ("safe_state", "i4", _off(&_sr.safe_state, b)),
+            ("ports_charging", "i4", _off(&_sr.ports_charging, b)),
+            ("ports_discharging", "i4", _off(&_sr.ports_discharging, b))]
+    if name == "trace":
+        b = <void*>&_tr
+        return sizeof(Trace), [
+            ("cycle", "u8", _off(&_tr.cycle, b)), ("planned_ns", "i8", _off(&_tr.planned_ns, b)),
+            ("wake_ns", "i8", _off(&_tr.wake_ns, b)), ("end_ns", "i8", _off(&_tr.end_ns, b))]
+    raise KeyError(name)
+
+
+def monotonic_ns():
+    return mono_ns()
+
+
+cdef class Core:
+    """One process image and the loop that runs over it.
+
+    Build the site with add_node/add_port/add_source, then either step it in
+    virtual time (step, run_steps) or start the real-time loop (start, stop).
+    """
+    cdef Image* im
+    cdef Runner runner
+    cdef pthread_t thread
+    cdef readonly bint running
+    cdef readonly bint frozen
+    cdef readonly bint virtual
+    cdef pthread_mutex_t producer_lock
+    cdef pthread_mutex_t reader_lock
+
+    def __cinit__(self, int64_t period_ns, bint virtual=False):
+        if not 10_000 <= period_ns <= 10_000_000_000:
+            raise ValueError(f"period {period_ns} ns is outside 10 us .. 10 s")
+        cdef size_t size = (sizeof(Image) + 4095) // 4096 * 4096
+        self.im = <Image*>aligned_alloc(4096, size)
+        if self.im == NULL:
+            raise MemoryError(f"cannot allocate the process image ({size} bytes)")
+        memset(self.im, 0, size)      # also pre-faults every page before the loop runs
+        snap_init(&self.im.snap)
+        pthread_mutex_init(&self.producer_lock, NULL)
+        pthread_mutex_init(&self.reader_lock, NULL)
+        im = self.im
+        im.opt.period_ns = period_ns
+        im.opt.port_ramp_w_per_s = INFINITY
+        im.opt.deadband_w = 0.0
+        im.opt.output_hold_ns = 5_000_000_000
+        im.opt.default_fleet_import_w = INFINITY
+        im.opt.discharge_reserve_s = 1800.0
+        im.opt.discharge_taper_s = 900.0
+        im.opt.overrun_streak_safe = 3
+        im.opt.safe_exit_ns = 60_000_000_000
+        im.freq_input = -1
+        im.stats.lat_min_ns = INT64_MAX
+        im.stats.cmp_min_ns = INT64_MAX
+        im.stats.lat_max_ns = INT64_MIN
+        im.stats.cmp_max_ns = INT64_MIN
+        self.runner.im = im
+        self.virtual = virtual
+
+    def __dealloc__(self):
+        if self.running:
+            self._join()
+        if self.im != NULL:
+            free(self.im)
+            self.im = NULL
+        pthread_mutex_destroy(&self.producer_lock)
+        pthread_mutex_destroy(&self.reader_lock)
+
+    # ------------------------------------------------------------ building
+
+    cdef void _check_open(self) except *:
+        if self.frozen:
+            raise RuntimeError("the site is fixed once the controller has stepped or started")
+
+    def configure(self, *, port_ramp_w_per_s=None, deadband_w=None, output_hold_s=None,
+                  default_fleet_import_w=None, discharge_reserve_s=None,
+                  discharge_taper_s=None, overrun_streak_safe=None, safe_exit_s=None):
+        self._check_open()
+        o = &self.im.opt
+        if port_ramp_w_per_s is not None:
+            o.port_ramp_w_per_s = port_ramp_w_per_s
+        if deadband_w is not None:
+            o.deadband_w = deadband_w
+        if output_hold_s is not None:
+            o.output_hold_ns = <int64_t>(output_hold_s * 1e9)
+        if default_fleet_import_w is not None:
+            o.default_fleet_import_w = default_fleet_import_w
+        if discharge_reserve_s is not None:
+            o.discharge_reserve_s = discharge_reserve_s
+        if discharge_taper_s is not None:
+            o.discharge_taper_s = max(discharge_taper_s, 1e-3)
+        if overrun_streak_safe is not None:
+            o.overrun_streak_safe = overrun_streak_safe
+        if safe_exit_s is not None:
+            o.safe_exit_ns = <int64_t>(safe_exit_s * 1e9)
+
+    def add_node(self, kind, int32_t parent, double import_limit_w, double export_limit_w,
+                 double base_load_min_w=0.0, double base_load_max_w=0.0):
+        self._check_open()
+        cdef int32_t i = self.im.n_nodes
+        if i >= MAX_NODES:
+            raise ValueError(f"more than {MAX_NODES} nodes")
+        if (i == 0) != (parent == -1) or parent >= i:
+            raise ValueError("node 0 is the root; every other node needs an earlier parent")
+        cdef Node* n = &self.im.node[i]
+        n.parent = parent
+        n.depth = 0 if parent < 0 else self.im.node[parent].depth + 1
+        if n.depth >= MAX_DEPTH:
+            raise ValueError(f"hierarchy deeper than {MAX_DEPTH} levels")
+        n.kind = NODE_KINDS[kind]
+        n.meter = -1
+        n.import_limit_w = import_limit_w
+        n.export_limit_w = export_limit_w
+        n.base_load_min_w = base_load_min_w
+        n.base_load_max_w = base_load_max_w
+        self.im.n_nodes += 1
+        return i
+
+    def add_port(self, int32_t evse, double rating_charge_w, double rating_discharge_w):
+        self._check_open()
+        cdef int32_t i = self.im.n_ports
+        cdef int32_t a, k
+        if i >= MAX_PORTS:
+            raise ValueError(f"more than {MAX_PORTS} ports")
+        if not 0 <= evse < self.im.n_nodes:
+            raise ValueError(f"port's node {evse} does not exist")
+        cdef Port* p = &self.im.port[i]
+        p.evse = evse
+        p.rating_charge_w = rating_charge_w
+        p.rating_discharge_w = rating_discharge_w
+        p.binding_node = -1
+        for k in range(N_PORT_SOURCES):
+            p.src[k] = -1
+        a = evse
+        p.npath = 0
+        while a >= 0:
+            p.path[p.npath] = a
+            p.npath += 1
+            a = self.im.node[a].parent
+        self.im.order[i] = i
+        self.im.n_ports += 1
+        return i
+
+    def add_source(self, kind, int32_t target, double max_age_s):
+        """Register a measurement source; returns its index for measure()."""
+        self._check_open()
+        cdef int32_t i = self.im.n_inputs
+        cdef int32_t k = SOURCE_KINDS[kind]
+        if i >= MAX_SOURCES:
+            raise ValueError(f"more than {MAX_SOURCES} measurement sources")
+        if k < N_PORT_SOURCES:
+            if not 0 <= target < self.im.n_ports:
+                raise ValueError(f"port {target} does not exist")
+            self.im.port[target].src[k] = i
+        elif k == SRC_NODE_POWER_W:
+            if not 0 <= target < self.im.n_nodes:
+                raise ValueError(f"node {target} does not exist")
+            self.im.node[target].meter = i
+        elif k == SRC_SITE_FREQUENCY_HZ:
+            self.im.freq_input = i
+        elif k == SRC_LINK_HEARTBEAT:
+            if self.im.n_links >= MAX_LINKS:
+                raise ValueError(f"more than {MAX_LINKS} upstream links")
+            self.im.link[self.im.n_links].input = i
+            self.im.link[self.im.n_links].lost = 1
+            self.im.n_links += 1
+        self.im.input[i].kind = k
+        self.im.input[i].target = target
+        self.im.input[i].max_age_ns = <int64_t>(max_age_s * 1e9)
+        self.im.n_inputs += 1
+        return i
+
+    @property
+    def counts(self):
+        return {"nodes": self.im.n_nodes, "ports": self.im.n_ports,
+                "sources": self.im.n_inputs, "links": self.im.n_links}
+
+    @property
+    def period_ns(self):
+        return self.im.opt.period_ns
+
+    # ------------------------------------------------------------ virtual time
+
+    cdef void _before_step(self, int64_t now_ns) except *:
+        if self.running:
+            raise RuntimeError("the real-time loop is running; step() is for virtual time")
+        if self.im.n_nodes == 0:
+            raise RuntimeError("the site has no nodes")
+        if now_ns <= self.im.now_ns:
+            raise ValueError(f"time must advance: {now_ns} ns is not after {self.im.now_ns} ns")
+        self.frozen = True
+
+    def step(self, int64_t now_ns):
+        """Run one cycle at virtual time now_ns (must increase)."""
+        self._before_step(now_ns)
+        with nogil:
+            cycle_run(self.im, now_ns)
+
+    def run_steps(self, int64_t n, int64_t dt_ns):
+        """Run n cycles, advancing virtual time by dt_ns before each."""
+        if n < 0 or dt_ns <= 0:
+            raise ValueError("need n >= 0 steps and dt_ns > 0")
+        if n == 0:
+            return
+        self._before_step(self.im.now_ns + dt_ns)
+        cdef int64_t k
+        cdef int64_t t = self.im.now_ns
+        with nogil:
+            for k in range(n):
+                t += dt_ns
+                cycle_run(self.im, t)
+
+    def now_ns(self):
+        """The controller's clock: virtual time (the last step) or CLOCK_MONOTONIC."""
+        return self.im.now_ns if self.virtual else mono_ns()
+
+    # ------------------------------------------------------------ real time
+
+    def start(self, int priority=0, int cpu=-1, bint lock_memory=False):
+        """Start the loop thread. Returns what was applied and warnings for what was not."""
+        if self.running:
+            raise RuntimeError("already running")
+        if self.virtual:
+            raise RuntimeError("a virtual-time controller cannot run in real time; create it with clock='monotonic'")
+        if self.im.n_nodes == 0:
+            raise RuntimeError("the site has no nodes")
+        warnings = []
+        locked = False
+        if lock_memory:
+            if mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+                locked = True
+            else:
+                warnings.append(("mlockall", errno))
+        cdef pthread_attr_t attr
+        cdef sched_param sp
+        cdef cpu_set_t cpus
+        cdef int rc
+        cdef bint fifo = priority > 0
+        cdef bint pin = cpu >= 0
+        while True:
+            pthread_attr_init(&attr)
+            pthread_attr_setstacksize(&attr, LOOP_STACK_BYTES)
+            if fifo:
+                pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED)
+                pthread_attr_setschedpolicy(&attr, SCHED_FIFO)
+                sp.sched_priority = priority
+                pthread_attr_setschedparam(&attr, &sp)
+            if pin:
+                CPU_ZERO(&cpus)
+                CPU_SET(cpu, &cpus)
+                pthread_attr_setaffinity_np(&attr, sizeof(cpu_set_t), &cpus)
+            self.runner.stop = 0
+            self.runner.tid = 0
+            self.frozen = True
+            rc = pthread_create(&self.thread, &attr, loop_main, &self.runner)
+            pthread_attr_destroy(&attr)
+            if rc == 0:
+                break
+            if rc == EPERM and fifo:
+                warnings.append(("sched_fifo", rc))
+                fifo = False
+            elif rc == EINVAL and pin:
+                warnings.append(("affinity", rc))
+                pin = False
+            else:
+                raise OSError(rc, f"cannot create the loop thread: {os.strerror(rc)}")
+        self.running = True
+        return {"policy": "SCHED_FIFO" if fifo else "SCHED_OTHER",
+                "priority": priority if fifo else 0, "cpu": cpu if pin else None,
+                "memory_locked": locked, "failed": warnings}
+
+    def loop_tid(self):
+        """The loop thread's kernel tid (0 until it has started)."""
+        return v2g_load_i64(&self.runner.tid)
+
+    cdef void _join(self) noexcept:
+        v2g_store_release(&self.runner.stop, 1)
+        with nogil:
+            pthread_join(self.thread, NULL)
+        self.running = False
+
+    def stop(self):
+        """Stop the loop; returns within one period plus one cycle."""
+        if self.running:
+            self._join()
+
+    # ------------------------------------------------------------ exchange
+
+    def push_command(self, int32_t kind, int32_t port, double value, int64_t expires_ns,
+                     uint64_t id_hash):
+        """Queue a validated command; False if the ring is full."""
+        cdef Command c
+        cdef bint ok
+        c.kind = kind
+        c.port = port
+        c.value = value
+        c.expires_ns = expires_ns
+        c.id_hash = id_hash
+        with nogil:
+            pthread_mutex_lock(&self.producer_lock)
+            ok = ring_push(&self.im.ex.ring, &c)
+            pthread_mutex_unlock(&self.producer_lock)
+        return ok
+
+    def write_measurement(self, int32_t index, double value, int64_t t_ns):
+        """Publish a validated value; False if the source holds a newer one."""
+        if not 0 <= index < self.im.n_inputs:
+            raise IndexError(index)
+        cdef Slot* s = &self.im.ex.slot[index]
+        cdef bint newer = True
+        with nogil:
+            pthread_mutex_lock(&self.producer_lock)
+            if s.seq != 0 and t_ns < s.t_ns:
+                newer = False
+            else:
+                slot_write(&self.im.ex, index, value, t_ns)
+            pthread_mutex_unlock(&self.producer_lock)
+        return newer
+
+    def read_snapshot(self):
+        """Copies of the latest published site, node and port rows (bytes)."""
+        cdef Snapshot* s
+        pthread_mutex_lock(&self.reader_lock)
+        try:
+            s = snap_latest(&self.im.snap)
+            return (PyBytes_FromStringAndSize(<char*>&s.site, sizeof(SiteRow)),
+                    PyBytes_FromStringAndSize(<char*>s.node, sizeof(NodeRow) * self.im.n_nodes),
+                    PyBytes_FromStringAndSize(<char*>s.port, sizeof(PortRow) * self.im.n_ports))
+        finally:
+            pthread_mutex_unlock(&self.reader_lock)
+
+    def read_stats(self):
+        """Loop statistics; safe to call while the loop runs."""
+        cdef Stats* st = &self.im.stats
+        return {
+            "cycles": v2g_load_relaxed(&st.cycles),
+            "overruns": v2g_load_relaxed(&st.overruns),
+            "skipped_periods": v2g_load_relaxed(&st.skipped_periods),
+            "overrun_streak": v2g_load_relaxed(&st.overrun_streak),
+            "lat_min_ns": v2g_load_i64(&st.lat_min_ns), "lat_max_ns": v2g_load_i64(&st.lat_max_ns),
+            "lat_sum_ns": v2g_load_relaxed(&st.lat_sum_ns),
+            "cmp_min_ns": v2g_load_i64(&st.cmp_min_ns), "cmp_max_ns": v2g_load_i64(&st.cmp_max_ns),
+            "cmp_sum_ns": v2g_load_relaxed(&st.cmp_sum_ns),
+            "lat_hist": self._hist(st.lat_hist), "cmp_hist": self._hist(st.cmp_hist),
+        }
+
+    cdef bytes _hist(self, uint64_t* h):
+        cdef uint64_t copy[HIST_BINS + 1]
+        cdef int i
+        for i in range(HIST_BINS + 1):
+            copy[i] = v2g_load_relaxed(&h[i])
+        return PyBytes_FromStringAndSize(<char*>copy, sizeof(copy))
+
+    def read_trace(self):
+        """The recent cycles (bytes of Trace rows, oldest first) that no write raced."""
+        cdef Stats* st = &self.im.stats
+        cdef uint64_t h1 = v2g_load_acquire(&st.trace_head)
+        cdef bytes raw = PyBytes_FromStringAndSize(<char*>st.trace, sizeof(st.trace))
+        v2g_fence_acquire()
+        cdef uint64_t h2 = v2g_load_acquire(&st.trace_head)
+        # Entries with absolute index in [h2 - TRACE_LEN + 1, h1) were not overwritten.
+        cdef uint64_t first = h2 - TRACE_LEN + 1 if h2 >= TRACE_LEN else 0
+        return raw, first, h1, TRACE_LEN

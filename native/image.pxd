@@ -1,0 +1,306 @@
+# The process image: every byte the control cycle reads or writes, in one
+# fixed-capacity block allocated and pre-faulted before the loop starts.
+# Units: W, Wh, s, ns; positive power = into the vehicle (charging).
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+cdef enum:
+    MAX_PORTS = 256
+    MAX_NODES = 512
+    MAX_DEPTH = 8            # grid > transformer > group > ... > EVSE
+    MAX_SOURCES = 4096       # measurement sources
+    DIRTY_WORDS = 64         # MAX_SOURCES / 64: one dirty bit per source
+    MAX_LINKS = 8            # upstream links watched for Safe State
+    CMD_RING = 256           # command ring slots (power of two)
+    HIST_BINS = 10000        # 1 us bins; one more bin counts the overflow
+    TRACE_LEN = 8192         # recent cycles kept for inspection (power of two)
+    SNAP_FRESH = 4           # flag in SnapshotBuffers.middle: not yet taken by a reader
+
+cdef enum:  # NodeKind
+    NODE_GRID = 0
+    NODE_TRANSFORMER = 1
+    NODE_GROUP = 2
+    NODE_EVSE = 3
+
+# Measurement kinds. PORT_* target a port, NODE_* a node, SITE_* the site,
+# LINK_HEARTBEAT a watched upstream link.
+cdef enum:  # SourceKind
+    SRC_PORT_CONNECTED = 0
+    SRC_PORT_SOC = 1
+    SRC_PORT_CAPACITY_WH = 2
+    SRC_PORT_ENERGY_REQUEST_WH = 3
+    SRC_PORT_DEPARTURE_IN_S = 4
+    SRC_PORT_MAX_CHARGE_W = 5
+    SRC_PORT_MAX_DISCHARGE_W = 6
+    SRC_PORT_MIN_SOC = 7
+    SRC_PORT_V2G = 8
+    SRC_PORT_POWER_W = 9
+    N_PORT_SOURCES = 10
+    SRC_NODE_POWER_W = 20
+    SRC_SITE_FREQUENCY_HZ = 40
+    SRC_LINK_HEARTBEAT = 50
+
+cdef enum:  # CommandKind
+    CMD_SETPOINT = 0         # fleet setpoint, signed W
+    CMD_EXPORT_LIMIT = 1     # site export limit, W magnitude
+    CMD_IMPORT_LIMIT = 2     # site import limit, W magnitude
+    CMD_LOAD_SHED = 3        # cap on fleet import, W magnitude
+    N_GRID_COMMANDS = 4
+    CMD_CANCEL = 10          # value = the kind whose active command ends
+    CMD_RESET_FAULT = 11     # port: clear latched faults
+
+# Why a node or port gets what it gets (the limit that bound it).
+cdef enum:  # Binding
+    BIND_NONE = 0
+    BIND_RATING = 1          # the node's or port's own rating
+    BIND_GRID_COMMAND = 2    # an import/export limit command
+    BIND_SETPOINT = 3        # the fleet setpoint is met
+    BIND_LOAD_SHED = 4
+    BIND_DEFAULT_PROFILE = 5
+    BIND_SAFE_STATE = 6
+    BIND_STALE_METER = 7     # worst-case non-EV load assumed
+    BIND_BASE_LOAD = 8       # non-EV load uses the headroom
+    BIND_CHILDREN = 9        # everything below is at its own maximum
+    BIND_PARENT = 10         # a node above has no headroom left
+    BIND_EV_LIMIT = 11       # the vehicle's own power limit
+    BIND_SOC = 12            # full, at minimum SoC, or departure energy at risk
+    BIND_NOT_CONNECTED = 13
+    BIND_NO_V2G = 14
+    BIND_FAULT = 15
+    BIND_RAMP = 16
+    BIND_DEADBAND = 17
+
+cdef enum:  # PortFault
+    FAULT_SESSION_STALE = 1       # session data stopped arriving while connected
+    FAULT_LATCHED = 0x7FFF0000    # faults in these bits stay until a reset command
+
+cdef enum:  # SafeReason
+    SAFE_LINK = 1                 # an upstream link is lost or not yet healthy long enough
+    SAFE_OVERRUN = 2              # repeated cycle overruns
+
+cdef struct Input:
+    double value
+    int64_t t_ns
+    int64_t max_age_ns
+    uint64_t seq_seen
+    int32_t kind
+    int32_t target
+    int32_t received
+
+cdef struct Slot:            # producer side of one measurement source (seqlock)
+    uint64_t seq
+    double value
+    int64_t t_ns
+    uint64_t _pad[5]
+
+cdef struct Command:
+    int32_t kind
+    int32_t port
+    double value
+    int64_t expires_ns
+    uint64_t id_hash
+
+cdef struct CommandRing:     # single consumer (the loop); producers serialised by a lock
+    uint64_t head
+    uint64_t _pad_head[7]
+    uint64_t tail
+    uint64_t _pad_tail[7]
+    Command slot[CMD_RING]
+
+cdef struct ActiveCommand:
+    double value
+    int64_t expires_ns
+    uint64_t id_hash
+    int32_t active
+
+cdef struct PortRow:
+    uint64_t cycle
+    int64_t valid_until_ns
+    double setpoint_w
+    double target_w
+    double min_w
+    double max_w
+    double measured_w
+    double soc
+    double energy_request_wh
+    double departure_in_s
+    double laxity_s
+    int32_t binding
+    int32_t binding_node
+    uint32_t faults
+    uint8_t connected
+    uint8_t v2g
+    uint8_t _pad[2]
+
+cdef struct NodeRow:
+    uint64_t cycle
+    double import_headroom_w
+    double export_headroom_w
+    double fleet_w
+    double measured_w
+    double non_ev_w
+    int32_t binding
+    uint32_t faults
+
+cdef struct SiteRow:
+    uint64_t cycle
+    int64_t t_ns
+    double setpoint_w
+    double requested_w
+    double fleet_target_w
+    double fleet_w
+    double fleet_measured_w
+    double import_limit_w
+    double export_limit_w
+    double load_shed_w
+    double frequency_hz
+    uint64_t commands_applied
+    uint64_t commands_expired
+    uint64_t command_digest
+    uint64_t measurements_applied
+    int32_t binding
+    int32_t safe_state
+    int32_t ports_charging
+    int32_t ports_discharging
+
+cdef struct Snapshot:
+    SiteRow site
+    NodeRow node[MAX_NODES]
+    PortRow port[MAX_PORTS]
+
+cdef struct SnapshotBuffers:  # triple buffer: the loop never waits, readers never see a torn copy
+    uint64_t middle           # buffer index | SNAP_FRESH
+    uint64_t _pad[7]
+    uint64_t back             # owned by the loop
+    uint64_t front            # owned by the (single, locked) reader
+    Snapshot buf[3]
+
+cdef struct Trace:
+    uint64_t cycle
+    int64_t planned_ns
+    int64_t wake_ns
+    int64_t end_ns
+
+cdef struct Stats:
+    uint64_t cycles
+    uint64_t overruns
+    uint64_t skipped_periods
+    uint64_t overrun_streak
+    int64_t lat_min_ns
+    int64_t lat_max_ns
+    uint64_t lat_sum_ns
+    int64_t cmp_min_ns
+    int64_t cmp_max_ns
+    uint64_t cmp_sum_ns
+    uint64_t lat_hist[HIST_BINS + 1]
+    uint64_t cmp_hist[HIST_BINS + 1]
+    uint64_t trace_head
+    Trace trace[TRACE_LEN]
+
+cdef struct Node:
+    # configuration
+    int32_t parent
+    int32_t depth
+    int32_t kind
+    int32_t meter                # input index of the node's power meter, or -1
+    double import_limit_w
+    double export_limit_w
+    double base_load_min_w       # non-EV load assumed when the meter is stale
+    double base_load_max_w
+    # per cycle
+    double fleet_measured_w
+    double non_ev_w
+    double import_headroom_w
+    double export_headroom_w
+    double rem_import_w
+    double rem_export_w
+    double alloc_w
+    int32_t bind_import
+    int32_t bind_export
+    int32_t binding
+
+cdef struct Port:
+    # configuration
+    int32_t evse
+    int32_t npath
+    int32_t path[MAX_DEPTH]      # ancestors, nearest first
+    int32_t src[N_PORT_SOURCES]  # input index per port source, -1 if none
+    double rating_charge_w
+    double rating_discharge_w
+    # per cycle
+    int32_t connected
+    int32_t v2g
+    double soc
+    double capacity_wh
+    double energy_request_wh
+    double departure_in_s
+    double laxity_s
+    double measured_w
+    double min_w
+    double max_w
+    double target_w
+    double setpoint_w
+    double key
+    int32_t bind_max
+    int32_t bind_min
+    int32_t binding
+    int32_t binding_node
+    uint32_t faults
+
+cdef struct Link:
+    int32_t input
+    int32_t lost
+    int64_t healthy_since_ns
+
+cdef struct Options:
+    int64_t period_ns
+    double port_ramp_w_per_s
+    double deadband_w
+    int64_t output_hold_ns
+    double default_fleet_import_w
+    double discharge_reserve_s    # no discharge once laxity falls to this
+    double discharge_taper_s      # discharge tapers to zero over this much laxity
+    uint64_t overrun_streak_safe  # this many overruns in a row enter Safe State
+    int64_t safe_exit_ns          # healthy this long before leaving Safe State
+    int64_t link_timeout_ns
+
+cdef struct Exchange:
+    uint64_t dirty[DIRTY_WORDS]
+    Slot slot[MAX_SOURCES]
+    CommandRing ring
+
+cdef struct Image:
+    Options opt
+    int32_t n_nodes
+    int32_t n_ports
+    int32_t n_inputs
+    int32_t n_links
+    int32_t freq_input
+    int32_t safe_state
+    int64_t safe_overrun_until_ns
+    uint64_t cycle
+    int64_t now_ns
+    int64_t last_now_ns
+    uint64_t commands_applied
+    uint64_t commands_expired
+    uint64_t command_digest
+    uint64_t measurements_applied
+    double requested_w
+    double fleet_target_w
+    double fleet_w
+    double fleet_measured_w
+    double import_limit_w
+    double export_limit_w
+    int32_t site_binding
+    int32_t ports_charging
+    int32_t ports_discharging
+    ActiveCommand grid_cmd[N_GRID_COMMANDS]
+    Node node[MAX_NODES]
+    Port port[MAX_PORTS]
+    Input input[MAX_SOURCES]
+    Link link[MAX_LINKS]
+    int32_t order[MAX_PORTS]
+    int32_t order_tmp[MAX_PORTS]
+    Stats stats
+    Exchange ex
+    SnapshotBuffers snap

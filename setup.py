@@ -1,0 +1,32 @@
+"""Builds the native core (native/*.pyx) into the package as v2g_rt._core.
+
+V2G_RT_DEBUG=1 builds with assertions and without optimisation;
+V2G_RT_DEBUG_ALLOC_IN_CYCLE=1 makes every cycle allocate, which the
+no-allocation test must catch (it builds that variant itself).
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("V2G_RT_DEBUG") == "1"
+macros = []
+if os.environ.get("V2G_RT_DEBUG_ALLOC_IN_CYCLE") == "1":
+    macros.append(("V2G_DEBUG_ALLOC_IN_CYCLE", "1"))
+
+core = Extension(
+    "v2g_rt._core",
+    sources=["native/_core.pyx"],
+    include_dirs=["native"],
+    define_macros=macros,
+    extra_compile_args=["-O0", "-g"] if debug else ["-O2"],
+)
+
+setup(
+    ext_modules=cythonize(
+        [core],
+        include_path=["native"],
+        compiler_directives={"language_level": 3},
+        compile_time_env={},
+    ),
+)

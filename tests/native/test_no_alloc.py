@@ -1,0 +1,92 @@
+"""No allocation in a warmed cycle: proven by counting the loop thread's malloc/mmap calls.
+
+An LD_PRELOAD interposer (alloc_counter.c) counts allocation calls made by the
+loop thread while Python threads drive every exchange path. A build with
+V2G_DEBUG_ALLOC_IN_CYCLE (one malloc/free per cycle) must make the same probe fail.
+"""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+import v2g_rt
+
+HERE = pathlib.Path(__file__).parent
+
+PROBE = r"""
+import ctypes, json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from helpers import make_site, plug_all
+from v2g_rt import Controller, Link
+lib = ctypes.CDLL(None)
+lib.alloc_count.restype = ctypes.c_uint64
+site = make_site(256, links=(Link("dms", 5.0),))
+c = Controller(site)
+plug_all(c, None)
+c.start()
+time.sleep(0.3)                       # warm-up: first cycles may fault in pages
+lib.alloc_watch(c.rt_report["loop_tid"])
+c0 = c.stats()["cycles"]
+deadline = time.monotonic() + 1.5
+k = 0
+while time.monotonic() < deadline:    # drive every exchange path the loop serves
+    k += 1
+    c.submit({"kind": "setpoint", "id": k, "value_w": (-1) ** k * 50_000.0, "expires_in_s": 0.05})
+    c.submit({"kind": "load_shed", "id": f"ls{k}", "value_w": 400_000.0, "expires_in_s": 1})
+    c.measure("node/grid/power_w", 100_000.0 + k)
+    c.measure("link/dms/heartbeat", 1.0)
+    for pid in c.port_ids[:32]:
+        c.measure(f"port/{pid}/soc", 0.5 + (k % 10) / 100)
+    c.snapshot()
+    time.sleep(0.002)
+n = lib.alloc_count()
+cycles = c.stats()["cycles"] - c0
+c.stop()
+print(json.dumps({"allocs": n, "cycles": cycles, "commands": k}))
+"""
+
+
+def _build_interposer(tmp_path) -> pathlib.Path:
+    lib = tmp_path / "alloc_counter.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(HERE / "alloc_counter.c")], check=True)
+    return lib
+
+
+def _probe(lib: pathlib.Path, extra_path: str | None = None) -> dict:
+    env = dict(os.environ, LD_PRELOAD=str(lib))
+    if extra_path:
+        env["PYTHONPATH"] = extra_path
+    out = subprocess.run([sys.executable, "-P", "-c", PROBE, str(HERE.parent)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_warm_cycle_makes_no_allocation_call(tmp_path):
+    result = _probe(_build_interposer(tmp_path))
+    assert result["cycles"] > 500, result      # the window really ran the loop
+    assert result["commands"] > 100, result
+    assert result["allocs"] == 0, result
+
+
+def test_probe_catches_a_build_that_allocates_in_the_cycle(tmp_path, repo_root):
+    """The same probe against a debug build that mallocs once per cycle must see it."""
+    build = tmp_path / "build"
+    shutil.copytree(repo_root / "native", build / "native")
+    shutil.copy(repo_root / "setup.py", build)
+    env = dict(os.environ, V2G_RT_DEBUG_ALLOC_IN_CYCLE="1")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", "lib", "--build-temp", "tmp"],
+                   cwd=build, env=env, check=True, capture_output=True, timeout=600)
+    pkg = tmp_path / "site" / "v2g_rt"
+    shutil.copytree(pathlib.Path(v2g_rt.__file__).parent, pkg,
+                    ignore=shutil.ignore_patterns("_core*.so", "__pycache__"))
+    built = next((build / "lib" / "v2g_rt").glob("_core*" + sysconfig.get_config_var("EXT_SUFFIX")))
+    shutil.copy(built, pkg)
+    result = _probe(_build_interposer(tmp_path), str(tmp_path / "site"))
+    assert result["cycles"] > 500, result
+    assert result["allocs"] >= result["cycles"], result

@@ -1,0 +1,437 @@
+"""Controller: the Python face of the native core.
+
+Python never touches the process image; it validates what comes in, names what
+goes out, and talks to the loop only through the exchange (commands,
+measurements, snapshot) and the statistics.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import math
+import os
+import resource
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from .errors import V2GError
+from .site import RealTime, Site
+
+log = logging.getLogger("v2g_rt")
+
+BINDINGS = _core.BINDINGS
+_ROW_DTYPES = {}
+
+
+def row_dtype(name: str) -> np.dtype:
+    """numpy dtype of a published row ('site', 'node', 'port', 'trace'), laid out as the C struct."""
+    if name not in _ROW_DTYPES:
+        size, fields = _core._layout(name)
+        _ROW_DTYPES[name] = np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
+                                      "offsets": [f[2] for f in fields], "itemsize": size})
+    return _ROW_DTYPES[name]
+
+
+# Physical range of each measurement kind; values outside are rejected.
+SOURCE_RANGES = {
+    "connected": (0.0, 1.0), "v2g": (0.0, 1.0), "heartbeat": (0.0, 1.0),
+    "soc": (0.0, 1.0), "min_soc": (0.0, 1.0),
+    "capacity_wh": (1.0, 1e7), "energy_request_wh": (0.0, 1e7),
+    "departure_in_s": (-1e7, 1e8),
+    "max_charge_w": (0.0, 1e7), "max_discharge_w": (0.0, 1e7),
+    "power_w": (-1e7, 1e7), "node_power_w": (-1e9, 1e9),
+    "frequency_hz": (40.0, 70.0),
+}
+
+COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "expires_ns", "expires_in_s", "expires_at"}
+MAX_COMMAND_HORIZON_S = 7 * 86400
+MAX_REMEMBERED_IDS = 65536
+ID_RETENTION_NS = 600 * 10**9   # ids are remembered this long past their expiry
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Outcome of submit() or measure(): truthy when accepted."""
+    accepted: bool
+    code: str | None = None
+    reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+ACCEPTED = Submission(True)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of one published cycle."""
+    cycle: int
+    t_ns: int
+    site: dict
+    nodes: np.ndarray
+    ports: np.ndarray
+    node_ids: tuple[str, ...]
+    port_ids: tuple[str, ...]
+
+    def port(self, port_id: str) -> np.void:
+        return self.ports[self.port_ids.index(port_id)]
+
+    def node(self, node_id: str) -> np.void:
+        return self.nodes[self.node_ids.index(node_id)]
+
+
+def _id_key(cid) -> tuple[str, object] | None:
+    if isinstance(cid, bool):
+        return None
+    if isinstance(cid, int) and 0 <= cid < 2**63:
+        return ("i", cid)
+    if isinstance(cid, str) and 0 < len(cid) <= 128:
+        return ("s", cid)
+    return None
+
+
+def _id_hash(key: tuple[str, object]) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
+
+
+def _summary(hist: np.ndarray, lo_ns: int, hi_ns: int, sum_ns: int) -> dict:
+    n = int(hist.sum())
+    if n == 0:
+        return {"count": 0}
+    cum = np.cumsum(hist)
+    max_us = hi_ns / 1e3
+
+    def pct(q):  # upper edge of the 1 us bin holding the q-quantile
+        b = int(np.searchsorted(cum, q * n))
+        return max_us if b >= len(hist) - 1 else min(float(b + 1), max_us)
+
+    return {"count": n, "min_us": lo_ns / 1e3, "avg_us": sum_ns / n / 1e3, "max_us": max_us,
+            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999)}
+
+
+class Controller:
+    """A site's controller: one process image, stepped in virtual time or run in real time.
+
+    clock="monotonic" (default): the controller's clock is CLOCK_MONOTONIC, start()
+    runs the real-time loop, step() may still drive cycles by hand (benchmarks).
+    clock="virtual": time is whatever step()/run_steps() say it is (simulation, tests).
+    """
+
+    def __init__(self, site: Site, *, clock: str = "monotonic"):
+        if clock not in ("monotonic", "virtual"):
+            raise ValueError(f"clock must be 'monotonic' or 'virtual', not {clock!r}")
+        problems = site.problems()
+        if problems:
+            raise V2GError(problems[0].code, "; ".join(f"[{p.section}] {p.option or ''}: {p.message}" for p in problems))
+        self.site = site
+        c = site.control
+        core = _core.Core(site.period_ns, clock == "virtual")
+        core.configure(port_ramp_w_per_s=c.port_ramp_w_per_s, deadband_w=c.deadband_w,
+                       output_hold_s=c.output_hold_s, default_fleet_import_w=c.default_fleet_import_w,
+                       discharge_reserve_s=c.discharge_reserve_s, discharge_taper_s=c.discharge_taper_s,
+                       overrun_streak_safe=c.overrun_streak_safe, safe_exit_s=c.safe_exit_s)
+        index: dict[str, int] = {}
+        for n in site.ordered_nodes():
+            lo, hi = n.base_load_w
+            index[n.id] = core.add_node(n.kind, index[n.parent] if n.parent else -1,
+                                        n.import_limit_w, n.export_limit_w, lo, hi)
+        self.node_ids = tuple(sorted(index, key=index.get))
+        self.port_ids = tuple(p.id for p in site.ports)
+        self._port_index = {pid: i for i, pid in enumerate(self.port_ids)}
+        self._sources: dict[str, tuple[int, tuple[float, float]]] = {}
+
+        def source(name, kind, target, max_age_s):
+            self._sources[name] = (core.add_source(kind, target, max_age_s), SOURCE_RANGES[kind])
+
+        for p in site.ports:
+            i = core.add_port(index[p.evse], p.max_charge_w, p.max_discharge_w)
+            for field in _core.PORT_SOURCES:
+                source(f"port/{p.id}/{field}", field, i, c.session_max_age_s)
+        for n in site.nodes:
+            if n.meter_max_age_s is not None:
+                source(f"node/{n.id}/power_w", "node_power_w", index[n.id], n.meter_max_age_s)
+        source("grid/frequency_hz", "frequency_hz", 0, c.frequency_max_age_s)
+        for link in site.links:
+            source(f"link/{link.name}/heartbeat", "heartbeat", 0, link.timeout_s)
+        self._source_by_index = {idx: (name, rng) for name, (idx, rng) in self._sources.items()}
+
+        self._core = core
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, int] = {}
+        self._seen_heap: list[tuple[int, tuple]] = []
+        self._cmd_counts: Counter[str] = Counter()
+        self._meas_counts: Counter[str] = Counter()
+        self.rt_report: dict | None = None
+
+    # ------------------------------------------------------------ time
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(self._sources)
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    def now_ns(self) -> int:
+        """The controller's clock: CLOCK_MONOTONIC, or the virtual time of the last step."""
+        return self._core.now_ns()
+
+    def step(self, now_ns: int) -> None:
+        """One cycle at virtual time now_ns (strictly increasing)."""
+        self._core.step(now_ns)
+
+    def run_steps(self, n: int, dt_ns: int | None = None) -> None:
+        """n cycles, each dt_ns (default: one period) after the previous."""
+        self._core.run_steps(n, self.site.period_ns if dt_ns is None else dt_ns)
+
+    # ------------------------------------------------------------ real time
+
+    def start(self, rt: RealTime | None = None) -> dict:
+        """Start the real-time loop; returns (and logs) what RT setup was applied."""
+        rt = self.site.rt if rt is None else rt
+        applied = self._core.start(rt.priority, -1 if rt.cpu is None else rt.cpu, rt.lock_memory)
+        warnings = [_rt_warning(what, err, rt) for what, err in applied.pop("failed")]
+        for w in warnings:
+            log.warning("%s", w)
+        deadline = time.monotonic() + 2.0
+        while self._core.read_stats()["cycles"] == 0 and time.monotonic() < deadline:
+            time.sleep(self.site.period_s)
+        self.rt_report = dict(applied, warnings=warnings, preempt_rt=preempt_rt(),
+                              loop_tid=self._core.loop_tid())
+        log.info("loop started: %s", self.rt_report)
+        return self.rt_report
+
+    def stop(self) -> None:
+        self._core.stop()
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ commands
+
+    def submit(self, command: Mapping) -> Submission:
+        """Validate a command and queue it for the loop, which applies it exactly once.
+
+        command: {"kind", "id", "value_w", "port", "of", and one expiry:
+        "expires_ns" (controller clock), "expires_in_s" or "expires_at" (wall clock, epoch s)}.
+        """
+        verdict = self._submit(command)
+        with self._lock:
+            self._cmd_counts[verdict.code or "accepted"] += 1
+        return verdict
+
+    def _submit(self, cmd: Mapping) -> Submission:
+        if not isinstance(cmd, Mapping):
+            return _reject("ERR_CMD_BAD_FIELD", f"a command is a mapping, not {type(cmd).__name__}")
+        kind = cmd.get("kind")
+        if kind not in _core.COMMAND_KINDS:
+            return _reject("ERR_CMD_UNKNOWN_KIND", f"unknown command kind {kind!r}; known: {', '.join(_core.COMMAND_KINDS)}")
+        extra = set(cmd) - COMMAND_FIELDS
+        if extra:
+            return _reject("ERR_CMD_BAD_FIELD", f"unknown field(s) {', '.join(sorted(map(str, extra)))}")
+        key = _id_key(cmd.get("id"))
+        if key is None:
+            return _reject("ERR_CMD_BAD_FIELD", f"id {cmd.get('id')!r}: expected an int 0..2^63-1 or a string of 1..128 characters")
+        now = self._core.now_ns()
+        expires = _expiry_ns(cmd, now)
+        if isinstance(expires, Submission):
+            return expires
+        value, port = _command_value(cmd, kind, self._port_index)
+        if isinstance(value, Submission):
+            return value
+        with self._lock:
+            self._forget_expired(now)
+            if key in self._seen:
+                return _reject("ERR_CMD_REPLAYED", f"command id {key[1]!r} was already received; ignored")
+            if expires <= now:
+                return _reject("ERR_CMD_EXPIRED", f"command {key[1]!r} expired {(now - expires) / 1e9:.3f} s ago")
+            if len(self._seen) >= MAX_REMEMBERED_IDS:
+                return _reject("ERR_CMD_TOO_MANY_IDS", f"{len(self._seen)} unexpired ids remembered (limit {MAX_REMEMBERED_IDS})")
+            if not self._core.push_command(_core.COMMAND_KINDS[kind], port, value, expires, _id_hash(key)):
+                return _reject("ERR_CMD_QUEUE_FULL", f"command ring of {_core.CAPACITY['command_ring']} is full")
+            self._seen[key] = expires
+            heapq.heappush(self._seen_heap, (expires + ID_RETENTION_NS, key))
+        return ACCEPTED
+
+    def _forget_expired(self, now: int) -> None:
+        heap = self._seen_heap
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            self._seen.pop(key, None)
+
+    # ------------------------------------------------------------ measurements
+
+    def measure(self, source: str | int, value: float, t_ns: int | None = None) -> Submission:
+        """Publish a measurement (latest wins); t_ns on the controller clock, default now."""
+        verdict = self._measure(source, value, t_ns)
+        with self._lock:
+            self._meas_counts[verdict.code or "accepted"] += 1
+        return verdict
+
+    def source_index(self, name: str) -> int:
+        """Index of a source for faster measure() calls."""
+        return self._sources[name][0]
+
+    def _measure(self, source, value, t_ns) -> Submission:
+        if isinstance(source, str):
+            entry = self._sources.get(source)
+        else:
+            named = self._source_by_index.get(source)
+            entry = (source, named[1]) if named else None
+        if entry is None:
+            return _reject("ERR_MEAS_UNKNOWN_SOURCE", f"no source {source!r} in site {self.site.name!r}")
+        index, (lo, hi) = entry
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return _reject("ERR_MEAS_BAD_VALUE", f"{source}: {value!r} is not a number")
+        if not math.isfinite(v) or not lo <= v <= hi:
+            return _reject("ERR_MEAS_BAD_VALUE", f"{source}: {v!r} outside {lo:g} .. {hi:g}")
+        now = self._core.now_ns()
+        t = now if t_ns is None else int(t_ns)
+        if t > now:
+            return _reject("ERR_MEAS_FUTURE", f"{source}: stamped {(t - now) / 1e9:.6f} s after the controller clock")
+        if not self._core.write_measurement(index, v, t):
+            return _reject("ERR_MEAS_OUT_OF_ORDER", f"{source}: older than the value it already holds")
+        return ACCEPTED
+
+    # ------------------------------------------------------------ outputs
+
+    def snapshot(self) -> Snapshot:
+        site_b, nodes_b, ports_b = self._core.read_snapshot()
+        site_row = np.frombuffer(site_b, row_dtype("site"))[0]
+        site = {k: site_row[k].item() for k in site_row.dtype.names}
+        site["binding"] = BINDINGS[site["binding"]]
+        site["safe_state"] = [name for name, bit in _core.SAFE_REASONS.items() if site["safe_state"] & bit]
+        return Snapshot(site["cycle"], site["t_ns"], site,
+                        np.frombuffer(nodes_b, row_dtype("node")).copy(),
+                        np.frombuffer(ports_b, row_dtype("port")).copy(),
+                        self.node_ids, self.port_ids)
+
+    def histograms(self) -> dict[str, np.ndarray]:
+        """Wake-latency and compute-time histograms: 1 us bins, the last one counts overflow."""
+        raw = self._core.read_stats()
+        return {"wake_latency": np.frombuffer(raw["lat_hist"], np.uint64).copy(),
+                "compute": np.frombuffer(raw["cmp_hist"], np.uint64).copy()}
+
+    def trace(self) -> np.ndarray:
+        """The most recent cycles (planned, wake and end times), oldest first."""
+        raw, first, end, length = self._core.read_trace()
+        rows = np.frombuffer(raw, row_dtype("trace"))
+        idx = np.arange(first, end, dtype=np.uint64) % length
+        return rows[idx].copy()
+
+    def stats(self) -> dict:
+        raw = self._core.read_stats()
+        lat = np.frombuffer(raw["lat_hist"], np.uint64)
+        cmp_ = np.frombuffer(raw["cmp_hist"], np.uint64)
+        with self._lock:
+            commands = dict(self._cmd_counts)
+            measurements = dict(self._meas_counts)
+        return {
+            "cycles": raw["cycles"], "overruns": raw["overruns"],
+            "skipped_periods": raw["skipped_periods"], "period_us": self.site.period_s * 1e6,
+            "wake_latency": _summary(lat, raw["lat_min_ns"], raw["lat_max_ns"], raw["lat_sum_ns"]),
+            "compute": _summary(cmp_, raw["cmp_min_ns"], raw["cmp_max_ns"], raw["cmp_sum_ns"]),
+            "commands": commands, "measurements": measurements, "rt": self.rt_report,
+        }
+
+
+def _reject(code: str, reason: str) -> Submission:
+    return Submission(False, code, reason)
+
+
+def _expiry_ns(cmd: Mapping, now: int) -> int | Submission:
+    given = [k for k in ("expires_ns", "expires_in_s", "expires_at") if k in cmd]
+    if len(given) != 1:
+        return _reject("ERR_CMD_BAD_FIELD", "a command needs exactly one of expires_ns, expires_in_s, expires_at")
+    raw = cmd[given[0]]
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        return _reject("ERR_CMD_BAD_FIELD", f"{given[0]} {raw!r}: expected a finite number")
+    if given[0] == "expires_ns":
+        expires = int(raw)
+    elif given[0] == "expires_in_s":
+        expires = now + int(raw * 1e9)
+    else:  # wall clock: converted to the controller clock on receipt
+        expires = now + int((raw - time.time()) * 1e9)
+    if expires - now > MAX_COMMAND_HORIZON_S * 10**9:
+        return _reject("ERR_CMD_BAD_FIELD", f"expiry {(expires - now) / 1e9:.0f} s ahead; at most {MAX_COMMAND_HORIZON_S} s")
+    return expires
+
+
+def _command_value(cmd: Mapping, kind: str, ports: dict[str, int]) -> tuple[float | Submission, int]:
+    port = -1
+    if kind == "reset_fault":
+        p = cmd.get("port")
+        if isinstance(p, str) and p in ports:
+            port = ports[p]
+        elif isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(ports):
+            port = p
+        else:
+            return _reject("ERR_CMD_BAD_PORT", f"port {p!r} is not a port of this site"), port
+        return 0.0, port
+    if "port" in cmd:
+        return _reject("ERR_CMD_BAD_FIELD", f"{kind} applies to the site, not to a port"), port
+    if kind == "cancel":
+        of = cmd.get("of")
+        code = _core.COMMAND_KINDS.get(of, -1) if isinstance(of, str) else -1
+        if not 0 <= code < _core.GRID_COMMANDS:
+            return _reject("ERR_CMD_BAD_FIELD", f"cancel needs 'of': one of setpoint, export_limit, import_limit, load_shed; found {of!r}"), port
+        return float(code), port
+    v = cmd.get("value_w")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return _reject("ERR_CMD_BAD_FIELD", f"value_w {v!r}: expected a finite number of W"), port
+    lo = -1e9 if kind == "setpoint" else 0.0
+    if not lo <= v <= 1e9:
+        return _reject("ERR_CMD_BAD_FIELD", f"value_w {v!r} outside {lo:g} .. 1e9 W"), port
+    return float(v), port
+
+
+def preempt_rt() -> bool:
+    try:
+        with open("/sys/kernel/realtime") as f:
+            if f.read().strip() == "1":
+                return True
+    except OSError:
+        pass
+    return "PREEMPT_RT" in os.uname().version
+
+
+def _has_cap(bit: int) -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except OSError:
+        pass
+    return False
+
+
+def _rt_warning(what: str, err: int, rt: RealTime) -> str:
+    if what == "sched_fifo":
+        soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
+        return (f"ERR_RT_PRIORITY: cannot run the loop at SCHED_FIFO priority {rt.priority}: "
+                f"CAP_SYS_NICE {'present' if _has_cap(23) else 'missing'}, RLIMIT_RTPRIO {soft} "
+                f"(need >= {rt.priority}); running at normal priority. Remedy: systemd LimitRTPRIO={rt.priority} "
+                f"and CPUSchedulingPolicy=fifo (hw/systemd), or `ulimit -r {rt.priority}`, or run as root")
+    if what == "mlockall":
+        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
+        return (f"ERR_RT_MEMLOCK: mlockall failed ({os.strerror(err)}); RLIMIT_MEMLOCK {limit}, "
+                f"CAP_IPC_LOCK {'present' if _has_cap(14) else 'missing'}. Remedy: LimitMEMLOCK=infinity")
+    allowed = sorted(os.sched_getaffinity(0))
+    return (f"ERR_RT_AFFINITY: cannot pin the loop to CPU {rt.cpu}; allowed CPUs {allowed}. "
+            f"Remedy: choose one of them (rt.cpu)")

@@ -1,0 +1,123 @@
+"""The ERR_* catalogue: every error the controller reports, with meaning, likely cause and remedy.
+
+`v2g-rt explain ERR_...` prints an entry; log lines and rejections carry the code.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    meaning: str
+    cause: str
+    remedy: str
+
+
+_ENTRIES = [
+    # configuration
+    ("ERR_CONFIG_SYNTAX", "The site config file is not valid TOML.",
+     "A typo: missing quote, bracket or '='.", "Fix the line the message names; `v2g-rt check FILE`."),
+    ("ERR_CONFIG_UNREADABLE", "The site config file cannot be read.",
+     "Wrong path, missing file or no read permission.", "Check the path and the file's permissions."),
+    ("ERR_CONFIG_VALUE", "An option has the wrong type or is outside its range.",
+     "A unit mistake (kW for W, ms for s) or a typo.",
+     "Set the option to a value inside the range the message gives."),
+    ("ERR_CONFIG_UNKNOWN_OPTION", "An option or section is not known.",
+     "A misspelt name, or an option of another section.", "Use one of the names the message suggests."),
+    ("ERR_CONFIG_TOPOLOGY", "The node hierarchy is not a tree rooted at one grid connection.",
+     "A missing or misspelt parent, a cycle, a duplicate id or a port on a non-EVSE node.",
+     "Give every node an existing parent so that all paths end at the single grid node."),
+    ("ERR_CONFIG_CAPACITY", "The site exceeds a compiled capacity (ports, nodes, sources, depth).",
+     "A site larger than the build supports.",
+     "Split the site over several controllers, or rebuild with larger capacities in native/image.pxd."),
+    # commands
+    ("ERR_CMD_UNKNOWN_KIND", "A command of a kind the controller does not know was rejected.",
+     "A client speaking another protocol version, or a typo.",
+     "Send one of: setpoint, export_limit, import_limit, load_shed, cancel, reset_fault."),
+    ("ERR_CMD_BAD_FIELD", "A command field is missing, of the wrong type, not finite or out of range.",
+     "A client bug or a unit mistake.", "Fix the field the message names."),
+    ("ERR_CMD_BAD_PORT", "A command names a port that does not exist.",
+     "Port ids differ between the DMS/CSMS and this site's config.",
+     "Use a port id from `v2g-rt status`."),
+    ("ERR_CMD_EXPIRED", "A command arrived after its expiry and was not applied.",
+     "Clock skew between sender and controller, or a delayed link.",
+     "Check NTP on both ends; send commands with a longer expiry."),
+    ("ERR_CMD_REPLAYED", "A command id was seen before; the repeat was ignored (commands are idempotent).",
+     "A retransmission; harmless.", "None needed; give new commands new ids."),
+    ("ERR_CMD_QUEUE_FULL", "The command queue to the real-time loop is full; the command was not applied.",
+     "A sender flooding commands faster than the loop drains them (256 per cycle).",
+     "Throttle the sender; only the latest setpoint matters."),
+    ("ERR_CMD_TOO_MANY_IDS", "Too many unexpired command ids are remembered to check new ones for replay.",
+     "A sender using very long expiries at a high rate.", "Use shorter expiries or fewer commands."),
+    # measurements
+    ("ERR_MEAS_UNKNOWN_SOURCE", "A measurement names a source the site does not have.",
+     "A service configured for another site, or a typo.", "Use a source listed by Controller.sources."),
+    ("ERR_MEAS_BAD_VALUE", "A measurement value is not finite or is outside the physical range of its kind.",
+     "A sensor fault, a unit mistake or a decoding bug.", "Check the device and the scaling of the value."),
+    ("ERR_MEAS_FUTURE", "A measurement is stamped later than the controller's clock and was rejected.",
+     "Wall-clock time used where CLOCK_MONOTONIC is required, or a clock bug in the producer.",
+     "Stamp measurements with time.monotonic_ns() (or the virtual time of the simulation)."),
+    ("ERR_MEAS_OUT_OF_ORDER", "A measurement is older than the value the source already holds and was ignored.",
+     "Two producers for one source, or reordered delivery.", "Give each source one producer."),
+    # real time
+    ("ERR_RT_PRIORITY", "The loop could not get SCHED_FIFO; it runs at normal priority with worse jitter.",
+     "Missing CAP_SYS_NICE and RLIMIT_RTPRIO below the requested priority.",
+     "Run under the provided systemd unit (LimitRTPRIO=, CPUSchedulingPolicy=fifo) or as root."),
+    ("ERR_RT_MEMLOCK", "mlockall failed; page faults can stall the loop.",
+     "RLIMIT_MEMLOCK too small and no CAP_IPC_LOCK.", "Set LimitMEMLOCK=infinity in the systemd unit."),
+    ("ERR_RT_AFFINITY", "The loop could not be pinned to the requested CPU.",
+     "The CPU does not exist or is outside the process's allowed set (cgroup cpuset, taskset).",
+     "Choose a CPU from /sys/fs/cgroup/cpuset.cpus.effective or `nproc --all`."),
+    ("ERR_CYCLE_OVERRUN", "A cycle ended after the next planned wake; whole periods were skipped.",
+     "A period too short for the machine, CPU contention, or no RT priority.",
+     "Run `v2g-rt bench`; lengthen the period or isolate a CPU for the loop."),
+    # protocols and devices (reported by the services that own them)
+    ("ERR_ISO_TIMEOUT", "An ISO 15118 session timed out or PLC packet loss exceeded its limit; the port was stopped.",
+     "A bad PLC coupling, EMI on the control pilot, or the EV stopped answering.",
+     "Check the CP/PE wiring and the PLC modem; the port resumes when the EV starts a new session."),
+    ("ERR_MODBUS_EXCEPTION_01", "The meter answered Modbus exception 01 (illegal function).",
+     "The meter does not support the function code used.", "Check the meter's Modbus map in hw/."),
+    ("ERR_MODBUS_EXCEPTION_02", "The meter answered Modbus exception 02 (illegal data address).",
+     "A register map for another meter model or firmware, or a wrong unit id.",
+     "Select the right SunSpec/Modbus map and unit id for the meter."),
+    ("ERR_MODBUS_EXCEPTION_03", "The meter answered Modbus exception 03 (illegal data value).",
+     "A read of more registers than the meter allows in one request.", "Check the map's block sizes."),
+    ("ERR_MODBUS_EXCEPTION_04", "The meter answered Modbus exception 04 (server device failure).",
+     "The meter itself has a fault.", "Check the meter; the controller assumes worst-case headroom meanwhile."),
+    ("ERR_MODBUS_TIMEOUT", "The meter did not answer in time.",
+     "Network, wrong address/port, or the meter is down.", "Check the meter's network connection."),
+    ("ERR_MQTT_CONN_REFUSED", "The MQTT broker refused the connection.",
+     "Wrong credentials or client certificate, or the client id is not authorised.",
+     "Check the broker's ACL and the client certificate; reports queue in the outbox meanwhile."),
+    ("ERR_MQTT_DISCONNECTED", "The MQTT broker connection was lost; reports queue in the persistent outbox.",
+     "Broker down or network loss.", "None needed; the outbox replays on reconnect."),
+    ("ERR_UPSTREAM_LOST", "An upstream link (DMS, aggregator, CSMS) stopped sending heartbeats: Safe State.",
+     "Network loss or the upstream system is down.",
+     "Restore the link; Safe State ends after it has been healthy for the hysteresis period."),
+    ("ERR_METER_STALE", "The grid meter value is older than its maximum age; worst-case headroom is assumed.",
+     "Meter or Modbus link down.", "Check the meter and its link."),
+]
+
+CATALOGUE: dict[str, ErrorCode] = {c: ErrorCode(c, m, k, r) for c, m, k, r in _ENTRIES}
+
+
+def lookup(code: str) -> ErrorCode:
+    """The catalogue entry for code; KeyError names close codes."""
+    key = code.strip().upper()
+    if key in CATALOGUE:
+        return CATALOGUE[key]
+    close = difflib.get_close_matches(key, CATALOGUE, n=4, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `v2g-rt explain --list` lists all codes"
+    raise KeyError(f"unknown error code {code!r}{hint}")
+
+
+class V2GError(Exception):
+    """An error with a catalogue code; str() is the full, actionable message."""
+
+    def __init__(self, code: str, message: str):
+        assert code in CATALOGUE, code
+        super().__init__(f"{code}: {message}")
+        self.code = code

@@ -1,0 +1,1 @@
+"""Simulation: the far side of every interface (EVs, meter, grid, links)."""

@@ -1,0 +1,200 @@
+"""The site model: the hierarchy grid connection > transformer > groups > EVSEs > ports.
+
+A Site is plain, validated data. `v2g_rt.config` builds one from a TOML file;
+tests and benchmarks build them with `depot()`. Limits are magnitudes in W.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ._core import CAPACITY, NODE_KINDS
+
+LINK_KINDS = ("sim", "ocpp", "can", "pwm", "plc")
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    kind: str
+    parent: str | None
+    import_limit_w: float
+    export_limit_w: float
+    meter_max_age_s: float | None = None    # None: this node has no power meter
+    base_load_w: tuple[float, float] = (0.0, 0.0)  # non-EV load range assumed while the meter is stale
+    link: str | None = None                 # EVSEs: how setpoints reach it
+
+
+@dataclass(frozen=True)
+class Port:
+    id: str
+    evse: str
+    max_charge_w: float
+    max_discharge_w: float
+
+
+@dataclass(frozen=True)
+class RealTime:
+    priority: int = 80          # SCHED_FIFO priority of the loop; 0 = normal scheduling
+    cpu: int | None = None      # pin the loop to this CPU
+    lock_memory: bool = True
+
+
+@dataclass(frozen=True)
+class Control:
+    port_ramp_w_per_s: float = 50_000.0
+    deadband_w: float = 0.0
+    output_hold_s: float = 5.0             # outputs fall back to safe after this without refresh
+    default_fleet_import_w: float = math.inf  # default profile: charge within limits, never discharge
+    discharge_reserve_s: float = 1800.0
+    discharge_taper_s: float = 900.0
+    overrun_streak_safe: int = 3
+    safe_exit_s: float = 60.0
+    session_max_age_s: float = 10.0
+    frequency_max_age_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    section: str
+    option: str | None
+    message: str
+    code: str = "ERR_CONFIG_VALUE"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    period_s: float
+    nodes: tuple[Node, ...]
+    ports: tuple[Port, ...]
+    rt: RealTime = RealTime()
+    control: Control = Control()
+    links: tuple[Link, ...] = ()
+    sections: dict = field(default_factory=dict)   # device/service sections, checked by their owners
+    source: str = "<built-in>"
+
+    @property
+    def period_ns(self) -> int:
+        return round(self.period_s * 1e9)
+
+    def node(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.id == node_id)
+
+    def ordered_nodes(self) -> list[Node]:
+        """Nodes parents-first (breadth first from the grid node), as the native image wants them."""
+        children: dict[str | None, list[Node]] = {}
+        for n in self.nodes:
+            children.setdefault(n.parent, []).append(n)
+        out: list[Node] = []
+        frontier = children.get(None, [])
+        while frontier:
+            out.extend(frontier)
+            frontier = [c for n in frontier for c in children.get(n.id, [])]
+        return out
+
+    def problems(self) -> list[Problem]:
+        """Everything structurally wrong with the site (empty when valid)."""
+        return check(self)
+
+
+def _section(n: Node) -> str:
+    return f"node.{n.id}"
+
+
+def check(site: Site) -> list[Problem]:
+    out: list[Problem] = []
+    topo = "ERR_CONFIG_TOPOLOGY"
+    if not 10e-6 <= site.period_s <= 10.0:
+        out.append(Problem("site", "period_ms", f"expected 0.01 .. 10000 ms, found {site.period_s * 1e3:g}"))
+    ids: dict[str, Node] = {}
+    for n in site.nodes:
+        if n.id in ids:
+            out.append(Problem(_section(n), None, f"duplicate node id {n.id!r}", topo))
+        ids[n.id] = n
+    roots = [n for n in site.nodes if n.parent is None]
+    if len(roots) != 1 or roots[0].kind != "grid":
+        found = ", ".join(f"{n.id} ({n.kind})" for n in roots) or "none"
+        out.append(Problem("node", "parent", f"expected exactly one node without parent, of kind 'grid'; found {found}", topo))
+    for n in site.nodes:
+        if n.parent is not None and n.parent not in ids:
+            out.append(Problem(_section(n), "parent", f"parent {n.parent!r} is not a node of this site", topo))
+        elif n.parent is not None and ids[n.parent].kind == "evse":
+            out.append(Problem(_section(n), "parent", f"parent {n.parent!r} is an EVSE; EVSEs have only ports below them", topo))
+        if n.kind == "grid" and n.parent is not None:
+            out.append(Problem(_section(n), "parent", "the grid node is the root and has no parent", topo))
+    # cycles and depth: walk up from every node
+    for n in site.nodes:
+        seen, cur, depth = {n.id}, n, 1
+        while cur.parent is not None and cur.parent in ids:
+            cur = ids[cur.parent]
+            depth += 1
+            if cur.id in seen:
+                out.append(Problem(_section(n), "parent", f"cycle in the hierarchy through {' > '.join(sorted(seen))}", topo))
+                break
+            seen.add(cur.id)
+        else:
+            if depth > CAPACITY["depth"]:
+                out.append(Problem(_section(n), "parent", f"hierarchy {depth} levels deep; at most {CAPACITY['depth']}", "ERR_CONFIG_CAPACITY"))
+    port_ids: set[str] = set()
+    for p in site.ports:
+        sec = f"node.{p.evse}"
+        if p.id in port_ids:
+            out.append(Problem(sec, "ports", f"duplicate port id {p.id!r}", topo))
+        port_ids.add(p.id)
+        if p.evse not in ids:
+            out.append(Problem(sec, None, f"port {p.id!r} belongs to unknown EVSE {p.evse!r}", topo))
+        elif ids[p.evse].kind != "evse":
+            out.append(Problem(sec, "ports", f"ports belong on EVSE nodes; {p.evse!r} is a {ids[p.evse].kind}", topo))
+    if len(site.ports) > CAPACITY["ports"]:
+        out.append(Problem("node", "ports", f"{len(site.ports)} ports; this build holds at most {CAPACITY['ports']}", "ERR_CONFIG_CAPACITY"))
+    if len(site.nodes) > CAPACITY["nodes"]:
+        out.append(Problem("node", None, f"{len(site.nodes)} nodes; this build holds at most {CAPACITY['nodes']}", "ERR_CONFIG_CAPACITY"))
+    if len(site.links) > CAPACITY["links"]:
+        out.append(Problem("links", None, f"{len(site.links)} links; at most {CAPACITY['links']}", "ERR_CONFIG_CAPACITY"))
+    if not site.ports:
+        out.append(Problem("node", "ports", "the site has no ports", topo))
+    return out
+
+
+def depot(ports: int = 50, *, ports_per_evse: int = 2, evses_per_group: int = 6,
+          port_charge_w: float = 11_000.0, port_discharge_w: float = 11_000.0,
+          grid_import_w: float | None = None, grid_export_w: float | None = None,
+          transformer_w: float | None = None, group_w: float | None = None,
+          meter: bool = True, base_load_w: tuple[float, float] = (0.0, 150_000.0),
+          links: tuple[Link, ...] = (), period_s: float = 1e-3,
+          rt: RealTime = RealTime(), control: Control = Control(), name: str = "depot") -> Site:
+    """A depot: grid > one transformer > groups of EVSEs > ports, with limits that bind.
+
+    Default limits oversubscribe the chargers (as real depots do): a group takes
+    60 % of its EVSEs' sum, the transformer 50 % of all ports, the grid 45 %.
+    """
+    n_evse = -(-ports // ports_per_evse)
+    total = ports * port_charge_w
+    grid_import_w = 0.45 * total if grid_import_w is None else grid_import_w
+    grid_export_w = 0.30 * total if grid_export_w is None else grid_export_w
+    transformer_w = 0.50 * total if transformer_w is None else transformer_w
+    nodes = [Node("grid", "grid", None, grid_import_w, grid_export_w,
+                  meter_max_age_s=5.0 if meter else None, base_load_w=base_load_w),
+             Node("tx1", "transformer", "grid", transformer_w, transformer_w)]
+    port_list: list[Port] = []
+    for e in range(n_evse):
+        g = e // evses_per_group
+        gid = f"group{g + 1}"
+        if e % evses_per_group == 0:
+            in_group = min(evses_per_group, n_evse - e) * ports_per_evse * port_charge_w
+            gw = 0.6 * in_group if group_w is None else group_w
+            nodes.append(Node(gid, "group", "tx1", gw, gw))
+        eid = f"evse{e + 1:03d}"
+        nodes.append(Node(eid, "evse", gid, ports_per_evse * port_charge_w,
+                          ports_per_evse * port_discharge_w, link="sim"))
+        for k in range(ports_per_evse):
+            if len(port_list) < ports:
+                port_list.append(Port(f"{eid}.{k + 1}", eid, port_charge_w, port_discharge_w))
+    return Site(name, period_s, tuple(nodes), tuple(port_list), rt=rt, control=control, links=links)
