@@ -83,6 +83,7 @@ cdef void cycle_read(Image* im) noexcept nogil:
                 im.input[i].value = v
                 im.input[i].t_ns = t
                 im.input[i].received = 1
+                im.input[i].applied_cycle = im.cycle
                 im.measurements_applied += 1
     for n in range(N_GRID_COMMANDS):
         if im.grid_cmd[n].active and im.now_ns >= im.grid_cmd[n].expires_ns:
@@ -242,11 +243,15 @@ cdef void node_headroom(Image* im) noexcept nogil:
             im.export_limit_w = exp_
         lmin = 0.0
         lmax = 0.0
-        n.non_ev_w = 0.0
-        if n.meter >= 0:
+        if n.meter < 0:
+            n.non_ev_w = 0.0
+        else:
             ok = input_fresh(im, n.meter)
             if ok:
-                n.non_ev_w = im.input[n.meter].value - n.fleet_measured_w
+                # Sample and hold: the meter saw the fleet as it was when the reading
+                # arrived, not as it is after later setpoint changes.
+                if im.input[n.meter].applied_cycle == im.cycle or n.non_ev_w != n.non_ev_w:
+                    n.non_ev_w = im.input[n.meter].value - n.fleet_measured_w
                 lmin = n.non_ev_w
                 lmax = n.non_ev_w
             else:

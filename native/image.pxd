@@ -82,7 +82,7 @@ cdef struct Input:
     double value
     int64_t t_ns
     int64_t max_age_ns
-    uint64_t seq_seen
+    uint64_t applied_cycle       # the cycle that took the current value
     int32_t kind
     int32_t target
     int32_t received
@@ -209,7 +209,7 @@ cdef struct Node:
     double base_load_max_w
     # per cycle
     double fleet_measured_w
-    double non_ev_w
+    double non_ev_w              # held between meter samples
     double import_headroom_w
     double export_headroom_w
     double rem_import_w

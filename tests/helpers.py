@@ -25,3 +25,31 @@ def plug_all(ctrl: Controller, t_ns: int | None = 0, **kw) -> None:
     """Every port gets an EV; departures spread over 1..8 h."""
     for i, pid in enumerate(ctrl.port_ids):
         ev(**{"departure_in_s": 3600 * (1 + i % 8), **kw}).publish(ctrl, pid, t_ns)
+
+
+def node_sums(ctrl: Controller, field: str = "setpoint_w") -> dict[str, float]:
+    """Sum of a port field under every node, computed independently of the native code."""
+    snap = ctrl.snapshot()
+    parent = {n.id: n.parent for n in ctrl.site.nodes}
+    sums = {n.id: 0.0 for n in ctrl.site.nodes}
+    for p, row in zip(ctrl.site.ports, snap.ports):
+        node = p.evse
+        while node is not None:
+            sums[node] += float(row[field])
+            node = parent[node]
+    return sums
+
+
+def assert_within_limits(ctrl: Controller, non_ev_w: float = 0.0, tol: float = 1e-6) -> None:
+    """Every node's fleet flow stays inside its import/export limits (grid: minus non-EV load)."""
+    site = ctrl.snapshot().site
+    for node in ctrl.site.nodes:
+        flow = node_sums(ctrl)[node.id]
+        imp, exp = node.import_limit_w, node.export_limit_w
+        if node.parent is None:
+            imp, exp = min(imp, site["import_limit_w"]), min(exp, site["export_limit_w"])
+            flow += non_ev_w
+        assert -exp - tol <= flow <= imp + tol, (node.id, flow, imp, exp)
+    snap = ctrl.snapshot()
+    assert (snap.ports["setpoint_w"] <= snap.ports["max_w"] + tol).all()
+    assert (snap.ports["setpoint_w"] >= snap.ports["min_w"] - tol).all()
