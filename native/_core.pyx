@@ -419,6 +419,27 @@ cdef class Core:
             pthread_mutex_unlock(&self.producer_lock)
         return newer
 
+    def write_measurements(self, const int32_t[::1] index, const double[::1] value, int64_t t_ns):
+        """Publish many validated values at one timestamp; returns how many were older than held."""
+        cdef Py_ssize_t k, n = index.shape[0]
+        cdef int32_t i
+        cdef int older = 0
+        if value.shape[0] != n:
+            raise ValueError("index and value differ in length")
+        for k in range(n):
+            if not 0 <= index[k] < self.im.n_inputs:
+                raise IndexError(index[k])
+        with nogil:
+            pthread_mutex_lock(&self.producer_lock)
+            for k in range(n):
+                i = index[k]
+                if self.im.ex.slot[i].seq != 0 and t_ns < self.im.ex.slot[i].t_ns:
+                    older += 1
+                else:
+                    slot_write(&self.im.ex, i, value[k], t_ns)
+            pthread_mutex_unlock(&self.producer_lock)
+        return older
+
     def read_snapshot(self):
         """Copies of the latest published site, node and port rows (bytes)."""
         cdef Snapshot* s

@@ -316,22 +316,28 @@ cdef void sort_ports(Image* im) noexcept nogil:
 
 
 cdef void set_keys(Image* im, bint charging) noexcept nogil:
+    # Keys are never NaN: a NaN breaks the sort's ordering and makes the
+    # allocation flip between ports from one cycle to the next.
     cdef int32_t i
     cdef Port* p
+    cdef double soc
     for i in range(im.n_ports):
         p = &im.port[i]
-        if charging:
+        soc = p.soc if p.soc == p.soc else 0.0
+        if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0):
+            p.key = 4.0 * NEVER_S          # nothing to give in this direction: last
+        elif charging:
             # Least laxity first; vehicles already satisfied only take surplus,
             # the emptiest of them first.
             if p.energy_request_wh <= 0.0:
-                p.key = 2.0 * NEVER_S + p.soc
+                p.key = 2.0 * NEVER_S + soc
             else:
                 p.key = p.laxity_s
             if p.target_w > 0.0:
                 p.key -= STICKY_S
         else:
             # Most slack first: late departure and high SoC give energy first.
-            p.key = -p.laxity_s - p.soc
+            p.key = -p.laxity_s - soc
             if p.target_w < 0.0:
                 p.key -= STICKY_S
 

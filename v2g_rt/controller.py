@@ -162,6 +162,8 @@ class Controller:
         for link in site.links:
             source(f"link/{link.name}/heartbeat", "heartbeat", 0, link.timeout_s)
         self._source_by_index = {idx: (name, rng) for name, (idx, rng) in self._sources.items()}
+        bounds = [self._source_by_index[i][1] for i in range(len(self._source_by_index))]
+        self._lo, self._hi = np.array(bounds, float).T.copy()
 
         self._core = core
         self._lock = threading.Lock()
@@ -279,6 +281,30 @@ class Controller:
         with self._lock:
             self._meas_counts[verdict.code or "accepted"] += 1
         return verdict
+
+    def measure_many(self, index: np.ndarray, value: np.ndarray, t_ns: int | None = None) -> int:
+        """Publish many measurements stamped t_ns (a meter block, a plant step); returns how many
+        were accepted. index: source indices (source_index()); rejected values are counted."""
+        index = np.ascontiguousarray(index, np.int32)
+        value = np.ascontiguousarray(value, np.float64)
+        if index.shape != value.shape or (index.size and not 0 <= index.min() <= index.max() < len(self._lo)):
+            raise ValueError("measure_many needs equal-length arrays of known source indices")
+        now = self._core.now_ns()
+        t = now if t_ns is None else int(t_ns)
+        if t > now:
+            with self._lock:
+                self._meas_counts["ERR_MEAS_FUTURE"] += index.size
+            return 0
+        ok = np.isfinite(value) & (value >= self._lo[index]) & (value <= self._hi[index])
+        older = self._core.write_measurements(index[ok], value[ok], t)
+        accepted = int(ok.sum()) - older
+        with self._lock:
+            self._meas_counts["accepted"] += accepted
+            if older:
+                self._meas_counts["ERR_MEAS_OUT_OF_ORDER"] += older
+            if accepted + older < index.size:
+                self._meas_counts["ERR_MEAS_BAD_VALUE"] += index.size - accepted - older
+        return accepted
 
     def source_index(self, name: str) -> int:
         """Index of a source for faster measure() calls."""

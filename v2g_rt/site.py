@@ -79,6 +79,7 @@ class Site:
     links: tuple[Link, ...] = ()
     sections: dict = field(default_factory=dict)   # device/service sections, checked by their owners
     source: str = "<built-in>"
+    status_socket: str = ""                        # "" = the default in the runtime directory
 
     @property
     def period_ns(self) -> int:
@@ -129,14 +130,18 @@ def check(site: Site) -> list[Problem]:
             out.append(Problem(_section(n), "parent", f"parent {n.parent!r} is an EVSE; EVSEs have only ports below them", topo))
         if n.kind == "grid" and n.parent is not None:
             out.append(Problem(_section(n), "parent", "the grid node is the root and has no parent", topo))
-    # cycles and depth: walk up from every node
+    # cycles and depth: walk up from every node; report each cycle once
+    cycles: set[frozenset] = set()
     for n in site.nodes:
         seen, cur, depth = {n.id}, n, 1
         while cur.parent is not None and cur.parent in ids:
             cur = ids[cur.parent]
             depth += 1
             if cur.id in seen:
-                out.append(Problem(_section(n), "parent", f"cycle in the hierarchy through {' > '.join(sorted(seen))}", topo))
+                ring = frozenset(seen)
+                if not any(c <= ring for c in cycles):
+                    cycles.add(ring)
+                    out.append(Problem(_section(n), "parent", f"cycle in the hierarchy through {' > '.join(sorted(seen))}", topo))
                 break
             seen.add(cur.id)
         else:

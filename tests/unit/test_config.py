@@ -1,0 +1,113 @@
+"""Site config: every bad input gives one clear message naming file, section and option."""
+import pytest
+
+from v2g_rt import config
+from v2g_rt.config import ConfigError
+
+BASE = """
+[site]
+name = "t"
+period_ms = 1.0
+
+[node.grid]
+kind = "grid"
+import_limit_w = 100000
+export_limit_w = 50000
+meter_max_age_s = 5
+
+[node.g1]
+kind = "group"
+parent = "grid"
+import_limit_w = 60000
+export_limit_w = 60000
+
+[node.e1]
+kind = "evse"
+parent = "g1"
+ports = 2
+port_max_charge_w = 11000
+port_max_discharge_w = 11000
+"""
+
+
+def problems(text):
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "site.toml")
+    return e.value.problems
+
+
+def test_the_packaged_default_is_a_valid_50_port_simulated_depot():
+    site = config.load()
+    assert len(site.ports) == 50 and site.name == "sim-depot-50"
+    assert {n.link for n in site.nodes if n.kind == "evse"} == {"sim"}
+    assert site.sections["sim"].step_s > 0
+
+
+def test_a_valid_file_builds_the_site():
+    site = config.parse(BASE, "site.toml")
+    assert [p.id for p in site.ports] == ["e1.1", "e1.2"]
+    assert site.node("e1").import_limit_w == 22000          # defaults to ports x port rating
+    assert site.node("grid").meter_max_age_s == 5
+
+
+@pytest.mark.parametrize("edit,section,option,words", [
+    (("import_limit_w = 100000", 'import_limit_w = "lots"'), "node.grid", "import_limit_w", "expected a number"),
+    (("import_limit_w = 100000", "import_limit_w = -5"), "node.grid", "import_limit_w", "found -5"),
+    (("period_ms = 1.0", "period_ms = 0.0001"), "site", "period_ms", "0.01 to 10000 ms"),
+    (("period_ms = 1.0", "period_ms = true"), "site", "period_ms", "found a boolean"),
+    (("ports = 2", "ports = 20"), "node.e1", "ports", "found 20"),
+    (('kind = "group"', 'kind = "feeder"'), "node.g1", "kind", "'feeder'"),
+    (("meter_max_age_s = 5", "meter_max_age_s = 5\ncolour = 1"), "node.grid", "colour", "not valid in section"),
+    (("port_max_charge_w = 11000", "port_max_charge_w = 11000\nport_max_charge = 1"), "node.e1",
+     "port_max_charge", "did you mean 'port_max_charge_w'"),
+    (('parent = "g1"', 'parent = "g9"'), "node.e1", "parent", "'g9' is not a node"),
+    (("port_max_discharge_w = 11000", 'port_max_discharge_w = 11000\n[node.g2]\nkind = "group"\nparent = "e1"\n'
+      "import_limit_w = 1\nexport_limit_w = 1"), "node.g2", "parent", "is an EVSE"),
+    (('name = "t"', 'name = "t"\n[sitee]\nx = 1'), "sitee", None, "did you mean [site]"),
+])
+def test_one_clear_message_per_problem(edit, section, option, words):
+    got = problems(BASE.replace(*edit))
+    assert len(got) == 1, [str(p) for p in got]
+    p = got[0]
+    assert (p.file, p.section, p.option) == ("site.toml", section, option)
+    assert words in str(p)
+    assert str(p).startswith("ERR_CONFIG_")
+
+
+def test_cycle_in_the_hierarchy():
+    text = BASE + '\n[node.g2]\nkind = "group"\nparent = "g3"\nimport_limit_w = 1\nexport_limit_w = 1\n' \
+                  '[node.g3]\nkind = "group"\nparent = "g2"\nimport_limit_w = 1\nexport_limit_w = 1\n'
+    got = problems(text)
+    assert any("cycle in the hierarchy" in str(p) and p.code == "ERR_CONFIG_TOPOLOGY" for p in got)
+
+
+def test_two_roots_and_missing_required():
+    text = BASE + '\n[node.grid2]\nkind = "grid"\nexport_limit_w = 1\n'
+    got = [str(p) for p in problems(text)]
+    assert any("[node.grid2] import_limit_w: required option is missing" in p for p in got)
+    assert any("exactly one node without parent" in p for p in got)
+
+
+def test_duplicate_ids_are_a_syntax_error_naming_the_line():
+    got = problems(BASE + '\n[node.g1]\nkind = "group"\n')
+    assert len(got) == 1 and got[0].code == "ERR_CONFIG_SYNTAX" and "line" in got[0].message
+
+
+def test_more_ports_than_capacity():
+    evses = "".join(f'\n[node.x{i}]\nkind = "evse"\nparent = "g1"\nports = 8\nport_max_charge_w = 1000\n'
+                    for i in range(33))
+    got = problems(BASE + evses)
+    assert [p.code for p in got] == ["ERR_CONFIG_CAPACITY"] and "266 ports" in got[0].message
+
+
+def test_sim_section_is_checked_by_its_owner():
+    got = problems(BASE + '\n[sim]\nstep_s = 0\nsetpoint_schedule = [[5, "x"]]\narrival_soc = [0.5, 2]\nmood = 1\n')
+    opts = sorted(p.option for p in got)
+    assert opts == ["arrival_soc", "mood", "setpoint_schedule", "step_s"]
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        config.load(tmp_path / "missing.toml")
+    assert e.value.problems[0].code == "ERR_CONFIG_UNREADABLE"
+    assert "missing.toml" in str(e.value)

@@ -1,0 +1,208 @@
+"""The `v2g-rt` command: run, simulate, check, status, explain, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import config as site_config
+from . import errors, logs
+from .config import ConfigError
+
+log = logging.getLogger("v2g_rt")
+
+
+def _load(path):
+    try:
+        return site_config.load(path)
+    except ConfigError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_check(args) -> int:
+    site = _load(args.file)
+    links = sorted({n.link for n in site.nodes if n.link})
+    print(f"OK: {args.file}: site {site.name!r}, {len(site.nodes)} nodes, {len(site.ports)} ports, "
+          f"period {site.period_s * 1e3:g} ms, links {', '.join(links)}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    if args.list or not args.code:
+        for e in errors.CATALOGUE.values():
+            print(f"{e.code:<26} {e.meaning}")
+        return 0
+    try:
+        e = errors.lookup(args.code)
+    except KeyError as k:
+        print(k.args[0], file=sys.stderr)
+        return 2
+    print(f"{e.code}\n  meaning: {e.meaning}\n  likely cause: {e.cause}\n  remedy: {e.remedy}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .status import default_socket, query, render
+
+    path = Path(args.socket) if args.socket else default_socket(_load(args.config) if args.config else None)
+    while True:
+        try:
+            doc = query(path)
+        except ConnectionError:
+            print(f"ERR_STATUS_UNAVAILABLE: no controller is running (nothing answers on {path}); "
+                  f"start one with `v2g-rt run`", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(doc))
+        else:
+            if args.watch:
+                print("\033[H\033[2J", end="")
+            print(render(doc))
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def _unavailable_links(site) -> list[str]:
+    return [f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r} is not available in this "
+            f"version; use link = \"sim\"" for n in site.nodes if n.link not in (None, "sim")]
+
+
+def cmd_run(args) -> int:
+    from .controller import Controller
+    from .sim.drive import RealtimePlant
+    from .status import StatusServer, default_socket
+
+    site = _load(args.config)
+    logfile = logs.setup(foreground=True)
+    problems = _unavailable_links(site)
+    if problems:
+        for p in problems:
+            log.error("%s", p)
+        return 2
+    ctrl = Controller(site)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    plant = RealtimePlant(site, ctrl) if any(n.link == "sim" for n in site.nodes) else None
+    rt = ctrl.start()
+    log.info("site %s (%s): %d ports, period %g ms, %s priority %d%s, log %s", site.name, site.source,
+             len(site.ports), site.period_s * 1e3, rt["policy"], rt["priority"],
+             ", PREEMPT_RT" if rt["preempt_rt"] else "", logfile)
+    try:
+        server = StatusServer(ctrl, default_socket(site))
+        server.start()
+    except OSError as e:
+        log.warning("ERR_STATUS_UNAVAILABLE: status socket not served: %s", e)
+        server = None
+    if plant:
+        plant.start()
+    t0 = time.monotonic()
+    tty = sys.stdout.isatty()
+    last_line = 0.0
+    try:
+        while not stop.wait(1.0):
+            elapsed = time.monotonic() - t0
+            if plant and plant.error:
+                raise plant.error
+            if tty or elapsed - last_line >= 10:
+                print(("\r" if tty else "") + _status_line(ctrl), end="" if tty else "\n", flush=True)
+                last_line = elapsed
+            if args.duration and elapsed >= args.duration:
+                break
+    finally:
+        if plant:
+            plant.stop()
+        ctrl.stop()
+        if server:
+            server.close()
+        if tty:
+            print()
+    summary = _summary(ctrl, time.monotonic() - t0, plant)
+    print(json.dumps(summary, indent=2))
+    log.info("stopped: %s", json.dumps(summary))
+    return 0
+
+
+def _status_line(ctrl) -> str:
+    s = ctrl.snapshot().site
+    st = ctrl.stats()
+    sp = "none" if s["setpoint_w"] != s["setpoint_w"] else f"{s['setpoint_w'] / 1e3:.1f} kW"
+    return (f"fleet {s['fleet_w'] / 1e3:7.1f} kW  setpoint {sp:>10}  charging {s['ports_charging']:3d}  "
+            f"discharging {s['ports_discharging']:3d}  binding {s['binding']:<14} "
+            f"wake p99 {st['wake_latency'].get('p99_us', 0):6.0f} us  overruns {st['overruns']}"
+            + (f"  SAFE STATE ({'+'.join(s['safe_state'])})" if s["safe_state"] else ""))
+
+
+def _summary(ctrl, seconds, plant) -> dict:
+    st = ctrl.stats()
+    out = {"seconds": round(seconds, 1), "cycles": st["cycles"], "overruns": st["overruns"],
+           "skipped_periods": st["skipped_periods"], "wake_latency_us": st["wake_latency"],
+           "compute_us": st["compute"], "rt": {k: v for k, v in (st["rt"] or {}).items() if k != "loop_tid"},
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if plant:
+        out["plant"] = plant.plant.summary()
+    return out
+
+
+def cmd_simulate(args) -> int:
+    from .sim.drive import simulate
+
+    site = _load(args.config)
+    out = Path(args.out)
+
+    def progress(f):
+        print(f"\r{f * 100:5.1f} %", end="", file=sys.stderr, flush=True)
+
+    summary = simulate(site, args.hours, out, period_s=args.period_ms / 1e3 if args.period_ms else None,
+                       sample_s=args.sample_s, progress=progress if sys.stderr.isatty() else None)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out / 'timeline.csv'}, {out / 'timeline.png'}, {out / 'summary.json'}", file=sys.stderr)
+    return 0 if summary["limit_violations"] == 0 else 3
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="v2g-rt", description="V2G local controller with a native real-time cycle")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the real-time loop (default: the built-in simulated site)")
+    r.add_argument("--config", help="site config (TOML); default: the built-in 50-port simulated depot")
+    r.add_argument("--duration", type=float, help="stop after this many seconds")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("simulate", help="run the site in virtual time as fast as possible")
+    s.add_argument("--config")
+    s.add_argument("--hours", type=float, required=True)
+    s.add_argument("--out", required=True, help="directory for timeline.csv, timeline.png, summary.json")
+    s.add_argument("--period-ms", type=float, help="cycle period override (coarser is faster)")
+    s.add_argument("--sample-s", type=float, default=60.0, help="timeline sample interval")
+    s.set_defaults(func=cmd_simulate)
+    c = sub.add_parser("check", help="validate a site config")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check)
+    st = sub.add_parser("status", help="show a running controller's state")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", type=float, nargs="?", const=1.0, help="refresh every N s (default 1)")
+    st.add_argument("--socket", help="status socket path")
+    st.add_argument("--config", help="find the socket path in this site config")
+    st.set_defaults(func=cmd_status)
+    e = sub.add_parser("explain", help="explain an ERR_... code")
+    e.add_argument("code", nargs="?")
+    e.add_argument("--list", action="store_true")
+    e.set_defaults(func=cmd_explain)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except errors.V2GError as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

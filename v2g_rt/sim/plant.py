@@ -1,0 +1,360 @@
+"""The simulated plant: the far side of every interface of a simulated site.
+
+EVs arrive and leave, charge along a curve that tapers near full and follow the
+controller's outputs; the building draws a base load; a simulated DMS sends a
+setpoint schedule with export periods and heartbeats; the grid frequency has
+events. The plant reaches the controller only through measure()/submit(), and
+reads only the published snapshot, exactly as real services and devices do. It
+also keeps the books a commissioning engineer asks for: energy delivered,
+setpoint tracking, unmet departures and limit violations, computed from its own
+state, not from the controller's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..controller import BINDINGS, Controller
+from ..site import Site
+
+S = 1_000_000_000
+TAPER_FROM_SOC = 0.8           # EVs charge at full power up to 80 %, then taper linearly to 0 at 100 %
+FREE = "free"                  # schedule value: no setpoint, the default profile applies
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    seed: int = 1
+    step_s: float = 1.0
+    start_hour: float = 0.0
+    occupancy: float = 0.6                    # share of ports with an EV at the start
+    arrivals_per_port_h: float = 0.05
+    dwell_h: tuple[float, float] = (3.0, 14.0)
+    capacity_wh: tuple[float, float] = (40_000.0, 100_000.0)
+    arrival_soc: tuple[float, float] = (0.15, 0.6)
+    target_soc: tuple[float, float] = (0.8, 1.0)
+    ev_max_charge_w: tuple[float, float] = (7_400.0, 22_000.0)
+    ev_max_discharge_w: tuple[float, float] = (5_000.0, 11_000.0)
+    min_soc: float = 0.2
+    v2g_share: float = 0.6
+    base_load_w: tuple[float, float] = (15_000.0, 60_000.0)   # night .. midday
+    setpoint_schedule: tuple = ((0.0, FREE), (1.0, 120_000.0), (5.0, FREE),
+                                (17.0, -60_000.0), (20.0, FREE))
+    setpoint_refresh_s: float = 10.0
+    dms_link: str = "dms"
+    dms_outages: tuple = ()                   # ((hour, seconds), ...): heartbeats stop
+    frequency_hz: float = 50.0
+    frequency_events: tuple = ((9.0, -0.3, 60.0),)   # ((hour, deviation Hz, seconds), ...)
+    ambient_c: tuple[float, float] = (5.0, 20.0)
+
+
+def check_config(sec, site: Site) -> PlantConfig:
+    """The [sim] section, checked with the config accessors (called by config.parse)."""
+    d = PlantConfig()
+    pair = lambda name: sec.get_pair(name, getattr(d, name))   # noqa: E731
+    cfg = PlantConfig(
+        seed=sec.get_int("seed", d.seed, minval=0),
+        step_s=sec.get_float("step_s", d.step_s, above=0, maxval=60, unit="s"),
+        start_hour=sec.get_float("start_hour", d.start_hour, minval=0, maxval=24, unit="h"),
+        occupancy=sec.get_float("occupancy", d.occupancy, minval=0, maxval=1),
+        arrivals_per_port_h=sec.get_float("arrivals_per_port_h", d.arrivals_per_port_h, minval=0, maxval=10),
+        dwell_h=pair("dwell_h"), capacity_wh=pair("capacity_wh"), arrival_soc=pair("arrival_soc"),
+        target_soc=pair("target_soc"), ev_max_charge_w=pair("ev_max_charge_w"),
+        ev_max_discharge_w=pair("ev_max_discharge_w"),
+        min_soc=sec.get_float("min_soc", d.min_soc, minval=0, maxval=1),
+        v2g_share=sec.get_float("v2g_share", d.v2g_share, minval=0, maxval=1),
+        base_load_w=pair("base_load_w"),
+        setpoint_schedule=_schedule(sec, "setpoint_schedule", d.setpoint_schedule),
+        setpoint_refresh_s=sec.get_float("setpoint_refresh_s", d.setpoint_refresh_s, above=0, maxval=3600, unit="s"),
+        dms_link=sec.get_str("dms_link", d.dms_link),
+        dms_outages=_rows(sec, "dms_outages", d.dms_outages, 2),
+        frequency_hz=sec.get_float("frequency_hz", d.frequency_hz, minval=45, maxval=65, unit="Hz"),
+        frequency_events=_rows(sec, "frequency_events", d.frequency_events, 3),
+        ambient_c=pair("ambient_c"),
+    )
+    for name in ("arrival_soc", "target_soc"):
+        lo, hi = getattr(cfg, name)
+        if lo < 0 or hi > 1:
+            sec.problem(name, f"expected SoC values from 0 to 1, found [{lo:g}, {hi:g}]")
+    if cfg.dwell_h[0] <= 0 or cfg.capacity_wh[0] <= 0:
+        sec.problem("dwell_h" if cfg.dwell_h[0] <= 0 else "capacity_wh", "expected positive values")
+    return cfg
+
+
+def _rows(sec, option, default, width):
+    raw, given = sec._get(option, default)
+    if not given:
+        return default
+    ok = isinstance(raw, list) and all(
+        isinstance(r, list) and len(r) == width and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+        for r in raw)
+    if not ok:
+        sec.problem(option, f"expected a list of [{width} numbers] rows, found {raw!r}")
+        return default
+    return tuple(tuple(float(v) for v in r) for r in raw)
+
+
+def _schedule(sec, option, default):
+    raw, given = sec._get(option, default)
+    if not given:
+        return default
+    ok = isinstance(raw, list) and all(
+        isinstance(r, list) and len(r) == 2 and isinstance(r[0], (int, float)) and 0 <= r[0] < 24 and
+        (r[1] == FREE or (isinstance(r[1], (int, float)) and not isinstance(r[1], bool) and abs(r[1]) <= 1e9))
+        for r in raw)
+    if not ok or [r[0] for r in raw] != sorted(r[0] for r in raw):
+        sec.problem(option, f'expected [[hour 0..24, W or "free"], ...] sorted by hour, found {raw!r}')
+        return default
+    return tuple((float(h), v if v == FREE else float(v)) for h, v in raw)
+
+
+@dataclass
+class Books:
+    """What the plant measured of the controller's work."""
+    energy_charged_wh: float = 0.0
+    energy_discharged_wh: float = 0.0
+    tracking_abs_wh: float = 0.0              # |fleet − setpoint| integrated while a setpoint is active
+    tracked_s: float = 0.0
+    max_tracking_error_w: float = 0.0
+    departures: int = 0
+    unmet_departures: int = 0
+    unmet_energy_wh: float = 0.0
+    arrivals: int = 0
+    limit_violations: int = 0
+    worst_violation_w: float = 0.0
+    violations_by_node: dict = field(default_factory=dict)
+
+
+class Plant:
+    """Vectorised EV fleet, base load, DMS and grid for one site."""
+
+    def __init__(self, site: Site, ctrl: Controller, cfg: PlantConfig, t0_ns: int):
+        self.site, self.ctrl, self.cfg = site, ctrl, cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.t0_ns = t0_ns
+        n = len(site.ports)
+        self.n = n
+        self.port_charge = np.array([p.max_charge_w for p in site.ports])
+        self.port_discharge = np.array([p.max_discharge_w for p in site.ports])
+        self.occupied = np.zeros(n, bool)
+        self.soc = np.zeros(n)
+        self.cap = np.ones(n)
+        self.target = np.zeros(n)
+        self.departure_ns = np.zeros(n, np.int64)
+        self.ev_charge = np.zeros(n)
+        self.ev_discharge = np.zeros(n)
+        self.v2g = np.zeros(n, bool)
+        self.power = np.zeros(n)
+        self.books = Books()
+        self.base_w = 0.0
+        # independent check of every node limit: which ports are below each node
+        index = {nd.id: i for i, nd in enumerate(site.nodes)}
+        self.below = np.zeros((len(site.nodes), n), bool)
+        for j, p in enumerate(site.ports):
+            node = p.evse
+            while node is not None:
+                self.below[index[node], j] = True
+                node = site.node(node).parent
+        self.imp = np.array([nd.import_limit_w for nd in site.nodes])
+        self.exp = np.array([nd.export_limit_w for nd in site.nodes])
+        self.root = next(i for i, nd in enumerate(site.nodes) if nd.parent is None)
+        self.meter = next((f"node/{nd.id}/power_w" for nd in site.nodes if nd.parent is None and nd.meter_max_age_s), None)
+        self.link = f"link/{cfg.dms_link}/heartbeat"
+        if self.link not in ctrl.sources:
+            self.link = None
+        self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
+                        "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
+        self._idx = np.array([[ctrl.source_index(f"port/{p.id}/{f}") for p in site.ports] for f in self._fields],
+                             np.int32)
+        self._last_setpoint = None
+        self._next_refresh_ns = t0_ns
+        self._cmd_seq = 0
+        occupied = self.rng.random(n) < cfg.occupancy
+        for j in np.flatnonzero(occupied):
+            self._arrive(j, t0_ns)
+
+    # ------------------------------------------------------------ the world
+
+    def hour(self, t_ns: int) -> float:
+        return (self.cfg.start_hour + (t_ns - self.t0_ns) / 3.6e12) % 24.0
+
+    def base_load(self, t_ns: int) -> float:
+        lo, hi = self.cfg.base_load_w
+        h = self.hour(t_ns)
+        return lo + (hi - lo) * max(0.0, math.sin(math.pi * (h - 6.0) / 14.0)) if 6 <= h <= 20 else lo
+
+    def frequency(self, t_ns: int) -> float:
+        f = self.cfg.frequency_hz + 0.01 * math.sin(t_ns / S / 7.0)
+        h = self.hour(t_ns)
+        for start, dev, seconds in self.cfg.frequency_events:
+            if start <= h < start + seconds / 3600:
+                f += dev
+        return f
+
+    def scheduled_setpoint(self, t_ns: int):
+        h = self.hour(t_ns)
+        value = self.cfg.setpoint_schedule[-1][1] if self.cfg.setpoint_schedule else FREE
+        for start, v in self.cfg.setpoint_schedule:
+            if start <= h:
+                value = v
+        return value
+
+    def dms_up(self, t_ns: int) -> bool:
+        h = self.hour(t_ns)
+        return not any(start <= h < start + seconds / 3600 for start, seconds in self.cfg.dms_outages)
+
+    def ev_max_charge(self) -> np.ndarray:
+        taper = np.clip((1.0 - self.soc) / (1.0 - TAPER_FROM_SOC), 0.0, 1.0)
+        return np.minimum(self.ev_charge, self.port_charge) * taper
+
+    def ev_max_discharge(self) -> np.ndarray:
+        room = np.maximum(self.soc - self.cfg.min_soc, 0.0) > 1e-6
+        return np.where(self.v2g & room, np.minimum(self.ev_discharge, self.port_discharge), 0.0)
+
+    def _arrive(self, j: int, t_ns: int) -> None:
+        c, r = self.cfg, self.rng
+        self.occupied[j] = True
+        self.cap[j] = r.uniform(*c.capacity_wh)
+        self.soc[j] = r.uniform(*c.arrival_soc)
+        self.target[j] = max(r.uniform(*c.target_soc), self.soc[j])
+        self.departure_ns[j] = t_ns + int(r.uniform(*c.dwell_h) * 3.6e12)
+        self.ev_charge[j] = r.uniform(*c.ev_max_charge_w)
+        self.ev_discharge[j] = r.uniform(*c.ev_max_discharge_w)
+        self.v2g[j] = r.random() < c.v2g_share
+        self.power[j] = 0.0
+        self.books.arrivals += 1
+
+    # ------------------------------------------------------------ one step
+
+    def advance(self, t_ns: int, dt_s: float) -> None:
+        """Apply the controller's published outputs over [t, t + dt]."""
+        snap = self.ctrl.snapshot()
+        valid = snap.ports["valid_until_ns"] >= t_ns           # dead-man: stale outputs mean 0 W
+        want = np.where(valid & self.occupied, snap.ports["setpoint_w"], 0.0)
+        p = np.clip(want, -self.ev_max_discharge(), self.ev_max_charge())
+        # never beyond full or below the minimum within the step
+        room_up = (1.0 - self.soc) * self.cap * 3600.0 / dt_s
+        room_down = np.maximum(self.soc - self.cfg.min_soc, 0.0) * self.cap * 3600.0 / dt_s
+        p = np.clip(p, -room_down, room_up)
+        self.power = p
+        self.soc = np.clip(self.soc + p * dt_s / 3600.0 / self.cap, 0.0, 1.0)
+        b = self.books
+        b.energy_charged_wh += float(p[p > 0].sum()) * dt_s / 3600.0
+        b.energy_discharged_wh += float(-p[p < 0].sum()) * dt_s / 3600.0
+        setpoint = snap.site["setpoint_w"]
+        if not math.isnan(setpoint):
+            err = abs(float(p.sum()) - setpoint)
+            b.tracking_abs_wh += err * dt_s / 3600.0
+            b.tracked_s += dt_s
+            b.max_tracking_error_w = max(b.max_tracking_error_w, err)
+        flows = self.below @ p
+        flows[self.root] += self.base_w
+        imp = self.imp.copy()
+        exp = self.exp.copy()
+        imp[self.root] = min(imp[self.root], snap.site["import_limit_w"])
+        exp[self.root] = min(exp[self.root], snap.site["export_limit_w"])
+        over = np.maximum(flows - imp, -exp - flows)
+        for i in np.flatnonzero(over > 1.0):
+            b.limit_violations += 1
+            b.worst_violation_w = max(b.worst_violation_w, float(over[i]))
+            nid = self.site.nodes[i].id
+            b.violations_by_node[nid] = b.violations_by_node.get(nid, 0) + 1
+        self.last_snapshot = snap
+
+    def events(self, t_ns: int) -> None:
+        """Departures, arrivals and the DMS at time t."""
+        b = self.books
+        leaving = self.occupied & (self.departure_ns <= t_ns)
+        for j in np.flatnonzero(leaving):
+            b.departures += 1
+            short = (self.target[j] - self.soc[j]) * self.cap[j]
+            if short > 0.01 * self.cap[j]:
+                b.unmet_departures += 1
+                b.unmet_energy_wh += short
+        self.occupied &= ~leaving
+        self.power[leaving] = 0.0
+        free = np.flatnonzero(~self.occupied)
+        rate = self.cfg.arrivals_per_port_h * self.cfg.step_s / 3600.0
+        for j in free[self.rng.random(free.size) < rate]:
+            self._arrive(j, t_ns)
+        self._dms(t_ns)
+
+    def _dms(self, t_ns: int) -> None:
+        if not self.dms_up(t_ns):
+            return
+        value = self.scheduled_setpoint(t_ns)
+        if value != self._last_setpoint or t_ns >= self._next_refresh_ns:
+            self._cmd_seq += 1
+            cid = f"sim-dms-{self._cmd_seq}"
+            expiry = t_ns + int(3 * self.cfg.setpoint_refresh_s * S)
+            if value == FREE:
+                cmd = {"kind": "cancel", "id": cid, "of": "setpoint", "expires_ns": expiry}
+            else:
+                cmd = {"kind": "setpoint", "id": cid, "value_w": value, "expires_ns": expiry}
+            if value != FREE or self._last_setpoint not in (None, FREE):
+                verdict = self.ctrl.submit(cmd)
+                if not verdict and verdict.code != "ERR_CMD_QUEUE_FULL":
+                    raise RuntimeError(f"simulated DMS command rejected: {verdict.reason}")
+            self._last_setpoint = value
+            self._next_refresh_ns = t_ns + int(self.cfg.setpoint_refresh_s * S)
+
+    def publish(self, t_ns: int) -> None:
+        """Everything the site's devices and services report, stamped t."""
+        occ = self.occupied
+        request = np.where(occ, np.maximum(self.target - self.soc, 0.0) * self.cap, 0.0)
+        values = np.stack([
+            occ.astype(float), np.where(occ, self.soc, 0.0), self.cap, request,
+            np.where(occ, (self.departure_ns - t_ns) / S, 0.0),
+            np.where(occ, self.ev_max_charge(), 0.0), np.where(occ, self.ev_max_discharge(), 0.0),
+            np.full(self.n, self.cfg.min_soc), self.v2g.astype(float), self.power])
+        values[4] = np.clip(values[4], -1e7, 1e8)
+        accepted = self.ctrl.measure_many(self._idx.ravel(), values.ravel(), t_ns)
+        if accepted != values.size:
+            raise RuntimeError(f"the controller rejected {values.size - accepted} plant measurements")
+        self.base_w = self.base_load(t_ns)
+        if self.meter:
+            self.ctrl.measure(self.meter, self.base_w + float(self.power.sum()), t_ns)
+        self.ctrl.measure("grid/frequency_hz", self.frequency(t_ns), t_ns)
+        if self.link and self.dms_up(t_ns):
+            self.ctrl.measure(self.link, 1.0, t_ns)
+
+    # ------------------------------------------------------------ reporting
+
+    def sample(self, t_ns: int) -> dict:
+        snap = self.last_snapshot
+        occ = self.occupied
+        fleet = float(self.power.sum())
+        return {
+            "t_s": (t_ns - self.t0_ns) / S, "hour": self.hour(t_ns),
+            "setpoint_w": snap.site["setpoint_w"], "fleet_w": fleet, "site_w": fleet + self.base_w,
+            "base_load_w": self.base_w,
+            "import_limit_w": min(self.imp[self.root], snap.site["import_limit_w"]),
+            "export_limit_w": min(self.exp[self.root], snap.site["export_limit_w"]),
+            "evs": int(occ.sum()),
+            "soc_mean": float(self.soc[occ].mean()) if occ.any() else math.nan,
+            "soc_min": float(self.soc[occ].min()) if occ.any() else math.nan,
+            "soc_max": float(self.soc[occ].max()) if occ.any() else math.nan,
+            "charging": int((self.power > 0).sum()), "discharging": int((self.power < 0).sum()),
+            "binding": snap.site["binding"], "safe_state": "+".join(snap.site["safe_state"]),
+            "frequency_hz": self.frequency(t_ns),
+        }
+
+    def summary(self) -> dict:
+        b = self.books
+        return {
+            "energy_charged_kwh": b.energy_charged_wh / 1e3,
+            "energy_discharged_kwh": b.energy_discharged_wh / 1e3,
+            "tracking_error_kwh": b.tracking_abs_wh / 1e3,
+            "tracking_error_mean_w": b.tracking_abs_wh * 3600.0 / b.tracked_s if b.tracked_s else 0.0,
+            "tracking_error_max_w": b.max_tracking_error_w,
+            "setpoint_active_h": b.tracked_s / 3600.0,
+            "arrivals": b.arrivals, "departures": b.departures,
+            "unmet_departures": b.unmet_departures, "unmet_energy_kwh": b.unmet_energy_wh / 1e3,
+            "limit_violations": b.limit_violations, "worst_violation_w": b.worst_violation_w,
+            "violations_by_node": b.violations_by_node,
+        }
+
+
+BINDING_NAMES = BINDINGS

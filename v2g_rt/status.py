@@ -1,0 +1,114 @@
+"""`v2g-rt status`: a running controller answers on a UNIX socket with its snapshot and stats."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+
+from .controller import BINDINGS, Controller
+from .site import Site
+
+
+def default_socket(site: Site | None = None) -> Path:
+    if site is not None and site.status_socket:
+        return Path(site.status_socket)
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else f"/tmp/v2g-rt-{os.getuid()}")
+    return Path(runtime) / "v2g-rt" / "status.sock"
+
+
+def _num(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def report(ctrl: Controller) -> dict:
+    """The snapshot and statistics of a controller as plain JSON-able data."""
+    snap = ctrl.snapshot()
+    site = {k: _num(v) for k, v in snap.site.items()}
+    nodes = [{"id": nid, "binding": BINDINGS[int(r["binding"])], "fleet_w": float(r["fleet_w"]),
+              "import_headroom_w": float(r["import_headroom_w"]), "export_headroom_w": float(r["export_headroom_w"]),
+              "measured_w": _num(float(r["measured_w"])), "non_ev_w": _num(float(r["non_ev_w"]))}
+             for nid, r in zip(snap.node_ids, snap.nodes)]
+    ports = [{"id": pid, "connected": bool(r["connected"]), "setpoint_w": float(r["setpoint_w"]),
+              "target_w": float(r["target_w"]), "min_w": float(r["min_w"]), "max_w": float(r["max_w"]),
+              "soc": _num(float(r["soc"])), "binding": BINDINGS[int(r["binding"])],
+              "binding_node": snap.node_ids[r["binding_node"]] if r["binding_node"] >= 0 else None,
+              "faults": int(r["faults"])}
+             for pid, r in zip(snap.port_ids, snap.ports)]
+    stats = ctrl.stats()
+    return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports,
+            "faults": [p["id"] for p in ports if p["faults"]], "stats": stats}
+
+
+class StatusServer(threading.Thread):
+    """Serves report(ctrl) as one JSON document per connection."""
+
+    def __init__(self, ctrl: Controller, path: Path):
+        super().__init__(name="v2g-status", daemon=True)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_socket():
+            try:                                   # another controller still serving there?
+                query(path, timeout=0.5)
+                raise OSError(f"a controller already answers on {path}")
+            except ConnectionError:
+                path.unlink()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.wfile.write(json.dumps(report(ctrl)).encode() + b"\n")
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self.server.daemon_threads = True
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.path.unlink(missing_ok=True)
+
+
+def query(path: Path, timeout: float = 2.0) -> dict:
+    """The status of the controller serving on path; ConnectionError if none answers."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except (FileNotFoundError, ConnectionRefusedError, socket.timeout) as e:
+        raise ConnectionError(str(e)) from e
+    return json.loads(b"".join(chunks))
+
+
+def render(doc: dict) -> str:
+    """Human-readable status: site, nodes with their binding limit, ports, faults, stats."""
+    s, st = doc["site"], doc["stats"]
+    kw = lambda w: "-" if w is None else f"{w / 1e3:8.1f}"  # noqa: E731
+    lines = [f"site {doc['site_name']}  cycle {s['cycle']}  binding {s['binding']}  "
+             f"safe state {'+'.join(s['safe_state']) or 'no'}",
+             f"  fleet {kw(s['fleet_w'])} kW  setpoint {kw(s['setpoint_w'])} kW  "
+             f"import limit {kw(s['import_limit_w'])} kW  export limit {kw(s['export_limit_w'])} kW",
+             f"  ports charging {s['ports_charging']}  discharging {s['ports_discharging']}  "
+             f"frequency {s['frequency_hz'] or '-'} Hz", "", "nodes:"]
+    for n in doc["nodes"]:
+        lines.append(f"  {n['id']:<12} {kw(n['fleet_w'])} kW  headroom +{kw(n['import_headroom_w'])}"
+                     f" / -{kw(n['export_headroom_w'])} kW  binding {n['binding']}")
+    lines.append("ports:")
+    for p in doc["ports"]:
+        soc = "-" if p["soc"] is None else f"{p['soc']:.2f}"
+        via = f" ({p['binding_node']})" if p["binding_node"] else ""
+        lines.append(f"  {p['id']:<12} {'EV' if p['connected'] else '--'} soc {soc:>4}  {kw(p['setpoint_w'])} kW"
+                     f"  [{kw(p['min_w'])} .. {kw(p['max_w'])}]  {p['binding']}{via}"
+                     + (f"  faults 0x{p['faults']:x}" if p["faults"] else ""))
+    lat, cmp_ = st["wake_latency"], st["compute"]
+    lines += ["", f"faults: {', '.join(doc['faults']) or 'none'}",
+              f"stats: {st['cycles']} cycles, {st['overruns']} overruns; wake latency p99 "
+              f"{lat.get('p99_us', '-')} us max {lat.get('max_us', '-')} us; compute p99 {cmp_.get('p99_us', '-')} us"]
+    return "\n".join(lines)
