@@ -169,6 +169,29 @@ def cmd_simulate(args) -> int:
     return 0 if summary["limit_violations"] == 0 else 3
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    loads = tuple(x.strip() for x in args.load.split(","))
+    bad = [x for x in loads if x not in ("none", "python", "stress")]
+    if bad or args.period_us < 10 or args.duration <= 0 or args.window <= 0 or not 1 <= args.ports <= 256:
+        print(f"bench: expected --load from none,python,stress (found {','.join(bad) or 'ok'}), --period-us >= 10, "
+              f"--duration and --window > 0, --ports 1..256", file=sys.stderr)
+        return 2
+    setup = bench.Setup(period_us=args.period_us, window_s=args.window,
+                        windows=max(1, round(args.duration / args.window)), ports=args.ports, loads=loads,
+                        priority=args.priority, cpu=args.cpu, load_threads=args.load_threads,
+                        baseline=bench.find_baseline(args.baseline))
+    result = bench.run(setup)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        bench.plot(result, Path(args.plot))
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="v2g-rt", description="V2G local controller with a native real-time cycle")
     sub = p.add_subparsers(dest="command", required=True)
@@ -196,6 +219,19 @@ def main(argv=None) -> int:
     e.add_argument("code", nargs="?")
     e.add_argument("--list", action="store_true")
     e.set_defaults(func=cmd_explain)
+    b = sub.add_parser("bench", help="cycle jitter side by side with cyclictest and a Python loop")
+    b.add_argument("--period-us", type=int, default=1000)
+    b.add_argument("--duration", type=float, default=60.0, help="seconds per contender and load")
+    b.add_argument("--window", type=float, default=2.0, help="seconds per window; contenders alternate")
+    b.add_argument("--ports", type=int, default=50)
+    b.add_argument("--load", default="none", help="none, python, stress, or a comma list run in alternation")
+    b.add_argument("--load-threads", type=int, default=4, help="busy Python threads for --load python")
+    b.add_argument("--priority", type=int, default=80)
+    b.add_argument("--cpu", type=int, help="CPU for every contender (default: the last one)")
+    b.add_argument("--baseline", help="path of bench/python_cycle.py (default: found in the source tree)")
+    b.add_argument("--json", help="write the results as JSON")
+    b.add_argument("--plot", help="write a latency histogram PNG")
+    b.set_defaults(func=cmd_bench)
     args = p.parse_args(argv)
     try:
         return args.func(args)

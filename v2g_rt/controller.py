@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import resource
+import struct
 import threading
 import time
 from collections import Counter
@@ -172,6 +173,7 @@ class Controller:
         self._cmd_counts: Counter[str] = Counter()
         self._meas_counts: Counter[str] = Counter()
         self.rt_report: dict | None = None
+        self._pm_qos = None
 
     # ------------------------------------------------------------ time
 
@@ -202,6 +204,16 @@ class Controller:
         rt = self.site.rt if rt is None else rt
         applied = self._core.start(rt.priority, -1 if rt.cpu is None else rt.cpu, rt.lock_memory)
         warnings = [_rt_warning(what, err, rt) for what, err in applied.pop("failed")]
+        applied["cpu_dma_latency_us"] = None
+        if rt.cpu_dma_latency_us is not None:
+            try:  # the request holds while the file stays open (kernel PM QoS)
+                self._pm_qos = open("/dev/cpu_dma_latency", "wb", buffering=0)
+                self._pm_qos.write(struct.pack("i", rt.cpu_dma_latency_us))
+                applied["cpu_dma_latency_us"] = rt.cpu_dma_latency_us
+            except OSError as e:
+                warnings.append(f"ERR_RT_PM_QOS: cannot hold /dev/cpu_dma_latency at {rt.cpu_dma_latency_us} us: "
+                                f"{e.strerror}. Remedy: run as root or add the udev rule from hw/udev; "
+                                f"[rt] cpu_dma_latency_us = -1 skips it")
         for w in warnings:
             log.warning("%s", w)
         deadline = time.monotonic() + 2.0
@@ -214,6 +226,9 @@ class Controller:
 
     def stop(self) -> None:
         self._core.stop()
+        if self._pm_qos is not None:
+            self._pm_qos.close()
+            self._pm_qos = None
 
     def __enter__(self) -> Controller:
         return self

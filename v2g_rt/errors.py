@@ -71,6 +71,9 @@ _ENTRIES = [
     ("ERR_RT_AFFINITY", "The loop could not be pinned to the requested CPU.",
      "The CPU does not exist or is outside the process's allowed set (cgroup cpuset, taskset).",
      "Choose a CPU from /sys/fs/cgroup/cpuset.cpus.effective or `nproc --all`."),
+    ("ERR_RT_PM_QOS", "The CPU wake-up latency request (/dev/cpu_dma_latency) could not be made; "
+     "deep C-states may add latency.", "No write permission on /dev/cpu_dma_latency (root only by default).",
+     "Run as root or grant access with a udev rule (hw/udev); or set [rt] cpu_dma_latency_us = -1 to skip it."),
     ("ERR_CYCLE_OVERRUN", "A cycle ended after the next planned wake; whole periods were skipped.",
      "A period too short for the machine, CPU contention, or no RT priority.",
      "Run `v2g-rt bench`; lengthen the period or isolate a CPU for the loop."),

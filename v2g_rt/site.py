@@ -38,6 +38,7 @@ class RealTime:
     priority: int = 80          # SCHED_FIFO priority of the loop; 0 = normal scheduling
     cpu: int | None = None      # pin the loop to this CPU
     lock_memory: bool = True
+    cpu_dma_latency_us: int | None = 0   # PM QoS request held while running (no deep C-states); None: leave it
 
 
 @dataclass(frozen=True)
