@@ -398,10 +398,11 @@ cdef class Core:
         c.value = value
         c.expires_ns = expires_ns
         c.id_hash = id_hash
-        with nogil:
-            pthread_mutex_lock(&self.producer_lock)
-            ok = ring_push(&self.im.ex.ring, &c)
-            pthread_mutex_unlock(&self.producer_lock)
+        # The GIL stays held: the section is a few stores, and dropping the GIL here
+        # makes every producer queue for it again behind busy Python threads.
+        pthread_mutex_lock(&self.producer_lock)
+        ok = ring_push(&self.im.ex.ring, &c)
+        pthread_mutex_unlock(&self.producer_lock)
         return ok
 
     def write_measurement(self, int32_t index, double value, int64_t t_ns):
@@ -410,13 +411,12 @@ cdef class Core:
             raise IndexError(index)
         cdef Slot* s = &self.im.ex.slot[index]
         cdef bint newer = True
-        with nogil:
-            pthread_mutex_lock(&self.producer_lock)
-            if s.seq != 0 and t_ns < s.t_ns:
-                newer = False
-            else:
-                slot_write(&self.im.ex, index, value, t_ns)
-            pthread_mutex_unlock(&self.producer_lock)
+        pthread_mutex_lock(&self.producer_lock)
+        if s.seq != 0 and t_ns < s.t_ns:
+            newer = False
+        else:
+            slot_write(&self.im.ex, index, value, t_ns)
+        pthread_mutex_unlock(&self.producer_lock)
         return newer
 
     def write_measurements(self, const int32_t[::1] index, const double[::1] value, int64_t t_ns):
@@ -429,15 +429,14 @@ cdef class Core:
         for k in range(n):
             if not 0 <= index[k] < self.im.n_inputs:
                 raise IndexError(index[k])
-        with nogil:
-            pthread_mutex_lock(&self.producer_lock)
-            for k in range(n):
-                i = index[k]
-                if self.im.ex.slot[i].seq != 0 and t_ns < self.im.ex.slot[i].t_ns:
-                    older += 1
-                else:
-                    slot_write(&self.im.ex, i, value[k], t_ns)
-            pthread_mutex_unlock(&self.producer_lock)
+        pthread_mutex_lock(&self.producer_lock)
+        for k in range(n):
+            i = index[k]
+            if self.im.ex.slot[i].seq != 0 and t_ns < self.im.ex.slot[i].t_ns:
+                older += 1
+            else:
+                slot_write(&self.im.ex, i, value[k], t_ns)
+        pthread_mutex_unlock(&self.producer_lock)
         return older
 
     def read_snapshot(self):

@@ -5,7 +5,7 @@ from v2g_rt import Control, Controller, RealTime, depot
 from v2g_rt.sim.session import Session
 
 S = 1_000_000_000
-NORMAL_PRIORITY = RealTime(priority=0, cpu=None, lock_memory=False)
+NORMAL_PRIORITY = RealTime(priority=0, cpu=None, lock_memory=False, cpu_dma_latency_us=None)
 
 
 def make_site(ports=50, **kw):

@@ -78,6 +78,7 @@ def _unavailable_links(site) -> list[str]:
 
 def cmd_run(args) -> int:
     from .controller import Controller
+    from .service import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
     from .sim.drive import RealtimePlant
     from .status import StatusServer, default_socket
 
@@ -105,6 +106,20 @@ def cmd_run(args) -> int:
         server = None
     if plant:
         plant.start()
+    watchdog = None
+    interval = watchdog_interval_s()
+    if interval or site.rt.watchdog_device:
+        hardware = None
+        if site.rt.watchdog_device:
+            try:
+                hardware = HardwareWatchdog(site.rt.watchdog_device, site.rt.watchdog_timeout_s)
+            except OSError as e:
+                log.error("ERR_WATCHDOG: cannot open %s: %s", site.rt.watchdog_device, e.strerror)
+        period = interval or site.rt.watchdog_timeout_s / 4
+        watchdog = Watchdog(ctrl, min(period, site.rt.watchdog_timeout_s / 4), hardware,
+                            site.control.overrun_streak_safe)
+        watchdog.start()
+    notify(f"READY=1\nSTATUS=running {len(site.ports)} ports, {rt['policy']}")
     t0 = time.monotonic()
     tty = sys.stdout.isatty()
     last_line = 0.0
@@ -119,6 +134,9 @@ def cmd_run(args) -> int:
             if args.duration and elapsed >= args.duration:
                 break
     finally:
+        notify("STOPPING=1")
+        if watchdog:
+            watchdog.stop(clean=True)
         if plant:
             plant.stop()
         ctrl.stop()
@@ -151,6 +169,31 @@ def _summary(ctrl, seconds, plant) -> dict:
     if plant:
         out["plant"] = plant.plant.summary()
     return out
+
+
+# What puts an EVSE link's outputs in their safe state once the controller is gone
+# (systemd ExecStopPost). Links whose far side falls back by itself need nothing.
+SAFE_OUTPUTS = {
+    "sim": "no physical output: the simulated EVs stop with the controller",
+}
+
+
+def cmd_safe_outputs(args) -> int:
+    site = _load(args.config)
+    by_link: dict[str, list[str]] = {}
+    for n in site.nodes:
+        if n.link:
+            by_link.setdefault(n.link, []).append(n.id)
+    code = 0
+    for link, evses in sorted(by_link.items()):
+        action = SAFE_OUTPUTS.get(link)
+        if action is None:
+            print(f"ERR_LINK_UNAVAILABLE: {len(evses)} EVSEs on link {link!r}: no safe-output action in this "
+                  f"version", file=sys.stderr)
+            code = 1
+        else:
+            print(f"{len(evses)} EVSEs on link {link!r}: {action}")
+    return code
 
 
 def cmd_simulate(args) -> int:
@@ -219,6 +262,9 @@ def main(argv=None) -> int:
     e.add_argument("code", nargs="?")
     e.add_argument("--list", action="store_true")
     e.set_defaults(func=cmd_explain)
+    so = sub.add_parser("safe-outputs", help="put every EVSE output in its safe state (systemd ExecStopPost)")
+    so.add_argument("--config")
+    so.set_defaults(func=cmd_safe_outputs)
     b = sub.add_parser("bench", help="cycle jitter side by side with cyclictest and a Python loop")
     b.add_argument("--period-us", type=int, default=1000)
     b.add_argument("--duration", type=float, default=60.0, help="seconds per contender and load")

@@ -223,7 +223,9 @@ def parse(text: str, path: str = "<string>") -> Site:
     cpu = r.get_int("cpu", -1, minval=-1, maxval=1023)
     dma = r.get_int("cpu_dma_latency_us", 0, minval=-1, maxval=10**6)
     rt = RealTime(priority=r.get_int("priority", 80, minval=0, maxval=99), cpu=None if cpu < 0 else cpu,
-                  lock_memory=r.get_bool("lock_memory", True), cpu_dma_latency_us=None if dma < 0 else dma)
+                  lock_memory=r.get_bool("lock_memory", True), cpu_dma_latency_us=None if dma < 0 else dma,
+                  watchdog_device=r.get_str("watchdog_device", ""),
+                  watchdog_timeout_s=r.get_int("watchdog_timeout_s", 10, minval=1, maxval=3600))
 
     control = typed(Control, cf.section("control"), CONTROL_OPTIONS)
 

@@ -383,7 +383,8 @@ class Controller:
             measurements = dict(self._meas_counts)
         return {
             "cycles": raw["cycles"], "overruns": raw["overruns"],
-            "skipped_periods": raw["skipped_periods"], "period_us": self.site.period_s * 1e6,
+            "skipped_periods": raw["skipped_periods"], "overrun_streak": raw["overrun_streak"],
+            "period_us": self.site.period_s * 1e6,
             "wake_latency": _summary(lat, raw["lat_min_ns"], raw["lat_max_ns"], raw["lat_sum_ns"]),
             "compute": _summary(cmp_, raw["cmp_min_ns"], raw["cmp_max_ns"], raw["cmp_sum_ns"]),
             "commands": commands, "measurements": measurements, "rt": self.rt_report,

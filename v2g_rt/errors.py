@@ -74,6 +74,12 @@ _ENTRIES = [
     ("ERR_RT_PM_QOS", "The CPU wake-up latency request (/dev/cpu_dma_latency) could not be made; "
      "deep C-states may add latency.", "No write permission on /dev/cpu_dma_latency (root only by default).",
      "Run as root or grant access with a udev rule (hw/udev); or set [rt] cpu_dma_latency_us = -1 to skip it."),
+    ("ERR_LOOP_UNHEALTHY", "The loop stalled or overran repeatedly; the watchdogs are no longer fed.",
+     "CPU starvation, a kernel problem, or a bug that blocks the loop.",
+     "Check `v2g-rt status` and the log; systemd (WatchdogSec) or the hardware watchdog restarts the service."),
+    ("ERR_WATCHDOG", "The hardware watchdog device could not be opened or configured.",
+     "Wrong [rt] watchdog_device, no permission, or a driver without WDIOC_SETTIMEOUT.",
+     "Check the device node and the udev rule in hw/udev; the kernel module (e.g. imx2_wdt, softdog)."),
     ("ERR_CYCLE_OVERRUN", "A cycle ended after the next planned wake; whole periods were skipped.",
      "A period too short for the machine, CPU contention, or no RT priority.",
      "Run `v2g-rt bench`; lengthen the period or isolate a CPU for the loop."),

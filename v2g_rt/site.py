@@ -39,6 +39,8 @@ class RealTime:
     cpu: int | None = None      # pin the loop to this CPU
     lock_memory: bool = True
     cpu_dma_latency_us: int | None = 0   # PM QoS request held while running (no deep C-states); None: leave it
+    watchdog_device: str = ""            # hardware watchdog fed while the loop is healthy ("" = none)
+    watchdog_timeout_s: int = 10
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def test_commands_exactly_once_and_snapshots_consistent_under_load():
                 torn.append(f"ports do not add up to the site in snapshot {cyc}")
             if abs(s.nodes["fleet_w"][0] - s.site["fleet_target_w"]) > 1e-6 * (1 + abs(s.site["fleet_target_w"])):
                 torn.append(f"root node disagrees with the site in snapshot {cyc}")
+            time.sleep(0)       # let producers at the GIL between reads
 
     threads = [threading.Thread(target=producer, args=(k,)) for k in range(PRODUCERS)]
     threads += [threading.Thread(target=reader, args=(k,)) for k in range(READERS)]

@@ -1,0 +1,43 @@
+"""Microbenchmarks (pytest-benchmark): the cycle at 50 and 256 ports, a snapshot read.
+
+    pytest bench --benchmark-enable --benchmark-json=bench/micro.json
+
+Timing one call of run_steps(CYCLES) amortises the Python call; extra_info has
+the cost per cycle. In the test suite these run once each, as smoke tests.
+"""
+import pytest
+
+from helpers import S, ev, make_site
+from v2g_rt import Control, Controller
+
+CYCLES = 1000
+
+
+def loaded(ports: int) -> Controller:
+    """A site with every port occupied, limits that bind and a discharge setpoint."""
+    c = Controller(make_site(ports, control=Control(port_ramp_w_per_s=50_000.0, session_max_age_s=1e6)),
+                   clock="virtual")
+    c.step(S)
+    for i, pid in enumerate(c.port_ids):
+        ev(soc=0.3 + 0.6 * (i % 10) / 10, departure_in_s=3600 * (2 + i % 9), v2g=i % 3 != 0).publish(c, pid, S)
+    c.submit({"kind": "setpoint", "id": "bench", "value_w": -2_000.0 * ports, "expires_in_s": 6 * 86400})
+    c.run_steps(100)
+    return c
+
+
+@pytest.mark.parametrize("ports", [50, 256])
+def test_cycle(benchmark, ports):
+    c = loaded(ports)
+    benchmark.extra_info["cycles_per_call"] = CYCLES
+    benchmark.pedantic(c.run_steps, args=(CYCLES,), rounds=20, warmup_rounds=2)
+    if benchmark.stats:
+        per_cycle_us = benchmark.stats.stats.median / CYCLES * 1e6
+        benchmark.extra_info["median_us_per_cycle"] = round(per_cycle_us, 3)
+        print(f"\ncycle, {ports} ports: {per_cycle_us:.2f} us median")
+    assert c.snapshot().site["fleet_w"] < 0
+
+
+def test_snapshot_read(benchmark):
+    c = loaded(256)
+    snap = benchmark(c.snapshot)
+    assert len(snap.ports) == 256 and (snap.ports["cycle"] == snap.cycle).all()
