@@ -20,6 +20,7 @@ from syscalls cimport *
 include "exchange.pxi"
 include "cycle.pxi"
 include "scheduler.pxi"
+include "entry.pxi"
 
 import os
 
@@ -36,21 +37,27 @@ PORT_SOURCES = {
     "departure_in_s": SRC_PORT_DEPARTURE_IN_S, "max_charge_w": SRC_PORT_MAX_CHARGE_W,
     "max_discharge_w": SRC_PORT_MAX_DISCHARGE_W, "min_soc": SRC_PORT_MIN_SOC,
     "v2g": SRC_PORT_V2G, "power_w": SRC_PORT_POWER_W,
+    "contactor": SRC_PORT_CONTACTOR, "plc_loss": SRC_PORT_PLC_LOSS,
 }
-SOURCE_KINDS = dict(PORT_SOURCES, node_power_w=SRC_NODE_POWER_W,
+SOURCE_KINDS = dict(PORT_SOURCES, node_power_w=SRC_NODE_POWER_W, heatsink_c=SRC_NODE_HEATSINK_C,
+                    ambient_c=SRC_NODE_AMBIENT_C, top_oil_c=SRC_NODE_TOP_OIL_C,
                     frequency_hz=SRC_SITE_FREQUENCY_HZ, heartbeat=SRC_LINK_HEARTBEAT)
 
 COMMAND_KINDS = {"setpoint": CMD_SETPOINT, "export_limit": CMD_EXPORT_LIMIT,
                  "import_limit": CMD_IMPORT_LIMIT, "load_shed": CMD_LOAD_SHED,
-                 "cancel": CMD_CANCEL, "reset_fault": CMD_RESET_FAULT}
+                 "cancel": CMD_CANCEL, "reset_fault": CMD_RESET_FAULT, "latch_fault": CMD_LATCH_FAULT}
 GRID_COMMANDS = N_GRID_COMMANDS
 
 BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
             "safe_state", "stale_meter", "base_load", "children", "parent", "ev_limit",
-            "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband")
-assert len(BINDINGS) == BIND_DEADBAND + 1
+            "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband", "thermal",
+            "phase_current", "site_ramp", "frequency")
+assert len(BINDINGS) == BIND_FREQUENCY + 1
 
-FAULTS = {"session_stale": FAULT_SESSION_STALE}
+FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
+          "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR}
+LATCHED_FAULTS = FAULT_LATCHED
+FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
 SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN}
 
 
@@ -76,7 +83,7 @@ def _layout(name):
             ("departure_in_s", "f8", _off(&_pr.departure_in_s, b)), ("laxity_s", "f8", _off(&_pr.laxity_s, b)),
             ("binding", "i4", _off(&_pr.binding, b)), ("binding_node", "i4", _off(&_pr.binding_node, b)),
             ("faults", "u4", _off(&_pr.faults, b)), ("connected", "?", _off(&_pr.connected, b)),
-            ("v2g", "?", _off(&_pr.v2g, b))]
+            ("v2g", "?", _off(&_pr.v2g, b)), ("contactor_closed", "?", _off(&_pr.contactor_closed, b))]
     if name == "node":
         b = <void*>&_nr
         return sizeof(NodeRow), [
@@ -84,7 +91,8 @@ def _layout(name):
             ("import_headroom_w", "f8", _off(&_nr.import_headroom_w, b)),
             ("export_headroom_w", "f8", _off(&_nr.export_headroom_w, b)),
             ("fleet_w", "f8", _off(&_nr.fleet_w, b)), ("measured_w", "f8", _off(&_nr.measured_w, b)),
-            ("non_ev_w", "f8", _off(&_nr.non_ev_w, b)), ("binding", "i4", _off(&_nr.binding, b)),
+            ("non_ev_w", "f8", _off(&_nr.non_ev_w, b)), ("derate", "f8", _off(&_nr.derate, b)),
+            ("temperature_c", "f8", _off(&_nr.temperature_c, b)), ("binding", "i4", _off(&_nr.binding, b)),
             ("faults", "u4", _off(&_nr.faults, b))]
     if name == "site":
         b = <void*>&_sr
@@ -96,6 +104,8 @@ def _layout(name):
             ("import_limit_w", "f8", _off(&_sr.import_limit_w, b)),
             ("export_limit_w", "f8", _off(&_sr.export_limit_w, b)),
             ("load_shed_w", "f8", _off(&_sr.load_shed_w, b)), ("frequency_hz", "f8", _off(&_sr.frequency_hz, b)),
+            ("frequency_response_w", "f8", _off(&_sr.frequency_response_w, b)),
+            ("fleet_max_w", "f8", _off(&_sr.fleet_max_w, b)), ("fleet_min_w", "f8", _off(&_sr.fleet_min_w, b)),
             ("commands_applied", "u8", _off(&_sr.commands_applied, b)),
             ("commands_expired", "u8", _off(&_sr.commands_expired, b)),
             ("command_digest", "u8", _off(&_sr.command_digest, b)),
@@ -113,6 +123,38 @@ def _layout(name):
 
 def monotonic_ns():
     return mono_ns()
+
+
+cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
+    snap_init(&im.snap)
+    im.opt.period_ns = period_ns
+    im.opt.port_ramp_w_per_s = INFINITY
+    im.opt.deadband_w = 0.0
+    im.opt.output_hold_ns = 5_000_000_000
+    im.opt.default_fleet_import_w = INFINITY
+    im.opt.discharge_reserve_s = 1800.0
+    im.opt.discharge_taper_s = 900.0
+    im.opt.overrun_streak_safe = 3
+    im.opt.safe_exit_ns = 60_000_000_000
+    im.opt.site_ramp_w_per_s = INFINITY
+    im.opt.plc_loss_limit = 0.05
+    im.opt.contactor_settle_ns = 200_000_000
+    im.opt.freq_mode = FREQ_OFF
+    im.freq_input = -1
+    im.stats.lat_min_ns = INT64_MAX
+    im.stats.cmp_min_ns = INT64_MAX
+    im.stats.lat_max_ns = INT64_MIN
+    im.stats.cmp_max_ns = INT64_MIN
+
+
+cdef Image* new_image(int64_t period_ns) except NULL:
+    cdef size_t size = (sizeof(Image) + 4095) // 4096 * 4096
+    cdef Image* im = <Image*>aligned_alloc(4096, size)
+    if im == NULL:
+        raise MemoryError(f"cannot allocate the process image ({size} bytes)")
+    memset(im, 0, size)      # also pre-faults every page before the loop runs
+    image_defaults(im, period_ns)
+    return im
 
 
 cdef class Core:
@@ -133,30 +175,10 @@ cdef class Core:
     def __cinit__(self, int64_t period_ns, bint virtual=False):
         if not 10_000 <= period_ns <= 10_000_000_000:
             raise ValueError(f"period {period_ns} ns is outside 10 us .. 10 s")
-        cdef size_t size = (sizeof(Image) + 4095) // 4096 * 4096
-        self.im = <Image*>aligned_alloc(4096, size)
-        if self.im == NULL:
-            raise MemoryError(f"cannot allocate the process image ({size} bytes)")
-        memset(self.im, 0, size)      # also pre-faults every page before the loop runs
-        snap_init(&self.im.snap)
+        self.im = new_image(period_ns)
         pthread_mutex_init(&self.producer_lock, NULL)
         pthread_mutex_init(&self.reader_lock, NULL)
-        im = self.im
-        im.opt.period_ns = period_ns
-        im.opt.port_ramp_w_per_s = INFINITY
-        im.opt.deadband_w = 0.0
-        im.opt.output_hold_ns = 5_000_000_000
-        im.opt.default_fleet_import_w = INFINITY
-        im.opt.discharge_reserve_s = 1800.0
-        im.opt.discharge_taper_s = 900.0
-        im.opt.overrun_streak_safe = 3
-        im.opt.safe_exit_ns = 60_000_000_000
-        im.freq_input = -1
-        im.stats.lat_min_ns = INT64_MAX
-        im.stats.cmp_min_ns = INT64_MAX
-        im.stats.lat_max_ns = INT64_MIN
-        im.stats.cmp_max_ns = INT64_MIN
-        self.runner.im = im
+        self.runner.im = self.im
         self.virtual = virtual
 
     def __dealloc__(self):
@@ -174,30 +196,48 @@ cdef class Core:
         if self.frozen:
             raise RuntimeError("the site is fixed once the controller has stepped or started")
 
-    def configure(self, *, port_ramp_w_per_s=None, deadband_w=None, output_hold_s=None,
-                  default_fleet_import_w=None, discharge_reserve_s=None,
-                  discharge_taper_s=None, overrun_streak_safe=None, safe_exit_s=None):
+    def configure(self, *, double port_ramp_w_per_s, double deadband_w, double output_hold_s,
+                  double default_fleet_import_w, double discharge_reserve_s, double discharge_taper_s,
+                  uint64_t overrun_streak_safe, double safe_exit_s, double site_ramp_w_per_s,
+                  double plc_loss_limit, double contactor_settle_s):
+        """Control options (units as in v2g_rt.site.Control)."""
         self._check_open()
         o = &self.im.opt
-        if port_ramp_w_per_s is not None:
-            o.port_ramp_w_per_s = port_ramp_w_per_s
-        if deadband_w is not None:
-            o.deadband_w = deadband_w
-        if output_hold_s is not None:
-            o.output_hold_ns = <int64_t>(output_hold_s * 1e9)
-        if default_fleet_import_w is not None:
-            o.default_fleet_import_w = default_fleet_import_w
-        if discharge_reserve_s is not None:
-            o.discharge_reserve_s = discharge_reserve_s
-        if discharge_taper_s is not None:
-            o.discharge_taper_s = max(discharge_taper_s, 1e-3)
-        if overrun_streak_safe is not None:
-            o.overrun_streak_safe = overrun_streak_safe
-        if safe_exit_s is not None:
-            o.safe_exit_ns = <int64_t>(safe_exit_s * 1e9)
+        o.port_ramp_w_per_s = port_ramp_w_per_s
+        o.deadband_w = deadband_w
+        o.output_hold_ns = <int64_t>(output_hold_s * 1e9)
+        o.default_fleet_import_w = default_fleet_import_w
+        o.discharge_reserve_s = discharge_reserve_s
+        o.discharge_taper_s = max(discharge_taper_s, 1e-3)
+        o.overrun_streak_safe = overrun_streak_safe
+        o.safe_exit_ns = <int64_t>(safe_exit_s * 1e9)
+        o.site_ramp_w_per_s = site_ramp_w_per_s
+        o.plc_loss_limit = plc_loss_limit
+        o.contactor_settle_ns = <int64_t>(contactor_settle_s * 1e9)
+
+    def configure_frequency(self, mode, double nominal_hz=50.0, double deadband_under_hz=0.036,
+                            double deadband_over_hz=0.036, double droop_under=0.05, double droop_over=0.05,
+                            double rated_w=0.0, double response_time_s=0.0, curve=()):
+        """Frequency response: 'off', 'droop' (IEEE 1547 parameters) or 'curve' [(Hz, W), ...]."""
+        self._check_open()
+        o = &self.im.opt
+        o.freq_mode = FREQUENCY_MODES[mode]
+        o.freq_nominal_hz = nominal_hz
+        o.freq_db_under_hz = deadband_under_hz
+        o.freq_db_over_hz = deadband_over_hz
+        o.freq_droop_under = droop_under
+        o.freq_droop_over = droop_over
+        o.freq_rated_w = rated_w
+        o.freq_tau_s = response_time_s / 2.302585092994046   # 90 % of a step after response_time_s
+        if len(curve) > MAX_CURVE or (mode == "curve" and len(curve) < 2):
+            raise ValueError(f"a frequency-watt curve needs 2..{MAX_CURVE} points")
+        o.curve_n = len(curve)
+        for k, (hz, w) in enumerate(curve):
+            o.curve_hz[k] = hz
+            o.curve_w[k] = w
 
     def add_node(self, kind, int32_t parent, double import_limit_w, double export_limit_w,
-                 double base_load_min_w=0.0, double base_load_max_w=0.0):
+                 double base_load_min_w=0.0, double base_load_max_w=0.0, double phase_limit_a=float("inf")):
         self._check_open()
         cdef int32_t i = self.im.n_nodes
         if i >= MAX_NODES:
@@ -215,10 +255,49 @@ cdef class Core:
         n.export_limit_w = export_limit_w
         n.base_load_min_w = base_load_min_w
         n.base_load_max_w = base_load_max_w
+        n.phase_limit_a = phase_limit_a
+        n.heatsink = -1
+        n.derate_start_c = 70.0
+        n.trip_c = 90.0
+        n.thermal.ambient = -1
+        n.thermal.top_oil = -1
+        n.derate = 1.0
+        n.temperature_c = NAN
         self.im.n_nodes += 1
         return i
 
-    def add_port(self, int32_t evse, double rating_charge_w, double rating_discharge_w):
+    def set_heatsink_derate(self, int32_t node, double start_c, double trip_c):
+        """EVSE heat sink: linear derate from start_c to zero at trip_c (needs a heatsink_c source)."""
+        self._check_open()
+        if not start_c < trip_c:
+            raise ValueError("the derate must start below the trip temperature")
+        self.im.node[node].derate_start_c = start_c
+        self.im.node[node].trip_c = trip_c
+
+    def set_transformer_thermal(self, int32_t node, *, double rated_w, double top_oil_rise_k=55.0,
+                                double hot_spot_gradient_k=23.0 * 1.3, double loss_ratio=6.0,
+                                double oil_exponent=0.8, double winding_exponent=1.6,
+                                double tau_oil_s=10800.0, double tau_winding_s=420.0,
+                                double derate_start_c=98.0, double limit_c=120.0):
+        """Transformer hot-spot model (defaults: IEC 60076-7 ONAN distribution transformer)."""
+        self._check_open()
+        if rated_w <= 0 or tau_oil_s <= 0 or tau_winding_s <= 0 or not derate_start_c < limit_c:
+            raise ValueError("thermal model needs rated_w > 0, time constants > 0 and derate start < limit")
+        t = &self.im.node[node].thermal
+        t.enabled = 1
+        t.rated_w = rated_w
+        t.top_oil_rise_k = top_oil_rise_k
+        t.hot_spot_gradient_k = hot_spot_gradient_k
+        t.loss_ratio = loss_ratio
+        t.oil_exponent = oil_exponent
+        t.winding_exponent = winding_exponent
+        t.tau_oil_s = tau_oil_s
+        t.tau_winding_s = tau_winding_s
+        t.derate_start_c = derate_start_c
+        t.limit_c = limit_c
+
+    def add_port(self, int32_t evse, double rating_charge_w, double rating_discharge_w,
+                 uint32_t phase_mask=7, double voltage_v=230.0):
         self._check_open()
         cdef int32_t i = self.im.n_ports
         cdef int32_t a, k
@@ -230,6 +309,10 @@ cdef class Core:
         p.evse = evse
         p.rating_charge_w = rating_charge_w
         p.rating_discharge_w = rating_discharge_w
+        if not 0 < phase_mask < 8 or voltage_v <= 0:
+            raise ValueError("a port uses phases L1..L3 (mask 1..7) at a voltage > 0")
+        p.phase_mask = phase_mask
+        p.watts_per_amp = voltage_v * ((phase_mask & 1) + (phase_mask >> 1 & 1) + (phase_mask >> 2 & 1))
         p.binding_node = -1
         for k in range(N_PORT_SOURCES):
             p.src[k] = -1
@@ -254,10 +337,17 @@ cdef class Core:
             if not 0 <= target < self.im.n_ports:
                 raise ValueError(f"port {target} does not exist")
             self.im.port[target].src[k] = i
-        elif k == SRC_NODE_POWER_W:
+        elif SRC_NODE_POWER_W <= k <= SRC_NODE_TOP_OIL_C:
             if not 0 <= target < self.im.n_nodes:
                 raise ValueError(f"node {target} does not exist")
-            self.im.node[target].meter = i
+            if k == SRC_NODE_POWER_W:
+                self.im.node[target].meter = i
+            elif k == SRC_NODE_HEATSINK_C:
+                self.im.node[target].heatsink = i
+            elif k == SRC_NODE_AMBIENT_C:
+                self.im.node[target].thermal.ambient = i
+            else:
+                self.im.node[target].thermal.top_oil = i
         elif k == SRC_SITE_FREQUENCY_HZ:
             self.im.freq_input = i
         elif k == SRC_LINK_HEARTBEAT:

@@ -15,6 +15,7 @@ cdef enum:
     HIST_BINS = 10000        # 1 us bins; one more bin counts the overflow
     TRACE_LEN = 8192         # recent cycles kept for inspection (power of two)
     SNAP_FRESH = 4           # flag in SnapshotBuffers.middle: not yet taken by a reader
+    MAX_CURVE = 16           # points of the frequency-watt curve
 
 cdef enum:  # NodeKind
     NODE_GRID = 0
@@ -35,8 +36,13 @@ cdef enum:  # SourceKind
     SRC_PORT_MIN_SOC = 7
     SRC_PORT_V2G = 8
     SRC_PORT_POWER_W = 9
-    N_PORT_SOURCES = 10
+    SRC_PORT_CONTACTOR = 10      # contactor feedback (GPIO): 1 closed, 0 open
+    SRC_PORT_PLC_LOSS = 11       # ISO 15118 PLC packet loss, 0..1
+    N_PORT_SOURCES = 12
     SRC_NODE_POWER_W = 20
+    SRC_NODE_HEATSINK_C = 21     # EVSE heat-sink / power-module temperature
+    SRC_NODE_AMBIENT_C = 22      # transformer ambient temperature
+    SRC_NODE_TOP_OIL_C = 23      # transformer top-oil temperature (measured)
     SRC_SITE_FREQUENCY_HZ = 40
     SRC_LINK_HEARTBEAT = 50
 
@@ -48,6 +54,7 @@ cdef enum:  # CommandKind
     N_GRID_COMMANDS = 4
     CMD_CANCEL = 10          # value = the kind whose active command ends
     CMD_RESET_FAULT = 11     # port: clear latched faults
+    CMD_LATCH_FAULT = 12     # port, value = fault bits: restore latched faults after a restart
 
 # Why a node or port gets what it gets (the limit that bound it).
 cdef enum:  # Binding
@@ -69,10 +76,26 @@ cdef enum:  # Binding
     BIND_FAULT = 15
     BIND_RAMP = 16
     BIND_DEADBAND = 17
+    BIND_THERMAL = 18        # heat-sink or transformer hot-spot derate
+    BIND_PHASE_CURRENT = 19  # a per-phase current limit
+    BIND_SITE_RAMP = 20      # the site's ramp limit
+    BIND_FREQUENCY = 21      # frequency response moved the fleet target
 
-cdef enum:  # PortFault
+cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
+            # clear when the vehicle leaves, latched bits only on a reset command
     FAULT_SESSION_STALE = 1       # session data stopped arriving while connected
-    FAULT_LATCHED = 0x7FFF0000    # faults in these bits stay until a reset command
+    FAULT_OVERTEMP = 2            # the EVSE's heat sink is at or above its trip temperature
+    FAULT_TEMP_STALE = 4          # a required temperature is stale
+    FAULT_TRANSIENT = 0xFF
+    FAULT_ISO_TIMEOUT = 0x100     # PLC packet loss above its limit: stopped for this session
+    FAULT_SESSION = 0xFF00
+    FAULT_CONTACTOR = 0x10000     # contactor feedback disagrees with the command
+    FAULT_LATCHED = 0x7FFF0000
+
+cdef enum:  # FrequencyMode
+    FREQ_OFF = 0
+    FREQ_DROOP = 1
+    FREQ_CURVE = 2
 
 cdef enum:  # SafeReason
     SAFE_LINK = 1                 # an upstream link is lost or not yet healthy long enough
@@ -130,7 +153,8 @@ cdef struct PortRow:
     uint32_t faults
     uint8_t connected
     uint8_t v2g
-    uint8_t _pad[2]
+    uint8_t contactor_closed       # the command: close the contactor
+    uint8_t _pad
 
 cdef struct NodeRow:
     uint64_t cycle
@@ -139,6 +163,8 @@ cdef struct NodeRow:
     double fleet_w
     double measured_w
     double non_ev_w
+    double derate                  # thermal derate factor applied to the limits (1 = none)
+    double temperature_c           # heat sink (EVSE) or hot spot (transformer); NaN if none
     int32_t binding
     uint32_t faults
 
@@ -154,6 +180,9 @@ cdef struct SiteRow:
     double export_limit_w
     double load_shed_w
     double frequency_hz
+    double frequency_response_w
+    double fleet_max_w
+    double fleet_min_w
     uint64_t commands_applied
     uint64_t commands_expired
     uint64_t command_digest
@@ -197,6 +226,24 @@ cdef struct Stats:
     uint64_t trace_head
     Trace trace[TRACE_LEN]
 
+cdef struct Thermal:             # transformer: first-order top-oil and hot-spot (IEC 60076-7 style)
+    int32_t enabled
+    int32_t ambient              # input indices, -1 if none
+    int32_t top_oil
+    double rated_w
+    double top_oil_rise_k        # rated top-oil rise over ambient
+    double hot_spot_gradient_k   # rated hot-spot rise over top oil (H * gr)
+    double loss_ratio            # load losses / no-load losses at rated load (R)
+    double oil_exponent          # x
+    double winding_exponent      # y
+    double tau_oil_s
+    double tau_winding_s
+    double derate_start_c        # hot spot: derate from here ...
+    double limit_c               # ... to zero here
+    int32_t started
+    double d_oil_k               # state: top-oil rise
+    double d_hot_k               # state: hot-spot rise over top oil
+
 cdef struct Node:
     # configuration
     int32_t parent
@@ -207,6 +254,11 @@ cdef struct Node:
     double export_limit_w
     double base_load_min_w       # non-EV load assumed when the meter is stale
     double base_load_max_w
+    double phase_limit_a         # per-phase current limit of the fleet below (INFINITY: none)
+    int32_t heatsink             # input index of the heat-sink temperature, or -1
+    double derate_start_c        # heat sink: linear derate from here ...
+    double trip_c                # ... to zero here
+    Thermal thermal
     # per cycle
     double fleet_measured_w
     double non_ev_w              # held between meter samples
@@ -214,7 +266,11 @@ cdef struct Node:
     double export_headroom_w
     double rem_import_w
     double rem_export_w
+    double rem_phase_a[3]
     double alloc_w
+    double derate
+    double temperature_c
+    uint32_t faults
     int32_t bind_import
     int32_t bind_export
     int32_t binding
@@ -227,6 +283,8 @@ cdef struct Port:
     int32_t src[N_PORT_SOURCES]  # input index per port source, -1 if none
     double rating_charge_w
     double rating_discharge_w
+    uint32_t phase_mask          # site phases the port draws from (bits L1 L2 L3)
+    double watts_per_amp         # W per A on each of its phases: voltage x number of phases
     # per cycle
     int32_t connected
     int32_t v2g
@@ -246,6 +304,9 @@ cdef struct Port:
     int32_t binding
     int32_t binding_node
     uint32_t faults
+    int32_t contactor_closed
+    int64_t contactor_since_ns   # when the command last changed (feedback settles after it)
+    double ramp_base_w           # where this cycle's output change starts
 
 cdef struct Link:
     int32_t input
@@ -262,7 +323,20 @@ cdef struct Options:
     double discharge_taper_s      # discharge tapers to zero over this much laxity
     uint64_t overrun_streak_safe  # this many overruns in a row enter Safe State
     int64_t safe_exit_ns          # healthy this long before leaving Safe State
-    int64_t link_timeout_ns
+    double site_ramp_w_per_s
+    double plc_loss_limit
+    int64_t contactor_settle_ns
+    int32_t freq_mode
+    double freq_nominal_hz
+    double freq_db_under_hz
+    double freq_db_over_hz
+    double freq_droop_under
+    double freq_droop_over
+    double freq_rated_w
+    double freq_tau_s
+    int32_t curve_n
+    double curve_hz[MAX_CURVE]
+    double curve_w[MAX_CURVE]
 
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
@@ -286,6 +360,9 @@ cdef struct Image:
     uint64_t command_digest
     uint64_t measurements_applied
     double requested_w
+    double frequency_response_w   # lagged
+    double fleet_max_w            # what the fleet could charge now
+    double fleet_min_w            # ... and discharge (negative)
     double fleet_target_w
     double fleet_w
     double fleet_measured_w

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import V2GError
-from .site import LINK_KINDS, NODE_KINDS, Control, Link, Node, Port, RealTime, Site
+from .site import LINK_KINDS, NODE_KINDS, PHASES, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
 
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
@@ -67,6 +67,9 @@ class Section:
 
     def has(self, option: str) -> bool:
         return option in self.raw
+
+    def mark_read(self, option: str) -> None:
+        self._read.add(option)
 
     def _get(self, option, default):
         self._read.add(option)
@@ -207,7 +210,7 @@ def parse(text: str, path: str = "<string>") -> Site:
     cf = ConfigFile(path, text)
     if cf.problems:
         raise ConfigError(cf.problems)
-    known = {"site", "rt", "control", "link", "node", *SECTION_OWNERS}
+    known = {"site", "rt", "control", "link", "node", "frequency", *SECTION_OWNERS}
     for name in cf.data:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
@@ -248,13 +251,26 @@ def parse(text: str, path: str = "<string>") -> Site:
         exp = sec.get_float("export_limit_w", exp_default, minval=0, maxval=1e9, unit="W")
         meter_age = sec.get_float("meter_max_age_s", None, above=0, maxval=3600, unit="s") if not is_evse else None
         base = sec.get_pair("base_load_w", (0.0, 0.0), unit="W") if not is_evse else (0.0, 0.0)
-        link = sec.get_str("link", "sim", choices=LINK_KINDS) if is_evse else None
-        nodes.append(Node(node_id, kind, parent, imp, exp, meter_age, base, link))
+        extra = {"phase_limit_a": sec.get_float("phase_limit_a", math.inf, above=0, unit="A", allow_inf=True)}
+        if is_evse:
+            extra.update(
+                link=sec.get_str("link", "sim", choices=LINK_KINDS),
+                phases=sec.get_str("phases", "L1L2L3", choices=tuple(PHASES)),
+                voltage_v=sec.get_float("voltage_v", 230.0, minval=100, maxval=1000, unit="V"),
+                heatsink_c=sec.get_pair("heatsink_derate_c", None, unit="C"),
+                heatsink_max_age_s=sec.get_float("heatsink_max_age_s", 5.0, above=0, maxval=3600, unit="s"),
+                contactor_feedback=sec.get_bool("contactor_feedback", False),
+                iso15118=sec.get_bool("iso15118", False))
+        elif sec.has("thermal"):
+            sec.mark_read("thermal")       # a table, checked as its own section
+            extra["thermal"] = thermal_section(cf.section(f"{sec.name}.thermal", sec.raw["thermal"]), imp)
+        nodes.append(Node(node_id, kind, parent, imp, exp, meter_age, base, **extra))
         for k in range(n_ports):
             ports.append(Port(f"{node_id}.{k + 1}", node_id, p_ch, p_dis))
 
+    frequency = frequency_section(cf.section("frequency"))
     site = Site(name, period_s, tuple(nodes), tuple(ports), rt=rt, control=control, links=links,
-                source=path, status_socket=status_socket)
+                frequency=frequency, source=path, status_socket=status_socket)
     reported = {(p.section, p.option) for p in cf.problems}
     for problem in site.problems():
         if (problem.section, problem.option) not in reported:
@@ -290,4 +306,54 @@ CONTROL_OPTIONS = {
     "safe_exit_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
     "session_max_age_s": ("get_float", {"above": 0, "maxval": 3600, **_S}),
     "frequency_max_age_s": ("get_float", {"above": 0, "maxval": 3600, **_S}),
+    "site_ramp_w_per_s": ("get_float", {"above": 0, "unit": "W/s", "allow_inf": True}),
+    "plc_loss_limit": ("get_float", {"minval": 0, "maxval": 1}),
+    "contactor_settle_s": ("get_float", {"minval": 0, "maxval": 60, **_S}),
+    "contactor_max_age_s": ("get_float", {"above": 0, "maxval": 60, **_S}),
 }
+
+
+def thermal_section(sec: Section, rated_default: float) -> Thermal:
+    d = Thermal(rated_w=rated_default)
+    hot = sec.get_pair("hot_spot_c", (d.derate_start_c, d.limit_c), unit="C")
+    amb = sec.get_float("ambient_max_age_s", d.ambient_max_age_s, above=0, maxval=86400, unit="s")
+    oil = sec.get_float("top_oil_max_age_s", -1.0, minval=-1, maxval=86400, unit="s")
+    t = Thermal(
+        rated_w=sec.get_float("rated_w", rated_default, above=0, unit="W"),
+        top_oil_rise_k=sec.get_float("top_oil_rise_k", d.top_oil_rise_k, above=0, maxval=150, unit="K"),
+        hot_spot_gradient_k=sec.get_float("hot_spot_gradient_k", d.hot_spot_gradient_k, above=0, maxval=150, unit="K"),
+        loss_ratio=sec.get_float("loss_ratio", d.loss_ratio, above=0, maxval=100),
+        oil_exponent=sec.get_float("oil_exponent", d.oil_exponent, above=0, maxval=3),
+        winding_exponent=sec.get_float("winding_exponent", d.winding_exponent, above=0, maxval=3),
+        tau_oil_s=sec.get_float("tau_oil_s", d.tau_oil_s, above=0, maxval=1e6, unit="s"),
+        tau_winding_s=sec.get_float("tau_winding_s", d.tau_winding_s, above=0, maxval=1e5, unit="s"),
+        derate_start_c=hot[0], limit_c=hot[1],
+        ambient_max_age_s=amb, top_oil_max_age_s=None if oil < 0 else oil)
+    return t
+
+
+def frequency_section(sec: Section) -> Frequency:
+    d = Frequency()
+    mode = sec.get_str("mode", d.mode, choices=("off", "droop", "curve"))
+    curve_raw, given = sec._get("curve", ())
+    curve = ()
+    if given:
+        ok = isinstance(curve_raw, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and math.isfinite(v) for v in p) for p in curve_raw)
+        if ok:
+            curve = tuple((float(h), float(w)) for h, w in curve_raw)
+        else:
+            sec.problem("curve", f"expected [[Hz, W], ...], found {curve_raw!r}")
+    if mode == "curve" and not given:
+        sec.problem("curve", "mode = \"curve\" needs curve = [[Hz, W], ...]")
+    return Frequency(
+        mode=mode,
+        nominal_hz=sec.get_float("nominal_hz", d.nominal_hz, minval=45, maxval=65, unit="Hz"),
+        deadband_under_hz=sec.get_float("deadband_under_hz", d.deadband_under_hz, minval=0, maxval=5, unit="Hz"),
+        deadband_over_hz=sec.get_float("deadband_over_hz", d.deadband_over_hz, minval=0, maxval=5, unit="Hz"),
+        droop_under=sec.get_float("droop_under", d.droop_under, above=0, maxval=1),
+        droop_over=sec.get_float("droop_over", d.droop_over, above=0, maxval=1),
+        rated_w=sec.get_float("rated_w", d.rated_w, minval=0, maxval=1e9, unit="W"),
+        response_time_s=sec.get_float("response_time_s", d.response_time_s, minval=0, maxval=600, unit="s"),
+        curve=curve)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _core
 from .errors import V2GError
-from .site import RealTime, Site
+from .site import PHASES, RealTime, Site
 
 log = logging.getLogger("v2g_rt")
 
@@ -49,7 +49,12 @@ SOURCE_RANGES = {
     "max_charge_w": (0.0, 1e7), "max_discharge_w": (0.0, 1e7),
     "power_w": (-1e7, 1e7), "node_power_w": (-1e9, 1e9),
     "frequency_hz": (40.0, 70.0),
+    "contactor": (0.0, 1.0), "plc_loss": (0.0, 1.0),
+    "heatsink_c": (-60.0, 250.0), "ambient_c": (-60.0, 80.0), "top_oil_c": (-60.0, 250.0),
 }
+PUBLIC_COMMANDS = {k: v for k, v in _core.COMMAND_KINDS.items() if k != "latch_fault"}
+ISO_SOURCES = ("plc_loss",)
+GPIO_SOURCES = ("contactor",)
 
 COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "expires_ns", "expires_in_s", "expires_at"}
 MAX_COMMAND_HORIZON_S = 7 * 86400
@@ -138,12 +143,26 @@ class Controller:
         core.configure(port_ramp_w_per_s=c.port_ramp_w_per_s, deadband_w=c.deadband_w,
                        output_hold_s=c.output_hold_s, default_fleet_import_w=c.default_fleet_import_w,
                        discharge_reserve_s=c.discharge_reserve_s, discharge_taper_s=c.discharge_taper_s,
-                       overrun_streak_safe=c.overrun_streak_safe, safe_exit_s=c.safe_exit_s)
+                       overrun_streak_safe=c.overrun_streak_safe, safe_exit_s=c.safe_exit_s,
+                       site_ramp_w_per_s=c.site_ramp_w_per_s, plc_loss_limit=c.plc_loss_limit,
+                       contactor_settle_s=c.contactor_settle_s)
+        f = site.frequency
+        core.configure_frequency(f.mode, f.nominal_hz, f.deadband_under_hz, f.deadband_over_hz, f.droop_under,
+                                 f.droop_over, f.rated_w, f.response_time_s, f.curve)
         index: dict[str, int] = {}
         for n in site.ordered_nodes():
             lo, hi = n.base_load_w
             index[n.id] = core.add_node(n.kind, index[n.parent] if n.parent else -1,
-                                        n.import_limit_w, n.export_limit_w, lo, hi)
+                                        n.import_limit_w, n.export_limit_w, lo, hi, n.phase_limit_a)
+            if n.heatsink_c:
+                core.set_heatsink_derate(index[n.id], *n.heatsink_c)
+            if n.thermal:
+                t = n.thermal
+                core.set_transformer_thermal(
+                    index[n.id], rated_w=t.rated_w, top_oil_rise_k=t.top_oil_rise_k,
+                    hot_spot_gradient_k=t.hot_spot_gradient_k, loss_ratio=t.loss_ratio,
+                    oil_exponent=t.oil_exponent, winding_exponent=t.winding_exponent, tau_oil_s=t.tau_oil_s,
+                    tau_winding_s=t.tau_winding_s, derate_start_c=t.derate_start_c, limit_c=t.limit_c)
         self.node_ids = tuple(sorted(index, key=index.get))
         self.port_ids = tuple(p.id for p in site.ports)
         self._port_index = {pid: i for i, pid in enumerate(self.port_ids)}
@@ -152,13 +171,24 @@ class Controller:
         def source(name, kind, target, max_age_s):
             self._sources[name] = (core.add_source(kind, target, max_age_s), SOURCE_RANGES[kind])
 
+        evses = {n.id: n for n in site.nodes}
         for p in site.ports:
-            i = core.add_port(index[p.evse], p.max_charge_w, p.max_discharge_w)
+            evse = evses[p.evse]
+            i = core.add_port(index[p.evse], p.max_charge_w, p.max_discharge_w, PHASES[evse.phases], evse.voltage_v)
             for field in _core.PORT_SOURCES:
-                source(f"port/{p.id}/{field}", field, i, c.session_max_age_s)
+                if field in ISO_SOURCES and not evse.iso15118 or field in GPIO_SOURCES and not evse.contactor_feedback:
+                    continue
+                age = c.contactor_max_age_s if field in GPIO_SOURCES else c.session_max_age_s
+                source(f"port/{p.id}/{field}", field, i, age)
         for n in site.nodes:
             if n.meter_max_age_s is not None:
                 source(f"node/{n.id}/power_w", "node_power_w", index[n.id], n.meter_max_age_s)
+            if n.heatsink_c:
+                source(f"node/{n.id}/heatsink_c", "heatsink_c", index[n.id], n.heatsink_max_age_s)
+            if n.thermal and n.thermal.ambient_max_age_s:
+                source(f"node/{n.id}/ambient_c", "ambient_c", index[n.id], n.thermal.ambient_max_age_s)
+            if n.thermal and n.thermal.top_oil_max_age_s:
+                source(f"node/{n.id}/top_oil_c", "top_oil_c", index[n.id], n.thermal.top_oil_max_age_s)
         source("grid/frequency_hz", "frequency_hz", 0, c.frequency_max_age_s)
         for link in site.links:
             source(f"link/{link.name}/heartbeat", "heartbeat", 0, link.timeout_s)
@@ -253,8 +283,8 @@ class Controller:
         if not isinstance(cmd, Mapping):
             return _reject("ERR_CMD_BAD_FIELD", f"a command is a mapping, not {type(cmd).__name__}")
         kind = cmd.get("kind")
-        if kind not in _core.COMMAND_KINDS:
-            return _reject("ERR_CMD_UNKNOWN_KIND", f"unknown command kind {kind!r}; known: {', '.join(_core.COMMAND_KINDS)}")
+        if kind not in PUBLIC_COMMANDS:
+            return _reject("ERR_CMD_UNKNOWN_KIND", f"unknown command kind {kind!r}; known: {', '.join(PUBLIC_COMMANDS)}")
         extra = set(cmd) - COMMAND_FIELDS
         if extra:
             return _reject("ERR_CMD_BAD_FIELD", f"unknown field(s) {', '.join(sorted(map(str, extra)))}")
@@ -280,7 +310,28 @@ class Controller:
                 return _reject("ERR_CMD_QUEUE_FULL", f"command ring of {_core.CAPACITY['command_ring']} is full")
             self._seen[key] = expires
             heapq.heappush(self._seen_heap, (expires + ID_RETENTION_NS, key))
+        if kind == "reset_fault":
+            log.info("port %s: latched faults reset by command %r", self.port_ids[port], key[1])
         return ACCEPTED
+
+    # ------------------------------------------------------------ latched faults
+
+    def latched_faults(self) -> dict[str, int]:
+        """Ports with faults that only a reset command clears (persist these across restarts)."""
+        snap = self.snapshot()
+        bits = snap.ports["faults"] & _core.LATCHED_FAULTS
+        return {pid: int(b) for pid, b in zip(self.port_ids, bits) if b}
+
+    def restore_faults(self, faults: dict[str, int]) -> list[str]:
+        """Re-latch faults saved before a restart; returns the port ids restored (unknown ids are skipped)."""
+        restored = []
+        for pid, bits in faults.items():
+            if pid in self._port_index and int(bits) & _core.LATCHED_FAULTS:
+                ok = self._core.push_command(_core.COMMAND_KINDS["latch_fault"], self._port_index[pid],
+                                             float(int(bits) & _core.LATCHED_FAULTS), 2**62, 0)
+                if ok:
+                    restored.append(pid)
+        return restored
 
     def _forget_expired(self, now: int) -> None:
         heap = self._seen_heap

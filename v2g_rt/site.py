@@ -13,6 +13,26 @@ from ._core import CAPACITY, NODE_KINDS
 LINK_KINDS = ("sim", "ocpp", "can", "pwm", "plc")
 
 
+PHASES = {"L1": 1, "L2": 2, "L3": 4, "L1L2L3": 7}
+
+
+@dataclass(frozen=True)
+class Thermal:
+    """A transformer's hot-spot model (IEC 60076-7 first-order; defaults: ONAN distribution transformer)."""
+    rated_w: float
+    top_oil_rise_k: float = 55.0
+    hot_spot_gradient_k: float = 29.9      # H * gr = 1.3 * 23 K
+    loss_ratio: float = 6.0
+    oil_exponent: float = 0.8
+    winding_exponent: float = 1.6
+    tau_oil_s: float = 10800.0
+    tau_winding_s: float = 420.0
+    derate_start_c: float = 98.0           # hot spot: derate from here ...
+    limit_c: float = 120.0                 # ... to zero here
+    ambient_max_age_s: float | None = 60.0   # None: no ambient sensor
+    top_oil_max_age_s: float | None = None   # a top-oil sensor replaces the modelled top oil
+
+
 @dataclass(frozen=True)
 class Node:
     id: str
@@ -23,6 +43,14 @@ class Node:
     meter_max_age_s: float | None = None    # None: this node has no power meter
     base_load_w: tuple[float, float] = (0.0, 0.0)  # non-EV load range assumed while the meter is stale
     link: str | None = None                 # EVSEs: how setpoints reach it
+    phase_limit_a: float = math.inf         # per-phase current limit of the fleet below
+    phases: str = "L1L2L3"                  # EVSEs: the site phases its ports draw from
+    voltage_v: float = 230.0                # EVSEs: phase-to-neutral voltage
+    heatsink_c: tuple[float, float] | None = None   # EVSEs: derate start and trip (has a sensor)
+    heatsink_max_age_s: float = 5.0
+    contactor_feedback: bool = False        # EVSEs: ports report contactor state (GPIO)
+    iso15118: bool = False                  # EVSEs: ports report PLC packet loss
+    thermal: Thermal | None = None          # transformers: hot-spot model
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,24 @@ class Control:
     safe_exit_s: float = 60.0
     session_max_age_s: float = 10.0
     frequency_max_age_s: float = 1.0
+    site_ramp_w_per_s: float = math.inf
+    plc_loss_limit: float = 0.05
+    contactor_settle_s: float = 0.2
+    contactor_max_age_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Frequency:
+    """Frequency response: IEEE 1547 droop, or a piecewise-linear frequency-watt curve."""
+    mode: str = "off"                      # off | droop | curve
+    nominal_hz: float = 50.0
+    deadband_under_hz: float = 0.036
+    deadband_over_hz: float = 0.036
+    droop_under: float = 0.05
+    droop_over: float = 0.05
+    rated_w: float = 0.0                   # P of the droop formula
+    response_time_s: float = 5.0           # open loop, to 90 % of a step
+    curve: tuple = ()                      # ((Hz, W), ...), Hz strictly increasing
 
 
 @dataclass(frozen=True)
@@ -80,6 +126,7 @@ class Site:
     rt: RealTime = RealTime()
     control: Control = Control()
     links: tuple[Link, ...] = ()
+    frequency: Frequency = Frequency()
     sections: dict = field(default_factory=dict)   # device/service sections, checked by their owners
     source: str = "<built-in>"
     status_socket: str = ""                        # "" = the default in the runtime directory
@@ -150,6 +197,18 @@ def check(site: Site) -> list[Problem]:
         else:
             if depth > CAPACITY["depth"]:
                 out.append(Problem(_section(n), "parent", f"hierarchy {depth} levels deep; at most {CAPACITY['depth']}", "ERR_CONFIG_CAPACITY"))
+    for n in site.nodes:
+        if n.kind == "evse" and n.phases not in PHASES:
+            out.append(Problem(_section(n), "phases", f"expected one of {', '.join(PHASES)}, found {n.phases!r}"))
+        if n.heatsink_c and not n.heatsink_c[0] < n.heatsink_c[1]:
+            out.append(Problem(_section(n), "heatsink_derate_c", f"expected [start, trip] with start < trip, found {list(n.heatsink_c)}"))
+        if n.thermal and not n.thermal.derate_start_c < n.thermal.limit_c:
+            out.append(Problem(f"{_section(n)}.thermal", "hot_spot_c", "expected [derate start, limit] with start < limit"))
+    f = site.frequency
+    if f.mode == "curve":
+        hz = [p[0] for p in f.curve]
+        if not 2 <= len(hz) <= 16 or any(b <= a for a, b in zip(hz, hz[1:])):
+            out.append(Problem("frequency", "curve", f"expected 2..16 points with Hz strictly increasing, found {list(f.curve)}"))
     port_ids: set[str] = set()
     for p in site.ports:
         sec = f"node.{p.evse}"

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import _core
 from ..controller import BINDINGS, Controller
 from ..site import Site
 
 S = 1_000_000_000
+FAULT_BITS = _core.FAULTS
 TAPER_FROM_SOC = 0.8           # EVs charge at full power up to 80 %, then taper linearly to 0 at 100 %
 FREE = "free"                  # schedule value: no setpoint, the default profile applies
 
@@ -48,6 +50,9 @@ class PlantConfig:
     frequency_hz: float = 50.0
     frequency_events: tuple = ((9.0, -0.3, 60.0),)   # ((hour, deviation Hz, seconds), ...)
     ambient_c: tuple[float, float] = (5.0, 20.0)
+    heatsink_faults: tuple = ()               # (("evse07", hour, seconds), ...): a fan fails, +35 C
+    contactor_welds: tuple = ()               # (("evse03.1", hour), ...): the contactor stays closed
+    plc_noise: tuple = ()                     # (("evse05.2", hour, seconds), ...): 12 % PLC packet loss
 
 
 def check_config(sec, site: Site) -> PlantConfig:
@@ -73,6 +78,9 @@ def check_config(sec, site: Site) -> PlantConfig:
         frequency_hz=sec.get_float("frequency_hz", d.frequency_hz, minval=45, maxval=65, unit="Hz"),
         frequency_events=_rows(sec, "frequency_events", d.frequency_events, 3),
         ambient_c=pair("ambient_c"),
+        heatsink_faults=_events(sec, "heatsink_faults", 2, {n.id for n in site.nodes if n.kind == "evse"}),
+        contactor_welds=_events(sec, "contactor_welds", 1, {p.id for p in site.ports}),
+        plc_noise=_events(sec, "plc_noise", 2, {p.id for p in site.ports}),
     )
     for name in ("arrival_soc", "target_soc"):
         lo, hi = getattr(cfg, name)
@@ -94,6 +102,23 @@ def _rows(sec, option, default, width):
         sec.problem(option, f"expected a list of [{width} numbers] rows, found {raw!r}")
         return default
     return tuple(tuple(float(v) for v in r) for r in raw)
+
+
+def _events(sec, option, numbers, known):
+    """[[id, number, ...], ...] with ids from known."""
+    raw, given = sec._get(option, ())
+    if not given:
+        return ()
+    ok = isinstance(raw, list) and all(
+        isinstance(r, list) and len(r) == numbers + 1 and isinstance(r[0], str) and
+        all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r[1:]) for r in raw)
+    if not ok:
+        sec.problem(option, f"expected [[id, {numbers} number(s)], ...], found {raw!r}")
+        return ()
+    unknown = sorted({r[0] for r in raw} - known)
+    if unknown:
+        sec.problem(option, f"unknown id(s) {', '.join(unknown)}")
+    return tuple((r[0], *map(float, r[1:])) for r in raw)
 
 
 def _schedule(sec, option, default):
@@ -171,6 +196,20 @@ class Plant:
         self._last_setpoint = None
         self._next_refresh_ns = t0_ns
         self._cmd_seq = 0
+        # far side of the sensors: EVSE heat sinks, contactors, PLC modems, transformer ambient
+        port_index = {p.id: j for j, p in enumerate(site.ports)}
+        self.hot_evses = [(nd.id, self.below[index[nd.id]], sum(p.max_charge_w for p in site.ports if p.evse == nd.id))
+                          for nd in site.nodes if nd.kind == "evse" and nd.heatsink_c]
+        self.heatsink = np.zeros(len(self.hot_evses))
+        self.contactor = [(j, f"port/{p.id}/contactor") for j, p in enumerate(site.ports)
+                          if f"port/{p.id}/contactor" in ctrl.sources]
+        self.plc = [(j, f"port/{p.id}/plc_loss") for j, p in enumerate(site.ports)
+                    if f"port/{p.id}/plc_loss" in ctrl.sources]
+        self.ambient_sources = [f"node/{nd.id}/ambient_c" for nd in site.nodes
+                                if f"node/{nd.id}/ambient_c" in ctrl.sources]
+        self.welded = {port_index[pid]: h for pid, h in cfg.contactor_welds}
+        self.closed = np.zeros(n, bool)
+        self.faults_seen: dict[str, set] = {}
         occupied = self.rng.random(n) < cfg.occupancy
         for j in np.flatnonzero(occupied):
             self._arrive(j, t0_ns)
@@ -232,7 +271,11 @@ class Plant:
         """Apply the controller's published outputs over [t, t + dt]."""
         snap = self.ctrl.snapshot()
         valid = snap.ports["valid_until_ns"] >= t_ns           # dead-man: stale outputs mean 0 W
-        want = np.where(valid & self.occupied, snap.ports["setpoint_w"], 0.0)
+        self.closed = snap.ports["contactor_closed"].astype(bool)
+        for j, hour in self.welded.items():
+            if self.hour(t_ns) >= hour:
+                self.closed[j] = True                          # welded: closed whatever the command
+        want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), snap.ports["setpoint_w"], 0.0)
         p = np.clip(want, -self.ev_max_discharge(), self.ev_max_charge())
         # never beyond full or below the minimum within the step
         room_up = (1.0 - self.soc) * self.cap * 3600.0 / dt_s
@@ -256,6 +299,9 @@ class Plant:
         imp[self.root] = min(imp[self.root], snap.site["import_limit_w"])
         exp[self.root] = min(exp[self.root], snap.site["export_limit_w"])
         over = np.maximum(flows - imp, -exp - flows)
+        for name, bit in FAULT_BITS.items():
+            for j in np.flatnonzero(snap.ports["faults"] & bit):
+                self.faults_seen.setdefault(name, set()).add(self.site.ports[j].id)
         for i in np.flatnonzero(over > 1.0):
             b.limit_violations += 1
             b.worst_violation_w = max(b.worst_violation_w, float(over[i]))
@@ -319,6 +365,36 @@ class Plant:
         self.ctrl.measure("grid/frequency_hz", self.frequency(t_ns), t_ns)
         if self.link and self.dms_up(t_ns):
             self.ctrl.measure(self.link, 1.0, t_ns)
+        self._publish_sensors(t_ns)
+
+    def _has_contactor(self) -> np.ndarray:
+        has = np.zeros(self.n, bool)
+        has[[j for j, _ in self.contactor]] = True
+        return has
+
+    def _active(self, start_h: float, seconds: float, t_ns: int) -> bool:
+        return start_h <= self.hour(t_ns) < start_h + seconds / 3600
+
+    def _publish_sensors(self, t_ns: int) -> None:
+        lo, hi = self.cfg.ambient_c
+        ambient = lo + (hi - lo) * 0.5 * (1 - math.cos(2 * math.pi * (self.hour(t_ns) - 4) / 24))
+        for src in self.ambient_sources:
+            self.ctrl.measure(src, ambient, t_ns)
+        dt = self.cfg.step_s
+        for k, (evse, ports, rating) in enumerate(self.hot_evses):
+            load = float(np.abs(self.power[ports]).sum()) / rating if rating else 0.0
+            extra = sum(35.0 for e, h, sec in self.cfg.heatsink_faults if e == evse and self._active(h, sec, t_ns))
+            target = ambient + 10.0 + 35.0 * load + extra
+            if self.heatsink[k] == 0.0:
+                self.heatsink[k] = target
+            self.heatsink[k] += (target - self.heatsink[k]) * (1 - math.exp(-dt / 120.0))
+            self.ctrl.measure(f"node/{evse}/heatsink_c", self.heatsink[k], t_ns)
+        for j, src in self.contactor:
+            self.ctrl.measure(src, 1.0 if self.closed[j] else 0.0, t_ns)
+        noisy = {pid for pid, h, sec in self.cfg.plc_noise if self._active(h, sec, t_ns)}
+        for j, src in self.plc:
+            if self.occupied[j]:
+                self.ctrl.measure(src, 0.12 if self.site.ports[j].id in noisy else 0.004, t_ns)
 
     # ------------------------------------------------------------ reporting
 
@@ -354,7 +430,6 @@ class Plant:
             "unmet_departures": b.unmet_departures, "unmet_energy_kwh": b.unmet_energy_wh / 1e3,
             "limit_violations": b.limit_violations, "worst_violation_w": b.worst_violation_w,
             "violations_by_node": b.violations_by_node,
+            "ports_with_faults": {k: sorted(v) for k, v in self.faults_seen.items()},
         }
 
-
-BINDING_NAMES = BINDINGS

@@ -1,0 +1,256 @@
+# arbitrate: the fleet target (setpoint, default profile, load shed, frequency
+# response) distributed down the hierarchy within every envelope found by the
+# interlock. A greedy pass in priority order under the headroom of every node
+# on the port's path: exact for the tree's limits (a polymatroid), O(n log n).
+
+cdef double NEVER_S = 1e12          # "no deadline": departure unknown
+cdef double STICKY_S = 60.0         # ordering bonus that keeps a served port served
+
+
+cdef double frequency_response_raw(const Image* im, double f) noexcept nogil:
+    """Fleet target change for grid frequency f (W, + = more charging).
+
+    Droop (IEEE 1547-2018, load view): below f0 - db_uf the target falls by
+    P * ((f0 - db_uf) - f) / (f0 * k_uf); above f0 + db_of it rises by
+    P * (f - (f0 + db_of)) / (f0 * k_of). Curve: piecewise linear through the
+    configured (Hz, W) points, flat beyond the ends.
+    """
+    cdef const Options* o = &im.opt
+    cdef int k
+    if o.freq_mode == FREQ_DROOP:
+        if f < o.freq_nominal_hz - o.freq_db_under_hz:
+            return -o.freq_rated_w * ((o.freq_nominal_hz - o.freq_db_under_hz) - f) / (o.freq_nominal_hz * o.freq_droop_under)
+        if f > o.freq_nominal_hz + o.freq_db_over_hz:
+            return o.freq_rated_w * (f - (o.freq_nominal_hz + o.freq_db_over_hz)) / (o.freq_nominal_hz * o.freq_droop_over)
+        return 0.0
+    if o.freq_mode == FREQ_CURVE:
+        if f <= o.curve_hz[0]:
+            return o.curve_w[0]
+        for k in range(1, o.curve_n):
+            if f <= o.curve_hz[k]:
+                return o.curve_w[k - 1] + (o.curve_w[k] - o.curve_w[k - 1]) * (f - o.curve_hz[k - 1]) / (o.curve_hz[k] - o.curve_hz[k - 1])
+        return o.curve_w[o.curve_n - 1]
+    return 0.0
+
+
+cdef void fleet_capability(Image* im, double* most_charge, double* most_discharge) noexcept nogil:
+    """The most the fleet can charge and discharge now: each node passes up the
+    smaller of its headroom and what its children can do."""
+    cdef int32_t i
+    cdef Port* p
+    cdef Node* n
+    for i in range(im.n_nodes):
+        im.node[i].rem_import_w = 0.0      # used here as the children's sums
+        im.node[i].rem_export_w = 0.0
+    for i in range(im.n_ports):
+        p = &im.port[i]
+        im.node[p.evse].rem_import_w += p.max_w
+        im.node[p.evse].rem_export_w -= p.min_w
+    for i in range(im.n_nodes - 1, -1, -1):   # children come after their parents
+        n = &im.node[i]
+        n.rem_import_w = fmin(n.rem_import_w, n.import_headroom_w)
+        n.rem_export_w = fmin(n.rem_export_w, n.export_headroom_w)
+        if n.parent >= 0:
+            im.node[n.parent].rem_import_w += n.rem_import_w
+            im.node[n.parent].rem_export_w += n.rem_export_w
+    most_charge[0] = im.node[0].rem_import_w
+    most_discharge[0] = im.node[0].rem_export_w
+
+
+cdef double fleet_target(Image* im, int32_t* tbind, bint* capped) noexcept nogil:
+    """The fleet's target this cycle; capped: the fleet cannot do more (its limits bind)."""
+    cdef ActiveCommand* c
+    cdef double target, up, down, raw, tau, dt, f
+    cdef bint ok
+    c = &im.grid_cmd[CMD_SETPOINT]
+    if c.active:
+        target = c.value
+        tbind[0] = BIND_SETPOINT
+    else:
+        target = im.opt.default_fleet_import_w
+        tbind[0] = BIND_DEFAULT_PROFILE
+    if im.safe_state and target < 0.0:
+        target = 0.0
+        tbind[0] = BIND_SAFE_STATE
+    fleet_capability(im, &up, &down)
+    im.fleet_max_w = up
+    im.fleet_min_w = -down
+    target = fmax(fmin(target, up), -down)
+    if im.opt.freq_mode != FREQ_OFF:
+        f = input_value(im, im.freq_input, &ok)
+        raw = frequency_response_raw(im, f) if ok else 0.0
+        tau = im.opt.freq_tau_s
+        dt = cycle_dt_s(im)
+        im.frequency_response_w += (raw - im.frequency_response_w) * (1.0 - exp(-dt / tau) if tau > 0.0 else 1.0)
+        if fabs(im.frequency_response_w) > 1e-3:
+            target += im.frequency_response_w
+            tbind[0] = BIND_FREQUENCY
+    c = &im.grid_cmd[CMD_LOAD_SHED]
+    if c.active and target > c.value:
+        target = c.value
+        tbind[0] = BIND_LOAD_SHED
+    if im.safe_state and target < 0.0:
+        target = 0.0
+        tbind[0] = BIND_SAFE_STATE
+    capped[0] = target >= up or target <= -down
+    return fmax(fmin(target, up), -down)
+
+
+cdef void sort_ports(Image* im) noexcept nogil:
+    # Stable bottom-up merge sort of the persistent order by key: O(n log n)
+    # worst case, no allocation, and equal keys keep last cycle's order.
+    cdef int32_t n = im.n_ports
+    cdef int32_t width = 1
+    cdef int32_t lo, mid, hi, a, b, k
+    cdef int32_t* src = im.order
+    cdef int32_t* dst = im.order_tmp
+    cdef int32_t* tmp
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = lo + width if lo + width < n else n
+            hi = lo + 2 * width if lo + 2 * width < n else n
+            a = lo
+            b = mid
+            k = lo
+            while k < hi:
+                if a < mid and (b >= hi or im.port[src[a]].key <= im.port[src[b]].key):
+                    dst[k] = src[a]
+                    a += 1
+                else:
+                    dst[k] = src[b]
+                    b += 1
+                k += 1
+            lo = hi
+        tmp = src
+        src = dst
+        dst = tmp
+        width *= 2
+    if src != im.order:
+        for k in range(n):
+            im.order[k] = src[k]
+
+
+cdef void set_keys(Image* im, bint charging) noexcept nogil:
+    # Keys are never NaN: a NaN breaks the sort's ordering and makes the
+    # allocation flip between ports from one cycle to the next.
+    cdef int32_t i
+    cdef Port* p
+    cdef double soc
+    for i in range(im.n_ports):
+        p = &im.port[i]
+        soc = p.soc if p.soc == p.soc else 0.0
+        if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0):
+            p.key = 4.0 * NEVER_S          # nothing to give in this direction: last
+        elif charging:
+            # Least laxity first; vehicles already satisfied only take surplus,
+            # the emptiest of them first.
+            if p.energy_request_wh <= 0.0:
+                p.key = 2.0 * NEVER_S + soc
+            else:
+                p.key = p.laxity_s
+            if p.target_w > 0.0:
+                p.key -= STICKY_S
+        else:
+            # Most slack first: late departure and high SoC give energy first.
+            p.key = -p.laxity_s - soc
+            if p.target_w < 0.0:
+                p.key -= STICKY_S
+
+
+cdef double port_room(Image* im, Port* p, bint charging, double give, int32_t* b, int32_t* bn) noexcept nogil:
+    """give, cut to what every node on the port's path still has room for."""
+    cdef int32_t i, a, ph
+    cdef double room
+    cdef Node* n
+    for i in range(p.npath):
+        a = p.path[i]
+        n = &im.node[a]
+        room = n.rem_import_w if charging else n.rem_export_w
+        if room < give:
+            give = room
+            b[0] = BIND_PARENT
+            bn[0] = a
+        if n.phase_limit_a < INFINITY:
+            for ph in range(3):
+                if p.phase_mask & (1 << ph):
+                    room = n.rem_phase_a[ph] * p.watts_per_amp
+                    if room < give:
+                        give = room
+                        b[0] = BIND_PHASE_CURRENT
+                        bn[0] = a
+    return give if give > 0.0 else 0.0
+
+
+cdef void take_room(Image* im, Port* p, bint charging, double give) noexcept nogil:
+    cdef int32_t i, ph
+    cdef Node* n
+    for i in range(p.npath):
+        n = &im.node[p.path[i]]
+        if charging:
+            n.rem_import_w -= give
+            n.alloc_w += give
+        else:
+            n.rem_export_w -= give
+            n.alloc_w -= give
+        if n.phase_limit_a < INFINITY:
+            for ph in range(3):
+                if p.phase_mask & (1 << ph):
+                    n.rem_phase_a[ph] -= give / p.watts_per_amp
+
+
+cdef void cycle_arbitrate(Image* im) noexcept nogil:
+    cdef double target, remaining, give, room
+    cdef int32_t tbind, b, bn, i, k
+    cdef bint charging, capped
+    cdef Port* p
+    cdef Node* n
+
+    target = fleet_target(im, &tbind, &capped)
+    im.requested_w = target
+    charging = target >= 0.0
+    set_keys(im, charging)
+    sort_ports(im)
+    for i in range(im.n_nodes):
+        n = &im.node[i]
+        n.rem_import_w = n.import_headroom_w
+        n.rem_export_w = n.export_headroom_w
+        n.rem_phase_a[0] = n.phase_limit_a
+        n.rem_phase_a[1] = n.phase_limit_a
+        n.rem_phase_a[2] = n.phase_limit_a
+        n.alloc_w = 0.0
+
+    # When the fleet cannot do more, the nodes' limits say who gets what.
+    remaining = INFINITY if capped and target != 0.0 else fabs(target)
+    for k in range(im.n_ports):
+        p = &im.port[im.order[k]]
+        if charging:
+            give = p.max_w
+            b = p.bind_max
+        else:
+            give = -p.min_w
+            b = p.bind_min
+        bn = -1
+        if give > remaining:
+            give = remaining
+            b = tbind
+        give = port_room(im, p, charging, give, &b, &bn)
+        take_room(im, p, charging, give)
+        remaining -= give
+        p.target_w = give if charging else (-give if give > 0.0 else 0.0)
+        p.binding = b
+        p.binding_node = bn
+
+    for i in range(im.n_nodes):
+        n = &im.node[i]
+        room = n.rem_import_w if charging else n.rem_export_w
+        if room <= 1e-9 * (n.import_headroom_w + n.export_headroom_w) + 1e-6:
+            n.binding = n.bind_import if charging else n.bind_export
+        elif n.phase_limit_a < INFINITY and fmin(fmin(n.rem_phase_a[0], n.rem_phase_a[1]), n.rem_phase_a[2]) <= 1e-9:
+            n.binding = BIND_PHASE_CURRENT
+        elif remaining <= 1e-6:
+            n.binding = tbind
+        else:
+            n.binding = BIND_CHILDREN
+    im.fleet_target_w = im.node[0].alloc_w
+    im.site_binding = im.node[0].binding

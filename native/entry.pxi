@@ -1,0 +1,76 @@
+# entry: arbitrate() for callers outside the loop (benchmarks, other planners):
+# one cycle's interlock and arbitration, run by the cycle's own code over a
+# scratch image with one node (the given limits) and the given ports.
+
+cdef Image* _scratch = NULL
+cdef int SCRATCH_FIELDS = 9      # the port sources arbitrate() fills, in SRC_PORT_* order
+
+
+def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const double[::1] capacity_wh,
+                   const double[::1] energy_request_wh, const double[::1] departure_in_s,
+                   const double[::1] max_charge_w, const double[::1] max_discharge_w,
+                   const double[::1] min_soc, const uint8_t[::1] v2g, double now_s,
+                   double import_limit_w, double export_limit_w, double setpoint_w, double[::1] out):
+    """Validated columns in, W per port out (+ charge). setpoint_w NaN: charge within limits.
+    The caller serialises calls (one scratch image)."""
+    global _scratch
+    cdef Py_ssize_t n = connected.shape[0]
+    cdef Py_ssize_t i
+    cdef int k
+    cdef Image* im
+    cdef Port* p
+    cdef Input* x
+    cdef double cols[9]
+    if n > MAX_PORTS:
+        raise ValueError(f"{n} ports; at most {MAX_PORTS}")
+    if _scratch == NULL:
+        _scratch = new_image(1_000_000)
+    im = _scratch
+    im.now_ns = <int64_t>(now_s * 1e9)
+    im.last_now_ns = 0
+    im.n_nodes = 1
+    im.n_ports = <int32_t>n
+    im.n_inputs = <int32_t>(n * SCRATCH_FIELDS)
+    im.n_links = 0
+    im.node[0].parent = -1
+    im.node[0].meter = -1
+    im.node[0].heatsink = -1
+    im.node[0].phase_limit_a = INFINITY
+    im.node[0].import_limit_w = import_limit_w
+    im.node[0].export_limit_w = export_limit_w
+    im.grid_cmd[CMD_SETPOINT].active = setpoint_w == setpoint_w
+    im.grid_cmd[CMD_SETPOINT].value = setpoint_w
+    im.grid_cmd[CMD_SETPOINT].expires_ns = INT64_MAX
+    with nogil:
+        for i in range(n):
+            p = &im.port[i]
+            memset(p, 0, sizeof(Port))
+            p.npath = 1
+            p.phase_mask = 7
+            p.watts_per_amp = 690.0
+            p.rating_charge_w = max_charge_w[i]
+            p.rating_discharge_w = max_discharge_w[i]
+            p.binding_node = -1
+            cols[0] = connected[i]
+            cols[1] = soc[i]
+            cols[2] = capacity_wh[i]
+            cols[3] = energy_request_wh[i]
+            cols[4] = departure_in_s[i]
+            cols[5] = max_charge_w[i]
+            cols[6] = max_discharge_w[i]
+            cols[7] = min_soc[i]
+            cols[8] = v2g[i]
+            for k in range(N_PORT_SOURCES):
+                p.src[k] = -1
+            for k in range(SCRATCH_FIELDS):
+                p.src[k] = <int32_t>(i * SCRATCH_FIELDS + k)
+                x = &im.input[i * SCRATCH_FIELDS + k]
+                x.value = cols[k]
+                x.t_ns = im.now_ns
+                x.max_age_ns = INT64_MAX
+                x.received = 1
+            im.order[i] = <int32_t>i
+        cycle_interlock(im)
+        cycle_arbitrate(im)
+        for i in range(n):
+            out[i] = im.port[i].target_w

@@ -1,0 +1,320 @@
+# interlock: each port's and node's allowed envelope from local physics, before
+# any grid command is looked at (Local Safety First): hard faults (contactor,
+# PLC loss), thermal derates (EVSE heat sink, transformer hot spot), stale data,
+# Safe State. Nothing here can be overridden by a command.
+
+from libc.math cimport exp, pow, fmin, fmax, isfinite
+
+cdef double AMBIENT_WORST_C = 40.0   # assumed while a transformer's temperatures are stale
+
+
+cdef inline bint input_fresh(const Image* im, int32_t i) noexcept nogil:
+    if i < 0 or not im.input[i].received:
+        return False
+    return im.now_ns - im.input[i].t_ns <= im.input[i].max_age_ns
+
+
+cdef inline double input_value(const Image* im, int32_t i, bint* ok) noexcept nogil:
+    ok[0] = input_fresh(im, i)
+    return im.input[i].value if ok[0] else NAN
+
+
+cdef inline double port_value(const Image* im, const Port* p, int field, bint* ok) noexcept nogil:
+    return input_value(im, p.src[field], ok)
+
+
+cdef inline double clamp01(double x) noexcept nogil:
+    return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
+
+
+cdef inline double linear_derate(double t, double start, double stop) noexcept nogil:
+    """1 below start, 0 at or above stop, linear between; monotone in t."""
+    if t >= stop:
+        return 0.0
+    if t <= start:
+        return 1.0
+    return (stop - t) / (stop - start)
+
+
+cdef inline double cycle_dt_s(const Image* im) noexcept nogil:
+    if im.last_now_ns > 0:
+        return (im.now_ns - im.last_now_ns) * 1e-9
+    return im.opt.period_ns * 1e-9
+
+
+cdef void update_safe_state(Image* im) noexcept nogil:
+    cdef int k
+    cdef Link* l
+    cdef int32_t state = 0
+    for k in range(im.n_links):
+        l = &im.link[k]
+        if input_fresh(im, l.input) and im.input[l.input].value > 0.5:
+            if l.lost:
+                l.lost = 0
+                l.healthy_since_ns = im.now_ns
+            if im.now_ns - l.healthy_since_ns < im.opt.safe_exit_ns:
+                state |= SAFE_LINK
+        else:
+            l.lost = 1
+            state |= SAFE_LINK
+    if im.stats.overrun_streak >= im.opt.overrun_streak_safe:
+        im.safe_overrun_until_ns = im.now_ns + im.opt.safe_exit_ns
+    if im.now_ns < im.safe_overrun_until_ns:
+        state |= SAFE_OVERRUN
+    im.safe_state = state
+
+
+cdef void port_faults(Image* im, Port* p) noexcept nogil:
+    """Connection state, PLC loss and the contactor check."""
+    cdef bint ok
+    cdef double v
+    cdef int32_t isrc
+    cdef int32_t want
+    p.faults &= FAULT_LATCHED | FAULT_SESSION
+    v = port_value(im, p, SRC_PORT_CONNECTED, &ok)
+    p.connected = ok and v > 0.5
+    if not ok:
+        isrc = p.src[SRC_PORT_CONNECTED]
+        if isrc >= 0 and im.input[isrc].received and im.input[isrc].value > 0.5:
+            p.faults |= FAULT_SESSION_STALE
+    if not p.connected:
+        p.faults &= ~FAULT_SESSION            # the session ended: a new vehicle starts clean
+    elif p.src[SRC_PORT_PLC_LOSS] >= 0:
+        v = port_value(im, p, SRC_PORT_PLC_LOSS, &ok)
+        if not ok or v > im.opt.plc_loss_limit:
+            p.faults |= FAULT_ISO_TIMEOUT
+    want = p.connected and not (p.faults & (FAULT_LATCHED | FAULT_SESSION))
+    if want != p.contactor_closed:
+        p.contactor_closed = want
+        p.contactor_since_ns = im.now_ns
+    elif p.src[SRC_PORT_CONTACTOR] >= 0 and im.now_ns - p.contactor_since_ns >= im.opt.contactor_settle_ns:
+        # A feedback that disagrees, or none while closed (it cannot be verified).
+        v = port_value(im, p, SRC_PORT_CONTACTOR, &ok)
+        if (ok and (v > 0.5) != (p.contactor_closed != 0)) or (not ok and p.contactor_closed):
+            p.faults |= FAULT_CONTACTOR
+            p.contactor_closed = 0
+            p.contactor_since_ns = im.now_ns
+
+
+cdef void port_envelope(Image* im, Port* p) noexcept nogil:
+    cdef bint ok, soc_ok, cap_ok, req_ok, dep_ok, min_ok
+    cdef double v, hi, lo, min_soc, e_avail
+    cdef int32_t bmax, bmin
+    p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
+    if not ok:
+        p.measured_w = p.setpoint_w
+    port_faults(im, p)
+    if not p.connected or p.faults & ~FAULT_SESSION_STALE:
+        p.soc = NAN
+        p.capacity_wh = NAN
+        p.energy_request_wh = NAN
+        p.departure_in_s = NAN
+        p.laxity_s = NEVER_S
+        p.v2g = 0
+        p.max_w = 0.0
+        p.min_w = 0.0
+        p.bind_max = BIND_FAULT if p.faults else BIND_NOT_CONNECTED
+        p.bind_min = p.bind_max
+        return
+
+    p.soc = port_value(im, p, SRC_PORT_SOC, &soc_ok)
+    p.capacity_wh = port_value(im, p, SRC_PORT_CAPACITY_WH, &cap_ok)
+    p.energy_request_wh = port_value(im, p, SRC_PORT_ENERGY_REQUEST_WH, &req_ok)
+    v = port_value(im, p, SRC_PORT_DEPARTURE_IN_S, &dep_ok)
+    # Departure arrives relative to its measurement's timestamp (ISO 15118 style).
+    p.departure_in_s = v - (im.now_ns - im.input[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
+
+    hi = p.rating_charge_w
+    bmax = BIND_RATING
+    v = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
+    if ok and v < hi:
+        hi = v if v > 0.0 else 0.0
+        bmax = BIND_EV_LIMIT
+    if soc_ok and p.soc >= 1.0:
+        hi = 0.0
+        bmax = BIND_SOC
+
+    p.laxity_s = NEVER_S
+    if dep_ok and req_ok:
+        if p.energy_request_wh <= 0.0:
+            p.laxity_s = p.departure_in_s
+        elif hi > 0.0:
+            p.laxity_s = p.departure_in_s - p.energy_request_wh * 3600.0 / hi
+        else:
+            p.laxity_s = -NEVER_S
+
+    lo = p.rating_discharge_w
+    bmin = BIND_RATING
+    v = port_value(im, p, SRC_PORT_V2G, &ok)
+    p.v2g = ok and v > 0.5
+    if not p.v2g:
+        lo = 0.0
+        bmin = BIND_NO_V2G
+    elif im.safe_state:
+        lo = 0.0
+        bmin = BIND_SAFE_STATE
+    else:
+        v = port_value(im, p, SRC_PORT_MAX_DISCHARGE_W, &ok)
+        if not ok or v < lo:
+            lo = v if ok and v > 0.0 else 0.0
+            bmin = BIND_EV_LIMIT
+        min_soc = port_value(im, p, SRC_PORT_MIN_SOC, &min_ok)
+        if not (soc_ok and cap_ok and min_ok):
+            lo = 0.0
+            bmin = BIND_SOC
+        else:
+            # Never below the minimum SoC, not even within one period.
+            e_avail = (p.soc - min_soc) * p.capacity_wh * 3600.0 / (im.opt.period_ns * 1e-9)
+            if e_avail < lo:
+                lo = e_avail if e_avail > 0.0 else 0.0
+                bmin = BIND_SOC
+            # Keep enough time to still deliver the departure energy.
+            if p.laxity_s <= im.opt.discharge_reserve_s:
+                lo = 0.0
+                bmin = BIND_SOC
+            elif p.laxity_s < im.opt.discharge_reserve_s + im.opt.discharge_taper_s:
+                lo *= (p.laxity_s - im.opt.discharge_reserve_s) / im.opt.discharge_taper_s
+                bmin = BIND_SOC
+    p.max_w = hi
+    p.min_w = -lo if lo > 0.0 else 0.0
+    p.bind_max = bmax
+    p.bind_min = bmin
+
+
+cdef double transformer_hot_spot(Image* im, Node* n, double load_w) noexcept nogil:
+    """Advance the first-order top-oil and hot-spot model by one cycle; returns the hot spot in C.
+
+    Ultimate rises at load ratio K (IEC 60076-7, eq. for ONAN/ONAF):
+      top oil  d_oil_u = d_oil_r * ((1 + R K^2) / (1 + R))^x
+      hot spot d_hot_u = Hgr * K^y
+    each approached with its own time constant. A measured top-oil temperature
+    replaces the modelled one.
+    """
+    cdef Thermal* t = &n.thermal
+    cdef bint amb_ok, oil_ok
+    cdef double k = fabs(load_w) / t.rated_w
+    cdef double d_oil_u = t.top_oil_rise_k * pow((1.0 + t.loss_ratio * k * k) / (1.0 + t.loss_ratio), t.oil_exponent)
+    cdef double d_hot_u = t.hot_spot_gradient_k * pow(k, t.winding_exponent)
+    cdef double dt = cycle_dt_s(im)
+    cdef double ambient = input_value(im, t.ambient, &amb_ok)
+    cdef double top_oil = input_value(im, t.top_oil, &oil_ok)
+    if not t.started:
+        t.d_oil_k = d_oil_u
+        t.d_hot_k = d_hot_u
+        t.started = 1
+    else:
+        t.d_oil_k += (d_oil_u - t.d_oil_k) * (1.0 - exp(-dt / t.tau_oil_s))
+        t.d_hot_k += (d_hot_u - t.d_hot_k) * (1.0 - exp(-dt / t.tau_winding_s))
+    if oil_ok:
+        return top_oil + t.d_hot_k
+    if not amb_ok:
+        n.faults |= FAULT_TEMP_STALE
+        ambient = AMBIENT_WORST_C
+    return ambient + t.d_oil_k + t.d_hot_k
+
+
+cdef void node_derate(Image* im, Node* n, int32_t i) noexcept nogil:
+    cdef bint ok
+    cdef double temp, load, non_ev
+    n.derate = 1.0
+    n.temperature_c = NAN
+    n.faults = 0
+    if n.heatsink >= 0:
+        temp = input_value(im, n.heatsink, &ok)
+        if ok:
+            n.temperature_c = temp
+            n.derate = linear_derate(temp, n.derate_start_c, n.trip_c)
+            if temp >= n.trip_c:
+                n.faults |= FAULT_OVERTEMP
+        else:
+            n.derate = 0.0
+            n.faults |= FAULT_TEMP_STALE
+    if n.thermal.enabled:
+        # The transformer's load: its own meter, or the fleet below it plus the
+        # site's non-EV load (all of it assumed to pass through this transformer).
+        if n.meter >= 0 and input_fresh(im, n.meter):
+            load = im.input[n.meter].value
+        else:
+            non_ev = im.node[0].non_ev_w
+            load = n.fleet_measured_w + (non_ev if non_ev == non_ev else im.node[0].base_load_max_w)
+        n.temperature_c = transformer_hot_spot(im, n, load)
+        n.derate = fmin(n.derate, linear_derate(n.temperature_c, n.thermal.derate_start_c, n.thermal.limit_c))
+
+
+cdef void node_headroom(Image* im) noexcept nogil:
+    cdef int32_t i, k
+    cdef Node* n
+    cdef Port* p
+    cdef ActiveCommand* c
+    cdef double imp, exp_, lmin, lmax
+    cdef int32_t bi, be
+    cdef bint ok
+    for i in range(im.n_nodes):
+        im.node[i].fleet_measured_w = 0.0
+    for i in range(im.n_ports):
+        p = &im.port[i]
+        for k in range(p.npath):
+            im.node[p.path[k]].fleet_measured_w += p.measured_w
+    im.fleet_measured_w = im.node[0].fleet_measured_w
+    for i in range(im.n_nodes):
+        n = &im.node[i]
+        imp = n.import_limit_w
+        exp_ = n.export_limit_w
+        bi = BIND_RATING
+        be = BIND_RATING
+        if i == 0:
+            c = &im.grid_cmd[CMD_IMPORT_LIMIT]
+            if c.active and c.value < imp:
+                imp = c.value
+                bi = BIND_GRID_COMMAND
+            c = &im.grid_cmd[CMD_EXPORT_LIMIT]
+            if c.active and c.value < exp_:
+                exp_ = c.value
+                be = BIND_GRID_COMMAND
+            im.import_limit_w = imp
+            im.export_limit_w = exp_
+        lmin = 0.0
+        lmax = 0.0
+        if n.meter < 0:
+            n.non_ev_w = 0.0
+        else:
+            ok = input_fresh(im, n.meter)
+            if ok:
+                # Sample and hold: the meter saw the fleet as it was when the reading
+                # arrived, not as it is after later setpoint changes.
+                if im.input[n.meter].applied_cycle == im.cycle or n.non_ev_w != n.non_ev_w:
+                    n.non_ev_w = im.input[n.meter].value - n.fleet_measured_w
+                lmin = n.non_ev_w
+                lmax = n.non_ev_w
+            else:
+                n.non_ev_w = NAN
+                lmin = n.base_load_min_w
+                lmax = n.base_load_max_w
+            if lmax > 0.0 and bi == BIND_RATING:
+                bi = BIND_BASE_LOAD if ok else BIND_STALE_METER
+            if lmin < 0.0 and be == BIND_RATING:
+                be = BIND_BASE_LOAD if ok else BIND_STALE_METER
+        node_derate(im, n, i)
+        if n.derate < 1.0:
+            imp *= n.derate
+            exp_ *= n.derate
+            bi = BIND_THERMAL
+            be = BIND_THERMAL
+        imp -= lmax
+        exp_ += lmin
+        n.import_headroom_w = imp if imp > 0.0 else 0.0
+        n.export_headroom_w = exp_ if exp_ > 0.0 else 0.0
+        n.bind_import = bi
+        n.bind_export = be
+
+
+cdef void cycle_interlock(Image* im) noexcept nogil:
+    cdef int32_t i
+    cdef Port* p
+    update_safe_state(im)
+    for i in range(im.n_ports):
+        port_envelope(im, &im.port[i])
+    node_headroom(im)
+    for i in range(im.n_ports):      # an EVSE's thermal faults show on its ports
+        p = &im.port[i]
+        p.faults |= im.node[p.evse].faults

@@ -1,0 +1,277 @@
+"""Local Safety First: each condition injected at the far side (a sensor value, a link
+heartbeat, an EV session) through the exchange, and the reaction checked within 2 cycles."""
+import math
+from dataclasses import replace
+
+import pytest
+
+from helpers import S, ev, make_site
+from v2g_rt import Control, Controller, Link
+from v2g_rt.controller import BINDINGS
+from v2g_rt import _core
+from v2g_rt.site import Frequency, Thermal
+
+MS = 1_000_000
+BIG = dict(grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6, group_w=1e6, meter=False)
+
+
+def site_with(nodes_edit=None, ports=4, control=None, **kw):
+    site = make_site(ports, ports_per_evse=2, control=control or Control(port_ramp_w_per_s=math.inf), **{**BIG, **kw})
+    if nodes_edit:
+        site = replace(site, nodes=tuple(nodes_edit(n) for n in site.nodes))
+    return site
+
+
+def started(site, t=S):
+    c = Controller(site, clock="virtual")
+    c.step(t)
+    for pid in c.port_ids:
+        ev(departure_in_s=10 * 3600, energy_request_wh=10_000).publish(c, pid, t)
+    return c
+
+
+def two_cycles(c):
+    c.run_steps(2)
+    return c.snapshot()
+
+
+# ---------------------------------------------------------------- contactor
+
+def evse_with(**fields):
+    return lambda n: replace(n, **fields) if n.kind == "evse" else n
+
+
+def feed_contactors(c, t, closed=True, skip=()):
+    for pid in c.port_ids:
+        if pid not in skip:
+            assert c.measure(f"port/{pid}/contactor", 1.0 if closed else 0.0, t)
+
+
+def test_contactor_mismatch_latches_within_two_cycles_after_settle():
+    c = started(site_with(evse_with(contactor_feedback=True)))
+    feed_contactors(c, S)
+    c.run_steps(2)
+    assert c.snapshot().ports["contactor_closed"].all()
+    for k in range(1, 4):                              # feedback follows for 300 ms: no fault
+        c.step(S + k * 100 * MS)
+        feed_contactors(c, S + k * 100 * MS)
+    snap = two_cycles(c)
+    assert snap.ports["faults"].sum() == 0 and (snap.ports["setpoint_w"] > 0).all()
+    t = c.now_ns()
+    feed_contactors(c, t, skip=("evse001.1",))
+    assert c.measure("port/evse001.1/contactor", 0.0, t)   # EV side: feedback says open
+    snap = two_cycles(c)
+    port = snap.port("evse001.1")
+    assert port["faults"] & _core.FAULTS["contactor"]
+    assert port["setpoint_w"] == 0.0 and not port["contactor_closed"]
+    assert BINDINGS[port["binding"]] == "fault"
+    # latched: the feedback agreeing again does not clear it
+    c.step(t + 500 * MS)
+    feed_contactors(c, t + 500 * MS)
+    plug = ev(departure_in_s=10 * 3600, energy_request_wh=10_000)
+    plug.publish(c, "evse001.1", t + 500 * MS)
+    assert two_cycles(c).port("evse001.1")["faults"] & _core.FAULTS["contactor"]
+    # only an explicit reset clears it
+    assert c.submit({"kind": "reset_fault", "id": "r1", "port": "evse001.1", "expires_in_s": 5})
+    assert two_cycles(c).port("evse001.1")["faults"] == 0
+
+
+def test_contactor_feedback_waits_for_the_settle_time():
+    site = site_with(evse_with(contactor_feedback=True), control=Control(contactor_settle_s=0.5,
+                                                                       port_ramp_w_per_s=math.inf))
+    c = started(site)
+    feed_contactors(c, S, closed=False)                # relay still moving after the close command
+    c.run_steps(2)
+    for k in range(1, 5):
+        c.step(S + k * 100 * MS)
+        feed_contactors(c, S + k * 100 * MS, closed=False)
+    assert c.snapshot().ports["faults"].sum() == 0     # 400 ms < settle 500 ms
+    c.step(S + 501 * MS)
+    assert (c.snapshot().ports["faults"] & _core.FAULTS["contactor"]).all()
+
+
+def test_latched_faults_survive_a_restart():
+    site = site_with(evse_with(contactor_feedback=True))
+    c = started(site)
+    c.run_steps(300)
+    feed_contactors(c, c.now_ns(), closed=False)
+    c.run_steps(2)
+    saved = c.latched_faults()
+    assert set(saved) == set(c.port_ids)
+    again = started(site)
+    assert again.restore_faults(saved) == list(saved)
+    again.run_steps(1)
+    snap = again.snapshot()
+    assert (snap.ports["faults"] & _core.FAULTS["contactor"]).all() and (snap.ports["setpoint_w"] == 0).all()
+
+
+# ---------------------------------------------------------------- PLC
+
+def test_plc_packet_loss_above_limit_stops_the_port_for_the_session():
+    c = started(site_with(evse_with(iso15118=True)))
+    for pid in c.port_ids:
+        c.measure(f"port/{pid}/plc_loss", 0.01, S)
+    assert (two_cycles(c).ports["setpoint_w"] > 0).all()
+    t = c.now_ns()
+    c.measure("port/evse002.1/plc_loss", 0.06, t)       # above 5 %
+    snap = two_cycles(c)
+    port = snap.port("evse002.1")
+    assert port["faults"] & _core.FAULTS["iso_timeout"] and port["setpoint_w"] == 0
+    c.measure("port/evse002.1/plc_loss", 0.0, t + 1)    # recovered link: still stopped this session
+    assert two_cycles(c).port("evse002.1")["setpoint_w"] == 0
+    c.measure("port/evse002.1/connected", 0.0, c.now_ns())
+    c.run_steps(1)
+    t = c.now_ns()
+    ev(departure_in_s=3600).publish(c, "evse002.1", t)  # a new session starts clean
+    c.measure("port/evse002.1/plc_loss", 0.0, t)
+    assert two_cycles(c).port("evse002.1")["faults"] == 0
+
+
+# ---------------------------------------------------------------- EVSE heat sink
+
+@pytest.mark.parametrize("temp,expected_factor", [(60.0, 1.0), (70.0, 1.0), (75.0, 0.75), (85.0, 0.25), (90.0, 0.0),
+                                                  (120.0, 0.0)])
+def test_heatsink_derate_is_linear_between_start_and_trip(temp, expected_factor):
+    c = started(site_with(evse_with(heatsink_c=(70.0, 90.0))))
+    for e in ("evse001", "evse002"):
+        c.measure(f"node/{e}/heatsink_c", 50.0, S)
+    c.measure("node/evse001/heatsink_c", temp, S)
+    snap = two_cycles(c)
+    evse = snap.node("evse001")
+    assert evse["derate"] == pytest.approx(expected_factor)
+    assert snap.port("evse001.1")["setpoint_w"] + snap.port("evse001.2")["setpoint_w"] == \
+        pytest.approx(22_000 * expected_factor)
+    assert snap.node("evse002")["derate"] == 1.0
+    tripped = bool(snap.port("evse001.1")["faults"] & _core.FAULTS["overtemp"])
+    assert tripped == (temp >= 90.0)
+    if expected_factor < 1:
+        assert BINDINGS[evse["binding"]] == "thermal"
+
+
+def test_stale_heatsink_temperature_stops_that_evse():
+    c = started(site_with(evse_with(heatsink_c=(70.0, 90.0), heatsink_max_age_s=2.0)))
+    c.measure("node/evse001/heatsink_c", 40.0, S)
+    c.measure("node/evse002/heatsink_c", 40.0, S)
+    c.step(S + 1500 * MS)
+    c.measure("node/evse002/heatsink_c", 40.0, S + 1500 * MS)
+    c.step(S + 3 * S)                                  # evse001's reading is 3 s old
+    snap = c.snapshot()
+    assert snap.node("evse001")["derate"] == 0.0
+    assert snap.port("evse001.1")["faults"] & _core.FAULTS["temp_stale"]
+
+
+# ---------------------------------------------------------------- transformer
+
+def thermal_site(**thermal):
+    t = Thermal(rated_w=40_000.0, ambient_max_age_s=120.0, **thermal)
+    # sessions stay valid across the minute-long virtual steps of these tests
+    ctl = Control(port_ramp_w_per_s=math.inf, session_max_age_s=86400.0)
+    return site_with(lambda n: replace(n, thermal=t, import_limit_w=40_000.0, export_limit_w=40_000.0)
+                     if n.kind == "transformer" else n, control=ctl)
+
+
+def test_transformer_hot_spot_derates_the_site():
+    c = started(thermal_site(tau_oil_s=600.0, tau_winding_s=60.0))
+    c.measure("node/tx1/ambient_c", 20.0, S)
+    c.run_steps(2)
+    cool = c.snapshot()
+    assert cool.node("tx1")["derate"] == 1.0 and cool.site["fleet_w"] == pytest.approx(40_000.0)
+    assert 20.0 < cool.node("tx1")["temperature_c"] < 98.0
+    # a heat wave: 45 C ambient, the hot spot climbs past the derate start
+    t = c.now_ns()
+    for k in range(1, 121):                            # 2 h in 1 min steps
+        c.measure("node/tx1/ambient_c", 45.0, c.now_ns())
+        c.step(t + k * 60 * S)
+    hot = two_cycles(c)
+    tx = hot.node("tx1")
+    assert tx["temperature_c"] > 98.0 and tx["derate"] < 1.0
+    assert hot.site["fleet_w"] < 40_000.0 * tx["derate"] + 1e-6
+    assert BINDINGS[tx["binding"]] == "thermal"
+
+
+def test_stale_transformer_ambient_assumes_the_worst():
+    c = started(thermal_site())
+    c.run_steps(2)
+    assert c.snapshot().node("tx1")["faults"] & _core.FAULTS["temp_stale"]
+
+
+# ---------------------------------------------------------------- phase currents
+
+def test_per_phase_current_limit_binds():
+    # group on 32 A per phase; two single-phase EVSEs on L1, one port each at 7.4 kW (32 A)
+    def edit(n):
+        if n.kind == "group":
+            return replace(n, phase_limit_a=32.0)
+        if n.kind == "evse":
+            return replace(n, phases="L1")
+        return n
+    site = site_with(edit, ports=2)
+    site = replace(site, ports=tuple(replace(p, max_charge_w=7360.0) for p in site.ports))
+    c = started(site)
+    snap = two_cycles(c)
+    amps = snap.ports["setpoint_w"].sum() / 230.0
+    assert amps == pytest.approx(32.0)
+    assert BINDINGS[snap.node("group1")["binding"]] == "phase_current"
+
+
+# ---------------------------------------------------------------- frequency
+
+def droop_site(**f):
+    fr = Frequency(mode="droop", rated_w=100_000.0, response_time_s=0.0, **f)
+    return replace(site_with(ports=20), frequency=fr)
+
+
+@pytest.mark.parametrize("hz", [50.0, 49.98, 49.9, 49.7, 50.02, 50.1, 50.4])
+def test_droop_matches_its_definition(hz):
+    c = Controller(droop_site(), clock="virtual")
+    c.step(S)
+    for pid in c.port_ids:
+        ev(departure_in_s=10 * 3600, energy_request_wh=10_000).publish(c, pid, S)
+    assert c.submit({"kind": "setpoint", "id": 1, "value_w": 50_000.0, "expires_in_s": 60})
+    c.measure("grid/frequency_hz", hz, S)
+    snap = two_cycles(c)
+    f0, db, k, p = 50.0, 0.036, 0.05, 100_000.0
+    if hz < f0 - db:
+        expected = -p * ((f0 - db) - hz) / (f0 * k)
+    elif hz > f0 + db:
+        expected = p * (hz - (f0 + db)) / (f0 * k)
+    else:
+        expected = 0.0
+    assert snap.site["frequency_response_w"] == pytest.approx(expected, abs=1e-6)
+    assert snap.site["fleet_w"] == pytest.approx(min(max(50_000.0 + expected, snap.site["fleet_min_w"]),
+                                                     snap.site["fleet_max_w"]), abs=1e-6)
+
+
+def test_droop_lag_reaches_90_percent_after_the_response_time():
+    c = Controller(replace(droop_site(), frequency=Frequency(mode="droop", rated_w=100_000.0, response_time_s=2.0)),
+                   clock="virtual")
+    c.step(S)
+    for _ in range(20):                                # 2 s at 1 ms, a reading every 100 ms
+        c.measure("grid/frequency_hz", 49.8, c.now_ns())
+        c.run_steps(100)
+    raw = -100_000.0 * ((50 - 0.036) - 49.8) / (50 * 0.05)
+    assert c.snapshot().site["frequency_response_w"] == pytest.approx(0.9 * raw, rel=2e-3)
+
+
+def test_curve_interpolates_unevenly_spaced_points():
+    curve = ((49.5, -40_000.0), (49.9, 0.0), (50.0, 0.0), (50.5, 30_000.0))
+    site = replace(site_with(ports=20), frequency=Frequency(mode="curve", response_time_s=0.0, curve=curve))
+    c = Controller(site, clock="virtual")
+    c.step(S)
+    for hz, expected in ((49.0, -40_000.0), (49.7, -20_000.0), (49.95, 0.0), (50.25, 15_000.0), (51.0, 30_000.0)):
+        c.measure("grid/frequency_hz", hz, c.now_ns())
+        c.run_steps(1)
+        assert c.snapshot().site["frequency_response_w"] == pytest.approx(expected), hz
+
+
+# ---------------------------------------------------------------- site ramp
+
+def test_site_ramp_limits_the_fleet_increase():
+    ctl = Control(port_ramp_w_per_s=math.inf, site_ramp_w_per_s=10_000.0)
+    c = Controller(site_with(ports=8, control=ctl, period_s=0.1), clock="virtual")
+    c.step(S)
+    for pid in c.port_ids:
+        ev().publish(c, pid, S)
+    c.run_steps(10)                                    # 1 s at 10 kW/s
+    assert c.snapshot().site["fleet_w"] == pytest.approx(10_000.0)
+    assert "site_ramp" in {BINDINGS[b] for b in c.snapshot().ports["binding"]}
