@@ -1,0 +1,97 @@
+"""v2g_rt.arbitrate(): the cycle's arbitration for callers outside the loop, and its bad input."""
+import math
+
+import numpy as np
+import pytest
+
+import v2g_rt
+from v2g_rt import arbitration
+
+
+def fleet(n=6, now=1000.0):
+    p = v2g_rt.new_ports(n)
+    p["connected"] = True
+    p["soc"] = np.linspace(0.3, 0.8, n)
+    p["capacity_wh"] = 60_000
+    p["energy_request_wh"] = 10_000
+    p["departure_s"] = now + 3600 * np.arange(2, 2 + n)
+    p["max_charge_w"] = 11_000
+    p["max_discharge_w"] = 11_000
+    p["min_soc"] = 0.2
+    p["v2g"] = True
+    return p
+
+
+def test_follows_a_setpoint_inside_the_limits():
+    p = fleet()
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=50_000, export_limit_w=30_000, setpoint_w=20_000)
+    assert w.dtype == np.float64 and w.shape == (6,)
+    assert w.sum() == pytest.approx(20_000) and (w >= 0).all()
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=50_000, export_limit_w=30_000, setpoint_w=-100_000)
+    assert w.sum() == pytest.approx(-30_000) and (w <= 0).all()
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=50_000, export_limit_w=30_000)
+    assert w.sum() == pytest.approx(50_000)                 # no setpoint: charge within the limit
+
+
+def test_most_urgent_first():
+    p = fleet(3)
+    p["departure_s"] = [1000 + 8 * 3600, 1000 + 3600, 1000 + 4 * 3600]
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=15_000)
+    assert list(w) == [0.0, 11_000.0, 4_000.0]
+
+
+def test_no_history_between_calls():
+    p = fleet()
+    a = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=-25_000)
+    v2g_rt.arbitrate(fleet(50), 5.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=300_000)
+    b = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=-25_000)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("field,value,reason,port_w", [
+    ("capacity_wh", math.nan, "capacity", 0.0),
+    ("capacity_wh", -5.0, "capacity", 0.0),
+    ("soc", math.nan, "soc", 0.0),
+    ("soc", 1.7, "soc_clamped", 0.0),            # clamped to full: no more charge
+    ("max_charge_w", -1.0, "power_limit", 0.0),
+    ("max_charge_w", math.inf, "power_limit", 0.0),
+    ("energy_request_wh", math.nan, "energy_request", None),
+    ("departure_s", math.nan, "departure", None),
+    ("min_soc", math.nan, "min_soc", None),
+])
+def test_bad_rows_have_defined_behaviour_and_are_counted(field, value, reason, port_w):
+    p = fleet(4)
+    p[field][0] = value
+    before = arbitration.rejected[reason]
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=20_000, export_limit_w=20_000, setpoint_w=15_000)
+    assert arbitration.rejected[reason] == before + 1
+    assert np.isfinite(w).all() and w.sum() <= 20_000 + 1e-6 and (w >= 0).all()
+    if port_w is not None:
+        assert w[0] == port_w
+
+
+def test_departure_in_the_past_is_most_urgent_and_never_discharges():
+    p = fleet(3)
+    p["departure_s"][2] = 500.0                            # already late
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=11_000)
+    assert w[2] == 11_000.0
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=-30_000)
+    assert w[2] == 0.0
+
+
+@pytest.mark.parametrize("kw", [dict(import_limit_w=math.nan, export_limit_w=1.0),
+                                dict(import_limit_w=1.0, export_limit_w=-3.0),
+                                dict(import_limit_w=1.0, export_limit_w=1.0, setpoint_w=math.inf)])
+def test_bad_limits_or_setpoint_are_refused(kw):
+    with pytest.raises(ValueError):
+        v2g_rt.arbitrate(fleet(), 0.0, **kw)
+
+
+def test_contradictory_limits_give_zero():
+    w = v2g_rt.arbitrate(fleet(), 1000.0, import_limit_w=0.0, export_limit_w=0.0, setpoint_w=40_000)
+    assert (w == 0).all()
+
+
+def test_wrong_array_is_refused():
+    with pytest.raises(ValueError, match="new_ports"):
+        v2g_rt.arbitrate(np.zeros(3), 0.0, import_limit_w=1.0, export_limit_w=1.0)
