@@ -41,3 +41,24 @@ def test_snapshot_read(benchmark):
     c = loaded(256)
     snap = benchmark(c.snapshot)
     assert len(snap.ports) == 256 and (snap.ports["cycle"] == snap.cycle).all()
+
+
+@pytest.mark.parametrize("ports", [50, 256])
+def test_arbitrate_call(benchmark, ports):
+    """One v2g_rt.arbitrate() call: validation, the scratch image, interlock and arbitration."""
+    import numpy as np
+    import v2g_rt
+
+    p = v2g_rt.new_ports(ports)
+    i = np.arange(ports)
+    p["connected"] = i % 5 != 0
+    p["soc"] = 0.2 + 0.7 * (i % 10) / 10
+    p["capacity_wh"] = 60_000
+    p["energy_request_wh"] = 10_000 + 1_000 * (i % 13)
+    p["departure_s"] = 3600 * (1 + i % 9)
+    p["max_charge_w"] = 11_000
+    p["max_discharge_w"] = 11_000
+    p["v2g"] = i % 3 != 0
+    w = benchmark(v2g_rt.arbitrate, p, 0.0, import_limit_w=3_000.0 * ports, export_limit_w=2_000.0 * ports,
+                  setpoint_w=2_500.0 * ports)
+    assert w.sum() == pytest.approx(2_500.0 * ports)

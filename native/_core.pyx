@@ -134,6 +134,7 @@ cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     im.opt.default_fleet_import_w = INFINITY
     im.opt.discharge_reserve_s = 1800.0
     im.opt.discharge_taper_s = 900.0
+    im.opt.urgency_window_s = 300.0
     im.opt.overrun_streak_safe = 3
     im.opt.safe_exit_ns = 60_000_000_000
     im.opt.site_ramp_w_per_s = INFINITY
@@ -199,7 +200,7 @@ cdef class Core:
     def configure(self, *, double port_ramp_w_per_s, double deadband_w, double output_hold_s,
                   double default_fleet_import_w, double discharge_reserve_s, double discharge_taper_s,
                   uint64_t overrun_streak_safe, double safe_exit_s, double site_ramp_w_per_s,
-                  double plc_loss_limit, double contactor_settle_s):
+                  double plc_loss_limit, double contactor_settle_s, double urgency_window_s):
         """Control options (units as in v2g_rt.site.Control)."""
         self._check_open()
         o = &self.im.opt
@@ -214,6 +215,7 @@ cdef class Core:
         o.site_ramp_w_per_s = site_ramp_w_per_s
         o.plc_loss_limit = plc_loss_limit
         o.contactor_settle_ns = <int64_t>(contactor_settle_s * 1e9)
+        o.urgency_window_s = urgency_window_s
 
     def configure_frequency(self, mode, double nominal_hz=50.0, double deadband_under_hz=0.036,
                             double deadband_over_hz=0.036, double droop_under=0.05, double droop_over=0.05,

@@ -132,27 +132,38 @@ cdef void sort_ports(Image* im) noexcept nogil:
 
 
 cdef void set_keys(Image* im, bint charging) noexcept nogil:
-    # Keys are never NaN: a NaN breaks the sort's ordering and makes the
-    # allocation flip between ports from one cycle to the next.
+    # Charging, in tiers (lower key first):
+    #   urgent   0 <= laxity <= urgency window: it misses its departure energy unless
+    #            served now; least laxity first
+    #   needing  the rest that still want energy, smallest reachable energy first:
+    #            min(capacity, energy now + max power x time left), ties by laxity. A kWh
+    #            raises such an EV's share of what it could reach the most, and vehicles
+    #            that cannot be filled anyway (negative laxity) do not crowd out those
+    #            that can; a vehicle past its departure can reach no more than it has
+    #   surplus  satisfied vehicles take what is left, the emptiest first
+    # Discharging: most slack first (late departure, high SoC).
+    # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
+    # breaks the sort and makes the allocation flip between ports every cycle.
     cdef int32_t i
     cdef Port* p
-    cdef double soc
+    cdef double soc, reach, stay
     for i in range(im.n_ports):
         p = &im.port[i]
         soc = p.soc if p.soc == p.soc else 0.0
         if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0):
-            p.key = 4.0 * NEVER_S          # nothing to give in this direction: last
+            p.key = 4.0 * NEVER_S
         elif charging:
-            # Least laxity first; vehicles already satisfied only take surplus,
-            # the emptiest of them first.
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc
+            elif 0.0 <= p.laxity_s <= im.opt.urgency_window_s:
+                p.key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
             else:
-                p.key = p.laxity_s
-            if p.target_w > 0.0:
-                p.key -= STICKY_S
+                stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S
+                reach = p.capacity_wh if p.capacity_wh == p.capacity_wh else NEVER_S
+                reach = fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0)
+                p.key = (reach + 1e-9 * fmax(fmin(p.laxity_s, 1e6), -1e6)
+                         - (p.max_w * STICKY_S / 3600.0 if p.target_w > 0.0 else 0.0))
         else:
-            # Most slack first: late departure and high SoC give energy first.
             p.key = -p.laxity_s - soc
             if p.target_w < 0.0:
                 p.key -= STICKY_S

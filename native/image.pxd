@@ -321,6 +321,7 @@ cdef struct Options:
     double default_fleet_import_w
     double discharge_reserve_s    # no discharge once laxity falls to this
     double discharge_taper_s      # discharge tapers to zero over this much laxity
+    double urgency_window_s       # laxity below this (and >= 0) is served first
     uint64_t overrun_streak_safe  # this many overruns in a row enter Safe State
     int64_t safe_exit_ns          # healthy this long before leaving Safe State
     double site_ramp_w_per_s

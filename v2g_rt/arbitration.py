@@ -9,7 +9,8 @@ Bad rows get defined behaviour and are counted in `rejected` (by reason):
   power limits not finite or < 0               -> 0 W in that direction
   min_soc not finite                           -> no discharge; outside 0..1 -> clamped
   energy_request not finite or < 0             -> 0 (the EV only takes surplus)
-  departure not finite                         -> no deadline; in the past -> most urgent, no discharge
+  departure not finite                         -> no deadline; in the past -> served first among the
+                                                  EVs that still want energy, never discharges
 Limits or a setpoint that are not finite, or negative limits, raise ValueError.
 """
 from __future__ import annotations

@@ -78,6 +78,7 @@ def _unavailable_links(site) -> list[str]:
 
 def cmd_run(args) -> int:
     from .controller import Controller
+    from .faults import FaultWatch, journal_path
     from .service import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
     from .sim.drive import RealtimePlant
     from .status import StatusServer, default_socket
@@ -90,6 +91,7 @@ def cmd_run(args) -> int:
             log.error("%s", p)
         return 2
     ctrl = Controller(site)
+    faults = FaultWatch(ctrl, journal_path(site))      # restores latched faults before the loop runs
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -128,6 +130,7 @@ def cmd_run(args) -> int:
             elapsed = time.monotonic() - t0
             if plant and plant.error:
                 raise plant.error
+            faults.poll()
             if tty or elapsed - last_line >= 10:
                 print(("\r" if tty else "") + _status_line(ctrl), end="" if tty else "\n", flush=True)
                 last_line = elapsed

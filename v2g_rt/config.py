@@ -302,6 +302,7 @@ CONTROL_OPTIONS = {
     "default_fleet_import_w": ("get_float", {"minval": 0, "unit": "W", "allow_inf": True}),
     "discharge_reserve_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
     "discharge_taper_s": ("get_float", {"above": 0, "maxval": 86400, **_S}),
+    "urgency_window_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
     "overrun_streak_safe": ("get_int", {"minval": 1, "maxval": 10**6}),
     "safe_exit_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
     "session_max_age_s": ("get_float", {"above": 0, "maxval": 3600, **_S}),

@@ -114,6 +114,22 @@ _ENTRIES = [
     ("ERR_LINK_UNAVAILABLE", "An EVSE's setpoint link is not available in this build.",
      "The config names a link (ocpp, can, pwm, plc) whose service is not part of this version.",
      "Use link = \"sim\" or a link this version provides (`v2g-rt check` lists them)."),
+    ("ERR_CONTACTOR_MISMATCH", "A port's contactor feedback disagrees with its command after the settle time; "
+     "the port is stopped with its contactor open, latched until a reset.",
+     "A welded or stuck contactor, a broken auxiliary contact or feedback wiring.",
+     "Inspect the contactor and its feedback wiring, then send a reset_fault command for the port."),
+    ("ERR_EVSE_OVERTEMP", "An EVSE's heat sink reached its trip temperature; its ports are at 0 W until it cools.",
+     "A failed fan, blocked air filter or high ambient.", "Check the EVSE's cooling; it derates linearly from the derate start."),
+    ("ERR_TEMP_STALE", "A temperature the interlock needs is stale; the EVSE stops, or the transformer "
+     "model assumes a worst-case ambient.", "The sensor, its bus (CAN, I2C) or the service reading it is down.",
+     "Check the sensor and `v2g-rt status`; the value's max age is in the site config."),
+    ("ERR_SESSION_STALE", "A connected port's session data stopped arriving; the port is at 0 W.",
+     "The EVSE or its link (OCPP, PLC) stopped reporting.", "Check the EVSE's link."),
+    ("ERR_TRANSFORMER_HOTSPOT", "The transformer's modelled hot spot is above its derate start; the site is derated.",
+     "Sustained high load in hot weather.", "None needed; the derate follows the hot spot down."),
+    ("ERR_FAULT_JOURNAL", "The latched-fault journal cannot be read or written.",
+     "The state directory is missing or not writable.",
+     "Give the service a writable StateDirectory (systemd) or /var/lib/v2g-rt."),
     ("ERR_METER_STALE", "The grid meter value is older than its maximum age; worst-case headroom is assumed.",
      "Meter or Modbus link down.", "Check the meter and its link."),
 ]

@@ -79,6 +79,7 @@ class Control:
     default_fleet_import_w: float = math.inf  # default profile: charge within limits, never discharge
     discharge_reserve_s: float = 1800.0
     discharge_taper_s: float = 900.0
+    urgency_window_s: float = 300.0          # laxity below this is served first
     overrun_streak_safe: int = 3
     safe_exit_s: float = 60.0
     session_max_age_s: float = 10.0

@@ -33,11 +33,14 @@ def test_follows_a_setpoint_inside_the_limits():
     assert w.sum() == pytest.approx(50_000)                 # no setpoint: charge within the limit
 
 
-def test_most_urgent_first():
+def test_urgent_first_then_the_smallest_reachable_energy():
     p = fleet(3)
-    p["departure_s"] = [1000 + 8 * 3600, 1000 + 3600, 1000 + 4 * 3600]
+    p["soc"] = [0.3, 0.5, 0.5]
+    p["capacity_wh"] = [100_000, 30_000, 60_000]
+    # the last one misses its 10 kWh (3273 s at 11 kW) unless served now: laxity 127 s
+    p["departure_s"] = [1000 + 10 * 3600, 1000 + 10 * 3600, 1000 + 3400]
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=15_000)
-    assert list(w) == [0.0, 11_000.0, 4_000.0]
+    assert list(w) == [0.0, 4_000.0, 11_000.0]       # then the 30 kWh car before the 100 kWh one
 
 
 def test_no_history_between_calls():
@@ -70,9 +73,10 @@ def test_bad_rows_have_defined_behaviour_and_are_counted(field, value, reason, p
         assert w[0] == port_w
 
 
-def test_departure_in_the_past_is_most_urgent_and_never_discharges():
+def test_departure_in_the_past_ranks_by_what_it_has_and_never_discharges():
     p = fleet(3)
-    p["departure_s"][2] = 500.0                            # already late
+    p["departure_s"][2] = 500.0                            # already late: it can reach only what it has,
+    p["soc"][2] = 0.25                                     # 15 kWh: less than the others can reach
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=11_000)
     assert w[2] == 11_000.0
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=-30_000)

@@ -160,15 +160,17 @@ def test_measured_non_ev_load_is_meter_minus_fleet():
     assert c.snapshot().node("grid")["non_ev_w"] == pytest.approx(BASE_LOAD)
 
 
-def test_least_laxity_first_when_power_is_scarce():
+def test_urgent_first_then_smallest_reachable_energy_when_power_is_scarce():
     c = Controller(make_site(4, ports_per_evse=1, grid_import_w=1e6, transformer_w=1e6, group_w=1e6), clock="virtual")
     c.step(S)
-    for pid, dep in zip(c.port_ids, (8 * 3600, 2 * 3600 + 600, 4 * 3600, 3 * 3600)):
+    # 20 kWh at 11 kW takes 6545 s: a departure in 6700 s leaves 155 s of laxity (urgent)
+    for pid, dep in zip(c.port_ids, (8 * 3600, 6700, 4 * 3600, 3 * 3600)):
         ev(departure_in_s=dep, energy_request_wh=20_000).publish(c, pid, S)
     setpoint(c, 16_500.0, "sp")
     settle(c, 2 * S)
-    w = c.snapshot().ports["setpoint_w"]
-    assert list(w) == [0.0, 11_000.0, 0.0, 5_500.0]       # least laxity first, then the next
+    snap = c.snapshot()
+    # then all can reach a full 60 kWh: equal reach, the least laxity (3 h) goes next
+    assert list(snap.ports["setpoint_w"]) == [0.0, 11_000.0, 0.0, 5_500.0]
 
 
 def test_discharge_respects_v2g_min_soc_and_departure_energy():
