@@ -6,8 +6,23 @@ no-allocation test must catch (it builds that variant itself).
 """
 import os
 
+import shutil
+from pathlib import Path
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+
+class build_py_with_hw(build_py):
+    """hw/j1939/*.dbc are hardware assets; the installed package needs them as data."""
+
+    def run(self):
+        super().run()
+        data = Path(self.build_lib) / "v2g_rt" / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        for dbc in Path("hw/j1939").glob("*.dbc"):
+            shutil.copy(dbc, data / dbc.name)
 
 debug = os.environ.get("V2G_RT_DEBUG") == "1"
 macros = []
@@ -23,6 +38,7 @@ core = Extension(
 )
 
 setup(
+    cmdclass={"build_py": build_py_with_hw},
     ext_modules=cythonize(
         [core],
         include_path=["native"],

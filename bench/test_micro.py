@@ -62,3 +62,34 @@ def test_arbitrate_call(benchmark, ports):
     w = benchmark(v2g_rt.arbitrate, p, 0.0, import_limit_w=3_000.0 * ports, export_limit_w=2_000.0 * ports,
                   setpoint_w=2_500.0 * ports)
     assert w.sum() == pytest.approx(2_500.0 * ports)
+
+
+@pytest.mark.parametrize("frames", [0, 50])
+def test_cycle_draining_can_frames(benchmark, frames):
+    """One cycle of the 50-port site that drains and decodes `frames` J1939 frames (sim CAN backend):
+    the difference between the two is the cost of 50 frames."""
+    from dataclasses import replace
+
+    from v2g_rt import config
+    from v2g_rt.drivers import attach
+    from v2g_rt.drivers.can import CAN_EFF_FLAG
+
+    site = config.load()
+    site = replace(site, rt=replace(site.rt, priority=0, lock_memory=False),
+                   control=replace(site.control, session_max_age_s=1e6))
+    c = Controller(site, clock="virtual")
+    devices = attach(c, site)
+    c.step(S)
+    for i, pid in enumerate(c.port_ids):
+        ev(soc=0.3 + 0.6 * (i % 10) / 10, departure_in_s=3600 * (2 + i % 9)).publish(c, pid, S)
+    evses = [n for n in site.nodes if n.can_address is not None]
+    frame = bytes([0x00, 0x27, 100, 101, 65, 0, 0, 0])
+
+    def send():
+        for k in range(frames):
+            devices.can_peer.send_raw((0x18FF1000 | evses[k % len(evses)].can_address) | CAN_EFF_FLAG, frame)
+
+    benchmark.pedantic(c.run_steps, args=(1,), setup=send, rounds=300, warmup_rounds=5)
+    can = c.device_stats()["can"]
+    assert can["decoded"] == can["frames"] and can["budget_full"] == 0
+    devices.close()

@@ -7,7 +7,7 @@ Python reaches the image only through the methods of `Core`, which go through
 the exchange; `v2g_rt.controller.Controller` is the public face.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, INT64_MAX, INT64_MIN
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX, INT64_MIN
 from libc.stdlib cimport free
 from libc.string cimport memset
 from libc.errno cimport errno, EPERM, EINVAL
@@ -18,6 +18,8 @@ from image cimport *
 from syscalls cimport *
 
 include "exchange.pxi"
+include "io_can.pxi"
+include "io_i2c.pxi"
 include "cycle.pxi"
 include "scheduler.pxi"
 include "entry.pxi"
@@ -142,6 +144,7 @@ cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     im.opt.contactor_settle_ns = 200_000_000
     im.opt.freq_mode = FREQ_OFF
     im.freq_input = -1
+    im.can.fd = -1
     im.stats.lat_min_ns = INT64_MAX
     im.stats.cmp_min_ns = INT64_MAX
     im.stats.lat_max_ns = INT64_MIN
@@ -167,6 +170,8 @@ cdef class Core:
     cdef Image* im
     cdef Runner runner
     cdef pthread_t thread
+    cdef pthread_t io_thread
+    cdef bint io_running
     cdef readonly bint running
     cdef readonly bint frozen
     cdef readonly bint virtual
@@ -459,6 +464,9 @@ cdef class Core:
             else:
                 raise OSError(rc, f"cannot create the loop thread: {os.strerror(rc)}")
         self.running = True
+        io = self._start_io(priority - 10 if fifo and priority > 10 else 0, cpu if pin else -1)
+        if io:
+            warnings.append(("io_thread", io))
         return {"policy": "SCHED_FIFO" if fifo else "SCHED_OTHER",
                 "priority": priority if fifo else 0, "cpu": cpu if pin else None,
                 "memory_locked": locked, "failed": warnings}
@@ -467,16 +475,110 @@ cdef class Core:
         """The loop thread's kernel tid (0 until it has started)."""
         return v2g_load_i64(&self.runner.tid)
 
+    cdef int _start_io(self, int priority, int cpu) noexcept:
+        """The I2C I/O thread, one step below the loop; returns 0 or the pthread_create error."""
+        cdef pthread_attr_t attr
+        cdef sched_param sp
+        cdef int rc
+        if self.im.i2c.n == 0:
+            return 0
+        i2c_schedule(&self.im.i2c, mono_ns())
+        self.im.i2c.stop = 0
+        pthread_attr_init(&attr)
+        pthread_attr_setstacksize(&attr, LOOP_STACK_BYTES)
+        if priority > 0:
+            pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED)
+            pthread_attr_setschedpolicy(&attr, SCHED_FIFO)
+            sp.sched_priority = priority
+            pthread_attr_setschedparam(&attr, &sp)
+        rc = pthread_create(&self.io_thread, &attr, i2c_thread_main, self.im)
+        pthread_attr_destroy(&attr)
+        self.io_running = rc == 0
+        return rc
+
     cdef void _join(self) noexcept:
         v2g_store_release(&self.runner.stop, 1)
+        v2g_store_release(&self.im.i2c.stop, 1)
         with nogil:
             pthread_join(self.thread, NULL)
+            if self.io_running:
+                pthread_join(self.io_thread, NULL)
+        self.io_running = False
         self.running = False
 
     def stop(self):
         """Stop the loop; returns within one period plus one cycle."""
         if self.running:
             self._join()
+
+    # ------------------------------------------------------------ devices
+
+    def attach_can(self, int fd, int budget, signals):
+        """The loop drains fd (struct can_frame) each cycle and decodes signals:
+        [(pgn, sa, shift, length, big_endian, signed, min_dlc, raw_max_valid, scale, offset,
+          minimum, maximum, input), ...]."""
+        self._check_open()
+        if len(signals) > MAX_CAN_SIGNALS:
+            raise ValueError(f"{len(signals)} CAN signals; at most {MAX_CAN_SIGNALS}")
+        cdef CanReader* r = &self.im.can
+        cdef CanSignal* g
+        for k, (pgn, sa, shift, length, big, signed, min_dlc, raw_max, scale, offset, lo, hi, inp) in enumerate(signals):
+            if not 0 <= inp < self.im.n_inputs or not 1 <= length <= 64 or not 0 <= shift <= 64 - length:
+                raise ValueError(f"bad CAN signal #{k}")
+            g = &r.sig[k]
+            g.pgn, g.sa, g.shift, g.length, g.big_endian, g.is_signed = pgn, sa, shift, length, big, signed
+            g.min_dlc, g.raw_max_valid, g.scale, g.offset = min_dlc, raw_max, scale, offset
+            g.minimum, g.maximum, g.input = lo, hi, inp
+        r.n_signals = len(signals)
+        can_attach(r, fd, budget)
+
+    def can_stats(self):
+        cdef CanReader* r = &self.im.can
+        return {"frames": v2g_load_relaxed(&r.frames), "decoded": v2g_load_relaxed(&r.decoded),
+                "unknown_pgn": v2g_load_relaxed(&r.unknown_pgn), "error_frames": v2g_load_relaxed(&r.error_frames),
+                "bus_off": v2g_load_relaxed(&r.bus_off), "short_frames": v2g_load_relaxed(&r.short_frames),
+                "not_available": v2g_load_relaxed(&r.not_available), "out_of_range": v2g_load_relaxed(&r.out_of_range),
+                "non_j1939": v2g_load_relaxed(&r.non_j1939), "read_errors": v2g_load_relaxed(&r.read_errors),
+                "budget_full": v2g_load_relaxed(&r.budget_full), "last_errno": v2g_load_i64(&r.last_errno)}
+
+    def add_i2c_sensor(self, int fd, int addr, int mode, int reg, int nbytes, int decode, int input,
+                       double scale, double offset, double period_s, int timeout_ms=100):
+        """A register read by the I/O thread every period_s and published to source `input`."""
+        self._check_open()
+        cdef I2cIo* io = &self.im.i2c
+        if io.n >= MAX_I2C:
+            raise ValueError(f"more than {MAX_I2C} I2C sensors")
+        if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0:
+            raise ValueError("bad I2C sensor")
+        cdef I2cSensor* s = &io.s[io.n]
+        s.fd, s.addr, s.mode, s.reg, s.nbytes, s.decode, s.input = fd, addr, mode, reg, nbytes, decode, input
+        s.scale, s.offset, s.timeout_ms = scale, offset, timeout_ms
+        s.period_ns = <int64_t>(period_s * 1e9)
+        io.n += 1
+        return io.n - 1
+
+    def i2c_stats(self):
+        cdef I2cSensor* s
+        out = []
+        for k in range(self.im.i2c.n):
+            s = &self.im.i2c.s[k]
+            out.append({"reads": v2g_load_relaxed(&s.reads), "errors": v2g_load_relaxed(&s.errors),
+                        "last_errno": v2g_load_i64(&s.last_errno), "period_s": s.period_ns / 1e9,
+                        "mode": ("i2c_rdwr", "smbus", "stream")[s.mode], "address": s.addr})
+        return out, v2g_load_i64(&self.im.i2c.tid)
+
+    def poll_io(self):
+        """Virtual time: run the I2C transfers due by now (the real-time I/O thread does this itself)."""
+        if self.running:
+            raise RuntimeError("the I/O thread reads the sensors while the loop runs")
+        cdef int64_t now = self.im.now_ns
+        cdef int k
+        for k in range(self.im.i2c.n):
+            if self.im.i2c.s[k].next_ns == 0:
+                i2c_schedule(&self.im.i2c, now)
+                break
+        with nogil:
+            i2c_poll(self.im, now)
 
     # ------------------------------------------------------------ exchange
 

@@ -59,6 +59,7 @@ cdef void cycle_read(Image* im) noexcept nogil:
     cdef uint64_t bits
     cdef double v
     cdef int64_t t
+    can_drain(im)
     while n < CMD_RING and ring_pop(&im.ex.ring, &c):
         apply_command(im, &c)
         n += 1

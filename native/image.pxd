@@ -3,6 +3,7 @@
 # Units: W, Wh, s, ns; positive power = into the vehicle (charging).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from syscalls cimport can_frame, iovec, mmsghdr
 
 cdef enum:
     MAX_PORTS = 256
@@ -16,6 +17,9 @@ cdef enum:
     TRACE_LEN = 8192         # recent cycles kept for inspection (power of two)
     SNAP_FRESH = 4           # flag in SnapshotBuffers.middle: not yet taken by a reader
     MAX_CURVE = 16           # points of the frequency-watt curve
+    MAX_CAN_SIGNALS = 128    # signals the loop decodes from J1939 frames
+    CAN_BATCH = 64           # frames taken per recvmmsg(); the per-cycle budget is at most this
+    MAX_I2C = 32             # sensors read by the I/O thread
 
 cdef enum:  # NodeKind
     NODE_GRID = 0
@@ -339,6 +343,76 @@ cdef struct Options:
     double curve_hz[MAX_CURVE]
     double curve_w[MAX_CURVE]
 
+cdef struct CanSignal:           # one signal of one PGN (and source address), from the DBC
+    uint32_t pgn
+    int32_t sa                   # -1: any source address
+    int32_t shift                # raw = (payload word >> shift) & mask
+    int32_t length
+    int32_t big_endian           # payload word loaded big-endian (Motorola signals)
+    int32_t is_signed
+    int32_t min_dlc              # frames shorter than this cannot carry the signal
+    uint64_t raw_max_valid       # above: J1939 "error" / "not available"
+    double scale
+    double offset
+    double minimum
+    double maximum
+    int32_t input                # the image input it feeds
+
+cdef struct CanReader:           # the loop drains this socket every cycle (read stage)
+    int32_t fd                   # -1: no CAN
+    int32_t budget               # frames per cycle
+    int32_t n_signals
+    CanSignal sig[MAX_CAN_SIGNALS]
+    can_frame rx[CAN_BATCH]
+    mmsghdr msgs[CAN_BATCH]
+    iovec iov[CAN_BATCH]
+    uint64_t frames
+    uint64_t decoded
+    uint64_t unknown_pgn
+    uint64_t error_frames
+    uint64_t bus_off
+    uint64_t short_frames
+    uint64_t not_available
+    uint64_t out_of_range
+    uint64_t non_j1939
+    uint64_t read_errors
+    uint64_t budget_full         # cycles that left frames for the next one
+    int64_t last_errno
+
+cdef enum:  # I2cMode: how a sensor's register is read
+    I2C_MODE_RDWR = 0            # I2C_RDWR: register write + repeated-start read (plain I2C adapters)
+    I2C_MODE_SMBUS = 1           # I2C_SMBUS word / I2C-block read (SMBus-only adapters)
+    I2C_MODE_STREAM = 2          # write [addr, reg, n], read n bytes (the simulated bus)
+
+cdef enum:  # I2cDecode: register bytes (MSB first) to a raw number
+    DECODE_BE16_SIGNED = 0       # TMP117 temperature, INA228 DIETEMP
+    DECODE_BE24_UNSIGNED = 1     # INA228 POWER
+    DECODE_BE24_SIGNED_SHIFT4 = 2    # INA228 CURRENT, VSHUNT (20 bits in the top of 24)
+    DECODE_BE24_UNSIGNED_SHIFT4 = 3  # INA228 VBUS
+
+cdef struct I2cSensor:
+    int32_t fd
+    int32_t addr
+    int32_t mode
+    int32_t reg
+    int32_t nbytes
+    int32_t decode
+    int32_t input                # the source it publishes (single writer: the I/O thread)
+    int32_t timeout_ms           # the simulated bus's answer timeout
+    double scale
+    double offset
+    int64_t period_ns
+    int64_t next_ns
+    uint64_t reads
+    uint64_t errors
+    int64_t last_errno
+
+cdef struct I2cIo:
+    int32_t n
+    I2cSensor s[MAX_I2C]
+    uint64_t stop
+    int64_t tid
+
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
     Slot slot[MAX_SOURCES]
@@ -380,5 +454,7 @@ cdef struct Image:
     int32_t order[MAX_PORTS]
     int32_t order_tmp[MAX_PORTS]
     Stats stats
+    CanReader can
+    I2cIo i2c
     Exchange ex
     SnapshotBuffers snap

@@ -2,7 +2,7 @@
 # declarations lack: POSIX threads with explicit scheduling attributes, CPU
 # affinity, memory locking, thread naming, and the compiler builtins of builtins.h.
 
-from libc.stdint cimport uint64_t, int64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from posix.types cimport pid_t
 
 cdef extern from "<pthread.h>" nogil:
@@ -77,3 +77,76 @@ cdef extern from "builtins.h" nogil:
     int v2g_ctz64(uint64_t v)
     void v2g_fence_acquire()
     void v2g_fence_release()
+
+# Devices the loop and its I/O thread talk to directly.
+
+cdef extern from "<sys/socket.h>" nogil:
+    int MSG_DONTWAIT
+    int MSG_TRUNC
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    struct msghdr:
+        void* msg_name
+        unsigned int msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags, void* timeout)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+
+cdef extern from "<linux/can.h>" nogil:
+    struct can_frame:
+        uint32_t can_id
+        uint8_t can_dlc
+        uint8_t data[8]
+    uint32_t CAN_EFF_FLAG
+    uint32_t CAN_RTR_FLAG
+    uint32_t CAN_ERR_FLAG
+    uint32_t CAN_EFF_MASK
+
+cdef extern from "<linux/can/error.h>" nogil:
+    uint32_t CAN_ERR_BUSOFF
+
+cdef extern from "<linux/i2c.h>" nogil:
+    struct i2c_msg:
+        uint16_t addr
+        uint16_t flags
+        uint16_t len
+        uint8_t* buf
+    union i2c_smbus_data:
+        uint8_t byte
+        uint16_t word
+        uint8_t block[34]
+    int I2C_M_RD
+    int I2C_SMBUS_READ
+    int I2C_SMBUS_WORD_DATA
+    int I2C_SMBUS_I2C_BLOCK_DATA
+
+cdef extern from "<linux/i2c-dev.h>" nogil:
+    struct i2c_rdwr_ioctl_data:
+        i2c_msg* msgs
+        uint32_t nmsgs
+    struct i2c_smbus_ioctl_data:
+        uint8_t read_write
+        uint8_t command
+        uint32_t size
+        i2c_smbus_data* data
+    unsigned long I2C_RDWR
+    unsigned long I2C_SMBUS
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    short POLLIN
+    int poll(pollfd* fds, unsigned long nfds, int timeout)

@@ -1,10 +1,15 @@
 """Helpers for tests: sites at normal priority and the EV side of sessions."""
 from __future__ import annotations
 
+import os
+
 from v2g_rt import Control, Controller, RealTime, depot
 from v2g_rt.sim.session import Session
 
 S = 1_000_000_000
+IN_GUEST = os.environ.get("V2G_KERNEL_GUEST") == "1"     # inside hw/vm/kernel-tests' guest
+# device backends the kernel tests cover: the real ones only where the guest provides them
+BACKENDS = {"can": ["socketcan", "sim"] if IN_GUEST else ["sim"], "i2c": ["dev", "sim"] if IN_GUEST else ["sim"]}
 NORMAL_PRIORITY = RealTime(priority=0, cpu=None, lock_memory=False, cpu_dma_latency_us=None)
 
 

@@ -78,6 +78,7 @@ def _unavailable_links(site) -> list[str]:
 
 def cmd_run(args) -> int:
     from .controller import Controller
+    from .drivers import DeviceError, attach
     from .faults import FaultWatch, journal_path
     from .service import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
     from .sim.drive import RealtimePlant
@@ -91,11 +92,16 @@ def cmd_run(args) -> int:
             log.error("%s", p)
         return 2
     ctrl = Controller(site)
+    try:
+        devices = attach(ctrl, site)
+    except DeviceError as e:
+        log.error("%s", e)
+        return 2
     faults = FaultWatch(ctrl, journal_path(site))      # restores latched faults before the loop runs
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    plant = RealtimePlant(site, ctrl) if any(n.link == "sim" for n in site.nodes) else None
+    plant = RealtimePlant(site, ctrl, devices) if any(n.link == "sim" for n in site.nodes) else None
     rt = ctrl.start()
     log.info("site %s (%s): %d ports, period %g ms, %s priority %d%s, log %s", site.name, site.source,
              len(site.ports), site.period_s * 1e3, rt["policy"], rt["priority"],
@@ -143,6 +149,7 @@ def cmd_run(args) -> int:
         if plant:
             plant.stop()
         ctrl.stop()
+        devices.close()
         if server:
             server.close()
         if tty:

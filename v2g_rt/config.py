@@ -21,10 +21,13 @@ REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
 
 # Sections owned by other parts of the controller: name -> "module:function" that
-# checks the section with the same accessors (called with the Section and the Site)
-# and returns the parsed settings, kept in Site.sections[name].
+# checks the section with the same accessors (called with the ConfigFile and the
+# Site; [i2c.NAME] style owners read cf.tables(name)) and returns the parsed
+# settings, kept in Site.sections[name].
 SECTION_OWNERS = {
     "sim": "v2g_rt.sim.plant:check_config",
+    "can": "v2g_rt.drivers.can:check_config",
+    "i2c": "v2g_rt.drivers.i2c:check_config",
 }
 
 
@@ -104,7 +107,7 @@ class Section:
             self.problem(option, f"expected an integer, found {_kind(value)} {value!r}")
             return 0 if default is REQUIRED else default
         if (minval is not None and value < minval) or (maxval is not None and value > maxval):
-            self.problem(option, f"expected an integer {_range_text(minval, maxval, None, '')}, found {value}")
+            self.problem(option, f"expected an integer from {minval} to {maxval}, found {value}")
         return value
 
     def get_bool(self, option, default=REQUIRED):
@@ -260,7 +263,9 @@ def parse(text: str, path: str = "<string>") -> Site:
                 heatsink_c=sec.get_pair("heatsink_derate_c", None, unit="C"),
                 heatsink_max_age_s=sec.get_float("heatsink_max_age_s", 5.0, above=0, maxval=3600, unit="s"),
                 contactor_feedback=sec.get_bool("contactor_feedback", False),
-                iso15118=sec.get_bool("iso15118", False))
+                iso15118=sec.get_bool("iso15118", False),
+                can_address=sec.get_int("can_address", None, minval=0, maxval=253),
+                can_signal=sec.get_str("can_signal", "EVSE_Thermal.HeatSinkTemp"))
         elif sec.has("thermal"):
             sec.mark_read("thermal")       # a table, checked as its own section
             extra["thermal"] = thermal_section(cf.section(f"{sec.name}.thermal", sec.raw["thermal"]), imp)
@@ -278,7 +283,7 @@ def parse(text: str, path: str = "<string>") -> Site:
     for owner, target in SECTION_OWNERS.items():
         if owner in cf.data:
             module, func = target.split(":")
-            site.sections[owner] = getattr(importlib.import_module(module), func)(cf.section(owner), site)
+            site.sections[owner] = getattr(importlib.import_module(module), func)(cf, site)
     for sec in cf.sections:
         sec.finish()
     if cf.problems:

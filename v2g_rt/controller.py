@@ -204,6 +204,7 @@ class Controller:
         self._meas_counts: Counter[str] = Counter()
         self.rt_report: dict | None = None
         self._pm_qos = None
+        self._owned: dict[str, str] = {}        # sources a device feeds natively: source -> device
 
     # ------------------------------------------------------------ time
 
@@ -376,6 +377,31 @@ class Controller:
         """Index of a source for faster measure() calls."""
         return self._sources[name][0]
 
+    # ------------------------------------------------------------ devices (see v2g_rt.drivers)
+
+    def claim_source(self, name: str, device: str) -> None:
+        """The native core reads this source from a device; measure() refuses it from now on."""
+        if name not in self._sources:
+            raise KeyError(f"no source {name!r}")
+        self._owned[name] = device
+
+    def attach_can(self, fd: int, frames_per_cycle: int, signals: list[tuple]) -> None:
+        self._core.attach_can(fd, frames_per_cycle, signals)
+
+    def add_i2c_sensor(self, fd: int, address: int, mode: int, reg: int, nbytes: int, decode: int,
+                       source: str, scale: float, period_s: float) -> int:
+        self.claim_source(source, "i2c")
+        return self._core.add_i2c_sensor(fd, address, mode, reg, nbytes, decode, self.source_index(source),
+                                         scale, 0.0, period_s)
+
+    def poll_io(self) -> None:
+        """Virtual time: the I2C reads due by now (the I/O thread does this while running in real time)."""
+        self._core.poll_io()
+
+    def device_stats(self) -> dict:
+        i2c, tid = self._core.i2c_stats()
+        return {"can": self._core.can_stats(), "i2c": i2c, "io_thread_tid": tid}
+
     def _measure(self, source, value, t_ns) -> Submission:
         if isinstance(source, str):
             entry = self._sources.get(source)
@@ -385,6 +411,9 @@ class Controller:
         if entry is None:
             return _reject("ERR_MEAS_UNKNOWN_SOURCE", f"no source {source!r} in site {self.site.name!r}")
         index, (lo, hi) = entry
+        owner = self._owned.get(self._source_by_index[index][0])
+        if owner:
+            return _reject("ERR_MEAS_DEVICE_OWNED", f"{source}: read directly from {owner} by the native core")
         try:
             v = float(value)
         except (TypeError, ValueError):
@@ -439,6 +468,7 @@ class Controller:
             "wake_latency": _summary(lat, raw["lat_min_ns"], raw["lat_max_ns"], raw["lat_sum_ns"]),
             "compute": _summary(cmp_, raw["cmp_min_ns"], raw["cmp_max_ns"], raw["cmp_sum_ns"]),
             "commands": commands, "measurements": measurements, "rt": self.rt_report,
+            "devices": self.device_stats(),
         }
 
 

@@ -62,6 +62,13 @@ _ENTRIES = [
      "Stamp measurements with time.monotonic_ns() (or the virtual time of the simulation)."),
     ("ERR_MEAS_OUT_OF_ORDER", "A measurement is older than the value the source already holds and was ignored.",
      "Two producers for one source, or reordered delivery.", "Give each source one producer."),
+    ("ERR_MEAS_DEVICE_OWNED", "A measurement was sent for a source the native core reads from a device itself.",
+     "A service and a CAN/I2C device configured for the same source.", "Feed each source from one place."),
+    ("ERR_DEVICE_MISSING", "A device (CAN interface, /dev/i2c-N, a sensor) cannot be opened or does not answer.",
+     "Kernel module not loaded, device tree, udev permissions, wiring or address.",
+     "Follow the remedy in the message (modprobe, udev rule in hw/udev, group membership, i2cdetect)."),
+    ("ERR_CAN_BUS_OFF", "The CAN controller went bus-off; J1939 temperatures are stale and the interlock derates.",
+     "Wiring, termination or bitrate mismatch.", "Check termination (120 ohm at both ends) and the bitrate."),
     # real time
     ("ERR_RT_PRIORITY", "The loop could not get SCHED_FIFO; it runs at normal priority with worse jitter.",
      "Missing CAP_SYS_NICE and RLIMIT_RTPRIO below the requested priority.",

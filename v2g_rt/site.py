@@ -50,6 +50,8 @@ class Node:
     heatsink_max_age_s: float = 5.0
     contactor_feedback: bool = False        # EVSEs: ports report contactor state (GPIO)
     iso15118: bool = False                  # EVSEs: ports report PLC packet loss
+    can_address: int | None = None         # EVSEs: J1939 source address of its thermal frames
+    can_signal: str = "EVSE_Thermal.HeatSinkTemp"   # DBC message.signal feeding heatsink_c
     thermal: Thermal | None = None          # transformers: hot-spot model
 
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..controller import Controller
+from ..drivers import attach
 from ..site import Site
 from .plant import Plant, PlantConfig
 
@@ -27,9 +28,10 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
         site = replace(site, period_s=period_s)
     cfg = plant_config(site)
     ctrl = Controller(site, clock="virtual")
+    devices = attach(ctrl, site)
     t = S
     ctrl.step(t)
-    plant = Plant(site, ctrl, cfg, t)
+    plant = Plant(site, ctrl, cfg, t, devices)
     plant.publish(t)
     step_ns = round(cfg.step_s * S)
     cycles = max(1, step_ns // site.period_ns)
@@ -44,12 +46,14 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
         t += step_ns
         plant.events(t)
         plant.publish(t)
+        ctrl.poll_io()
         if t >= next_sample:
             rows.append(plant.sample(t))
             next_sample += round(sample_s * S)
             if progress:
                 progress((t - S) / (end - S))
     wall = time.perf_counter() - wall0
+    devices.close()
     summary = plant.summary()
     summary.update(hours=hours, ports=len(site.ports), period_ms=site.period_s * 1e3,
                    cycles=ctrl.snapshot().cycle, wall_s=round(wall, 2),
@@ -69,12 +73,12 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
 class RealtimePlant(threading.Thread):
     """The plant beside a running controller: steps every cfg.step_s of real time."""
 
-    def __init__(self, site: Site, ctrl: Controller, step_s: float = 0.1):
+    def __init__(self, site: Site, ctrl: Controller, devices=None, step_s: float = 0.1):
         super().__init__(name="v2g-sim-plant", daemon=True)
         cfg = replace(plant_config(site), step_s=step_s)
         self.ctrl = ctrl
         self.t = ctrl.now_ns()
-        self.plant = Plant(site, ctrl, cfg, self.t)
+        self.plant = Plant(site, ctrl, cfg, self.t, devices)
         self.plant.publish(self.t)
         self.stopping = threading.Event()
         self.error: BaseException | None = None

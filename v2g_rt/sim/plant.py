@@ -55,8 +55,9 @@ class PlantConfig:
     plc_noise: tuple = ()                     # (("evse05.2", hour, seconds), ...): 12 % PLC packet loss
 
 
-def check_config(sec, site: Site) -> PlantConfig:
+def check_config(cf, site: Site) -> PlantConfig:
     """The [sim] section, checked with the config accessors (called by config.parse)."""
+    sec = cf.section("sim")
     d = PlantConfig()
     pair = lambda name: sec.get_pair(name, getattr(d, name))   # noqa: E731
     cfg = PlantConfig(
@@ -155,8 +156,10 @@ class Books:
 class Plant:
     """Vectorised EV fleet, base load, DMS and grid for one site."""
 
-    def __init__(self, site: Site, ctrl: Controller, cfg: PlantConfig, t0_ns: int):
+    def __init__(self, site: Site, ctrl: Controller, cfg: PlantConfig, t0_ns: int, devices=None):
         self.site, self.ctrl, self.cfg = site, ctrl, cfg
+        self.can_peer = devices.can_peer if devices else None      # far sides of sim device backends
+        self.i2c_peer = devices.i2c_peer if devices else None
         self.rng = np.random.default_rng(cfg.seed)
         self.t0_ns = t0_ns
         n = len(site.ports)
@@ -198,7 +201,7 @@ class Plant:
         self._cmd_seq = 0
         # far side of the sensors: EVSE heat sinks, contactors, PLC modems, transformer ambient
         port_index = {p.id: j for j, p in enumerate(site.ports)}
-        self.hot_evses = [(nd.id, self.below[index[nd.id]], sum(p.max_charge_w for p in site.ports if p.evse == nd.id))
+        self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.max_charge_w for p in site.ports if p.evse == nd.id))
                           for nd in site.nodes if nd.kind == "evse" and nd.heatsink_c]
         self.heatsink = np.zeros(len(self.hot_evses))
         self.contactor = [(j, f"port/{p.id}/contactor") for j, p in enumerate(site.ports)
@@ -379,16 +382,25 @@ class Plant:
         lo, hi = self.cfg.ambient_c
         ambient = lo + (hi - lo) * 0.5 * (1 - math.cos(2 * math.pi * (self.hour(t_ns) - 4) / 24))
         for src in self.ambient_sources:
-            self.ctrl.measure(src, ambient, t_ns)
+            if self.i2c_peer and src in self.i2c_peer.by_source:
+                self.i2c_peer.set_value(src, ambient)        # a TMP117 the I/O thread reads
+            else:
+                self.ctrl.measure(src, ambient, t_ns)
         dt = self.cfg.step_s
         for k, (evse, ports, rating) in enumerate(self.hot_evses):
             load = float(np.abs(self.power[ports]).sum()) / rating if rating else 0.0
-            extra = sum(35.0 for e, h, sec in self.cfg.heatsink_faults if e == evse and self._active(h, sec, t_ns))
+            extra = sum(35.0 for e, h, sec in self.cfg.heatsink_faults if e == evse.id and self._active(h, sec, t_ns))
             target = ambient + 10.0 + 35.0 * load + extra
             if self.heatsink[k] == 0.0:
                 self.heatsink[k] = target
             self.heatsink[k] += (target - self.heatsink[k]) * (1 - math.exp(-dt / 120.0))
-            self.ctrl.measure(f"node/{evse}/heatsink_c", self.heatsink[k], t_ns)
+            if self.can_peer and evse.can_address is not None:   # a J1939 frame the loop decodes
+                module = min(self.heatsink[k] - 5.0, 209.0)
+                self.can_peer.send("EVSE_Thermal", evse.can_address, {
+                    "HeatSinkTemp": self.heatsink[k], "Module1Temp": module, "Module2Temp": module,
+                    "InletAirTemp": ambient, "CoolantPressure": 150.0})
+            else:
+                self.ctrl.measure(f"node/{evse.id}/heatsink_c", self.heatsink[k], t_ns)
         for j, src in self.contactor:
             self.ctrl.measure(src, 1.0 if self.closed[j] else 0.0, t_ns)
         noisy = {pid for pid, h, sec in self.cfg.plc_noise if self._active(h, sec, t_ns)}

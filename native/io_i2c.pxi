@@ -1,0 +1,154 @@
+# io_i2c: sensors on I2C, read by a native I/O thread, never by the loop.
+#
+# A stuck I2C bus blocks a transfer for the adapter's timeout, so the loop must
+# never make one. The I/O thread (nogil, SCHED_FIFO below the loop) reads one
+# sensor register at a time on a schedule set at start-up and publishes each
+# value with its timestamp into the sensor's own measurement slot (it is that
+# slot's only writer); the cycle takes it like any measurement. A failed
+# transfer (NACK, EIO, timeout) is counted and publishes nothing, so the value
+# goes stale and the interlock treats it. In virtual time the same transfers run
+# from poll_io() in the stepping thread.
+
+from libc.errno cimport errno, EIO, ENXIO, ETIMEDOUT
+from posix.unistd cimport read, write
+
+
+cdef int i2c_transfer(I2cSensor* s, uint8_t* buf) noexcept nogil:
+    """Read s.nbytes of register s.reg, MSB first, into buf; 0 or an errno."""
+    cdef uint8_t reg = <uint8_t>s.reg
+    cdef i2c_msg msgs[2]
+    cdef i2c_rdwr_ioctl_data rdwr
+    cdef i2c_smbus_ioctl_data args
+    cdef i2c_smbus_data data
+    cdef uint8_t req[3]
+    cdef uint8_t reply[40]
+    cdef pollfd pfd
+    cdef ssize_t got
+    cdef int k
+    if s.mode == I2C_MODE_RDWR:
+        msgs[0].addr = <uint16_t>s.addr
+        msgs[0].flags = 0
+        msgs[0].len = 1
+        msgs[0].buf = &reg
+        msgs[1].addr = <uint16_t>s.addr
+        msgs[1].flags = I2C_M_RD
+        msgs[1].len = <uint16_t>s.nbytes
+        msgs[1].buf = buf
+        rdwr.msgs = msgs
+        rdwr.nmsgs = 2
+        return errno if ioctl(s.fd, I2C_RDWR, &rdwr) < 0 else 0
+    if s.mode == I2C_MODE_SMBUS:
+        args.read_write = I2C_SMBUS_READ
+        args.command = reg
+        args.data = &data
+        if s.nbytes == 2:
+            args.size = I2C_SMBUS_WORD_DATA
+            if ioctl(s.fd, I2C_SMBUS, &args) < 0:
+                return errno
+            buf[0] = data.word & 0xFF             # SMBus words arrive low byte first
+            buf[1] = data.word >> 8
+            return 0
+        args.size = I2C_SMBUS_I2C_BLOCK_DATA
+        data.block[0] = <uint8_t>s.nbytes
+        if ioctl(s.fd, I2C_SMBUS, &args) < 0:
+            return errno
+        for k in range(s.nbytes):
+            buf[k] = data.block[1 + k]
+        return 0
+    # I2C_MODE_STREAM: the simulated bus answers [addr, reg, n] with [reg] + n bytes, or
+    # [reg] alone (NACK). A late answer to an earlier request is drained first.
+    while recv(s.fd, reply, sizeof(reply), MSG_DONTWAIT) > 0:
+        pass
+    req[0] = <uint8_t>s.addr
+    req[1] = reg
+    req[2] = <uint8_t>s.nbytes
+    if write(s.fd, req, 3) != 3:
+        return errno if errno else EIO
+    pfd.fd = s.fd
+    pfd.events = POLLIN
+    if poll(&pfd, 1, s.timeout_ms) <= 0:
+        return ETIMEDOUT
+    got = read(s.fd, reply, sizeof(reply))
+    if got < 1 or reply[0] != reg:
+        return EIO
+    if got == 1:
+        return ENXIO
+    if got != s.nbytes + 1:
+        return EIO
+    for k in range(s.nbytes):
+        buf[k] = reply[1 + k]
+    return 0
+
+
+cdef double i2c_decode(const I2cSensor* s, const uint8_t* b) noexcept nogil:
+    cdef int64_t raw
+    if s.decode == DECODE_BE16_SIGNED:
+        raw = <int16_t>((b[0] << 8) | b[1])
+    elif s.decode == DECODE_BE24_UNSIGNED:
+        raw = (b[0] << 16) | (b[1] << 8) | b[2]
+    elif s.decode == DECODE_BE24_UNSIGNED_SHIFT4:
+        raw = ((b[0] << 16) | (b[1] << 8) | b[2]) >> 4
+    else:
+        raw = (b[0] << 16) | (b[1] << 8) | b[2]
+        if raw & 0x800000:
+            raw -= 0x1000000
+        raw >>= 4
+    return raw * s.scale + s.offset
+
+
+cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nogil:
+    cdef uint8_t buf[32]
+    cdef int err = i2c_transfer(s, buf)
+    if err:
+        bump(&s.errors, 1)
+        v2g_store_i64(&s.last_errno, err)
+        return
+    bump(&s.reads, 1)
+    slot_write(ex, s.input, i2c_decode(s, buf), t_ns)
+
+
+cdef int32_t i2c_due(I2cIo* io) noexcept nogil:
+    cdef int32_t k, best = 0
+    for k in range(1, io.n):
+        if io.s[k].next_ns < io.s[best].next_ns:
+            best = k
+    return best
+
+
+cdef void i2c_poll(Image* im, int64_t now_ns) noexcept nogil:
+    """Every transfer that is due by now_ns (virtual time: the stepping thread)."""
+    cdef I2cSensor* s
+    cdef int32_t k
+    for k in range(im.i2c.n):
+        s = &im.i2c.s[k]
+        while s.next_ns <= now_ns:
+            i2c_read_sensor(&im.ex, s, now_ns)
+            s.next_ns += s.period_ns
+
+
+cdef void* i2c_thread_main(void* arg) noexcept nogil:
+    cdef Image* im = <Image*>arg
+    cdef I2cIo* io = &im.i2c
+    cdef I2cSensor* s
+    cdef int64_t now
+    pthread_setname_np(pthread_self(), b"v2g-i2c")
+    v2g_store_i64(&io.tid, gettid())
+    while not v2g_load_acquire(&io.stop):
+        s = &io.s[i2c_due(io)]
+        now = mono_ns()
+        if s.next_ns > now:
+            # Never sleep past a stop request by more than 50 ms.
+            sleep_until(s.next_ns if s.next_ns - now < 50_000_000 else now + 50_000_000)
+            continue
+        i2c_read_sensor(&im.ex, s, mono_ns())
+        s.next_ns += s.period_ns
+        if s.next_ns < now:                  # fell behind (a slow bus): skip, never burst
+            s.next_ns = now + s.period_ns
+    return NULL
+
+
+cdef void i2c_schedule(I2cIo* io, int64_t start_ns) noexcept nogil:
+    """Spread the sensors' first reads over their periods so transfers do not bunch."""
+    cdef int32_t k
+    for k in range(io.n):
+        io.s[k].next_ns = start_ns + io.s[k].period_ns * k // (io.n if io.n else 1)

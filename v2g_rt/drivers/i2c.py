@@ -1,0 +1,158 @@
+"""I2C sensors (TMP117 temperature, INA228 power monitor) read by the native I/O thread.
+
+smbus2 opens /dev/i2c-N, checks the chip's identity and configures it; the native
+I/O thread then reads one register per transfer with I2C_RDWR where the adapter
+speaks plain I2C, or SMBus word / I2C-block transfers where I2C_FUNCS says it only
+speaks SMBus. The sim backend is a socketpair whose far side is a simulated
+register file (v2g_rt.sim.i2c_peer).
+"""
+from __future__ import annotations
+
+import fcntl
+import socket
+from dataclasses import dataclass
+
+from . import DeviceError
+
+I2C_TIMEOUT = 0x0702
+I2C_SLAVE = 0x0703
+I2C_FUNC_I2C = 0x00000001
+I2C_FUNC_SMBUS_READ_WORD_DATA = 0x00200000
+I2C_FUNC_SMBUS_READ_I2C_BLOCK = 0x04000000
+MODE_RDWR, MODE_SMBUS, MODE_STREAM = 0, 1, 2
+BE16_SIGNED, BE24_UNSIGNED, BE24_SIGNED_SHIFT4, BE24_UNSIGNED_SHIFT4 = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Register:
+    reg: int
+    nbytes: int
+    decode: int
+    scale: float          # per LSB; for INA228 power and current times CURRENT_LSB (set at attach)
+
+
+# (sensor, quantity) -> register; identity register, expected value
+SENSORS = {
+    "tmp117": {"temperature": Register(0x00, 2, BE16_SIGNED, 0.0078125)},
+    "ina228": {"power": Register(0x08, 3, BE24_UNSIGNED, 3.2), "current": Register(0x07, 3, BE24_SIGNED_SHIFT4, 1.0),
+               "bus_voltage": Register(0x05, 3, BE24_UNSIGNED_SHIFT4, 195.3125e-6),
+               "die_temperature": Register(0x06, 2, BE16_SIGNED, 7.8125e-3)},
+}
+IDENTITY = {"tmp117": (0x0F, 0x0117), "ina228": (0x3E, 0x5449)}   # device ID / manufacturer ID "TI"
+INA228_SHUNT_CAL = 0x02
+
+
+@dataclass(frozen=True)
+class I2cConfig:
+    name: str
+    backend: str           # dev | sim
+    bus: int
+    address: int
+    sensor: str
+    quantity: str
+    source: str
+    period_s: float
+    shunt_ohms: float = 0.002
+    max_current_a: float = 100.0
+    scale: float = 1.0     # e.g. a current transformer's ratio
+
+
+def check_config(cf, site) -> list[I2cConfig]:
+    out = []
+    for sec in cf.tables("i2c"):
+        name = sec.name.split(".", 1)[1]
+        sensor = sec.get_str("sensor", choices=tuple(SENSORS))
+        quantity = sec.get_str("quantity", "temperature" if sensor == "tmp117" else "power",
+                               choices=tuple(SENSORS.get(sensor, {})) or None)
+        cfg = I2cConfig(name=name, backend=sec.get_str("backend", "dev", choices=("dev", "sim")),
+                        bus=sec.get_int("bus", 1, minval=0, maxval=255),
+                        address=sec.get_int("address", minval=0x03, maxval=0x77), sensor=sensor, quantity=quantity,
+                        source=sec.get_str("source"), period_s=sec.get_float("period_ms", 1000.0, minval=1,
+                                                                               maxval=3.6e6, unit="ms") / 1e3,
+                        shunt_ohms=sec.get_float("shunt_ohms", 0.002, above=0, maxval=10, unit="ohm"),
+                        max_current_a=sec.get_float("max_current_a", 100.0, above=0, maxval=1e4, unit="A"),
+                        scale=sec.get_float("scale", 1.0, above=0, maxval=1e6))
+        out.append(cfg)
+    return out
+
+
+def open_bus(cfg: I2cConfig):
+    import smbus2
+    path = f"/dev/i2c-{cfg.bus}"
+    try:
+        bus = smbus2.SMBus(cfg.bus)
+    except FileNotFoundError as e:
+        raise DeviceError(f"[i2c.{cfg.name}] {path} does not exist. Remedy: `modprobe i2c-dev`, enable the I2C "
+                          f"controller in the board's device tree, check [i2c.{cfg.name}] bus") from e
+    except PermissionError as e:
+        raise DeviceError(f"[i2c.{cfg.name}] no permission on {path}. Remedy: add the service user to group i2c "
+                          f"(hw/udev/90-v2g-rt.rules)") from e
+    funcs = bus.funcs
+    if funcs & I2C_FUNC_I2C:
+        mode = MODE_RDWR
+    elif funcs & I2C_FUNC_SMBUS_READ_WORD_DATA and funcs & I2C_FUNC_SMBUS_READ_I2C_BLOCK:
+        mode = MODE_SMBUS
+    else:
+        bus.close()
+        raise DeviceError(f"[i2c.{cfg.name}] {path} speaks neither plain I2C nor SMBus word/I2C-block reads "
+                          f"(I2C_FUNCS 0x{funcs:08x})")
+    try:
+        fcntl.ioctl(bus.fd, I2C_SLAVE, cfg.address)
+        fcntl.ioctl(bus.fd, I2C_TIMEOUT, 5)                 # 50 ms: bounds a stuck transfer
+        reg, want = IDENTITY[cfg.sensor]
+        word = bus.read_word_data(cfg.address, reg)
+        got = ((word & 0xFF) << 8) | (word >> 8)            # the chip sends MSB first
+    except OSError as e:
+        bus.close()
+        raise DeviceError(f"[i2c.{cfg.name}] no answer from 0x{cfg.address:02x} on {path} ({e.strerror}). "
+                          f"Remedy: check the address, wiring and pull-ups (`i2cdetect -y {cfg.bus}`)") from e
+    if got != want:
+        bus.close()
+        raise DeviceError(f"[i2c.{cfg.name}] the chip at 0x{cfg.address:02x} on {path} is not a {cfg.sensor} "
+                          f"(register 0x{reg:02x} reads 0x{got:04x}, expected 0x{want:04x})")
+    return bus, mode
+
+
+def current_lsb(cfg: I2cConfig) -> float:
+    return cfg.max_current_a / 2**19
+
+
+def configure_ina228(bus, cfg: I2cConfig) -> None:
+    cal = round(13107.2e6 * current_lsb(cfg) * cfg.shunt_ohms)
+    bus.write_i2c_block_data(cfg.address, INA228_SHUNT_CAL, [cal >> 8 & 0x7F, cal & 0xFF])
+
+
+class I2cDevice:
+    def __init__(self, handle, cfg: I2cConfig):
+        self.handle, self.cfg = handle, cfg
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def attach(ctrl, site):
+    from ..sim.i2c_peer import SimI2cBus
+    devices, peer = [], None
+    for cfg in site.sections["i2c"]:
+        if cfg.source not in ctrl.sources:
+            raise DeviceError(f"[i2c.{cfg.name}] source {cfg.source!r} is not a source of this site", "ERR_CONFIG_VALUE")
+        reg = SENSORS[cfg.sensor][cfg.quantity]
+        scale = reg.scale * (current_lsb(cfg) if cfg.quantity in ("power", "current") else 1.0) * cfg.scale
+        if cfg.backend == "sim":
+            if peer is None:
+                near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                peer = SimI2cBus(far)
+                shared = I2cDevice(near, cfg)
+                devices.append(shared)
+            peer.add(cfg)
+            fd, mode = shared.handle.fileno(), MODE_STREAM
+        else:
+            bus, mode = open_bus(cfg)
+            if cfg.sensor == "ina228":
+                configure_ina228(bus, cfg)
+            devices.append(I2cDevice(bus, cfg))
+            fd = bus.fd
+        ctrl.add_i2c_sensor(fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale, cfg.period_s)
+    if peer is not None:
+        peer.start()
+    return devices, peer
