@@ -175,7 +175,8 @@ def _summary(ctrl, seconds, plant) -> dict:
     out = {"seconds": round(seconds, 1), "cycles": st["cycles"], "overruns": st["overruns"],
            "skipped_periods": st["skipped_periods"], "wake_latency_us": st["wake_latency"],
            "compute_us": st["compute"], "rt": {k: v for k, v in (st["rt"] or {}).items() if k != "loop_tid"},
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "devices": ctrl.device_stats()}
     if plant:
         out["plant"] = plant.plant.summary()
     return out
