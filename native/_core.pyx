@@ -123,10 +123,6 @@ def _layout(name):
     raise KeyError(name)
 
 
-def monotonic_ns():
-    return mono_ns()
-
-
 cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     snap_init(&im.snap)
     im.opt.period_ns = period_ns
@@ -368,11 +364,6 @@ cdef class Core:
         self.im.input[i].max_age_ns = <int64_t>(max_age_s * 1e9)
         self.im.n_inputs += 1
         return i
-
-    @property
-    def counts(self):
-        return {"nodes": self.im.n_nodes, "ports": self.im.n_ports,
-                "sources": self.im.n_inputs, "links": self.im.n_links}
 
     @property
     def period_ns(self):

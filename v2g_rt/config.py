@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import V2GError
-from .site import LINK_KINDS, NODE_KINDS, PHASES, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
+from ._core import NODE_KINDS
+from .site import LINK_KINDS, PHASES, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
 
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"

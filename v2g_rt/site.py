@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ._core import CAPACITY, NODE_KINDS
+from ._core import CAPACITY
 
 LINK_KINDS = ("sim", "ocpp", "can", "pwm", "plc")
 

@@ -9,7 +9,6 @@ fixtures skip with the reason.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@
 Sim backend everywhere; in the kernel-test guest also SocketCAN on vcan0, with frames
 sent by python-can and by can-utils' cansend.
 """
-import math
 import socket
 import struct
 import subprocess

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from helpers import make_site, plug_all
-from v2g_rt import Controller, Control, depot
+from v2g_rt import Controller, Control
 
 MS = 1_000_000
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import sysconfig
 
-import pytest
 
 import v2g_rt
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from helpers import S, ev, make_site
-from v2g_rt import Control, Controller, Link
+from v2g_rt import Control, Controller
 from v2g_rt.controller import BINDINGS
 from v2g_rt import _core
 from v2g_rt.site import Frequency, Thermal

@@ -1,5 +1,4 @@
 """Properties of the control law over random sites, fleets, commands and frequencies (virtual time)."""
-import math
 from dataclasses import replace
 
 import numpy as np

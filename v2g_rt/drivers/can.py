@@ -5,7 +5,6 @@ its PGN, source address, bit position and scaling, and the source it feeds.
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from dataclasses import dataclass

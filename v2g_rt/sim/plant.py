@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _core
-from ..controller import BINDINGS, Controller
+from ..controller import Controller
 from ..site import Site
 
 S = 1_000_000_000
