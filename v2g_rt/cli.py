@@ -207,6 +207,11 @@ def cmd_safe_outputs(args) -> int:
     return code
 
 
+# simulate steps the cycle at least this far apart by default: a day at 1 ms is 86 million
+# cycles (minutes of wall time) and changes nothing the plant's 1 s steps can see.
+SIMULATE_PERIOD_S = 0.01
+
+
 def cmd_simulate(args) -> int:
     from .sim.drive import simulate
 
@@ -216,7 +221,8 @@ def cmd_simulate(args) -> int:
     def progress(f):
         print(f"\r{f * 100:5.1f} %", end="", file=sys.stderr, flush=True)
 
-    summary = simulate(site, args.hours, out, period_s=args.period_ms / 1e3 if args.period_ms else None,
+    period_s = args.period_ms / 1e3 if args.period_ms else max(site.period_s, SIMULATE_PERIOD_S)
+    summary = simulate(site, args.hours, out, period_s=period_s,
                        sample_s=args.sample_s, progress=progress if sys.stderr.isatty() else None)
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'timeline.csv'}, {out / 'timeline.png'}, {out / 'summary.json'}", file=sys.stderr)
@@ -257,7 +263,8 @@ def main(argv=None) -> int:
     s.add_argument("--config")
     s.add_argument("--hours", type=float, required=True)
     s.add_argument("--out", required=True, help="directory for timeline.csv, timeline.png, summary.json")
-    s.add_argument("--period-ms", type=float, help="cycle period override (coarser is faster)")
+    s.add_argument("--period-ms", type=float,
+                   help="cycle period in virtual time (default: the site's period, at least 10 ms)")
     s.add_argument("--sample-s", type=float, default=60.0, help="timeline sample interval")
     s.set_defaults(func=cmd_simulate)
     c = sub.add_parser("check", help="validate a site config")

@@ -222,3 +222,16 @@ def test_missing_interface_is_a_clear_error():
     with pytest.raises(DeviceError) as e:
         attach(Controller(site, clock="virtual"), site)
     assert "can7" in str(e.value) and "Remedy" in str(e.value) and e.value.code == "ERR_DEVICE_MISSING"
+
+
+def test_sim_peer_encodes_like_cantools():
+    """The plant's fast frame packer agrees with cantools' encoder (little- and big-endian signals)."""
+    from v2g_rt.drivers.can import SimCanPeer, load_dbc
+    db = load_dbc("")
+    peer = SimCanPeer(None, db)
+    values = {"HeatSinkTemp": 71.28125, "Module1Temp": 60, "Module2Temp": 61, "InletAirTemp": 24,
+              "CoolantPressure": 1234.5}
+    assert peer.encode("EVSE_Thermal", values) == db.get_message_by_name("EVSE_Thermal").encode(values)
+    et1 = {"EngCoolantTemp": 90, "EngFuelTemp1": 40, "EngOilTemp1": 101.5, "EngTurbo1OilTemp": 99.0,
+           "EngIntercoolerTemp": 30}
+    assert peer.encode("ET1", et1) == db.get_message_by_name("ET1").encode(et1)

@@ -204,9 +204,9 @@ class Plant:
         self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.max_charge_w for p in site.ports if p.evse == nd.id))
                           for nd in site.nodes if nd.kind == "evse" and nd.heatsink_c]
         self.heatsink = np.zeros(len(self.hot_evses))
-        self.contactor = [(j, f"port/{p.id}/contactor") for j, p in enumerate(site.ports)
+        self.contactor = [(j, ctrl.source_index(f"port/{p.id}/contactor")) for j, p in enumerate(site.ports)
                           if f"port/{p.id}/contactor" in ctrl.sources]
-        self.plc = [(j, f"port/{p.id}/plc_loss") for j, p in enumerate(site.ports)
+        self.plc = [(j, ctrl.source_index(f"port/{p.id}/plc_loss")) for j, p in enumerate(site.ports)
                     if f"port/{p.id}/plc_loss" in ctrl.sources]
         self.ambient_sources = [f"node/{nd.id}/ambient_c" for nd in site.nodes
                                 if f"node/{nd.id}/ambient_c" in ctrl.sources]
@@ -401,12 +401,14 @@ class Plant:
                     "InletAirTemp": ambient, "CoolantPressure": 150.0})
             else:
                 self.ctrl.measure(f"node/{evse.id}/heatsink_c", self.heatsink[k], t_ns)
-        for j, src in self.contactor:
-            self.ctrl.measure(src, 1.0 if self.closed[j] else 0.0, t_ns)
+        if self.contactor:
+            ports, idx = zip(*self.contactor)
+            self.ctrl.measure_many(np.array(idx), self.closed[list(ports)].astype(float), t_ns)
         noisy = {pid for pid, h, sec in self.cfg.plc_noise if self._active(h, sec, t_ns)}
-        for j, src in self.plc:
-            if self.occupied[j]:
-                self.ctrl.measure(src, 0.12 if self.site.ports[j].id in noisy else 0.004, t_ns)
+        plc = [(idx, 0.12 if self.site.ports[j].id in noisy else 0.004) for j, idx in self.plc if self.occupied[j]]
+        if plc:
+            idx, loss = zip(*plc)
+            self.ctrl.measure_many(np.array(idx), np.array(loss), t_ns)
 
     # ------------------------------------------------------------ reporting
 
