@@ -154,7 +154,7 @@ def test_io_thread_reads_on_schedule_while_the_loop_runs(rig):
     assert snap.node("grid")["measured_w"] == pytest.approx(expected_power_w(), rel=1e-12)
     assert stats["io_thread_tid"] not in (0, ctrl.rt_report["loop_tid"])
     reads = [s["reads"] for s in stats["i2c"]]
-    assert all(3 <= r <= 7 for r in reads), reads        # 100 ms periods over 0.5 s
+    assert all(2 <= r <= 8 for r in reads), reads        # 100 ms periods over 0.5 s: on schedule, no burst
 
 
 def test_failed_transfers_are_counted_and_the_value_goes_stale(rig):
