@@ -35,6 +35,8 @@ class FaultWatch:
         self.ports = {pid: 0 for pid in ctrl.port_ids}
         self.safe: set[str] = set()
         self.stale_meters: set[str] = set()
+        self.hot: set[str] = set()
+        self.bus_off = 0
         self.saved: dict[str, int] = {}
         try:
             saved = json.loads(journal.read_text())
@@ -71,6 +73,18 @@ class FaultWatch:
             log.error("ERR_METER_STALE: node %s: meter value older than %g s; worst-case non-EV load assumed",
                       nid, self.ctrl.site.node(nid).meter_max_age_s)
         self.stale_meters = stale
+        hot = {n.id for n in self.ctrl.site.nodes if n.thermal and snap.node(n.id)["derate"] < 1.0}
+        for nid in hot - self.hot:
+            log.warning("ERR_TRANSFORMER_HOTSPOT: node %s: hot spot %.1f C, limits derated to %.0f %%", nid,
+                        snap.node(nid)["temperature_c"], 100 * snap.node(nid)["derate"])
+        for nid in self.hot - hot:
+            log.info("node %s: hot-spot derate ended", nid)
+        self.hot = hot
+        bus_off = self.ctrl.device_stats()["can"]["bus_off"]
+        if bus_off > self.bus_off:
+            log.error("ERR_CAN_BUS_OFF: the CAN controller went bus-off (%d times so far); J1939 temperatures "
+                      "go stale and the interlock derates", bus_off)
+        self.bus_off = bus_off
         latched = self.ctrl.latched_faults()
         if latched != self.saved:
             self._save(latched)

@@ -54,3 +54,25 @@ def test_unreadable_journal_is_reported_not_fatal(tmp_path, caplog):
     journal.write_text("{not json")
     FaultWatch(Controller(site(), clock="virtual"), journal)
     assert "ERR_FAULT_JOURNAL" in caplog.text
+
+
+def test_transformer_hot_spot_and_can_bus_off_are_logged_with_their_codes(tmp_path, caplog):
+    from v2g_rt import config
+    from v2g_rt.drivers import attach
+
+    site = config.load()
+    ctrl = Controller(site, clock="virtual")
+    devices = attach(ctrl, site)
+    watch = FaultWatch(ctrl, tmp_path / "j.json")
+    ctrl.step(S)
+    watch.poll()
+    assert "ERR_TRANSFORMER_HOTSPOT" not in caplog.text and "ERR_CAN_BUS_OFF" not in caplog.text
+    devices.can_peer.send_raw(0x20000000 | 0x40, bytes(8))           # CAN_ERR_FLAG | CAN_ERR_BUSOFF
+    devices.i2c_peer.set_value("node/tx1/ambient_c", 79.0)            # a heat wave at the transformer
+    ctrl.poll_io()
+    ctrl.step(S + 1000)
+    watch.poll()
+    assert "ERR_CAN_BUS_OFF" in caplog.text
+    assert ctrl.snapshot().node("tx1")["derate"] < 1.0
+    assert "ERR_TRANSFORMER_HOTSPOT: node tx1" in caplog.text
+    devices.close()
