@@ -12,7 +12,8 @@ from libc.stdlib cimport free
 from libc.string cimport memset
 from libc.errno cimport errno, EPERM, EINVAL
 from libc.math cimport INFINITY
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcpy
 
 from image cimport *
 from syscalls cimport *
@@ -47,7 +48,8 @@ SOURCE_KINDS = dict(PORT_SOURCES, node_power_w=SRC_NODE_POWER_W, heatsink_c=SRC_
 
 COMMAND_KINDS = {"setpoint": CMD_SETPOINT, "export_limit": CMD_EXPORT_LIMIT,
                  "import_limit": CMD_IMPORT_LIMIT, "load_shed": CMD_LOAD_SHED,
-                 "cancel": CMD_CANCEL, "reset_fault": CMD_RESET_FAULT, "latch_fault": CMD_LATCH_FAULT}
+                 "cancel": CMD_CANCEL, "reset_fault": CMD_RESET_FAULT, "latch_fault": CMD_LATCH_FAULT,
+                 "disable_port": CMD_DISABLE_PORT, "enable_port": CMD_ENABLE_PORT}
 GRID_COMMANDS = N_GRID_COMMANDS
 
 BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
@@ -57,10 +59,16 @@ BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_
 assert len(BINDINGS) == BIND_FREQUENCY + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
-          "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR}
+          "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,
+          "out_of_service": FAULT_OUT_OF_SERVICE}
 LATCHED_FAULTS = FAULT_LATCHED
+PERSISTENT_FAULTS = FAULT_PERSISTENT
+GATE_CODES = ("accepted", "ERR_MEAS_BAD_VALUE", "ERR_MEAS_FUTURE", "ERR_MEAS_TOO_OLD",
+              "ERR_MEAS_DEVICE_OWNED", "ERR_MEAS_OUT_OF_ORDER")
+assert len(GATE_CODES) == N_GATE
+WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
-SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN}
+SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN, "stopped": SAFE_STOPPED}
 
 
 # Field layouts of the published rows, for numpy structured dtypes. Offsets are
@@ -85,7 +93,8 @@ def _layout(name):
             ("departure_in_s", "f8", _off(&_pr.departure_in_s, b)), ("laxity_s", "f8", _off(&_pr.laxity_s, b)),
             ("binding", "i4", _off(&_pr.binding, b)), ("binding_node", "i4", _off(&_pr.binding_node, b)),
             ("faults", "u4", _off(&_pr.faults, b)), ("connected", "?", _off(&_pr.connected, b)),
-            ("v2g", "?", _off(&_pr.v2g, b)), ("contactor_closed", "?", _off(&_pr.contactor_closed, b))]
+            ("v2g", "?", _off(&_pr.v2g, b)), ("contactor_closed", "?", _off(&_pr.contactor_closed, b)),
+            ("latch_seq", "u8", _off(&_pr.latch_seq, b))]
     if name == "node":
         b = <void*>&_nr
         return sizeof(NodeRow), [
@@ -114,7 +123,9 @@ def _layout(name):
             ("measurements_applied", "u8", _off(&_sr.measurements_applied, b)),
             ("binding", "i4", _off(&_sr.binding, b)), ("safe_state", "i4", _off(&_sr.safe_state, b)),
             ("ports_charging", "i4", _off(&_sr.ports_charging, b)),
-            ("ports_discharging", "i4", _off(&_sr.ports_discharging, b))]
+            ("ports_discharging", "i4", _off(&_sr.ports_discharging, b)),
+            ("latch_counter", "u8", _off(&_sr.latch_counter, b)),
+            ("links_waiting", "u4", _off(&_sr.links_waiting, b)), ("links_lost", "u4", _off(&_sr.links_lost, b))]
     if name == "trace":
         b = <void*>&_tr
         return sizeof(Trace), [
@@ -125,6 +136,7 @@ def _layout(name):
 
 cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     snap_init(&im.snap)
+    ring_init(&im.ex.ring)
     im.opt.period_ns = period_ns
     im.opt.port_ramp_w_per_s = INFINITY
     im.opt.deadband_w = 0.0
@@ -171,14 +183,12 @@ cdef class Core:
     cdef readonly bint running
     cdef readonly bint frozen
     cdef readonly bint virtual
-    cdef pthread_mutex_t producer_lock
-    cdef pthread_mutex_t reader_lock
+    cdef pthread_mutex_t reader_lock     # taken only without the GIL (read_snapshot)
 
     def __cinit__(self, int64_t period_ns, bint virtual=False):
         if not 10_000 <= period_ns <= 10_000_000_000:
             raise ValueError(f"period {period_ns} ns is outside 10 us .. 10 s")
         self.im = new_image(period_ns)
-        pthread_mutex_init(&self.producer_lock, NULL)
         pthread_mutex_init(&self.reader_lock, NULL)
         self.runner.im = self.im
         self.virtual = virtual
@@ -189,7 +199,6 @@ cdef class Core:
         if self.im != NULL:
             free(self.im)
             self.im = NULL
-        pthread_mutex_destroy(&self.producer_lock)
         pthread_mutex_destroy(&self.reader_lock)
 
     # ------------------------------------------------------------ building
@@ -207,15 +216,15 @@ cdef class Core:
         o = &self.im.opt
         o.port_ramp_w_per_s = port_ramp_w_per_s
         o.deadband_w = deadband_w
-        o.output_hold_ns = <int64_t>(output_hold_s * 1e9)
+        o.output_hold_ns = v2g_s_to_ns(output_hold_s)
         o.default_fleet_import_w = default_fleet_import_w
         o.discharge_reserve_s = discharge_reserve_s
         o.discharge_taper_s = max(discharge_taper_s, 1e-3)
         o.overrun_streak_safe = overrun_streak_safe
-        o.safe_exit_ns = <int64_t>(safe_exit_s * 1e9)
+        o.safe_exit_ns = v2g_s_to_ns(safe_exit_s)
         o.site_ramp_w_per_s = site_ramp_w_per_s
         o.plc_loss_limit = plc_loss_limit
-        o.contactor_settle_ns = <int64_t>(contactor_settle_s * 1e9)
+        o.contactor_settle_ns = v2g_s_to_ns(contactor_settle_s)
         o.urgency_window_s = urgency_window_s
 
     def configure_frequency(self, mode, double nominal_hz=50.0, double deadband_under_hz=0.036,
@@ -329,9 +338,11 @@ cdef class Core:
         self.im.n_ports += 1
         return i
 
-    def add_source(self, kind, int32_t target, double max_age_s):
-        """Register a measurement source; returns its index for measure()."""
+    def add_source(self, kind, int32_t target, double max_age_s, double lo, double hi):
+        """Register a measurement source that takes values in lo..hi; returns its index."""
         self._check_open()
+        if not (lo <= hi and max_age_s >= 0):
+            raise ValueError(f"source range {lo}..{hi} or max age {max_age_s} s is not valid")
         cdef int32_t i = self.im.n_inputs
         cdef int32_t k = SOURCE_KINDS[kind]
         if i >= MAX_SOURCES:
@@ -361,7 +372,9 @@ cdef class Core:
             self.im.n_links += 1
         self.im.input[i].kind = k
         self.im.input[i].target = target
-        self.im.input[i].max_age_ns = <int64_t>(max_age_s * 1e9)
+        self.im.input[i].max_age_ns = v2g_s_to_ns(max_age_s)
+        g = &self.im.ex.gate[i]
+        g.lo, g.hi, g.max_age_ns, g.writer = lo, hi, self.im.input[i].max_age_ns, WRITER_PYTHON
         self.im.n_inputs += 1
         return i
 
@@ -498,9 +511,20 @@ cdef class Core:
         self.running = False
 
     def stop(self):
-        """Stop the loop; returns within one period plus one cycle."""
+        """Stop the loop (returns within one period plus one cycle) and publish safe outputs."""
         if self.running:
-            self._join()
+            self._join()             # the loop publishes them itself as it exits
+        elif self.frozen:
+            with nogil:
+                publish_stopped(self.im)
+
+    cdef void _claim(self, int32_t input, int32_t writer) except *:
+        if not 0 <= input < self.im.n_inputs:
+            raise ValueError(f"source {input} does not exist")
+        cdef Gate* g = &self.im.ex.gate[input]
+        if g.writer != WRITER_PYTHON and g.writer != writer:
+            raise ValueError(f"source {input} already has a device writer; one writer per source")
+        g.writer = writer
 
     # ------------------------------------------------------------ devices
 
@@ -516,6 +540,7 @@ cdef class Core:
         for k, (pgn, sa, shift, length, big, signed, min_dlc, raw_max, scale, offset, lo, hi, inp) in enumerate(signals):
             if not 0 <= inp < self.im.n_inputs or not 1 <= length <= 64 or not 0 <= shift <= 64 - length:
                 raise ValueError(f"bad CAN signal #{k}")
+            self._claim(inp, WRITER_CAN)
             g = &r.sig[k]
             g.pgn, g.sa, g.shift, g.length, g.big_endian, g.is_signed = pgn, sa, shift, length, big, signed
             g.min_dlc, g.raw_max_valid, g.scale, g.offset = min_dlc, raw_max, scale, offset
@@ -530,21 +555,27 @@ cdef class Core:
                 "bus_off": v2g_load_relaxed(&r.bus_off), "short_frames": v2g_load_relaxed(&r.short_frames),
                 "not_available": v2g_load_relaxed(&r.not_available), "out_of_range": v2g_load_relaxed(&r.out_of_range),
                 "non_j1939": v2g_load_relaxed(&r.non_j1939), "read_errors": v2g_load_relaxed(&r.read_errors),
-                "budget_full": v2g_load_relaxed(&r.budget_full), "last_errno": v2g_load_i64(&r.last_errno)}
+                "budget_full": v2g_load_relaxed(&r.budget_full), "bad_dlc": v2g_load_relaxed(&r.bad_dlc),
+                "kernel_dropped": v2g_load_relaxed(&r.kernel_dropped),
+                "gate_rejected": v2g_load_relaxed(&r.gate_rejected), "last_errno": v2g_load_i64(&r.last_errno)}
 
     def add_i2c_sensor(self, int fd, int addr, int mode, int reg, int nbytes, int decode, int input,
-                       double scale, double offset, double period_s, int timeout_ms=100):
-        """A register read by the I/O thread every period_s and published to source `input`."""
+                       double scale, double offset, double period_s, int timeout_ms=100, invalid_raw=None):
+        """A register read by the I/O thread every period_s and published to source `input`;
+        a raw reading equal to invalid_raw (the register's "no value yet") is counted, not published."""
         self._check_open()
         cdef I2cIo* io = &self.im.i2c
         if io.n >= MAX_I2C:
             raise ValueError(f"more than {MAX_I2C} I2C sensors")
         if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0:
             raise ValueError("bad I2C sensor")
+        self._claim(input, WRITER_I2C)
         cdef I2cSensor* s = &io.s[io.n]
         s.fd, s.addr, s.mode, s.reg, s.nbytes, s.decode, s.input = fd, addr, mode, reg, nbytes, decode, input
         s.scale, s.offset, s.timeout_ms = scale, offset, timeout_ms
-        s.period_ns = <int64_t>(period_s * 1e9)
+        s.period_ns = v2g_s_to_ns(period_s)
+        s.has_invalid_raw = invalid_raw is not None
+        s.invalid_raw = invalid_raw if invalid_raw is not None else 0
         io.n += 1
         return io.n - 1
 
@@ -554,6 +585,8 @@ cdef class Core:
         for k in range(self.im.i2c.n):
             s = &self.im.i2c.s[k]
             out.append({"reads": v2g_load_relaxed(&s.reads), "errors": v2g_load_relaxed(&s.errors),
+                        "not_ready": v2g_load_relaxed(&s.not_ready),
+                        "gate_rejected": v2g_load_relaxed(&s.gate_rejected),
                         "last_errno": v2g_load_i64(&s.last_errno), "period_s": s.period_ns / 1e9,
                         "mode": ("i2c_rdwr", "smbus", "stream")[s.mode], "address": s.addr})
         return out, v2g_load_i64(&self.im.i2c.tid)
@@ -574,67 +607,76 @@ cdef class Core:
     # ------------------------------------------------------------ exchange
 
     def push_command(self, int32_t kind, int32_t port, double value, int64_t expires_ns,
-                     uint64_t id_hash):
-        """Queue a validated command; False if the ring is full."""
+                     uint64_t id_hash, uint64_t latch_seq=0):
+        """Queue a validated command; False if the ring is full. Lock-free."""
         cdef Command c
-        cdef bint ok
         c.kind = kind
         c.port = port
         c.value = value
         c.expires_ns = expires_ns
         c.id_hash = id_hash
-        # The GIL stays held: the section is a few stores, and dropping the GIL here
-        # makes every producer queue for it again behind busy Python threads.
-        pthread_mutex_lock(&self.producer_lock)
-        ok = ring_push(&self.im.ex.ring, &c)
-        pthread_mutex_unlock(&self.producer_lock)
-        return ok
+        c.latch_seq = latch_seq
+        return ring_push(&self.im.ex.ring, &c)
+
+    cdef int64_t _now(self) noexcept nogil:
+        return self.im.now_ns if self.virtual else mono_ns()
 
     def write_measurement(self, int32_t index, double value, int64_t t_ns):
-        """Publish a validated value; False if the source holds a newer one."""
+        """Publish one value through the gate; returns its GATE_CODES index (0: accepted)."""
         if not 0 <= index < self.im.n_inputs:
             raise IndexError(index)
-        cdef Slot* s = &self.im.ex.slot[index]
-        cdef bint newer = True
-        pthread_mutex_lock(&self.producer_lock)
-        if s.seq != 0 and t_ns < s.t_ns:
-            newer = False
-        else:
-            slot_write(&self.im.ex, index, value, t_ns)
-        pthread_mutex_unlock(&self.producer_lock)
-        return newer
+        return gate_write(&self.im.ex, index, WRITER_PYTHON, value, t_ns, self._now())
 
     def write_measurements(self, const int32_t[::1] index, const double[::1] value, int64_t t_ns):
-        """Publish many validated values at one timestamp; returns how many were older than held."""
+        """Publish many values stamped t_ns through the gate; returns counts per GATE_CODES."""
         cdef Py_ssize_t k, n = index.shape[0]
-        cdef int32_t i
-        cdef int older = 0
+        cdef uint64_t counts[N_GATE]
+        cdef int64_t now = self._now()
         if value.shape[0] != n:
             raise ValueError("index and value differ in length")
         for k in range(n):
             if not 0 <= index[k] < self.im.n_inputs:
                 raise IndexError(index[k])
-        pthread_mutex_lock(&self.producer_lock)
-        for k in range(n):
-            i = index[k]
-            if self.im.ex.slot[i].seq != 0 and t_ns < self.im.ex.slot[i].t_ns:
-                older += 1
-            else:
-                slot_write(&self.im.ex, i, value[k], t_ns)
-        pthread_mutex_unlock(&self.producer_lock)
-        return older
+        memset(counts, 0, sizeof(counts))
+        with nogil:
+            for k in range(n):
+                counts[gate_write(&self.im.ex, index[k], WRITER_PYTHON, value[k], t_ns, now)] += 1
+        return tuple(counts[k] for k in range(N_GATE))
+
+    def gate_stats(self):
+        """Per source: (accepted, rejected per GATE_CODES[1:]) since start."""
+        cdef Gate* g
+        out = []
+        for i in range(self.im.n_inputs):
+            g = &self.im.ex.gate[i]
+            out.append(tuple(v2g_load_relaxed(&g.accepted if k == 0 else &g.rejected[k]) for k in range(N_GATE)))
+        return out
 
     def read_snapshot(self):
-        """Copies of the latest published site, node and port rows (bytes)."""
+        """Copies of the latest published site, node and port rows (bytes).
+
+        The bytes are allocated first, with the GIL; the reader lock is then taken
+        and the rows copied without it, so no thread ever waits on this lock while
+        holding the GIL (a collection inside an allocation could otherwise hand
+        the GIL to a reader that then blocks on the lock).
+        """
+        cdef Py_ssize_t nn = sizeof(NodeRow) * self.im.n_nodes
+        cdef Py_ssize_t np_ = sizeof(PortRow) * self.im.n_ports
+        site = PyBytes_FromStringAndSize(NULL, sizeof(SiteRow))
+        nodes = PyBytes_FromStringAndSize(NULL, nn)
+        ports = PyBytes_FromStringAndSize(NULL, np_)
+        cdef char* ds = PyBytes_AS_STRING(site)
+        cdef char* dn = PyBytes_AS_STRING(nodes)
+        cdef char* dp = PyBytes_AS_STRING(ports)
         cdef Snapshot* s
-        pthread_mutex_lock(&self.reader_lock)
-        try:
+        with nogil:
+            pthread_mutex_lock(&self.reader_lock)
             s = snap_latest(&self.im.snap)
-            return (PyBytes_FromStringAndSize(<char*>&s.site, sizeof(SiteRow)),
-                    PyBytes_FromStringAndSize(<char*>s.node, sizeof(NodeRow) * self.im.n_nodes),
-                    PyBytes_FromStringAndSize(<char*>s.port, sizeof(PortRow) * self.im.n_ports))
-        finally:
+            memcpy(ds, &s.site, sizeof(SiteRow))
+            memcpy(dn, s.node, nn)
+            memcpy(dp, s.port, np_)
             pthread_mutex_unlock(&self.reader_lock)
+        return site, nodes, ports
 
     def read_stats(self):
         """Loop statistics; safe to call while the loop runs."""

@@ -34,6 +34,9 @@ cdef void apply_command(Image* im, const Command* c) noexcept nogil:
     im.command_digest += c.id_hash
     if c.expires_ns <= im.now_ns:
         im.commands_expired += 1
+        # A re-anchored command (the wall clock stepped) that is already over ends now.
+        if c.kind < N_GRID_COMMANDS and im.grid_cmd[c.kind].id_hash == c.id_hash:
+            im.grid_cmd[c.kind].active = 0
         return
     if c.kind < N_GRID_COMMANDS:
         a = &im.grid_cmd[c.kind]
@@ -46,9 +49,14 @@ cdef void apply_command(Image* im, const Command* c) noexcept nogil:
         if 0 <= k < N_GRID_COMMANDS:
             im.grid_cmd[k].active = 0
     elif c.kind == CMD_RESET_FAULT:
-        im.port[c.port].faults &= ~(FAULT_LATCHED | FAULT_SESSION)
+        if im.port[c.port].latch_seq <= c.latch_seq:
+            im.port[c.port].faults &= ~(FAULT_LATCHED | FAULT_SESSION)
     elif c.kind == CMD_LATCH_FAULT:
-        im.port[c.port].faults |= (<uint32_t>c.value) & FAULT_LATCHED
+        port_latch(im, &im.port[c.port], (<uint32_t>c.value) & FAULT_PERSISTENT)
+    elif c.kind == CMD_DISABLE_PORT:
+        im.port[c.port].faults |= FAULT_OUT_OF_SERVICE
+    elif c.kind == CMD_ENABLE_PORT:
+        im.port[c.port].faults &= ~FAULT_OUT_OF_SERVICE
 
 
 cdef void cycle_read(Image* im) noexcept nogil:
@@ -128,8 +136,7 @@ cdef void cycle_write(Image* im) noexcept nogil:
 
 # ---------------------------------------------------------------- publish
 
-cdef void cycle_publish(Image* im) noexcept nogil:
-    cdef Snapshot* s = snap_back(&im.snap)
+cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     cdef int32_t i
     cdef Port* p
     cdef Node* n
@@ -174,7 +181,7 @@ cdef void cycle_publish(Image* im) noexcept nogil:
         p = &im.port[i]
         r = &s.port[i]
         r.cycle = im.cycle
-        r.valid_until_ns = im.now_ns + im.opt.output_hold_ns
+        r.valid_until_ns = v2g_sat_add(im.now_ns, im.opt.output_hold_ns)
         r.setpoint_w = p.setpoint_w
         r.target_w = p.target_w
         r.min_w = p.min_w
@@ -190,6 +197,39 @@ cdef void cycle_publish(Image* im) noexcept nogil:
         r.connected = p.connected
         r.v2g = p.v2g
         r.contactor_closed = p.contactor_closed
+        r.latch_seq = p.latch_seq
+    s.site.latch_counter = im.latch_counter
+    s.site.links_waiting = im.links_waiting
+    s.site.links_lost = im.links_lost
+
+
+cdef void cycle_publish(Image* im) noexcept nogil:
+    snapshot_fill(im, snap_back(&im.snap))
+    snap_publish(&im.snap)
+
+
+cdef void publish_stopped(Image* im) noexcept nogil:
+    """After the last cycle: publish outputs that are safe to hold for ever (no power,
+    contactors open, valid until now) so no reader acts on the last live setpoints."""
+    cdef Snapshot* s = snap_back(&im.snap)
+    cdef int32_t i
+    cdef PortRow* r
+    snapshot_fill(im, s)
+    s.site.safe_state |= SAFE_STOPPED
+    s.site.fleet_target_w = 0.0
+    s.site.fleet_w = 0.0
+    s.site.fleet_max_w = 0.0
+    s.site.fleet_min_w = 0.0
+    s.site.ports_charging = 0
+    s.site.ports_discharging = 0
+    for i in range(im.n_ports):
+        r = &s.port[i]
+        r.valid_until_ns = im.now_ns
+        r.setpoint_w = 0.0
+        r.target_w = 0.0
+        r.min_w = 0.0
+        r.max_w = 0.0
+        r.contactor_closed = 0
     snap_publish(&im.snap)
 
 

@@ -59,6 +59,23 @@ cdef enum:  # CommandKind
     CMD_CANCEL = 10          # value = the kind whose active command ends
     CMD_RESET_FAULT = 11     # port: clear latched faults
     CMD_LATCH_FAULT = 12     # port, value = fault bits: restore latched faults after a restart
+    CMD_DISABLE_PORT = 13    # port: out of service (operator), until CMD_ENABLE_PORT
+    CMD_ENABLE_PORT = 14
+
+# Why the measurement gate refused a value (counted per source).
+cdef enum:  # GateCode
+    GATE_OK = 0
+    GATE_BAD_VALUE = 1       # not finite or outside the source kind's physical range
+    GATE_FUTURE = 2          # stamped after now
+    GATE_TOO_OLD = 3         # older than the source's max age: it could never be used
+    GATE_OWNED = 4           # the source belongs to another writer (a device)
+    GATE_OUT_OF_ORDER = 5    # older than the value the source already holds
+    N_GATE = 6
+
+cdef enum:  # Writer: who may write a source (one writer per slot by construction)
+    WRITER_PYTHON = 0        # measure(), measure_many(), the services
+    WRITER_CAN = 1           # the loop's J1939 decoder
+    WRITER_I2C = 2           # the native I/O thread
 
 # Why a node or port gets what it gets (the limit that bound it).
 cdef enum:  # Binding
@@ -94,7 +111,10 @@ cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
     FAULT_ISO_TIMEOUT = 0x100     # PLC packet loss above its limit: stopped for this session
     FAULT_SESSION = 0xFF00
     FAULT_CONTACTOR = 0x10000     # contactor feedback disagrees with the command
-    FAULT_LATCHED = 0x7FFF0000
+    FAULT_JOURNAL = 0x20000       # the latched-fault journal was unreadable at start
+    FAULT_LATCHED = 0x00FF0000    # cleared only by a reset naming the latch
+    FAULT_OUT_OF_SERVICE = 0x1000000  # taken out of service by an operator; cleared by enable
+    FAULT_PERSISTENT = 0x01FF0000 # what the journal keeps across restarts
 
 cdef enum:  # FrequencyMode
     FREQ_OFF = 0
@@ -104,6 +124,7 @@ cdef enum:  # FrequencyMode
 cdef enum:  # SafeReason
     SAFE_LINK = 1                 # an upstream link is lost or not yet healthy long enough
     SAFE_OVERRUN = 2              # repeated cycle overruns
+    SAFE_STOPPED = 4              # the loop stopped: the published outputs are the safe ones
 
 cdef struct Input:
     double value
@@ -114,11 +135,20 @@ cdef struct Input:
     int32_t target
     int32_t received
 
-cdef struct Slot:            # producer side of one measurement source (seqlock)
+cdef struct Slot:            # producer side of one measurement source (seqlock; odd = being written)
     uint64_t seq
     double value
     int64_t t_ns
     uint64_t _pad[5]
+
+cdef struct Gate:            # what the gate lets into one source; fixed before the loop starts
+    double lo
+    double hi
+    int64_t max_age_ns
+    int32_t writer
+    int32_t _pad
+    uint64_t accepted
+    uint64_t rejected[N_GATE]
 
 cdef struct Command:
     int32_t kind
@@ -126,13 +156,18 @@ cdef struct Command:
     double value
     int64_t expires_ns
     uint64_t id_hash
+    uint64_t latch_seq           # reset: clears only latches with a sequence up to this
 
-cdef struct CommandRing:     # single consumer (the loop); producers serialised by a lock
+cdef struct CommandCell:
+    uint64_t seq                 # Vyukov's turn counter: whose turn the cell is
+    Command c
+
+cdef struct CommandRing:     # bounded lock-free MPSC queue: any thread pushes, the loop pops
     uint64_t head
     uint64_t _pad_head[7]
     uint64_t tail
     uint64_t _pad_tail[7]
-    Command slot[CMD_RING]
+    CommandCell cell[CMD_RING]
 
 cdef struct ActiveCommand:
     double value
@@ -159,6 +194,7 @@ cdef struct PortRow:
     uint8_t v2g
     uint8_t contactor_closed       # the command: close the contactor
     uint8_t _pad
+    uint64_t latch_seq             # sequence number of the port's latest latch (0: never)
 
 cdef struct NodeRow:
     uint64_t cycle
@@ -195,6 +231,9 @@ cdef struct SiteRow:
     int32_t safe_state
     int32_t ports_charging
     int32_t ports_discharging
+    uint64_t latch_counter         # latches so far (the journal watches it)
+    uint32_t links_waiting         # upstream links not heard since start (bit per link)
+    uint32_t links_lost            # heard once, now lost
 
 cdef struct Snapshot:
     SiteRow site
@@ -310,11 +349,13 @@ cdef struct Port:
     uint32_t faults
     int32_t contactor_closed
     int64_t contactor_since_ns   # when the command last changed (feedback settles after it)
+    uint64_t latch_seq
     double ramp_base_w           # where this cycle's output change starts
 
 cdef struct Link:
     int32_t input
     int32_t lost
+    int32_t heard                # fresh at least once since start
     int64_t healthy_since_ns
 
 cdef struct Options:
@@ -366,6 +407,7 @@ cdef struct CanReader:           # the loop drains this socket every cycle (read
     can_frame rx[CAN_BATCH]
     mmsghdr msgs[CAN_BATCH]
     iovec iov[CAN_BATCH]
+    uint64_t cmsg[CAN_BATCH][8]  # control data per frame (SO_RXQ_OVFL), 8-byte aligned
     uint64_t frames
     uint64_t decoded
     uint64_t unknown_pgn
@@ -377,6 +419,11 @@ cdef struct CanReader:           # the loop drains this socket every cycle (read
     uint64_t non_j1939
     uint64_t read_errors
     uint64_t budget_full         # cycles that left frames for the next one
+    uint64_t bad_dlc             # dlc > 8: malformed, not decoded
+    uint64_t kernel_dropped      # frames the kernel dropped on a full socket (SO_RXQ_OVFL)
+    uint64_t gate_rejected       # decoded values the measurement gate refused
+    uint32_t ovfl_last           # the kernel's cumulative drop counter last seen
+    int32_t ovfl_seen
     int64_t last_errno
 
 cdef enum:  # I2cMode: how a sensor's register is read
@@ -401,10 +448,14 @@ cdef struct I2cSensor:
     int32_t timeout_ms           # the simulated bus's answer timeout
     double scale
     double offset
+    int64_t invalid_raw          # the register's "no value yet" code (TMP117: 0x8000), if any
+    int32_t has_invalid_raw
     int64_t period_ns
     int64_t next_ns
     uint64_t reads
     uint64_t errors
+    uint64_t not_ready           # reads that returned the register's "no value yet" code
+    uint64_t gate_rejected       # decoded values the measurement gate refused
     int64_t last_errno
 
 cdef struct I2cIo:
@@ -416,6 +467,7 @@ cdef struct I2cIo:
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
     Slot slot[MAX_SOURCES]
+    Gate gate[MAX_SOURCES]
     CommandRing ring
 
 cdef struct Image:
@@ -434,6 +486,9 @@ cdef struct Image:
     uint64_t commands_expired
     uint64_t command_digest
     uint64_t measurements_applied
+    uint64_t latch_counter
+    uint32_t links_waiting
+    uint32_t links_lost
     double requested_w
     double frequency_response_w   # lagged
     double fleet_max_w            # what the fleet could charge now

@@ -11,7 +11,7 @@ cdef double AMBIENT_WORST_C = 40.0   # assumed while a transformer's temperature
 cdef inline bint input_fresh(const Image* im, int32_t i) noexcept nogil:
     if i < 0 or not im.input[i].received:
         return False
-    return im.now_ns - im.input[i].t_ns <= im.input[i].max_age_ns
+    return v2g_sat_sub(im.now_ns, im.input[i].t_ns) <= im.input[i].max_age_ns
 
 
 cdef inline double input_value(const Image* im, int32_t i, bint* ok) noexcept nogil:
@@ -46,22 +46,38 @@ cdef void update_safe_state(Image* im) noexcept nogil:
     cdef int k
     cdef Link* l
     cdef int32_t state = 0
+    cdef uint32_t waiting = 0, lost = 0
     for k in range(im.n_links):
         l = &im.link[k]
         if input_fresh(im, l.input) and im.input[l.input].value > 0.5:
+            l.heard = 1
             if l.lost:
                 l.lost = 0
                 l.healthy_since_ns = im.now_ns
-            if im.now_ns - l.healthy_since_ns < im.opt.safe_exit_ns:
+            if v2g_sat_sub(im.now_ns, l.healthy_since_ns) < im.opt.safe_exit_ns:
                 state |= SAFE_LINK
         else:
             l.lost = 1
             state |= SAFE_LINK
+            if l.heard:
+                lost |= (<uint32_t>1) << k
+            else:
+                waiting |= (<uint32_t>1) << k
+    im.links_waiting = waiting
+    im.links_lost = lost
     if im.stats.overrun_streak >= im.opt.overrun_streak_safe:
-        im.safe_overrun_until_ns = im.now_ns + im.opt.safe_exit_ns
+        im.safe_overrun_until_ns = v2g_sat_add(im.now_ns, im.opt.safe_exit_ns)
     if im.now_ns < im.safe_overrun_until_ns:
         state |= SAFE_OVERRUN
     im.safe_state = state
+
+
+cdef inline void port_latch(Image* im, Port* p, uint32_t bits) noexcept nogil:
+    """Latch fault bits; each latch gets the next sequence number, so a reset that
+    names an earlier one (a replay, a stale operator screen) leaves it latched."""
+    p.faults |= bits
+    im.latch_counter += 1
+    p.latch_seq = im.latch_counter
 
 
 cdef void port_faults(Image* im, Port* p) noexcept nogil:
@@ -70,7 +86,7 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
     cdef double v
     cdef int32_t isrc
     cdef int32_t want
-    p.faults &= FAULT_LATCHED | FAULT_SESSION
+    p.faults &= FAULT_PERSISTENT | FAULT_SESSION
     v = port_value(im, p, SRC_PORT_CONNECTED, &ok)
     p.connected = ok and v > 0.5
     if not ok:
@@ -83,15 +99,15 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
         v = port_value(im, p, SRC_PORT_PLC_LOSS, &ok)
         if not ok or v > im.opt.plc_loss_limit:
             p.faults |= FAULT_ISO_TIMEOUT
-    want = p.connected and not (p.faults & (FAULT_LATCHED | FAULT_SESSION))
+    want = p.connected and not (p.faults & (FAULT_PERSISTENT | FAULT_SESSION))
     if want != p.contactor_closed:
         p.contactor_closed = want
         p.contactor_since_ns = im.now_ns
-    elif p.src[SRC_PORT_CONTACTOR] >= 0 and im.now_ns - p.contactor_since_ns >= im.opt.contactor_settle_ns:
+    elif p.src[SRC_PORT_CONTACTOR] >= 0 and v2g_sat_sub(im.now_ns, p.contactor_since_ns) >= im.opt.contactor_settle_ns:
         # A feedback that disagrees, or none while closed (it cannot be verified).
         v = port_value(im, p, SRC_PORT_CONTACTOR, &ok)
         if (ok and (v > 0.5) != (p.contactor_closed != 0)) or (not ok and p.contactor_closed):
-            p.faults |= FAULT_CONTACTOR
+            port_latch(im, p, FAULT_CONTACTOR)
             p.contactor_closed = 0
             p.contactor_since_ns = im.now_ns
 
@@ -122,7 +138,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     p.energy_request_wh = port_value(im, p, SRC_PORT_ENERGY_REQUEST_WH, &req_ok)
     v = port_value(im, p, SRC_PORT_DEPARTURE_IN_S, &dep_ok)
     # Departure arrives relative to its measurement's timestamp (ISO 15118 style).
-    p.departure_in_s = v - (im.now_ns - im.input[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
+    p.departure_in_s = v - v2g_sat_sub(im.now_ns, im.input[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
 
     hi = p.rating_charge_w
     bmax = BIND_RATING

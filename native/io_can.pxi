@@ -31,7 +31,7 @@ cdef void can_decode(Image* im, CanReader* r, const can_frame* f) noexcept nogil
     # PDU1 (PF < 240): PS is a destination address, not part of the PGN.
     cdef uint32_t pgn = (id29 >> 8) & (0x3FF00 if pf < 240 else 0x3FFFF)
     cdef int32_t sa = id29 & 0xFF
-    cdef int dlc = f.can_dlc if f.can_dlc <= 8 else 8
+    cdef int dlc = f.can_dlc
     cdef uint64_t le = payload_le(f, dlc)
     cdef uint64_t be = payload_be(f, dlc)
     cdef uint64_t raw, mask
@@ -39,8 +39,10 @@ cdef void can_decode(Image* im, CanReader* r, const can_frame* f) noexcept nogil
     cdef double value
     cdef bint matched = False
     cdef int32_t i
+    cdef int code
     cdef CanSignal* s
     cdef Input* x
+    cdef Gate* g
     for i in range(r.n_signals):
         s = &r.sig[i]
         if s.pgn != pgn or (s.sa >= 0 and s.sa != sa):
@@ -62,6 +64,12 @@ cdef void can_decode(Image* im, CanReader* r, const can_frame* f) noexcept nogil
         if s.minimum < s.maximum and not (s.minimum <= value <= s.maximum):
             bump(&r.out_of_range, 1)
             continue
+        g = &im.ex.gate[s.input]
+        code = gate_check(g, WRITER_CAN, value, im.now_ns, im.now_ns)
+        gate_count(g, code)
+        if code != GATE_OK:
+            bump(&r.gate_rejected, 1)
+            continue
         x = &im.input[s.input]
         x.value = value
         x.t_ns = im.now_ns
@@ -76,8 +84,11 @@ cdef void can_drain(Image* im) noexcept nogil:
     cdef CanReader* r = &im.can
     cdef int n, k
     cdef can_frame* f
+    cdef uint32_t ovfl
     if r.fd < 0:
         return
+    for k in range(r.budget):               # the kernel shrinks it to what it wrote
+        r.msgs[k].msg_hdr.msg_controllen = sizeof(r.cmsg[k])
     n = recvmmsg(r.fd, r.msgs, r.budget, MSG_DONTWAIT, NULL)
     if n < 0:
         if errno != EAGAIN:                  # EWOULDBLOCK is EAGAIN on Linux
@@ -89,8 +100,14 @@ cdef void can_drain(Image* im) noexcept nogil:
     for k in range(n):
         f = &r.rx[k]
         bump(&r.frames, 1)
+        if v2g_rxq_ovfl(&r.msgs[k].msg_hdr, &ovfl):
+            # A cumulative count since the socket opened; unsigned wrap is intended.
+            bump(&r.kernel_dropped, <uint32_t>(ovfl - r.ovfl_last))
+            r.ovfl_last = ovfl
         if r.msgs[k].msg_len != sizeof(can_frame) or r.msgs[k].msg_hdr.msg_flags & MSG_TRUNC:
             bump(&r.short_frames, 1)
+        elif f.can_dlc > 8:
+            bump(&r.bad_dlc, 1)                # malformed: never decoded as 8 bytes
         elif f.can_id & CAN_ERR_FLAG:
             bump(&r.error_frames, 1)
             if f.can_id & CAN_ERR_BUSOFF:
@@ -111,3 +128,5 @@ cdef void can_attach(CanReader* r, int fd, int budget) noexcept nogil:
         memset(&r.msgs[k].msg_hdr, 0, sizeof(msghdr))
         r.msgs[k].msg_hdr.msg_iov = &r.iov[k]
         r.msgs[k].msg_hdr.msg_iovlen = 1
+        r.msgs[k].msg_hdr.msg_control = &r.cmsg[k][0]
+        r.msgs[k].msg_hdr.msg_controllen = sizeof(r.cmsg[k])

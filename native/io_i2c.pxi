@@ -4,7 +4,7 @@
 # never make one. The I/O thread (nogil, SCHED_FIFO below the loop) reads one
 # sensor register at a time on a schedule set at start-up and publishes each
 # value with its timestamp into the sensor's own measurement slot (it is that
-# slot's only writer); the cycle takes it like any measurement. A failed
+# slot's only writer, through the gate); the cycle takes it like any measurement. A failed
 # transfer (NACK, EIO, timeout) is counted and publishes nothing, so the value
 # goes stale and the interlock treats it. In virtual time the same transfers run
 # from poll_io() in the stepping thread.
@@ -80,7 +80,7 @@ cdef int i2c_transfer(I2cSensor* s, uint8_t* buf) noexcept nogil:
     return 0
 
 
-cdef double i2c_decode(const I2cSensor* s, const uint8_t* b) noexcept nogil:
+cdef int64_t i2c_raw(const I2cSensor* s, const uint8_t* b) noexcept nogil:
     cdef int64_t raw
     if s.decode == DECODE_BE16_SIGNED:
         raw = <int16_t>((b[0] << 8) | b[1])
@@ -93,7 +93,7 @@ cdef double i2c_decode(const I2cSensor* s, const uint8_t* b) noexcept nogil:
         if raw & 0x800000:
             raw -= 0x1000000
         raw >>= 4
-    return raw * s.scale + s.offset
+    return raw
 
 
 cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nogil:
@@ -104,7 +104,12 @@ cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nog
         v2g_store_i64(&s.last_errno, err)
         return
     bump(&s.reads, 1)
-    slot_write(ex, s.input, i2c_decode(s, buf), t_ns)
+    cdef int64_t raw = i2c_raw(s, buf)
+    if s.has_invalid_raw and raw == s.invalid_raw:
+        bump(&s.not_ready, 1)                # e.g. a TMP117 before its first conversion
+        return
+    if gate_write(ex, s.input, WRITER_I2C, raw * s.scale + s.offset, t_ns, t_ns) != GATE_OK:
+        bump(&s.gate_rejected, 1)
 
 
 cdef int32_t i2c_due(I2cIo* io) noexcept nogil:

@@ -103,4 +103,5 @@ cdef void* loop_main(void* arg) noexcept nogil:
             bump(&st.overrun_streak, 1)
         elif st.overrun_streak:
             v2g_store_relaxed(&st.overrun_streak, 0)
+    publish_stopped(im)
     return NULL

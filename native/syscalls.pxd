@@ -70,6 +70,11 @@ cdef extern from "builtins.h" nogil:
     uint64_t v2g_exchange(uint64_t *p, uint64_t v)
     uint64_t v2g_fetch_or(uint64_t *p, uint64_t v)
     uint64_t v2g_fetch_add(uint64_t *p, uint64_t v)
+    bint v2g_cas(uint64_t *p, uint64_t *expected, uint64_t desired)
+    void v2g_cpu_relax()
+    int64_t v2g_sat_sub(int64_t a, int64_t b)
+    int64_t v2g_sat_add(int64_t a, int64_t b)
+    int64_t v2g_s_to_ns(double s)
     double v2g_load_f64(const double *p)
     void v2g_store_f64(double *p, double v)
     int64_t v2g_load_i64(const int64_t *p)
@@ -99,6 +104,9 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags, void* timeout)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
+
+cdef extern from "builtins.h" nogil:
+    bint v2g_rxq_ovfl(const msghdr* h, uint32_t* out)
 
 cdef extern from "<linux/can.h>" nogil:
     struct can_frame:

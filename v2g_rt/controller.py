@@ -10,6 +10,7 @@ import hashlib
 import heapq
 import logging
 import math
+import numbers
 import os
 import resource
 import struct
@@ -24,6 +25,7 @@ import numpy as np
 from . import _core
 from .errors import V2GError
 from .site import PHASES, RealTime, Site
+from .wallclock import SystemClock, WallClock
 
 log = logging.getLogger("v2g_rt")
 
@@ -53,12 +55,17 @@ SOURCE_RANGES = {
     "heatsink_c": (-60.0, 250.0), "ambient_c": (-60.0, 80.0), "top_oil_c": (-60.0, 250.0),
 }
 PUBLIC_COMMANDS = {k: v for k, v in _core.COMMAND_KINDS.items() if k != "latch_fault"}
+PORT_COMMANDS = ("reset_fault", "disable_port", "enable_port")
+# Never locked out by a table full of other commands: they have their own pool.
+EXEMPT_COMMANDS = frozenset(("reset_fault", "cancel", "disable_port", "enable_port"))
 ISO_SOURCES = ("plc_loss",)
 GPIO_SOURCES = ("contactor",)
 
-COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "expires_ns", "expires_in_s", "expires_at"}
+COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "latch_seq", "expires_ns", "expires_in_s", "expires_at"}
 MAX_COMMAND_HORIZON_S = 7 * 86400
-MAX_REMEMBERED_IDS = 65536
+MAX_REMEMBERED_IDS = 16384      # unexpired ids per command source and pool
+CLOCK_STEP_NS = 1_000_000_000   # a wall-clock jump past this re-anchors wall-clock expiries
+INT64 = (-2**63, 2**63 - 1)
 ID_RETENTION_NS = 600 * 10**9   # ids are remembered this long past their expiry
 
 
@@ -131,7 +138,7 @@ class Controller:
     clock="virtual": time is whatever step()/run_steps() say it is (simulation, tests).
     """
 
-    def __init__(self, site: Site, *, clock: str = "monotonic"):
+    def __init__(self, site: Site, *, clock: str = "monotonic", wall: WallClock | None = None):
         if clock not in ("monotonic", "virtual"):
             raise ValueError(f"clock must be 'monotonic' or 'virtual', not {clock!r}")
         problems = site.problems()
@@ -169,7 +176,8 @@ class Controller:
         self._sources: dict[str, tuple[int, tuple[float, float]]] = {}
 
         def source(name, kind, target, max_age_s):
-            self._sources[name] = (core.add_source(kind, target, max_age_s), SOURCE_RANGES[kind])
+            lo, hi = SOURCE_RANGES[kind]
+            self._sources[name] = (core.add_source(kind, target, max_age_s, lo, hi), (lo, hi))
 
         evses = {n.id: n for n in site.nodes}
         for p in site.ports:
@@ -198,9 +206,12 @@ class Controller:
 
         self._core = core
         self._lock = threading.Lock()
-        self._seen: dict[tuple, int] = {}
-        self._seen_heap: list[tuple[int, tuple]] = []
+        self._seen: dict[tuple, dict[tuple, int]] = {}          # (source, pool) -> id -> expiry
+        self._seen_heap: list[tuple[int, tuple, tuple]] = []
         self._cmd_counts: Counter[str] = Counter()
+        self.wall = wall if wall is not None else SystemClock()
+        self._wall_anchor = None          # wall - monotonic when wall-clock expiries were last anchored
+        self._wall_cmds: dict[int, tuple[float, float, int]] = {}   # grid kind -> (expires_at, value, id hash)
         self._meas_counts: Counter[str] = Counter()
         self.rt_report: dict | None = None
         self._pm_qos = None
@@ -269,67 +280,160 @@ class Controller:
 
     # ------------------------------------------------------------ commands
 
-    def submit(self, command: Mapping) -> Submission:
+    def submit(self, command: Mapping, source: str = "local") -> Submission:
         """Validate a command and queue it for the loop, which applies it exactly once.
 
-        command: {"kind", "id", "value_w", "port", "of", and one expiry:
+        command: {"kind", "id", "value_w", "port", "of", "latch_seq", and one expiry:
         "expires_ns" (controller clock), "expires_in_s" or "expires_at" (wall clock, epoch s)}.
+        source names who sent it (an upstream, the control socket): ids are replay-checked
+        and bounded per source, so one flooding source cannot lock out the others.
+        Never raises: every bad input is a rejected Submission with its code.
         """
-        verdict = self._submit(command)
+        try:
+            verdict = self._submit(command, source)
+        except Exception as e:      # a gap in validation must not become an exception for the caller
+            log.error("ERR_INTERNAL: command rejected by an unexpected %s: %s", type(e).__name__, e)
+            verdict = _reject("ERR_CMD_BAD_FIELD", f"command not understood ({type(e).__name__})")
         with self._lock:
             self._cmd_counts[verdict.code or "accepted"] += 1
         return verdict
 
-    def _submit(self, cmd: Mapping) -> Submission:
+    def _submit(self, cmd: Mapping, source: str) -> Submission:
         if not isinstance(cmd, Mapping):
             return _reject("ERR_CMD_BAD_FIELD", f"a command is a mapping, not {type(cmd).__name__}")
         kind = cmd.get("kind")
-        if kind not in PUBLIC_COMMANDS:
-            return _reject("ERR_CMD_UNKNOWN_KIND", f"unknown command kind {kind!r}; known: {', '.join(PUBLIC_COMMANDS)}")
-        extra = set(cmd) - COMMAND_FIELDS
+        if not isinstance(kind, str) or kind not in PUBLIC_COMMANDS:
+            return _reject("ERR_CMD_UNKNOWN_KIND", f"unknown command kind {_short(kind)}; known: {', '.join(PUBLIC_COMMANDS)}")
+        extra = [k for k in cmd if k not in COMMAND_FIELDS]
         if extra:
-            return _reject("ERR_CMD_BAD_FIELD", f"unknown field(s) {', '.join(sorted(map(str, extra)))}")
+            return _reject("ERR_CMD_BAD_FIELD", f"unknown field(s) {', '.join(sorted(_short(k) for k in extra))}")
         key = _id_key(cmd.get("id"))
         if key is None:
-            return _reject("ERR_CMD_BAD_FIELD", f"id {cmd.get('id')!r}: expected an int 0..2^63-1 or a string of 1..128 characters")
+            return _reject("ERR_CMD_BAD_FIELD", f"id {_short(cmd.get('id'))}: expected an int 0..2^63-1 or a string of 1..128 characters")
         now = self._core.now_ns()
-        expires = _expiry_ns(cmd, now)
+        expires = self._expiry_ns(cmd, now)
         if isinstance(expires, Submission):
             return expires
         value, port = _command_value(cmd, kind, self._port_index)
         if isinstance(value, Submission):
             return value
+        latch_seq = 0
+        if kind == "reset_fault":
+            latch_seq = self._latch_seq(cmd, port)
+            if isinstance(latch_seq, Submission):
+                return latch_seq
+        table = (source, kind in EXEMPT_COMMANDS)
         with self._lock:
             self._forget_expired(now)
-            if key in self._seen:
-                return _reject("ERR_CMD_REPLAYED", f"command id {key[1]!r} was already received; ignored")
+            seen = self._seen.setdefault(table, {})
+            if key in seen:
+                return _reject("ERR_CMD_REPLAYED", f"command id {_short(key[1])} was already received from {source}; ignored")
             if expires <= now:
-                return _reject("ERR_CMD_EXPIRED", f"command {key[1]!r} expired {(now - expires) / 1e9:.3f} s ago")
-            if len(self._seen) >= MAX_REMEMBERED_IDS:
-                return _reject("ERR_CMD_TOO_MANY_IDS", f"{len(self._seen)} unexpired ids remembered (limit {MAX_REMEMBERED_IDS})")
-            if not self._core.push_command(_core.COMMAND_KINDS[kind], port, value, expires, _id_hash(key)):
+                return _reject("ERR_CMD_EXPIRED", f"command {_short(key[1])} expired {(now - expires) / 1e9:.3f} s ago")
+            if len(seen) >= MAX_REMEMBERED_IDS:
+                return _reject("ERR_CMD_TOO_MANY_IDS", f"{len(seen)} unexpired ids remembered for {source} "
+                               f"(limit {MAX_REMEMBERED_IDS}); use shorter expiries")
+            h = _id_hash((source, key))
+            if not self._core.push_command(_core.COMMAND_KINDS[kind], port, value, expires, h, latch_seq):
                 return _reject("ERR_CMD_QUEUE_FULL", f"command ring of {_core.CAPACITY['command_ring']} is full")
-            self._seen[key] = expires
-            heapq.heappush(self._seen_heap, (expires + ID_RETENTION_NS, key))
-        if kind == "reset_fault":
-            log.info("port %s: latched faults reset by command %r", self.port_ids[port], key[1])
+            seen[key] = expires
+            heapq.heappush(self._seen_heap, (expires + ID_RETENTION_NS, table, key))
+            self._note_wall_command(cmd, kind, value, h)
+        if kind in PORT_COMMANDS:
+            log.info("port %s: %s by command %r from %s%s", self.port_ids[port], _PORT_ACTIONS[kind], key[1], source,
+                     f" (latches up to #{latch_seq})" if kind == "reset_fault" else "")
         return ACCEPTED
+
+    def _latch_seq(self, cmd: Mapping, port: int) -> int | Submission:
+        """A reset clears the latches up to the sequence number it names; without one,
+        those the latest snapshot shows (what the operator is looking at)."""
+        if "latch_seq" not in cmd:
+            return int(self.snapshot().ports["latch_seq"][port])
+        seq = cmd["latch_seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**64:
+            return _reject("ERR_CMD_BAD_FIELD", f"latch_seq {_short(seq)}: expected an int 0..2^64-1")
+        return seq
+
+    # ------------------------------------------------------------ wall clock
+
+    def _expiry_ns(self, cmd: Mapping, now: int) -> int | Submission:
+        given = [k for k in ("expires_ns", "expires_in_s", "expires_at") if k in cmd]
+        if len(given) != 1:
+            return _reject("ERR_CMD_BAD_FIELD", "a command needs exactly one of expires_ns, expires_in_s, expires_at")
+        name, raw = given[0], cmd[given[0]]
+        number = _finite(raw)
+        if number is None:
+            return _reject("ERR_CMD_BAD_FIELD", f"{name} {_short(raw)}: expected a finite number")
+        horizon = MAX_COMMAND_HORIZON_S
+        if name == "expires_ns":
+            ahead_s = (number - now) / 1e9
+        elif name == "expires_in_s":
+            ahead_s = number
+        else:
+            if not self.wall.synchronized():
+                return _reject("ERR_CLOCK_UNSYNCED", "expires_at needs a synchronised system clock and this one "
+                               "is not (yet); use expires_in_s, or wait for NTP (timedatectl)")
+            self._anchor_wall(now)
+            ahead_s = number - self.wall.now()
+        if ahead_s > horizon:
+            return _reject("ERR_CMD_BAD_FIELD", f"{name}: expiry {ahead_s:.0f} s ahead; at most {horizon} s")
+        if ahead_s < -horizon:
+            return now - 1          # long past: rejected as expired
+        return int(raw) if name == "expires_ns" else now + int(ahead_s * 1e9)
+
+    def _anchor_wall(self, now: int) -> None:
+        if self._wall_anchor is None:
+            self._wall_anchor = self.wall.now() * 1e9 - now
+
+    def _note_wall_command(self, cmd: Mapping, kind: str, value: float, h: int) -> None:
+        code = _core.COMMAND_KINDS[kind]
+        if code < _core.GRID_COMMANDS:
+            if "expires_at" in cmd:
+                self._wall_cmds[code] = (float(cmd["expires_at"]), value, h)
+            else:
+                self._wall_cmds.pop(code, None)
+        elif kind == "cancel":
+            self._wall_cmds.pop(int(value), None)
+
+    def check_wall_clock(self) -> float | None:
+        """Call about once a second: when the wall clock has stepped, wall-clock expiries are
+        re-anchored (the loop gets each active one again with its corrected expiry).
+        Returns the step in seconds, or None."""
+        if self._wall_anchor is None or not self.wall.synchronized():
+            return None
+        now = self._core.now_ns()
+        offset = self.wall.now() * 1e9 - now
+        step = offset - self._wall_anchor
+        if abs(step) < CLOCK_STEP_NS:
+            return None
+        self._wall_anchor = offset
+        with self._lock:
+            for code, (expires_at, value, h) in self._wall_cmds.items():
+                expires = now + int((expires_at - self.wall.now()) * 1e9)
+                self._core.push_command(code, -1, value, expires, h, 0)
+        log.warning("ERR_CLOCK_STEPPED: the system clock stepped by %+.3f s; %d wall-clock expiries re-anchored",
+                    step / 1e9, len(self._wall_cmds))
+        return step / 1e9
 
     # ------------------------------------------------------------ latched faults
 
     def latched_faults(self) -> dict[str, int]:
-        """Ports with faults that only a reset command clears (persist these across restarts)."""
+        """Ports with faults that only an operator clears (latched or out of service): the journal."""
         snap = self.snapshot()
-        bits = snap.ports["faults"] & _core.LATCHED_FAULTS
+        bits = snap.ports["faults"] & _core.PERSISTENT_FAULTS
         return {pid: int(b) for pid, b in zip(self.port_ids, bits) if b}
 
+    def latch_counter(self) -> int:
+        """How many latches the loop has made: it moves whenever the journal must be written."""
+        return int(self.snapshot().site["latch_counter"])
+
     def restore_faults(self, faults: dict[str, int]) -> list[str]:
-        """Re-latch faults saved before a restart; returns the port ids restored (unknown ids are skipped)."""
+        """Re-latch faults saved before a restart (known ports, known bits); returns the ports restored."""
         restored = []
         for pid, bits in faults.items():
-            if pid in self._port_index and int(bits) & _core.LATCHED_FAULTS:
+            if pid in self._port_index and bits & _core.PERSISTENT_FAULTS:
                 ok = self._core.push_command(_core.COMMAND_KINDS["latch_fault"], self._port_index[pid],
-                                             float(int(bits) & _core.LATCHED_FAULTS), 2**62, 0)
+                                             float(bits & _core.PERSISTENT_FAULTS), 2**62, 0, 0)
                 if ok:
                     restored.append(pid)
         return restored
@@ -337,41 +441,63 @@ class Controller:
     def _forget_expired(self, now: int) -> None:
         heap = self._seen_heap
         while heap and heap[0][0] <= now:
-            _, key = heapq.heappop(heap)
-            self._seen.pop(key, None)
+            _, table, key = heapq.heappop(heap)
+            self._seen.get(table, {}).pop(key, None)
 
     # ------------------------------------------------------------ measurements
 
     def measure(self, source: str | int, value: float, t_ns: int | None = None) -> Submission:
-        """Publish a measurement (latest wins); t_ns on the controller clock, default now."""
-        verdict = self._measure(source, value, t_ns)
-        with self._lock:
-            self._meas_counts[verdict.code or "accepted"] += 1
+        """Publish a measurement (latest wins); t_ns on the controller clock, default now.
+        Never raises: a bad source, value or time is a rejected Submission with its code."""
+        try:
+            verdict = self._measure(source, value, t_ns)
+        except Exception as e:      # a gap in validation must not become an exception for the caller
+            log.error("ERR_INTERNAL: measurement rejected by an unexpected %s: %s", type(e).__name__, e)
+            verdict = _reject("ERR_MEAS_BAD_VALUE", f"measurement not understood ({type(e).__name__})")
+        if verdict.code is not None and verdict.code not in _GATE_CODES:   # the gate counts its own, per source
+            with self._lock:
+                self._meas_counts[verdict.code] += 1
         return verdict
 
-    def measure_many(self, index: np.ndarray, value: np.ndarray, t_ns: int | None = None) -> int:
+    def measure_many(self, index, value, t_ns: int | None = None) -> int:
         """Publish many measurements stamped t_ns (a meter block, a plant step); returns how many
-        were accepted. index: source indices (source_index()); rejected values are counted."""
-        index = np.ascontiguousarray(index, np.int32)
-        value = np.ascontiguousarray(value, np.float64)
-        if index.shape != value.shape or (index.size and not 0 <= index.min() <= index.max() < len(self._lo)):
-            raise ValueError("measure_many needs equal-length arrays of known source indices")
-        now = self._core.now_ns()
-        t = now if t_ns is None else int(t_ns)
-        if t > now:
+        were accepted. index: integer source indices (source_index()); value: numbers. Never
+        raises: a malformed call is counted and accepts nothing."""
+        try:
+            index, value, t = self._many_arrays(index, value, t_ns)
+        except _Refused as e:
             with self._lock:
-                self._meas_counts["ERR_MEAS_FUTURE"] += index.size
+                self._meas_counts[e.code] += max(int(np.size(index)) if _sized(index) else 1, 1)
             return 0
-        ok = np.isfinite(value) & (value >= self._lo[index]) & (value <= self._hi[index])
-        older = self._core.write_measurements(index[ok], value[ok], t)
-        accepted = int(ok.sum()) - older
-        with self._lock:
-            self._meas_counts["accepted"] += accepted
-            if older:
-                self._meas_counts["ERR_MEAS_OUT_OF_ORDER"] += older
-            if accepted + older < index.size:
-                self._meas_counts["ERR_MEAS_BAD_VALUE"] += index.size - accepted - older
-        return accepted
+        counts = self._core.write_measurements(index, value, t)
+        return int(counts[0])
+
+    def _many_arrays(self, index, value, t_ns):
+        try:
+            index = np.asarray(index)
+            value = np.asarray(value)
+        except Exception:
+            raise _Refused("ERR_MEAS_BAD_VALUE") from None
+        if index.ndim != 1 or index.shape != value.shape:
+            raise _Refused("ERR_MEAS_BAD_VALUE")
+        if index.dtype.kind not in "iu":
+            raise _Refused("ERR_MEAS_UNKNOWN_SOURCE")      # floats would truncate, bools pass for 0/1
+        if value.dtype.kind not in "iuf":
+            raise _Refused("ERR_MEAS_BAD_VALUE")           # strings, bytes, bools, objects
+        if index.size and not (0 <= index.min() and index.max() < len(self._lo)):
+            raise _Refused("ERR_MEAS_UNKNOWN_SOURCE")      # checked before the cast: 2**32 + k is not k
+        t = self._time(t_ns)
+        if isinstance(t, Submission):
+            raise _Refused(t.code)
+        return (np.ascontiguousarray(index, np.int32), np.ascontiguousarray(value, np.float64), t)
+
+    def _time(self, t_ns) -> int | Submission:
+        if t_ns is None:
+            return self._core.now_ns()
+        if isinstance(t_ns, (bool, np.bool_)) or not isinstance(t_ns, numbers.Integral) \
+                or not INT64[0] <= int(t_ns) <= INT64[1]:
+            return _reject("ERR_MEAS_BAD_TIME", f"t_ns {_short(t_ns)}: expected an integer of ns on the controller clock")
+        return int(t_ns)
 
     def source_index(self, name: str) -> int:
         """Index of a source for faster measure() calls."""
@@ -380,19 +506,22 @@ class Controller:
     # ------------------------------------------------------------ devices (see v2g_rt.drivers)
 
     def claim_source(self, name: str, device: str) -> None:
-        """The native core reads this source from a device; measure() refuses it from now on."""
+        """The native core reads this source from a device; measure() refuses it from now on
+        (the native attach_can/add_i2c_sensor make the device the slot's only writer)."""
         if name not in self._sources:
             raise KeyError(f"no source {name!r}")
+        if self._owned.get(name, device) != device:
+            raise ValueError(f"{name} is already fed by {self._owned[name]}; one writer per source")
         self._owned[name] = device
 
     def attach_can(self, fd: int, frames_per_cycle: int, signals: list[tuple]) -> None:
         self._core.attach_can(fd, frames_per_cycle, signals)
 
     def add_i2c_sensor(self, fd: int, address: int, mode: int, reg: int, nbytes: int, decode: int,
-                       source: str, scale: float, period_s: float) -> int:
+                       source: str, scale: float, period_s: float, invalid_raw: int | None = None) -> int:
         self.claim_source(source, "i2c")
         return self._core.add_i2c_sensor(fd, address, mode, reg, nbytes, decode, self.source_index(source),
-                                         scale, 0.0, period_s)
+                                         scale, 0.0, period_s, invalid_raw=invalid_raw)
 
     def poll_io(self) -> None:
         """Virtual time: the I2C reads due by now (the I/O thread does this while running in real time)."""
@@ -405,28 +534,29 @@ class Controller:
     def _measure(self, source, value, t_ns) -> Submission:
         if isinstance(source, str):
             entry = self._sources.get(source)
+        elif isinstance(source, numbers.Integral) and not isinstance(source, (bool, np.bool_)):
+            named = self._source_by_index.get(int(source))
+            entry = (int(source), named[1]) if named else None
         else:
-            named = self._source_by_index.get(source)
-            entry = (source, named[1]) if named else None
+            entry = None
         if entry is None:
-            return _reject("ERR_MEAS_UNKNOWN_SOURCE", f"no source {source!r} in site {self.site.name!r}")
+            return _reject("ERR_MEAS_UNKNOWN_SOURCE", f"no source {_short(source)} in site {self.site.name!r}")
         index, (lo, hi) = entry
-        owner = self._owned.get(self._source_by_index[index][0])
-        if owner:
-            return _reject("ERR_MEAS_DEVICE_OWNED", f"{source}: read directly from {owner} by the native core")
+        name = self._source_by_index[index][0]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            code = self._core.write_measurement(index, math.nan, 0)     # counted per source by the gate
+            return _reject("ERR_MEAS_BAD_VALUE", f"{name}: {_short(value)} is not a number")
         try:
             v = float(value)
-        except (TypeError, ValueError):
-            return _reject("ERR_MEAS_BAD_VALUE", f"{source}: {value!r} is not a number")
-        if not math.isfinite(v) or not lo <= v <= hi:
-            return _reject("ERR_MEAS_BAD_VALUE", f"{source}: {v!r} outside {lo:g} .. {hi:g}")
-        now = self._core.now_ns()
-        t = now if t_ns is None else int(t_ns)
-        if t > now:
-            return _reject("ERR_MEAS_FUTURE", f"{source}: stamped {(t - now) / 1e9:.6f} s after the controller clock")
-        if not self._core.write_measurement(index, v, t):
-            return _reject("ERR_MEAS_OUT_OF_ORDER", f"{source}: older than the value it already holds")
-        return ACCEPTED
+        except (OverflowError, ValueError):
+            v = math.nan
+        t = self._time(t_ns)
+        if isinstance(t, Submission):
+            return t
+        code = _GATE_CODES[self._core.write_measurement(index, v, t)]
+        if code == "accepted":
+            return ACCEPTED
+        return _reject(code, _gate_reason(code, name, v, lo, hi, t, self._core.now_ns(), self._owned.get(name)))
 
     # ------------------------------------------------------------ outputs
 
@@ -461,13 +591,22 @@ class Controller:
         with self._lock:
             commands = dict(self._cmd_counts)
             measurements = dict(self._meas_counts)
+        rejected_by_source = {}
+        gate = self._core.gate_stats()
+        for name, (idx, _) in self._sources.items():
+            for code, n in zip(_GATE_CODES, gate[idx]):
+                if n:
+                    measurements[code] = measurements.get(code, 0) + n
+                    if code != "accepted":
+                        rejected_by_source.setdefault(name, {})[code] = n
         return {
             "cycles": raw["cycles"], "overruns": raw["overruns"],
             "skipped_periods": raw["skipped_periods"], "overrun_streak": raw["overrun_streak"],
             "period_us": self.site.period_s * 1e6,
             "wake_latency": _summary(lat, raw["lat_min_ns"], raw["lat_max_ns"], raw["lat_sum_ns"]),
             "compute": _summary(cmp_, raw["cmp_min_ns"], raw["cmp_max_ns"], raw["cmp_sum_ns"]),
-            "commands": commands, "measurements": measurements, "rt": self.rt_report,
+            "commands": commands, "measurements": measurements, "rejected_by_source": rejected_by_source,
+            "rt": self.rt_report,
             "devices": self.device_stats(),
         }
 
@@ -476,46 +615,80 @@ def _reject(code: str, reason: str) -> Submission:
     return Submission(False, code, reason)
 
 
-def _expiry_ns(cmd: Mapping, now: int) -> int | Submission:
-    given = [k for k in ("expires_ns", "expires_in_s", "expires_at") if k in cmd]
-    if len(given) != 1:
-        return _reject("ERR_CMD_BAD_FIELD", "a command needs exactly one of expires_ns, expires_in_s, expires_at")
-    raw = cmd[given[0]]
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        return _reject("ERR_CMD_BAD_FIELD", f"{given[0]} {raw!r}: expected a finite number")
-    if given[0] == "expires_ns":
-        expires = int(raw)
-    elif given[0] == "expires_in_s":
-        expires = now + int(raw * 1e9)
-    else:  # wall clock: converted to the controller clock on receipt
-        expires = now + int((raw - time.time()) * 1e9)
-    if expires - now > MAX_COMMAND_HORIZON_S * 10**9:
-        return _reject("ERR_CMD_BAD_FIELD", f"expiry {(expires - now) / 1e9:.0f} s ahead; at most {MAX_COMMAND_HORIZON_S} s")
-    return expires
+_GATE_CODES = _core.GATE_CODES
+_PORT_ACTIONS = {"reset_fault": "latched faults reset", "disable_port": "taken out of service",
+                 "enable_port": "back in service"}
+
+
+class _Refused(Exception):
+    def __init__(self, code: str):
+        self.code = code
+
+
+def _sized(x) -> bool:
+    try:
+        np.size(x)
+        return True
+    except Exception:
+        return False
+
+
+def _short(x) -> str:
+    """repr() that cannot flood a log line or raise (10**5000 has no repr in 3.11)."""
+    try:
+        r = repr(x)
+    except Exception:
+        r = f"<{type(x).__name__}>"
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _finite(x) -> float | None:
+    """A real number (not a bool) as a finite float, or None."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        return None
+    try:
+        f = float(x)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _gate_reason(code, name, v, lo, hi, t, now, owner) -> str:
+    if code == "ERR_MEAS_BAD_VALUE":
+        return f"{name}: {v!r} outside {lo:g} .. {hi:g}"
+    if code == "ERR_MEAS_FUTURE":
+        return f"{name}: stamped {(t - now) / 1e9:.6f} s after the controller clock"
+    if code == "ERR_MEAS_TOO_OLD":
+        return f"{name}: stamped {(now - t) / 1e9:.3f} s ago, older than the source's max age"
+    if code == "ERR_MEAS_DEVICE_OWNED":
+        return f"{name}: read directly from {owner or 'a device'} by the native core"
+    return f"{name}: older than the value it already holds"
 
 
 def _command_value(cmd: Mapping, kind: str, ports: dict[str, int]) -> tuple[float | Submission, int]:
     port = -1
-    if kind == "reset_fault":
+    if kind in PORT_COMMANDS:
         p = cmd.get("port")
         if isinstance(p, str) and p in ports:
             port = ports[p]
         elif isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(ports):
             port = p
         else:
-            return _reject("ERR_CMD_BAD_PORT", f"port {p!r} is not a port of this site"), port
+            return _reject("ERR_CMD_BAD_PORT", f"port {_short(p)} is not a port of this site"), port
         return 0.0, port
+    if "latch_seq" in cmd:
+        return _reject("ERR_CMD_BAD_FIELD", f"latch_seq belongs to reset_fault, not {kind}"), port
     if "port" in cmd:
         return _reject("ERR_CMD_BAD_FIELD", f"{kind} applies to the site, not to a port"), port
     if kind == "cancel":
         of = cmd.get("of")
         code = _core.COMMAND_KINDS.get(of, -1) if isinstance(of, str) else -1
         if not 0 <= code < _core.GRID_COMMANDS:
-            return _reject("ERR_CMD_BAD_FIELD", f"cancel needs 'of': one of setpoint, export_limit, import_limit, load_shed; found {of!r}"), port
+            return _reject("ERR_CMD_BAD_FIELD", f"cancel needs 'of': one of setpoint, export_limit, import_limit, load_shed; found {_short(of)}"), port
         return float(code), port
-    v = cmd.get("value_w")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return _reject("ERR_CMD_BAD_FIELD", f"value_w {v!r}: expected a finite number of W"), port
+    v = _finite(cmd.get("value_w"))
+    if v is None:
+        return _reject("ERR_CMD_BAD_FIELD", f"value_w {_short(cmd.get('value_w'))}: expected a finite number of W"), port
     lo = -1e9 if kind == "setpoint" else 0.0
     if not lo <= v <= 1e9:
         return _reject("ERR_CMD_BAD_FIELD", f"value_w {v!r} outside {lo:g} .. 1e9 W"), port

@@ -200,10 +200,10 @@ def test_motorola_signal_decodes_like_cantools():
     ctrl.attach_can(near.fileno(), 64, [row])
     ctrl.step(S)
     data = msg.encode({"HeatSinkTemp": 20, "Module1Temp": 20, "Module2Temp": 20, "InletAirTemp": 20,
-                       "CoolantPressure": 1234.5})
+                       "CoolantPressure": 234.5})
     far.send(struct.pack("=IB3x8s", 0x18FF1021 | CAN_EFF_FLAG, 8, data))
     ctrl.run_steps(1)
-    assert ctrl.snapshot().node("e2")["temperature_c"] == msg.decode(data)["CoolantPressure"] == 1234.5
+    assert ctrl.snapshot().node("e2")["temperature_c"] == msg.decode(data)["CoolantPressure"] == 234.5
     far.close()
     near.close()
 
@@ -235,3 +235,57 @@ def test_sim_peer_encodes_like_cantools():
     et1 = {"EngCoolantTemp": 90, "EngFuelTemp1": 40, "EngOilTemp1": 101.5, "EngTurbo1OilTemp": 99.0,
            "EngIntercoolerTemp": 30}
     assert peer.encode("ET1", et1) == db.get_message_by_name("ET1").encode(et1)
+
+
+def test_dlc_above_8_is_malformed_not_decoded():
+    """Sim only: vcan refuses such frames at send. A can_frame with can_dlc 12 was decoded as 8 bytes."""
+    from v2g_rt.drivers.can import FRAME
+    for ctrl, tx in make_rig("sim", 64):
+        tx.send(0x18FF1021, temp_bytes(50.0) + [0] * 6)
+        settle(ctrl)
+        tx.peer.sock.send(FRAME.pack(0x18FF1021 | CAN_EFF_FLAG, 12, bytes(temp_bytes(80.0) + [0] * 6)))
+        snap = settle(ctrl)
+        can = ctrl.device_stats()["can"]
+        assert can["bad_dlc"] == 1 and can["decoded"] == 1
+        assert snap.node("e1")["temperature_c"] == 50.0
+
+
+def test_a_decoded_value_outside_the_sources_range_is_refused_by_the_gate():
+    """A DBC range wider than the source kind's (a pressure wired to a heat sink by mistake):
+    the decoder's own range check passes it, the measurement gate does not."""
+    from v2g_rt.drivers.can import load_dbc, signal_row
+    msg = load_dbc("").get_message_by_name("EVSE_Thermal")
+    ctrl = Controller(config.parse(SITE.format(backend="sim", budget=64), "t.toml"), clock="virtual")
+    row = signal_row(msg, msg.get_signal_by_name("CoolantPressure"), 0x21, ctrl.source_index("node/e2/heatsink_c"))
+    far, near = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    near.setblocking(False)
+    ctrl.attach_can(near.fileno(), 64, [row])
+    ctrl.step(S)
+    values = {"HeatSinkTemp": 20, "Module1Temp": 20, "Module2Temp": 20, "InletAirTemp": 20}
+    for kpa in (100.0, 1234.5):
+        far.send(struct.pack("=IB3x8s", 0x18FF1021 | CAN_EFF_FLAG, 8, msg.encode({**values, "CoolantPressure": kpa})))
+        ctrl.run_steps(1)
+    assert ctrl.snapshot().node("e2")["temperature_c"] == 100.0
+    assert ctrl.device_stats()["can"]["gate_rejected"] == 1
+    assert ctrl.stats()["rejected_by_source"]["node/e2/heatsink_c"] == {"ERR_MEAS_BAD_VALUE": 1}
+
+
+@pytest.mark.skipif(not IN_GUEST, reason="SO_RXQ_OVFL needs SocketCAN: the kernel-test guest runs this")
+def test_frames_the_kernel_dropped_are_counted():
+    import can
+    site = config.parse(SITE.format(backend="socketcan", budget=64), "t.toml")
+    ctrl = Controller(site, clock="virtual")
+    devices = attach(ctrl, site)
+    devices.can.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)   # the kernel's minimum
+    ctrl.step(S)
+    bus = can.Bus(channel="vcan0", interface="socketcan")
+    sent = 500
+    for k in range(sent):
+        bus.send(can.Message(arbitration_id=0x18FF1021, data=bytes(temp_bytes(40.0) + [0] * 6)))
+    bus.shutdown()
+    for _ in range(sent // 64 + 10):
+        ctrl.run_steps(1)
+    stats = ctrl.device_stats()["can"]
+    devices.close()
+    assert stats["kernel_dropped"] > 0
+    assert stats["frames"] + stats["kernel_dropped"] == sent

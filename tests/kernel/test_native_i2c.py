@@ -200,3 +200,23 @@ if IN_GUEST:
         ctrl.stop()
         devices.close()
         assert report["preempt_rt"] is True and os.uname().release.endswith("-rt-amd64")
+
+
+def test_a_tmp117_that_has_not_converted_yet_is_not_a_temperature(rig):
+    """0x8000 (-256 C) is the TMP117's power-on value: it once became the transformer ambient and
+    held the hot-spot derate off. Counted as not ready, never published; the ambient stays stale."""
+    backend, bus, site = rig
+    if backend == "dev":
+        i2cset(bus, 0x48, 0x00, ["0x0080"], "w")          # 0x8000, MSB first
+    ctrl = Controller(site, clock="virtual")
+    devices = attach(ctrl, site)
+    if devices.i2c_peer:
+        with devices.i2c_peer.lock:
+            devices.i2c_peer.regs[0x48][0x00] = b"\x80\x00"
+    for k in range(1, 4):
+        ctrl.step(k * S)
+        ctrl.poll_io()
+    tmp117 = next(s for s in ctrl.device_stats()["i2c"] if s["address"] == 0x48)
+    devices.close()
+    assert tmp117["reads"] >= 3 and tmp117["not_ready"] == tmp117["reads"] and tmp117["gate_rejected"] == 0
+    assert ctrl.snapshot().node("tx1")["faults"], "the ambient is stale: worst case assumed"

@@ -79,7 +79,7 @@ def test_commands_exactly_once_and_snapshots_consistent_under_load():
     assert min(snapshots) > 100
     assert total == PRODUCERS * PER_PRODUCER
     assert site["commands_applied"] == total                 # none lost, none applied twice
-    digest = sum(_id_hash(_id_key(cid)) for a in accepted for cid in a) % 2**64
+    digest = sum(_id_hash(("local", _id_key(cid))) for a in accepted for cid in a) % 2**64
     assert site["command_digest"] == digest                  # and exactly these ones
     stats = c.stats()
     assert stats["commands"]["accepted"] == total

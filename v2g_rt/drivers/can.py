@@ -105,6 +105,8 @@ def open_socketcan(iface: str) -> socket.socket:
         raise DeviceError(f"cannot open a raw CAN socket ({e.strerror}). Remedy: `modprobe can-raw`; the service "
                           f"needs CAP_NET_RAW") from e
     sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, struct.pack("=I", CAN_ERR_MASK))   # see bus-off
+    # Each frame then carries the kernel's count of frames dropped on a full receive queue.
+    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RXQ_OVFL", 40), 1)
     sock.bind((iface,))
     sock.setblocking(False)
     if (net / "operstate").read_text().strip() not in ("up", "unknown"):

@@ -29,11 +29,13 @@ class Register:
     nbytes: int
     decode: int
     scale: float          # per LSB; for INA228 power and current times CURRENT_LSB (set at attach)
+    invalid_raw: int | None = None   # the decoded raw value that means "no reading yet"
 
 
 # (sensor, quantity) -> register; identity register, expected value
 SENSORS = {
-    "tmp117": {"temperature": Register(0x00, 2, BE16_SIGNED, 0.0078125)},
+    # TMP117: 0x8000 (-256 C) until the first conversion after power-on or reset
+    "tmp117": {"temperature": Register(0x00, 2, BE16_SIGNED, 0.0078125, invalid_raw=-0x8000)},
     "ina228": {"power": Register(0x08, 3, BE24_UNSIGNED, 3.2), "current": Register(0x07, 3, BE24_SIGNED_SHIFT4, 1.0),
                "bus_voltage": Register(0x05, 3, BE24_UNSIGNED_SHIFT4, 195.3125e-6),
                "die_temperature": Register(0x06, 2, BE16_SIGNED, 7.8125e-3)},
@@ -152,7 +154,8 @@ def attach(ctrl, site):
                 configure_ina228(bus, cfg)
             devices.append(I2cDevice(bus, cfg))
             fd = bus.fd
-        ctrl.add_i2c_sensor(fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale, cfg.period_s)
+        ctrl.add_i2c_sensor(fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale, cfg.period_s,
+                            invalid_raw=reg.invalid_raw)
     if peer is not None:
         peer.start()
     return devices, peer
