@@ -20,6 +20,7 @@ from .site import LINK_KINDS, PHASES, Control, Frequency, Link, Node, Port, Real
 
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
+INT_MIN, INT_MAX = -2**63, 2**63 - 1       # integers must fit the native core's int64
 
 # Sections owned by other parts of the controller: name -> "module:function" that
 # checks the section with the same accessors (called with the ConfigFile and the
@@ -58,6 +59,25 @@ def _kind(value) -> str:
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+def is_number(value) -> bool:
+    """A finite int or float, not a bool, that converts to a C double (huge ints do not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _show(value, limit: int = 60) -> str:
+    """repr() of a found value, cut short: a message must stay one readable line."""
+    try:
+        text = repr(value)
+    except ValueError:           # an int beyond sys.get_int_max_str_digits()
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class Section:
     """Typed access to one config section; tracks which options were read."""
 
@@ -85,48 +105,66 @@ class Section:
 
     def get_float(self, option, default=REQUIRED, *, minval=None, maxval=None, above=None,
                   unit="", allow_inf=False):
+        """The option as a float; a wrong type or a value outside the range is reported and
+        replaced by the default (NaN if required), so nothing downstream uses it."""
         value, given = self._get(option, default)
+        fallback = math.nan if default is REQUIRED else default
         if not given:
-            return value if value is not REQUIRED else math.nan
-        if allow_inf and value in ("unlimited", "inf"):
+            return fallback
+        if allow_inf and (value in ("unlimited", "inf") or value == math.inf):
             return math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.problem(option, f"expected a number{' of ' + unit if unit else ''}, found {_kind(value)} {value!r}")
-            return math.nan if default is REQUIRED else default
-        value = float(value)
+            self.problem(option, f"expected a number{' of ' + unit if unit else ''}, found {_kind(value)} {_show(value)}")
+            return fallback
         rng = _range_text(minval, maxval, above, unit)
-        if not math.isfinite(value) or (minval is not None and value < minval) or \
-                (maxval is not None and value > maxval) or (above is not None and value <= above):
+        if not is_number(value):
+            self.problem(option, f"expected {rng}, found {_show(value)}")
+            return fallback
+        value = float(value)
+        if (minval is not None and value < minval) or (maxval is not None and value > maxval) or \
+                (above is not None and value <= above):
             self.problem(option, f"expected {rng}, found {value:g}")
+            return fallback
         return value
 
     def get_int(self, option, default=REQUIRED, *, minval=None, maxval=None):
+        """The option as an int within [minval, maxval] (and always within int64); a wrong type
+        or a value outside is reported and replaced by the default (minval or 0 if required):
+        counts read here may size allocations, so an unchecked value must never escape."""
         value, given = self._get(option, default)
+        fallback = (minval if minval is not None else 0) if default is REQUIRED else default
         if not given:
-            return value if value is not REQUIRED else 0
+            return fallback
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(option, f"expected an integer, found {_kind(value)} {value!r}")
-            return 0 if default is REQUIRED else default
-        if (minval is not None and value < minval) or (maxval is not None and value > maxval):
-            self.problem(option, f"expected an integer from {minval} to {maxval}, found {value}")
+            self.problem(option, f"expected an integer, found {_kind(value)} {_show(value)}")
+            return fallback
+        lo = INT_MIN if minval is None else minval
+        hi = INT_MAX if maxval is None else maxval
+        if not lo <= value <= hi:
+            self.problem(option, f"expected an integer from {lo} to {hi}, found {_show(value)}")
+            return fallback
         return value
 
     def get_bool(self, option, default=REQUIRED):
         value, given = self._get(option, default)
         if given and not isinstance(value, bool):
-            self.problem(option, f"expected true or false, found {_kind(value)} {value!r}")
+            self.problem(option, f"expected true or false, found {_kind(value)} {_show(value)}")
             return bool(default) if default is not REQUIRED else False
         return value if value is not REQUIRED else False
 
     def get_str(self, option, default=REQUIRED, *, choices=None):
+        """The option as a string (one of choices if given); a wrong one is reported and
+        replaced by the default ("" if required)."""
         value, given = self._get(option, default)
+        fallback = "" if default is REQUIRED else default
         if not given:
-            return value if value is not REQUIRED else ""
+            return fallback
         if not isinstance(value, str):
-            self.problem(option, f"expected a string, found {_kind(value)} {value!r}")
-            return ""
+            self.problem(option, f"expected a string, found {_kind(value)} {_show(value)}")
+            return fallback
         if choices is not None and value not in choices:
-            self.problem(option, f"expected one of {', '.join(map(repr, choices))}, found {value!r}")
+            self.problem(option, f"expected one of {', '.join(map(repr, choices))}, found {_show(value)}")
+            return fallback
         return value
 
     def get_pair(self, option, default, *, unit=""):
@@ -134,12 +172,12 @@ class Section:
         value, given = self._get(option, default)
         if not given:
             return value
-        if not (isinstance(value, list) and len(value) == 2 and
-                all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-            self.problem(option, f"expected [low, high] in {unit or 'numbers'}, found {value!r}")
+        if not (isinstance(value, list) and len(value) == 2 and all(map(is_number, value))):
+            self.problem(option, f"expected [low, high] in {unit or 'numbers'}, found {_show(value)}")
             return default
         if value[0] > value[1]:
-            self.problem(option, f"expected low <= high, found {value!r}")
+            self.problem(option, f"expected low <= high, found {_show(value)}")
+            return default
         return (float(value[0]), float(value[1]))
 
     def finish(self) -> None:
@@ -345,13 +383,12 @@ def frequency_section(sec: Section) -> Frequency:
     curve_raw, given = sec._get("curve", ())
     curve = ()
     if given:
-        ok = isinstance(curve_raw, list) and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                        and math.isfinite(v) for v in p) for p in curve_raw)
+        ok = isinstance(curve_raw, list) and len(curve_raw) <= 16 and all(
+            isinstance(p, list) and len(p) == 2 and all(map(is_number, p)) for p in curve_raw)
         if ok:
             curve = tuple((float(h), float(w)) for h, w in curve_raw)
         else:
-            sec.problem("curve", f"expected [[Hz, W], ...], found {curve_raw!r}")
+            sec.problem("curve", f"expected [[Hz, W], ...] with at most 16 points, found {_show(curve_raw)}")
     if mode == "curve" and not given:
         sec.problem("curve", "mode = \"curve\" needs curve = [[Hz, W], ...]")
     return Frequency(

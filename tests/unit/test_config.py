@@ -1,7 +1,10 @@
 """Site config: every bad input gives one clear message naming file, section and option."""
+import signal
+import time
+
 import pytest
 
-from v2g_rt import config
+from v2g_rt import cli, config
 from v2g_rt.config import ConfigError
 
 BASE = """
@@ -111,3 +114,56 @@ def test_unreadable_file(tmp_path):
         config.load(tmp_path / "missing.toml")
     assert e.value.problems[0].code == "ERR_CONFIG_UNREADABLE"
     assert "missing.toml" in str(e.value)
+
+
+@pytest.fixture
+def deadline():
+    """Fail (instead of hanging and eating memory) if the test body takes longer than 5 s."""
+    def expired(signum, frame):
+        raise TimeoutError("config parsing took longer than 5 s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 5.0)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "10000000", "-1", "1" + "0" * 400])
+def test_an_out_of_range_port_count_is_reported_and_never_used(value, deadline, tmp_path, capsys):
+    path = tmp_path / "site.toml"
+    path.write_text(BASE.replace("ports = 2", f"ports = {value}"))
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["check", str(path)])
+    assert e.value.code == 2 and time.monotonic() - t0 < 1.0
+    err = capsys.readouterr().err
+    assert f"ERR_CONFIG_VALUE: {path}: [node.e1] ports: expected an integer from 1 to 8" in err
+
+
+@pytest.mark.parametrize("option,value,words", [
+    ("frames_per_cycle", "100000000", "from 1 to 64"),
+    ("frames_per_cycle", "1.5", "expected an integer"),
+])
+def test_out_of_range_device_counts_are_reported(option, value, words):
+    got = problems(BASE + f'\n[can]\nbackend = "sim"\n{option} = {value}\n')
+    assert [(p.section, p.option) for p in got] == [("can", option)] and words in got[0].message
+
+
+@pytest.mark.parametrize("edit,option", [
+    (("import_limit_w = 100000", "import_limit_w = " + "9" * 400), "import_limit_w"),
+    (("import_limit_w = 100000", "import_limit_w = nan"), "import_limit_w"),
+    (("import_limit_w = 100000", "import_limit_w = -inf"), "import_limit_w"),
+    (("period_ms = 1.0", "period_ms = 1e300"), "period_ms"),
+    (("port_max_discharge_w = 11000", "port_max_discharge_w = [1, 2]"), "port_max_discharge_w"),
+    (("meter_max_age_s = 5", "meter_max_age_s = 5\nbase_load_w = [5, " + "1" * 400 + "]"), "base_load_w"),
+    (("meter_max_age_s = 5", "meter_max_age_s = 5\nbase_load_w = [5, 1]"), "base_load_w"),
+])
+def test_bad_numbers_are_reported_once_and_replaced(edit, option):
+    got = problems(BASE.replace(*edit))
+    assert [p.option for p in got] == [option], [str(p) for p in got]
+    assert len(str(got[0])) < 300          # a huge value is cut short in the message
+
+
+def test_unlimited_accepts_the_toml_inf_literal():
+    site = config.parse(BASE + "\n[control]\nport_ramp_w_per_s = inf\n", "site.toml")
+    assert site.control.port_ramp_w_per_s == float("inf")
