@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -21,6 +23,7 @@ from .site import LINK_KINDS, PHASES, Control, Frequency, Link, Node, Port, Real
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
 INT_MIN, INT_MAX = -2**63, 2**63 - 1       # integers must fit the native core's int64
+MAX_CONFIG_BYTES = 1 << 20                 # the 50-port depot is 7 KiB; a full build (CAPACITY) < 100 KiB
 
 # Sections owned by other parts of the controller: name -> "module:function" that
 # checks the section with the same accessors (called with the ConfigFile and the
@@ -241,11 +244,54 @@ def load(path: str | Path | None = None) -> Site:
     if path is None:
         text = resources.files("v2g_rt.data").joinpath(DEFAULT_SITE).read_text()
         return parse(text, f"<built-in {DEFAULT_SITE}>")
+    return parse(read_text(path), str(path))
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a config file: a regular file of at most MAX_CONFIG_BYTES. Opened with
+    O_NONBLOCK and checked with fstat before reading, so a FIFO, /dev/zero or a directory is
+    refused at once instead of hanging or filling memory."""
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([ConfigProblem(str(path), "-", None, f"cannot read the file: {e}", "ERR_CONFIG_UNREADABLE")])
-    return parse(text, str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _file_error(path, f"cannot read the file: {e}", "ERR_CONFIG_UNREADABLE") from None
+    try:
+        data = _read_regular(path, fd)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _file_error(path, f"grew beyond {MAX_CONFIG_BYTES} bytes (1 MiB) while being read")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _file_error(path, f"is not UTF-8 text ({e}); TOML files are UTF-8", "ERR_CONFIG_UNREADABLE") from None
+
+
+def _read_regular(path, fd: int) -> bytes:
+    """Up to MAX_CONFIG_BYTES + 1 bytes of fd, which must be a regular file no larger than the limit."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _file_error(path, f"is {_file_type(st.st_mode)}, not a regular file; pass the site's TOML file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise _file_error(path, f"is {st.st_size} bytes; a site config is at most {MAX_CONFIG_BYTES} bytes (1 MiB)")
+    chunks, total = [], 0
+    try:
+        while total <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        raise _file_error(path, f"cannot read the file: {e}", "ERR_CONFIG_UNREADABLE") from None
+    return b"".join(chunks)
+
+
+def _file_error(path, message: str, code: str = "ERR_CONFIG_FILE") -> ConfigError:
+    return ConfigError([ConfigProblem(str(path), "-", None, message, code)])
+
+
+def _file_type(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((text for test, text in kinds if test(mode)), f"a special file (mode 0o{mode:o})")
 
 
 def parse(text: str, path: str = "<string>") -> Site:

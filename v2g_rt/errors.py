@@ -22,6 +22,10 @@ _ENTRIES = [
      "A typo: missing quote, bracket or '='.", "Fix the line the message names; `v2g-rt check FILE`."),
     ("ERR_CONFIG_UNREADABLE", "The site config file cannot be read.",
      "Wrong path, missing file or no read permission.", "Check the path and the file's permissions."),
+    ("ERR_CONFIG_FILE", "The site config path is not a regular file of at most 1 MiB; it was not read.",
+     "A FIFO, device (/dev/zero), directory or another wrong path given as the config, or a file far "
+     "larger than any site needs.",
+     "Pass the site's TOML file itself; `v2g-rt check FILE` accepts it when it is a regular file under 1 MiB."),
     ("ERR_CONFIG_VALUE", "An option has the wrong type or is outside its range.",
      "A unit mistake (kW for W, ms for s) or a typo.",
      "Set the option to a value inside the range the message gives."),

@@ -1,4 +1,5 @@
 """Site config: every bad input gives one clear message naming file, section and option."""
+import os
 import signal
 import time
 
@@ -167,3 +168,41 @@ def test_bad_numbers_are_reported_once_and_replaced(edit, option):
 def test_unlimited_accepts_the_toml_inf_literal():
     site = config.parse(BASE + "\n[control]\nport_ramp_w_per_s = inf\n", "site.toml")
     assert site.control.port_ramp_w_per_s == float("inf")
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path, deadline):
+    fifo = tmp_path / "site.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as e:
+        config.load(fifo)
+    p = e.value.problems[0]
+    assert (p.code, p.file) == ("ERR_CONFIG_FILE", str(fifo)) and "a FIFO" in p.message
+
+
+@pytest.mark.parametrize("path,words", [("/dev/zero", "a character device"), ("/", "a directory")])
+def test_devices_and_directories_are_refused(path, words, deadline):
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert e.value.code == "ERR_CONFIG_FILE" and words in str(e.value) and "not a regular file" in str(e.value)
+
+
+def test_a_file_over_1_mib_is_refused_before_it_is_read(tmp_path, deadline):
+    path = tmp_path / "site.toml"
+    path.write_text(BASE + "#" * config.MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert e.value.code == "ERR_CONFIG_FILE" and "at most 1048576 bytes" in str(e.value)
+
+
+def test_a_regular_file_under_the_limit_loads(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text(BASE + "#" * (config.MAX_CONFIG_BYTES - len(BASE) - 1) + "\n")
+    assert config.load(path).name == "t"
+
+
+def test_a_file_that_is_not_utf8_is_unreadable(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_bytes(b'[site]\nname = "\xff"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert e.value.code == "ERR_CONFIG_UNREADABLE" and "UTF-8" in str(e.value)
