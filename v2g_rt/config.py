@@ -16,9 +16,10 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
+from .drivers import check_feeds
 from .errors import V2GError
 from ._core import NODE_KINDS
-from .site import LINK_KINDS, PHASES, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
+from .site import LINK_KINDS, PHASES, RATED_W, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
 
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
@@ -309,6 +310,7 @@ def parse(text: str, path: str = "<string>") -> Site:
     name = s.get_str("name", "site")
     period_s = s.get_float("period_ms", 1.0, minval=0.01, maxval=10_000.0, unit="ms") / 1e3
     status_socket = s.get_str("status_socket", "")
+    operator_group = s.get_str("operator_group", Site.operator_group)
 
     r = cf.section("rt")
     cpu = r.get_int("cpu", -1, minval=-1, maxval=1023)
@@ -360,7 +362,7 @@ def parse(text: str, path: str = "<string>") -> Site:
 
     frequency = frequency_section(cf.section("frequency"))
     site = Site(name, period_s, tuple(nodes), tuple(ports), rt=rt, control=control, links=links,
-                frequency=frequency, source=path, status_socket=status_socket)
+                frequency=frequency, source=path, status_socket=status_socket, operator_group=operator_group)
     reported = {(p.section, p.option) for p in cf.problems}
     for problem in site.problems():
         if (problem.section, problem.option) not in reported:
@@ -369,6 +371,8 @@ def parse(text: str, path: str = "<string>") -> Site:
         if owner in cf.data:
             module, func = target.split(":")
             site.sections[owner] = getattr(importlib.import_module(module), func)(cf, site)
+    for problem in check_feeds(site):
+        cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for sec in cf.sections:
         sec.finish()
     if cf.problems:
@@ -410,7 +414,7 @@ def thermal_section(sec: Section, rated_default: float) -> Thermal:
     amb = sec.get_float("ambient_max_age_s", d.ambient_max_age_s, above=0, maxval=86400, unit="s")
     oil = sec.get_float("top_oil_max_age_s", -1.0, minval=-1, maxval=86400, unit="s")
     t = Thermal(
-        rated_w=sec.get_float("rated_w", rated_default, above=0, unit="W"),
+        rated_w=sec.get_float("rated_w", rated_default, minval=RATED_W[0], maxval=RATED_W[1], unit="W"),
         top_oil_rise_k=sec.get_float("top_oil_rise_k", d.top_oil_rise_k, above=0, maxval=150, unit="K"),
         hot_spot_gradient_k=sec.get_float("hot_spot_gradient_k", d.hot_spot_gradient_k, above=0, maxval=150, unit="K"),
         loss_ratio=sec.get_float("loss_ratio", d.loss_ratio, above=0, maxval=100),

@@ -37,6 +37,12 @@ _ENTRIES = [
     ("ERR_CONFIG_CAPACITY", "The site exceeds a compiled capacity (ports, nodes, sources, depth).",
      "A site larger than the build supports.",
      "Split the site over several controllers, or rebuild with larger capacities in native/image.pxd."),
+    ("ERR_CONFIG_DEVICE", "A device (CAN signal, I2C sensor) is wired to a source it cannot feed, or two "
+     "EVSEs share one J1939 source address.",
+     "A source that does not exist on the site or is of another kind (a temperature sensor on a power "
+     "source), an upstream heartbeat, a source another device feeds too, or a copied can_address.",
+     "Point the device at a source of its kind listed in the message; give each source one device and "
+     "each EVSE its own can_address."),
     # commands
     ("ERR_CMD_UNKNOWN_KIND", "A command of a kind the controller does not know was rejected.",
      "A client speaking another protocol version, or a typo.",
