@@ -221,6 +221,13 @@ class ConfigFile:
         except tomllib.TOMLDecodeError as e:
             self.data = {}
             self.problems.append(ConfigProblem(path, "-", None, f"not valid TOML: {e}", "ERR_CONFIG_SYNTAX"))
+        except RecursionError:      # tomllib recurses once per nested array or inline table
+            self.data = {}
+            self.problems.append(ConfigProblem(path, "-", None, "not valid TOML: arrays or inline tables nested "
+                                               "too deeply; a site config needs at most 3 levels", "ERR_CONFIG_SYNTAX"))
+        except ValueError as e:     # an integer longer than sys.get_int_max_str_digits() (4300)
+            self.data = {}
+            self.problems.append(ConfigProblem(path, "-", None, f"not valid TOML: {e}", "ERR_CONFIG_SYNTAX"))
 
     def section(self, name: str, raw: dict | None = None) -> Section:
         if raw is None:

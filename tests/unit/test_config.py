@@ -317,3 +317,11 @@ def test_source_kinds_lists_exactly_the_controllers_sources():
     from v2g_rt import Controller
     site = config.load()
     assert set(Controller(site, clock="virtual").sources) == set(site.source_kinds())
+
+
+@pytest.mark.parametrize("value,words", [("[" * 5000 + "]" * 5000, "nested too deeply"),
+                                         ("{a=" * 5000 + "1" + "}" * 5000, "nested too deeply"),
+                                         ("1" * 5000, "4300")])
+def test_what_tomllib_raises_besides_a_decode_error_is_a_syntax_problem(value, words):
+    p = one_problem(BASE + f"\n[sim]\nseed = {value}\n")
+    assert (p.code, p.section) == ("ERR_CONFIG_SYNTAX", "-") and words in p.message
