@@ -9,17 +9,22 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
+from .drivers import check_feeds
 from .errors import V2GError
 from ._core import NODE_KINDS
-from .site import LINK_KINDS, PHASES, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
+from .site import LINK_KINDS, PHASES, RATED_W, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
 
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
+INT_MIN, INT_MAX = -2**63, 2**63 - 1       # integers must fit the native core's int64
+MAX_CONFIG_BYTES = 1 << 20                 # the 50-port depot is 7 KiB; a full build (CAPACITY) < 100 KiB
 
 # Sections owned by other parts of the controller: name -> "module:function" that
 # checks the section with the same accessors (called with the ConfigFile and the
@@ -58,6 +63,25 @@ def _kind(value) -> str:
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+def is_number(value) -> bool:
+    """A finite int or float, not a bool, that converts to a C double (huge ints do not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _show(value, limit: int = 60) -> str:
+    """repr() of a found value, cut short: a message must stay one readable line."""
+    try:
+        text = repr(value)
+    except ValueError:           # an int beyond sys.get_int_max_str_digits()
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class Section:
     """Typed access to one config section; tracks which options were read."""
 
@@ -85,48 +109,66 @@ class Section:
 
     def get_float(self, option, default=REQUIRED, *, minval=None, maxval=None, above=None,
                   unit="", allow_inf=False):
+        """The option as a float; a wrong type or a value outside the range is reported and
+        replaced by the default (NaN if required), so nothing downstream uses it."""
         value, given = self._get(option, default)
+        fallback = math.nan if default is REQUIRED else default
         if not given:
-            return value if value is not REQUIRED else math.nan
-        if allow_inf and value in ("unlimited", "inf"):
+            return fallback
+        if allow_inf and (value in ("unlimited", "inf") or value == math.inf):
             return math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.problem(option, f"expected a number{' of ' + unit if unit else ''}, found {_kind(value)} {value!r}")
-            return math.nan if default is REQUIRED else default
-        value = float(value)
+            self.problem(option, f"expected a number{' of ' + unit if unit else ''}, found {_kind(value)} {_show(value)}")
+            return fallback
         rng = _range_text(minval, maxval, above, unit)
-        if not math.isfinite(value) or (minval is not None and value < minval) or \
-                (maxval is not None and value > maxval) or (above is not None and value <= above):
+        if not is_number(value):
+            self.problem(option, f"expected {rng}, found {_show(value)}")
+            return fallback
+        value = float(value)
+        if (minval is not None and value < minval) or (maxval is not None and value > maxval) or \
+                (above is not None and value <= above):
             self.problem(option, f"expected {rng}, found {value:g}")
+            return fallback
         return value
 
     def get_int(self, option, default=REQUIRED, *, minval=None, maxval=None):
+        """The option as an int within [minval, maxval] (and always within int64); a wrong type
+        or a value outside is reported and replaced by the default (minval or 0 if required):
+        counts read here may size allocations, so an unchecked value must never escape."""
         value, given = self._get(option, default)
+        fallback = (minval if minval is not None else 0) if default is REQUIRED else default
         if not given:
-            return value if value is not REQUIRED else 0
+            return fallback
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(option, f"expected an integer, found {_kind(value)} {value!r}")
-            return 0 if default is REQUIRED else default
-        if (minval is not None and value < minval) or (maxval is not None and value > maxval):
-            self.problem(option, f"expected an integer from {minval} to {maxval}, found {value}")
+            self.problem(option, f"expected an integer, found {_kind(value)} {_show(value)}")
+            return fallback
+        lo = INT_MIN if minval is None else minval
+        hi = INT_MAX if maxval is None else maxval
+        if not lo <= value <= hi:
+            self.problem(option, f"expected an integer from {lo} to {hi}, found {_show(value)}")
+            return fallback
         return value
 
     def get_bool(self, option, default=REQUIRED):
         value, given = self._get(option, default)
         if given and not isinstance(value, bool):
-            self.problem(option, f"expected true or false, found {_kind(value)} {value!r}")
+            self.problem(option, f"expected true or false, found {_kind(value)} {_show(value)}")
             return bool(default) if default is not REQUIRED else False
         return value if value is not REQUIRED else False
 
     def get_str(self, option, default=REQUIRED, *, choices=None):
+        """The option as a string (one of choices if given); a wrong one is reported and
+        replaced by the default ("" if required)."""
         value, given = self._get(option, default)
+        fallback = "" if default is REQUIRED else default
         if not given:
-            return value if value is not REQUIRED else ""
+            return fallback
         if not isinstance(value, str):
-            self.problem(option, f"expected a string, found {_kind(value)} {value!r}")
-            return ""
+            self.problem(option, f"expected a string, found {_kind(value)} {_show(value)}")
+            return fallback
         if choices is not None and value not in choices:
-            self.problem(option, f"expected one of {', '.join(map(repr, choices))}, found {value!r}")
+            self.problem(option, f"expected one of {', '.join(map(repr, choices))}, found {_show(value)}")
+            return fallback
         return value
 
     def get_pair(self, option, default, *, unit=""):
@@ -134,12 +176,12 @@ class Section:
         value, given = self._get(option, default)
         if not given:
             return value
-        if not (isinstance(value, list) and len(value) == 2 and
-                all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-            self.problem(option, f"expected [low, high] in {unit or 'numbers'}, found {value!r}")
+        if not (isinstance(value, list) and len(value) == 2 and all(map(is_number, value))):
+            self.problem(option, f"expected [low, high] in {unit or 'numbers'}, found {_show(value)}")
             return default
         if value[0] > value[1]:
-            self.problem(option, f"expected low <= high, found {value!r}")
+            self.problem(option, f"expected low <= high, found {_show(value)}")
+            return default
         return (float(value[0]), float(value[1]))
 
     def finish(self) -> None:
@@ -179,6 +221,13 @@ class ConfigFile:
         except tomllib.TOMLDecodeError as e:
             self.data = {}
             self.problems.append(ConfigProblem(path, "-", None, f"not valid TOML: {e}", "ERR_CONFIG_SYNTAX"))
+        except RecursionError:      # tomllib recurses once per nested array or inline table
+            self.data = {}
+            self.problems.append(ConfigProblem(path, "-", None, "not valid TOML: arrays or inline tables nested "
+                                               "too deeply; a site config needs at most 3 levels", "ERR_CONFIG_SYNTAX"))
+        except ValueError as e:     # an integer longer than sys.get_int_max_str_digits() (4300)
+            self.data = {}
+            self.problems.append(ConfigProblem(path, "-", None, f"not valid TOML: {e}", "ERR_CONFIG_SYNTAX"))
 
     def section(self, name: str, raw: dict | None = None) -> Section:
         if raw is None:
@@ -203,11 +252,54 @@ def load(path: str | Path | None = None) -> Site:
     if path is None:
         text = resources.files("v2g_rt.data").joinpath(DEFAULT_SITE).read_text()
         return parse(text, f"<built-in {DEFAULT_SITE}>")
+    return parse(read_text(path), str(path))
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a config file: a regular file of at most MAX_CONFIG_BYTES. Opened with
+    O_NONBLOCK and checked with fstat before reading, so a FIFO, /dev/zero or a directory is
+    refused at once instead of hanging or filling memory."""
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([ConfigProblem(str(path), "-", None, f"cannot read the file: {e}", "ERR_CONFIG_UNREADABLE")])
-    return parse(text, str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _file_error(path, f"cannot read the file: {e}", "ERR_CONFIG_UNREADABLE") from None
+    try:
+        data = _read_regular(path, fd)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _file_error(path, f"grew beyond {MAX_CONFIG_BYTES} bytes (1 MiB) while being read")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _file_error(path, f"is not UTF-8 text ({e}); TOML files are UTF-8", "ERR_CONFIG_UNREADABLE") from None
+
+
+def _read_regular(path, fd: int) -> bytes:
+    """Up to MAX_CONFIG_BYTES + 1 bytes of fd, which must be a regular file no larger than the limit."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _file_error(path, f"is {_file_type(st.st_mode)}, not a regular file; pass the site's TOML file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise _file_error(path, f"is {st.st_size} bytes; a site config is at most {MAX_CONFIG_BYTES} bytes (1 MiB)")
+    chunks, total = [], 0
+    try:
+        while total <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        raise _file_error(path, f"cannot read the file: {e}", "ERR_CONFIG_UNREADABLE") from None
+    return b"".join(chunks)
+
+
+def _file_error(path, message: str, code: str = "ERR_CONFIG_FILE") -> ConfigError:
+    return ConfigError([ConfigProblem(str(path), "-", None, message, code)])
+
+
+def _file_type(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((text for test, text in kinds if test(mode)), f"a special file (mode 0o{mode:o})")
 
 
 def parse(text: str, path: str = "<string>") -> Site:
@@ -225,6 +317,7 @@ def parse(text: str, path: str = "<string>") -> Site:
     name = s.get_str("name", "site")
     period_s = s.get_float("period_ms", 1.0, minval=0.01, maxval=10_000.0, unit="ms") / 1e3
     status_socket = s.get_str("status_socket", "")
+    operator_group = s.get_str("operator_group", Site.operator_group)
 
     r = cf.section("rt")
     cpu = r.get_int("cpu", -1, minval=-1, maxval=1023)
@@ -276,7 +369,7 @@ def parse(text: str, path: str = "<string>") -> Site:
 
     frequency = frequency_section(cf.section("frequency"))
     site = Site(name, period_s, tuple(nodes), tuple(ports), rt=rt, control=control, links=links,
-                frequency=frequency, source=path, status_socket=status_socket)
+                frequency=frequency, source=path, status_socket=status_socket, operator_group=operator_group)
     reported = {(p.section, p.option) for p in cf.problems}
     for problem in site.problems():
         if (problem.section, problem.option) not in reported:
@@ -285,6 +378,8 @@ def parse(text: str, path: str = "<string>") -> Site:
         if owner in cf.data:
             module, func = target.split(":")
             site.sections[owner] = getattr(importlib.import_module(module), func)(cf, site)
+    for problem in check_feeds(site):
+        cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for sec in cf.sections:
         sec.finish()
     if cf.problems:
@@ -326,7 +421,7 @@ def thermal_section(sec: Section, rated_default: float) -> Thermal:
     amb = sec.get_float("ambient_max_age_s", d.ambient_max_age_s, above=0, maxval=86400, unit="s")
     oil = sec.get_float("top_oil_max_age_s", -1.0, minval=-1, maxval=86400, unit="s")
     t = Thermal(
-        rated_w=sec.get_float("rated_w", rated_default, above=0, unit="W"),
+        rated_w=sec.get_float("rated_w", rated_default, minval=RATED_W[0], maxval=RATED_W[1], unit="W"),
         top_oil_rise_k=sec.get_float("top_oil_rise_k", d.top_oil_rise_k, above=0, maxval=150, unit="K"),
         hot_spot_gradient_k=sec.get_float("hot_spot_gradient_k", d.hot_spot_gradient_k, above=0, maxval=150, unit="K"),
         loss_ratio=sec.get_float("loss_ratio", d.loss_ratio, above=0, maxval=100),
@@ -345,13 +440,12 @@ def frequency_section(sec: Section) -> Frequency:
     curve_raw, given = sec._get("curve", ())
     curve = ()
     if given:
-        ok = isinstance(curve_raw, list) and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                        and math.isfinite(v) for v in p) for p in curve_raw)
+        ok = isinstance(curve_raw, list) and len(curve_raw) <= 16 and all(
+            isinstance(p, list) and len(p) == 2 and all(map(is_number, p)) for p in curve_raw)
         if ok:
             curve = tuple((float(h), float(w)) for h, w in curve_raw)
         else:
-            sec.problem("curve", f"expected [[Hz, W], ...], found {curve_raw!r}")
+            sec.problem("curve", f"expected [[Hz, W], ...] with at most 16 points, found {_show(curve_raw)}")
     if mode == "curve" and not given:
         sec.problem("curve", "mode = \"curve\" needs curve = [[Hz, W], ...]")
     return Frequency(

@@ -22,6 +22,10 @@ _ENTRIES = [
      "A typo: missing quote, bracket or '='.", "Fix the line the message names; `v2g-rt check FILE`."),
     ("ERR_CONFIG_UNREADABLE", "The site config file cannot be read.",
      "Wrong path, missing file or no read permission.", "Check the path and the file's permissions."),
+    ("ERR_CONFIG_FILE", "The site config path is not a regular file of at most 1 MiB; it was not read.",
+     "A FIFO, device (/dev/zero), directory or another wrong path given as the config, or a file far "
+     "larger than any site needs.",
+     "Pass the site's TOML file itself; `v2g-rt check FILE` accepts it when it is a regular file under 1 MiB."),
     ("ERR_CONFIG_VALUE", "An option has the wrong type or is outside its range.",
      "A unit mistake (kW for W, ms for s) or a typo.",
      "Set the option to a value inside the range the message gives."),
@@ -33,6 +37,12 @@ _ENTRIES = [
     ("ERR_CONFIG_CAPACITY", "The site exceeds a compiled capacity (ports, nodes, sources, depth).",
      "A site larger than the build supports.",
      "Split the site over several controllers, or rebuild with larger capacities in native/image.pxd."),
+    ("ERR_CONFIG_DEVICE", "A device (CAN signal, I2C sensor) is wired to a source it cannot feed, or two "
+     "EVSEs share one J1939 source address.",
+     "A source that does not exist on the site or is of another kind (a temperature sensor on a power "
+     "source), an upstream heartbeat, a source another device feeds too, or a copied can_address.",
+     "Point the device at a source of its kind listed in the message; give each source one device and "
+     "each EVSE its own can_address."),
     # commands
     ("ERR_CMD_UNKNOWN_KIND", "A command of a kind the controller does not know was rejected.",
      "A client speaking another protocol version, or a typo.",

@@ -6,14 +6,24 @@ tests and benchmarks build them with `depot()`. Limits are magnitudes in W.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
-from ._core import CAPACITY
+from ._core import CAPACITY, PORT_SOURCES
 
 LINK_KINDS = ("sim", "ocpp", "can", "pwm", "plc")
 
 
 PHASES = {"L1": 1, "L2": 2, "L3": 4, "L1L2L3": 7}
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # part of the fault journal's file name
+GROUP_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")           # a POSIX group name, as useradd accepts it
+# A transformer's thermal rating. The IEC 60076-7 model scales the load by 1/rated_w, so a
+# tiny rating (1e-300) overflows the hot spot to inf. The smallest distribution transformers
+# are 5-10 kVA (single-phase pole mount) and one 11 kW port exceeds 1 kW, so below 1 kW the
+# value is a unit mistake (kW written as W); above 1 GW (the largest grid import_limit_w) too.
+RATED_W = (1e3, 1e9)
+ISO_SOURCES = ("plc_loss",)          # as in the controller: port sources present only with iso15118 ...
+GPIO_SOURCES = ("contactor",)        # ... or contactor_feedback
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ class Site:
     sections: dict = field(default_factory=dict)   # device/service sections, checked by their owners
     source: str = "<built-in>"
     status_socket: str = ""                        # "" = the default in the runtime directory
+    operator_group: str = "v2g-operator"           # group given access to the status and control sockets
 
     @property
     def period_ns(self) -> int:
@@ -156,6 +167,35 @@ class Site:
     def problems(self) -> list[Problem]:
         """Everything structurally wrong with the site (empty when valid)."""
         return check(self)
+
+    def source_kinds(self) -> dict[str, str]:
+        """Every measurement source the controller will have, name -> kind (as Controller.sources)."""
+        return source_kinds(self)
+
+
+def source_kinds(site: Site) -> dict[str, str]:
+    out: dict[str, str] = {}
+    evses = {n.id: n for n in site.nodes}
+    for p in site.ports:
+        evse = evses.get(p.evse)
+        for kind in PORT_SOURCES:
+            if evse is None or kind in ISO_SOURCES and not evse.iso15118 or \
+                    kind in GPIO_SOURCES and not evse.contactor_feedback:
+                continue
+            out[f"port/{p.id}/{kind}"] = kind
+    for n in site.nodes:
+        if n.meter_max_age_s is not None:
+            out[f"node/{n.id}/power_w"] = "node_power_w"
+        if n.heatsink_c:
+            out[f"node/{n.id}/heatsink_c"] = "heatsink_c"
+        if n.thermal and n.thermal.ambient_max_age_s:
+            out[f"node/{n.id}/ambient_c"] = "ambient_c"
+        if n.thermal and n.thermal.top_oil_max_age_s:
+            out[f"node/{n.id}/top_oil_c"] = "top_oil_c"
+    out["grid/frequency_hz"] = "frequency_hz"
+    for link in site.links:
+        out[f"link/{link.name}/heartbeat"] = "heartbeat"
+    return out
 
 
 def _section(n: Node) -> str:
@@ -230,6 +270,34 @@ def check(site: Site) -> list[Problem]:
         out.append(Problem("links", None, f"{len(site.links)} links; at most {CAPACITY['links']}", "ERR_CONFIG_CAPACITY"))
     if not site.ports:
         out.append(Problem("node", "ports", "the site has no ports", topo))
+    return out + check_names(site) + check_devices(site)
+
+
+def check_names(site: Site) -> list[Problem]:
+    out = []
+    if not SITE_NAME.fullmatch(site.name):
+        out.append(Problem("site", "name", f"expected 1 to 64 letters, digits, '.', '_' or '-' starting with a letter "
+                                           f"or digit (it names the fault journal's file), found {site.name[:80]!r}"))
+    if not GROUP_NAME.fullmatch(site.operator_group):
+        out.append(Problem("site", "operator_group", f"expected a group name: 1 to 32 of a-z, 0-9, '_', '-', not "
+                                                     f"starting with a digit or '-', found {site.operator_group[:80]!r}"))
+    return out
+
+
+def check_devices(site: Site) -> list[Problem]:
+    """Device settings on nodes: one J1939 source address per EVSE, sane transformer ratings."""
+    out = []
+    addresses: dict[int, str] = {}
+    for n in site.nodes:
+        if n.can_address is not None and n.can_address in addresses:
+            out.append(Problem(_section(n), "can_address", f"can_address {n.can_address} is also EVSE "
+                               f"{addresses[n.can_address]!r}'s; give each EVSE its own J1939 source address",
+                               "ERR_CONFIG_DEVICE"))
+        elif n.can_address is not None:
+            addresses[n.can_address] = n.id
+        if n.thermal and not RATED_W[0] <= n.thermal.rated_w <= RATED_W[1]:
+            out.append(Problem(f"{_section(n)}.thermal", "rated_w", f"expected a rating from {RATED_W[0]:g} to "
+                               f"{RATED_W[1]:g} W (it defaults to import_limit_w), found {n.thermal.rated_w:g}"))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import V2GError
+from ..site import Problem, Site
 
 
 class DeviceError(V2GError):
@@ -26,6 +27,48 @@ class Devices:
         for dev in [self.can, *self.i2c, self.can_peer, self.i2c_peer]:
             if dev is not None:
                 dev.close()
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A source a device feeds natively, and where the config says so."""
+    source: str
+    section: str
+    option: str
+    kinds: tuple[str, ...]     # source kinds the device's value can be
+    what: str                  # the device's value, for messages ("a tmp117 temperature")
+
+
+def check_feeds(site: Site) -> list[Problem]:
+    """Each device feeds an existing source of its own kind, never an upstream heartbeat,
+    and no source has two devices writing it."""
+    from . import can, i2c
+    feeds = (can.feeds(site) if site.sections.get("can") is not None else []) + i2c.feeds(site)
+    kinds = site.source_kinds()
+    writers: dict[str, Feed] = {}
+    out = []
+    for f in feeds:
+        why = _feed_problem(f, kinds, writers)
+        if why:
+            out.append(Problem(f.section, f.option, why, "ERR_CONFIG_DEVICE"))
+        writers.setdefault(f.source, f)
+    return out
+
+
+def _feed_problem(f: Feed, kinds: dict[str, str], writers: dict[str, Feed]) -> str | None:
+    kind = kinds.get(f.source)
+    if kind == "heartbeat":
+        return (f"{f.source} is an upstream heartbeat: only the upstream link itself may show it is alive, "
+                f"devices never feed it; choose a {'/'.join(f.kinds) or 'measurement'} source")
+    if kind is None or kind not in f.kinds:
+        fits = [name for name, k in kinds.items() if k in f.kinds]
+        shown = ", ".join(fits[:6]) + (f" and {len(fits) - 6} more" if len(fits) > 6 else "")
+        found = "is not a source of this site" if kind is None else f"is a {kind} source"
+        return f"{f.source!r} {found}; {f.what} can feed: {shown or 'no source of this site'}"
+    if f.source in writers:
+        w = writers[f.source]
+        return f"{f.source} is already fed by [{w.section}] {w.option}; give each source one device"
+    return None
 
 
 def attach(ctrl, site) -> Devices:

@@ -59,6 +59,14 @@ def check_config(cf, site) -> CanConfig:
     return cfg
 
 
+def feeds(site) -> list:
+    """The heat-sink sources the loop feeds from J1939 frames (EVSEs with can_address and a
+    heat-sink derate; one without is reported by check_config)."""
+    from . import Feed
+    return [Feed(f"node/{n.id}/heatsink_c", f"node.{n.id}", "can_address", ("heatsink_c",),
+                 f"the CAN signal {n.can_signal}") for n in site.nodes if n.can_address is not None and n.heatsink_c]
+
+
 def load_dbc(path: str, config_file: str = ""):
     try:
         if not path:

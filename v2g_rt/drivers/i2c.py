@@ -40,6 +40,10 @@ SENSORS = {
                "bus_voltage": Register(0x05, 3, BE24_UNSIGNED_SHIFT4, 195.3125e-6),
                "die_temperature": Register(0x06, 2, BE16_SIGNED, 7.8125e-3)},
 }
+# quantity -> the source kinds it can feed (the INA228's current and bus voltage feed none yet)
+TEMPERATURES = ("heatsink_c", "ambient_c", "top_oil_c")
+QUANTITY_KINDS = {"temperature": TEMPERATURES, "die_temperature": TEMPERATURES,
+                  "power": ("node_power_w", "power_w"), "current": (), "bus_voltage": ()}
 IDENTITY = {"tmp117": (0x0F, 0x0117), "ina228": (0x3E, 0x5449)}   # device ID / manufacturer ID "TI"
 INA228_SHUNT_CAL = 0x02
 
@@ -76,6 +80,13 @@ def check_config(cf, site) -> list[I2cConfig]:
                         scale=sec.get_float("scale", 1.0, above=0, maxval=1e6))
         out.append(cfg)
     return out
+
+
+def feeds(site) -> list:
+    """The sources the I/O thread feeds from I2C sensors."""
+    from . import Feed
+    return [Feed(cfg.source, f"i2c.{cfg.name}", "source", QUANTITY_KINDS.get(cfg.quantity, ()),
+                 f"the {cfg.sensor}'s {cfg.quantity.replace('_', ' ')}") for cfg in site.sections.get("i2c") or ()]
 
 
 def open_bus(cfg: I2cConfig):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _core
+from ..config import is_number
 from ..controller import Controller
 from ..site import Site
 
@@ -97,7 +98,7 @@ def _rows(sec, option, default, width):
     if not given:
         return default
     ok = isinstance(raw, list) and all(
-        isinstance(r, list) and len(r) == width and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+        isinstance(r, list) and len(r) == width and all(map(is_number, r))
         for r in raw)
     if not ok:
         sec.problem(option, f"expected a list of [{width} numbers] rows, found {raw!r}")
@@ -112,7 +113,7 @@ def _events(sec, option, numbers, known):
         return ()
     ok = isinstance(raw, list) and all(
         isinstance(r, list) and len(r) == numbers + 1 and isinstance(r[0], str) and
-        all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r[1:]) for r in raw)
+        all(map(is_number, r[1:])) for r in raw)
     if not ok:
         sec.problem(option, f"expected [[id, {numbers} number(s)], ...], found {raw!r}")
         return ()
