@@ -147,13 +147,13 @@ def stamp(fdp: atheris.FuzzedDataProvider, now: int):
 
 
 def known_indices(index, n_sources: int) -> bool:
-    """Every element names a source: an integer (of any type) from 0 to n_sources - 1."""
+    """Every element names a source: an integral number (of any type) from 0 to n_sources - 1."""
     try:
         items = np.asarray(index, dtype=object).ravel().tolist()
     except Exception:                                    # noqa: BLE001
         return False
-    return all(not isinstance(i, (bool, np.bool_)) and isinstance(i, (int, np.integer)) and 0 <= i < n_sources
-               for i in items)
+    return all(not isinstance(i, (bool, np.bool_)) and isinstance(i, (int, float, np.integer, np.floating))
+               and math.isfinite(i) and i == int(i) and 0 <= i < n_sources for i in items)
 
 
 def check_snapshot(ctrl: Controller, where) -> None:
@@ -205,7 +205,7 @@ def TestOneInput(data: bytes) -> None:
             else:
                 index = array(fdp, n, -2, n_sources + 2)
             k = int(index[0]) if fdp.ConsumeBool() and len(index) and isinstance(index, np.ndarray) and \
-                index.dtype.kind in "iu" and 0 <= index[0] < n_sources else 0
+                index.ndim == 1 and index.dtype.kind in "iu" and 0 <= index[0] < n_sources else 0
             lo, hi = ctrl._sources[names[k]][1]
             value = array(fdp, n if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeIntInRange(0, 6), lo, hi)
             t_ns = stamp(fdp, now)
