@@ -15,7 +15,6 @@ commands, one cycle after each, so a crash reproduces from its input alone.
 """
 import math
 import sys
-import time
 from collections.abc import Mapping
 
 import atheris
@@ -27,8 +26,10 @@ with atheris.instrument_imports(include=["v2g_rt"]):
 
     from v2g_rt import Control, Controller, RealTime, Submission, depot
     from v2g_rt.controller import COMMAND_FIELDS, MAX_COMMAND_HORIZON_S, PUBLIC_COMMANDS
+    from v2g_rt.wallclock import FixedClock
 
 S = 1_000_000_000
+WALL = FixedClock()
 SITE = depot(4, period_s=0.01, rt=RealTime(priority=0, cpu=None, lock_memory=False, cpu_dma_latency_us=None),
              control=Control(port_ramp_w_per_s=math.inf))
 GRID_KINDS = ("setpoint", "export_limit", "import_limit", "load_shed")
@@ -132,10 +133,10 @@ def check_accepted(cmd, now: int, ports: tuple[str, ...], seen: set) -> None:
     elif given[0] == "expires_in_s":
         ahead_ns = raw * S
     else:
-        ahead_ns = (raw - time.time()) * S
+        ahead_ns = (raw - WALL.now()) * S
     slack = ACCEPTED_EXPIRY_SLACK_NS if given[0] == "expires_at" else 1
     assert -slack < ahead_ns <= MAX_COMMAND_HORIZON_S * S + slack, (cmd, ahead_ns)
-    if kind == "reset_fault":
+    if kind in ("reset_fault", "disable_port", "enable_port"):
         p = cmd.get("port")
         assert isinstance(p, str) and p in ports or (isinstance(p, int) and not isinstance(p, bool)
                                                      and 0 <= p < len(ports)), cmd
@@ -151,7 +152,8 @@ def check_accepted(cmd, now: int, ports: tuple[str, ...], seen: set) -> None:
 
 def TestOneInput(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    ctrl = Controller(SITE, clock="virtual")
+    WALL.synced = fdp.ConsumeBool()
+    ctrl = Controller(SITE, clock="virtual", wall=WALL)
     t = S
     ctrl.step(t)
     seen: set = set()
@@ -168,7 +170,8 @@ def TestOneInput(data: bytes) -> None:
             assert verdict.code is None, verdict
             check_accepted(cmd, now, ctrl.port_ids, seen)
         else:
-            assert isinstance(verdict.code, str) and verdict.code.startswith("ERR_CMD_"), verdict
+            assert isinstance(verdict.code, str) and (verdict.code.startswith("ERR_CMD_") or
+                                                      verdict.code == "ERR_CLOCK_UNSYNCED" and not WALL.synced), verdict
             assert isinstance(verdict.reason, str) and verdict.reason, verdict
         t += fdp.ConsumeIntInRange(1, 10**10)
         ctrl.step(t)

@@ -93,13 +93,13 @@ def classify(msg: bytes, can_id: int, dlc: int, expect: dict, last: dict) -> Non
     """The reader's documented classification of one frame, done independently."""
     if len(msg) != FRAME.size:
         expect["short_frames"] += 1
+    elif dlc > 8:
+        expect["bad_dlc"] += 1                              # malformed whatever its kind: never decoded
     elif can_id & CAN_ERR_FLAG:
         expect["error_frames"] += 1
         expect["bus_off"] += bool(can_id & CAN_ERR_BUSOFF)
     elif not can_id & CAN_EFF_FLAG or can_id & CAN_RTR_FLAG:
         expect["non_j1939"] += 1
-    elif dlc > 8:
-        expect["malformed"] += 1                              # any rejection counter, but never decoded
     else:
         id29 = can_id & 0x1FFFFFFF
         pf = id29 >> 16 & 0xFF
@@ -136,7 +136,7 @@ def test_random_frames_are_classified_counted_and_decoded_within_range(batches):
     far = devices.can_peer.sock
     far.setblocking(True)
     ctrl.step(S)
-    expect = dict.fromkeys(COUNTERS + ("malformed",), 0)
+    expect = dict.fromkeys(COUNTERS + ("bad_dlc",), 0)
     last = {}
     sent = 0
     try:
@@ -147,13 +147,13 @@ def test_random_frames_are_classified_counted_and_decoded_within_range(batches):
             sent += len(batch)
             ctrl.run_steps(2)
             can = ctrl.device_stats()["can"]
-            rejected = sum(can[c] for c in COUNTERS if c not in ("decoded", "bus_off")) + can.get("malformed", 0)
+            rejected = sum(can[c] for c in COUNTERS if c not in ("decoded", "bus_off")) + can["bad_dlc"]
             assert can["frames"] == sent == can["decoded"] + rejected, can
             assert can["read_errors"] == 0, can
             assert can["decoded"] == expect["decoded"], (can, expect)       # DLC > 8 is never decoded
             for c in ("unknown_pgn", "error_frames", "bus_off", "non_j1939", "not_available", "out_of_range"):
                 assert can[c] == expect[c], (c, can, expect)
-            assert can["short_frames"] + can.get("malformed", 0) == expect["short_frames"] + expect["malformed"], \
+            assert can["short_frames"] + can["bad_dlc"] == expect["short_frames"] + expect["bad_dlc"], \
                 (can, expect)
             snap = ctrl.snapshot()
             for node, (lo, hi) in RANGES.items():
@@ -185,6 +185,6 @@ def test_a_frame_with_dlc_above_8_is_malformed_not_decoded():
         can = ctrl.device_stats()["can"]
         assert ctrl.snapshot().node("e1")["temperature_c"] == 50.0
         assert can["frames"] == 8 and can["decoded"] == 1, can
-        assert can["short_frames"] + can.get("malformed", 0) == 7, can
+        assert can["short_frames"] + can["bad_dlc"] == 7, can
     finally:
         devices.close()
