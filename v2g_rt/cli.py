@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import signal
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from . import config as site_config
 from . import errors, logs
 from .config import ConfigError
+from .localsock import ClientError
 
 log = logging.getLogger("v2g_rt")
 
@@ -56,9 +58,8 @@ def cmd_status(args) -> int:
     while True:
         try:
             doc = query(path)
-        except ConnectionError:
-            print(f"ERR_STATUS_UNAVAILABLE: no controller is running (nothing answers on {path}); "
-                  f"start one with `v2g-rt run`", file=sys.stderr)
+        except ClientError as e:
+            print(e, file=sys.stderr)
             return 1
         if args.json:
             print(json.dumps(doc))
@@ -71,6 +72,71 @@ def cmd_status(args) -> int:
         time.sleep(args.watch)
 
 
+def _control_path(args) -> Path:
+    from .status import control_socket
+    return Path(args.socket) if args.socket else control_socket(_load(args.config) if args.config else None)
+
+
+def _control(path: Path, message: dict) -> dict:
+    from .localsock import request
+    return request(path, message, "control")
+
+
+def cmd_reset_fault(args) -> int:
+    """Clear latched faults, each by the sequence number of the latch the operator saw."""
+    path = _control_path(args)
+    try:
+        ports = _control(path, {"action": "ports"})
+        if not ports["ok"]:
+            print(f"{ports['code']}: {ports['reason']}", file=sys.stderr)
+            return 1
+        rows = {p["id"]: p for p in ports["ports"]}
+        if args.port and args.port not in rows:
+            print(f"ERR_CMD_BAD_PORT: {args.port!r} is not a port of this site; ports with latched faults: "
+                  f"{', '.join(p for p, r in rows.items() if r['latched']) or 'none'}", file=sys.stderr)
+            return 2
+        targets = [rows[args.port]] if args.port else [r for r in rows.values() if r["latched"]]
+        failed = 0
+        for row in targets:
+            if not row["latched"]:
+                print(f"{row['id']}: no latched fault")
+                continue
+            answer = _control(path, {"action": "reset_fault", "port": row["id"], "latch_seq": row["latch_seq"]})
+            if not answer["ok"]:
+                failed += 1
+                print(f"{row['id']}: {answer['code']}: {answer['reason']}", file=sys.stderr)
+            elif answer["still_latched"]:
+                failed += 1
+                print(f"{row['id']}: ERR_FAULT_RELATCHED: still latched ({', '.join(answer['faults'])}, latch "
+                      f"#{answer['latch_seq']}): it latched again after latch #{row['latch_seq']} you cleared; "
+                      f"find the cause before another reset", file=sys.stderr)
+            else:
+                print(f"{row['id']}: cleared {', '.join(row['faults'])} (latch #{row['latch_seq']})"
+                      + ("" if answer["journaled"] else "; ERR_FAULT_JOURNAL: not yet in the journal"))
+        if not targets:
+            print("no port has a latched fault")
+        return 1 if failed else 0
+    except ClientError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+def cmd_port(args) -> int:
+    path = _control_path(args)
+    try:
+        answer = _control(path, {"action": f"{args.action}_port", "port": args.port})
+    except ClientError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if not answer["ok"]:
+        print(f"{answer['code']}: {answer['reason']}", file=sys.stderr)
+        return 2 if answer["code"] == "ERR_CMD_BAD_PORT" else 1
+    state = "out of service" if args.action == "disable" else "in service"
+    print(f"{args.port}: {state}" + (f" (faults: {', '.join(answer['faults'])})" if answer["faults"] else "")
+          + ("" if answer["journaled"] else "; ERR_FAULT_JOURNAL: not yet in the journal"))
+    return 0
+
+
 def _unavailable_links(site) -> list[str]:
     return [f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r} is not available in this "
             f"version; use link = \"sim\"" for n in site.nodes if n.link not in (None, "sim")]
@@ -79,10 +145,12 @@ def _unavailable_links(site) -> list[str]:
 def cmd_run(args) -> int:
     from .controller import Controller
     from .drivers import DeviceError, attach
+    from .control import AuditLog, ControlServer
     from .faults import FaultWatch, journal_path
+    from .journal import JournalService
     from .service import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
     from .sim.drive import RealtimePlant
-    from .status import StatusServer, default_socket
+    from .status import StatusServer, control_socket, default_socket
 
     site = _load(args.config)
     logfile = logs.setup(foreground=True)
@@ -97,12 +165,14 @@ def cmd_run(args) -> int:
     except DeviceError as e:
         log.error("%s", e)
         return 2
-    faults = FaultWatch(ctrl, journal_path(site))      # restores latched faults before the loop runs
+    journal = JournalService(ctrl, journal_path(site))   # restores latched faults before the loop runs
+    faults = FaultWatch(ctrl)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal went away
         signal.signal(sig, lambda *_: stop.set())
     plant = RealtimePlant(site, ctrl, devices) if any(n.link == "sim" for n in site.nodes) else None
     rt = ctrl.start()
+    journal.start()
     log.info("site %s (%s): %d ports, period %g ms, %s priority %d%s, log %s", site.name, site.source,
              len(site.ports), site.period_s * 1e3, rt["policy"], rt["priority"],
              ", PREEMPT_RT" if rt["preempt_rt"] else "", logfile)
@@ -112,6 +182,13 @@ def cmd_run(args) -> int:
     except OSError as e:
         log.warning("ERR_STATUS_UNAVAILABLE: status socket not served: %s", e)
         server = None
+    try:
+        control = ControlServer(ctrl, journal, control_socket(site),
+                                AuditLog(journal.path.with_name(f"audit-{journal.path.stem.removeprefix('latched-faults-')}.log")))
+        control.start()
+    except OSError as e:
+        log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
+        control = None
     if plant:
         plant.start()
     watchdog = None
@@ -137,8 +214,9 @@ def cmd_run(args) -> int:
             if plant and plant.error:
                 raise plant.error
             faults.poll()
+            ctrl.check_wall_clock()
             if tty or elapsed - last_line >= 10:
-                print(("\r" if tty else "") + _status_line(ctrl), end="" if tty else "\n", flush=True)
+                _print(("\r" if tty else "") + _status_line(ctrl), end="" if tty else "\n", flush=True)
                 last_line = elapsed
             if args.duration and elapsed >= args.duration:
                 break
@@ -149,15 +227,28 @@ def cmd_run(args) -> int:
         if plant:
             plant.stop()
         ctrl.stop()
+        journal.stop()                # the last write, after the loop's last latch
         devices.close()
-        if server:
-            server.close()
+        for sock in (server, control):
+            if sock:
+                sock.close()
         if tty:
-            print()
+            _print()
     summary = _summary(ctrl, time.monotonic() - t0, plant)
-    print(json.dumps(summary, indent=2))
+    _print(json.dumps(summary, indent=2))
     log.info("stopped: %s", json.dumps(summary))
     return 0
+
+
+def _print(*args, **kw) -> None:
+    """print() that outlives a closed stdout (a pipe to `head`, a terminal gone): the loop runs on."""
+    try:
+        print(*args, **kw)
+    except (BrokenPipeError, ValueError, OSError):
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
 
 
 def _status_line(ctrl) -> str:
@@ -276,6 +367,19 @@ def main(argv=None) -> int:
     st.add_argument("--socket", help="status socket path")
     st.add_argument("--config", help="find the socket path in this site config")
     st.set_defaults(func=cmd_status)
+    rf = sub.add_parser("reset-fault", help="clear latched faults of a port (or --all) on a running controller")
+    target = rf.add_mutually_exclusive_group(required=True)
+    target.add_argument("port", nargs="?")
+    target.add_argument("--all", action="store_true", help="every port with a latched fault")
+    rf.add_argument("--socket", help="control socket path")
+    rf.add_argument("--config", help="find the socket path in this site config")
+    rf.set_defaults(func=cmd_reset_fault)
+    po = sub.add_parser("port", help="take a port out of service, or put it back (on a running controller)")
+    po.add_argument("action", choices=("disable", "enable"))
+    po.add_argument("port")
+    po.add_argument("--socket", help="control socket path")
+    po.add_argument("--config", help="find the socket path in this site config")
+    po.set_defaults(func=cmd_port)
     e = sub.add_parser("explain", help="explain an ERR_... code")
     e.add_argument("code", nargs="?")
     e.add_argument("--list", action="store_true")

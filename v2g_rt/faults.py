@@ -1,8 +1,7 @@
 """Faults as the operator sees them: every fault logged with its ERR code when it appears and
-when it clears, and latched faults kept on disk so that they survive a restart."""
+when it clears. Latched faults are kept on disk by v2g_rt.journal."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,8 +14,9 @@ log = logging.getLogger("v2g_rt")
 
 PORT_CODES = {"contactor": "ERR_CONTACTOR_MISMATCH", "iso_timeout": "ERR_ISO_TIMEOUT",
               "overtemp": "ERR_EVSE_OVERTEMP", "temp_stale": "ERR_TEMP_STALE",
-              "session_stale": "ERR_SESSION_STALE"}
-SAFE_CODES = {"link": "ERR_UPSTREAM_LOST", "overrun": "ERR_CYCLE_OVERRUN"}
+              "session_stale": "ERR_SESSION_STALE", "journal": "ERR_FAULT_JOURNAL",
+              "out_of_service": "ERR_PORT_OUT_OF_SERVICE"}
+SAFE_CODES = {"overrun": "ERR_CYCLE_OVERRUN"}
 
 
 def state_dir() -> Path:
@@ -30,25 +30,15 @@ def state_dir() -> Path:
 class FaultWatch:
     """Call poll() about once a second beside a running (or stepped) controller."""
 
-    def __init__(self, ctrl: Controller, journal: Path):
-        self.ctrl, self.journal = ctrl, journal
+    def __init__(self, ctrl: Controller):
+        self.ctrl = ctrl
         self.ports = {pid: 0 for pid in ctrl.port_ids}
         self.safe: set[str] = set()
+        self.links_waiting = 0
+        self.links_lost = 0
         self.stale_meters: set[str] = set()
         self.hot: set[str] = set()
         self.bus_off = 0
-        self.saved: dict[str, int] = {}
-        try:
-            saved = json.loads(journal.read_text())
-        except FileNotFoundError:
-            saved = {}
-        except (OSError, ValueError) as e:
-            log.error("ERR_FAULT_JOURNAL: cannot read %s (%s); latched faults from before the restart are lost", journal, e)
-            saved = {}
-        for pid in ctrl.restore_faults(saved):
-            log.error("%s: port %s: latched fault restored from %s; clear it with a reset_fault command",
-                      _codes(saved[pid]), pid, journal)
-        self.saved = {pid: saved[pid] for pid in saved if pid in self.ports}
 
     def poll(self) -> None:
         snap = self.ctrl.snapshot()
@@ -57,13 +47,19 @@ class FaultWatch:
             old = self.ports[pid]
             for name, bit in _core.FAULTS.items():
                 if bits & bit and not old & bit:
-                    log.error("%s: port %s: %s", PORT_CODES[name], pid, name.replace("_", " "))
+                    level = logging.WARNING if name == "out_of_service" else logging.ERROR
+                    log.log(level, "%s: port %s: %s", PORT_CODES[name], pid, name.replace("_", " "))
                 elif old & bit and not bits & bit:
                     log.info("port %s: %s cleared", pid, name.replace("_", " "))
             self.ports[pid] = bits
-        safe = set(snap.site["safe_state"])
+        safe = set(snap.site["safe_state"]) - {"stopped"}
+        self._links(snap.site["links_waiting"], snap.site["links_lost"])
         for reason in safe - self.safe:
-            log.error("%s: Safe State (%s): charge only, no discharge", SAFE_CODES[reason], reason)
+            if reason == "link":        # each upstream's own line says whether it is lost or not yet heard
+                log.info("Safe State (upstream): charge only, no discharge, until every upstream has been "
+                         "healthy for %g s", self.ctrl.site.control.safe_exit_s)
+            else:
+                log.error("%s: Safe State (%s): charge only, no discharge", SAFE_CODES[reason], reason)
         for reason in self.safe - safe:
             log.info("Safe State (%s) ended", reason)
         self.safe = safe
@@ -85,24 +81,19 @@ class FaultWatch:
             log.error("ERR_CAN_BUS_OFF: the CAN controller went bus-off (%d times so far); J1939 temperatures "
                       "go stale and the interlock derates", bus_off)
         self.bus_off = bus_off
-        latched = self.ctrl.latched_faults()
-        if latched != self.saved:
-            self._save(latched)
 
-    def _save(self, latched: dict[str, int]) -> None:
-        try:
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.journal.with_suffix(".tmp")
-            tmp.write_text(json.dumps(latched, indent=1) + "\n")
-            os.replace(tmp, self.journal)
-            self.saved = latched
-        except OSError as e:
-            log.error("ERR_FAULT_JOURNAL: cannot write %s (%s); latched faults would not survive a restart",
-                      self.journal, e)
-
-
-def _codes(bits: int) -> str:
-    return ", ".join(PORT_CODES[n] for n, b in _core.FAULTS.items() if int(bits) & b) or "ERR_INTERNAL"
+    def _links(self, waiting: int, lost: int) -> None:
+        """An upstream not heard since start is waited for (INFO); one heard and then lost is an ERROR."""
+        names = [link.name for link in self.ctrl.site.links]
+        for k, name in enumerate(names):
+            bit = 1 << k
+            if waiting & bit and not self.links_waiting & bit:
+                log.info("upstream %s: not heard yet since start; Safe State until it is", name)
+            if lost & bit and not self.links_lost & bit:
+                log.error("ERR_UPSTREAM_LOST: upstream %s: no heartbeat for %g s", name, self.ctrl.site.links[k].timeout_s)
+            if self.links_lost & bit and not lost & bit:
+                log.info("upstream %s: heard again", name)
+        self.links_waiting, self.links_lost = waiting, lost
 
 
 def journal_path(site) -> Path:

@@ -157,10 +157,13 @@ class JournalService(threading.Thread):
                 self.foreign[pid] = bits & ~KNOWN_BITS
                 bits = (bits & KNOWN_BITS) | _core.FAULTS["journal"]
             restore[pid] = bits
+        oos = _core.FAULTS["out_of_service"]
         for pid in self.ctrl.restore_faults(restore):
-            log.error("%s: port %s: %s restored from %s; clear it with `v2g-rt reset-fault %s`%s",
-                      _codes(restore[pid]), pid, ", ".join(fault_names(restore[pid])), self.path, pid,
-                      " or `v2g-rt port enable`" if restore[pid] & _core.FAULTS["out_of_service"] else "")
+            bits = restore[pid]
+            log.log(logging.WARNING if bits == oos else logging.ERROR, "%s: port %s: %s restored from %s; %s",
+                    _codes(bits), pid, ", ".join(n.replace("_", " ") for n in fault_names(bits)), self.path,
+                    f"`v2g-rt port enable {pid}` puts it back in service" if bits == oos else
+                    f"clear it with `v2g-rt reset-fault {pid}`")
 
     # ---------------------------------------------------------------- running
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import socketserver
 import threading
 from pathlib import Path
 
 from .controller import BINDINGS, Controller
+from .localsock import LocalServer, request
 from .site import Site
+
+
+def control_socket(site: Site | None = None) -> Path:
+    """The control socket lives beside the status socket."""
+    return default_socket(site).with_name("control.sock")
 
 
 def default_socket(site: Site | None = None) -> Path:
@@ -49,42 +54,23 @@ class StatusServer(threading.Thread):
     def __init__(self, ctrl: Controller, path: Path):
         super().__init__(name="v2g-status", daemon=True)
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_socket():
-            try:                                   # another controller still serving there?
-                query(path, timeout=0.5)
-                raise OSError(f"a controller already answers on {path}")
-            except ConnectionError:
-                path.unlink()
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 self.wfile.write(json.dumps(report(ctrl)).encode() + b"\n")
 
-        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        self.server.daemon_threads = True
+        self.server = LocalServer(path, Handler, ctrl.site.operator_group, "status")
 
     def run(self) -> None:
         self.server.serve_forever(poll_interval=0.2)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.path.unlink(missing_ok=True)
+        self.server.close()
 
 
 def query(path: Path, timeout: float = 2.0) -> dict:
-    """The status of the controller serving on path; ConnectionError if none answers."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-    except (FileNotFoundError, ConnectionRefusedError, socket.timeout) as e:
-        raise ConnectionError(str(e)) from e
-    return json.loads(b"".join(chunks))
+    """The status of the controller serving on path; ClientError (a ConnectionError) says why not."""
+    return request(path, None, "status", timeout)
 
 
 def render(doc: dict) -> str:

@@ -70,7 +70,7 @@ def test_explain():
 
 def test_status_without_a_controller(tmp_path):
     r = v2g("status", "--socket", str(tmp_path / "none.sock"))
-    assert r.returncode == 1 and "no controller is running" in r.stderr
+    assert r.returncode == 1 and "ERR_STATUS_UNAVAILABLE: no controller answers" in r.stderr
 
 
 def test_run_serves_status_and_stops_on_sigterm(site_file, tmp_path):
