@@ -11,7 +11,7 @@ import sys
 import pytest
 
 FUZZ = pathlib.Path(__file__).resolve().parents[1] / "fuzz"
-TARGETS = {"config": 2000, "command": 2000, "measure": 2000}     # runs: each well under 20 s here
+TARGETS = {"config": 2000, "command": 2000, "measure": 2000, "journal": 500, "control": 2000}     # runs: each well under 20 s here
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
                                 reason="atheris is not installed (pip install '.[test]' on x86_64/aarch64 Linux)")
