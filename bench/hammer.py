@@ -47,7 +47,8 @@ class Hammer:
         self.lock = threading.Lock()
         self.ids = itertools.count()
         self.threads = [threading.Thread(target=self.reader, daemon=True) for _ in range(clients)]
-        self.threads += [threading.Thread(target=self.commander, daemon=True) for _ in range(commanders)]
+        self.threads += [threading.Thread(target=self.commander, args=(f"bench{k}",), daemon=True)
+                         for k in range(commanders)]
         for t in self.threads:
             t.start()
 
@@ -66,12 +67,14 @@ class Hammer:
                 self.reads += ok
                 self.read_errors += not ok
 
-    def commander(self) -> None:
+    def commander(self, source: str) -> None:
+        # Each thread is its own source: once its 16384 ids are remembered its commands are
+        # refused (ERR_CMD_TOO_MANY_IDS) by the same validation path, which is still the load.
         while not self.done.is_set():
             if not self.on.wait(0.1):
                 continue
             v = self.ctrl.submit({"kind": "setpoint", "id": next(self.ids), "value_w": 50_000.0,
-                                  "expires_in_s": 30}, source="bench")
+                                  "expires_in_s": 30}, source=source)
             with self.lock:
                 self.commands += bool(v)
                 self.rejected += not v

@@ -22,7 +22,7 @@ from pathlib import Path
 
 log = logging.getLogger("v2g_rt")
 
-BACKLOG = 128
+BACKLOG = 512          # 200 clients at once fit; the kernel caps it at net.core.somaxconn
 MAX_REQUEST = 64 * 1024
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 
@@ -106,14 +106,21 @@ def peer(sock: socket.socket) -> dict:
     return {"pid": pid, "uid": uid, "user": user, "gid": gid, "groups": groups | {gid}}
 
 
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+
+
 def request(path: Path, message: dict | None, what: str, timeout: float = 5.0, attempts: int = 6) -> dict:
     """Send one JSON request (None: just read) and return the JSON answer; ClientError says why not."""
     delay = 0.05
     for attempt in range(attempts):
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout)
+                # A blocking connect waits (up to SO_SNDTIMEO) for room in a full listen queue;
+                # with a Python timeout the socket is non-blocking and gets EAGAIN at once.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
                 s.connect(str(path))
+                s.settimeout(timeout)
                 if message is not None:
                     s.sendall(json.dumps(message).encode() + b"\n")
                 chunks = []
