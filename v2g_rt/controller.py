@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core
 from .errors import V2GError
-from .site import PHASES, RealTime, Site
+from .site import PHASES, RealTime, Site, source_specs
 from .wallclock import SystemClock, WallClock
 
 log = logging.getLogger("v2g_rt")
@@ -58,8 +58,6 @@ PUBLIC_COMMANDS = {k: v for k, v in _core.COMMAND_KINDS.items() if k != "latch_f
 PORT_COMMANDS = ("reset_fault", "disable_port", "enable_port")
 # Never locked out by a table full of other commands: they have their own pool.
 EXEMPT_COMMANDS = frozenset(("reset_fault", "cancel", "disable_port", "enable_port"))
-ISO_SOURCES = ("plc_loss",)
-GPIO_SOURCES = ("contactor",)
 
 COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "latch_seq", "expires_ns", "expires_in_s", "expires_at"}
 MAX_COMMAND_HORIZON_S = 7 * 86400
@@ -180,26 +178,13 @@ class Controller:
             self._sources[name] = (core.add_source(kind, target, max_age_s, lo, hi), (lo, hi))
 
         evses = {n.id: n for n in site.nodes}
+        port_index = {}
         for p in site.ports:
             evse = evses[p.evse]
-            i = core.add_port(index[p.evse], p.max_charge_w, p.max_discharge_w, PHASES[evse.phases], evse.voltage_v)
-            for field in _core.PORT_SOURCES:
-                if field in ISO_SOURCES and not evse.iso15118 or field in GPIO_SOURCES and not evse.contactor_feedback:
-                    continue
-                age = c.contactor_max_age_s if field in GPIO_SOURCES else c.session_max_age_s
-                source(f"port/{p.id}/{field}", field, i, age)
-        for n in site.nodes:
-            if n.meter_max_age_s is not None:
-                source(f"node/{n.id}/power_w", "node_power_w", index[n.id], n.meter_max_age_s)
-            if n.heatsink_c:
-                source(f"node/{n.id}/heatsink_c", "heatsink_c", index[n.id], n.heatsink_max_age_s)
-            if n.thermal and n.thermal.ambient_max_age_s:
-                source(f"node/{n.id}/ambient_c", "ambient_c", index[n.id], n.thermal.ambient_max_age_s)
-            if n.thermal and n.thermal.top_oil_max_age_s:
-                source(f"node/{n.id}/top_oil_c", "top_oil_c", index[n.id], n.thermal.top_oil_max_age_s)
-        source("grid/frequency_hz", "frequency_hz", 0, c.frequency_max_age_s)
-        for link in site.links:
-            source(f"link/{link.name}/heartbeat", "heartbeat", 0, link.timeout_s)
+            port_index[p.id] = core.add_port(index[p.evse], p.max_charge_w, p.max_discharge_w, PHASES[evse.phases],
+                                             evse.voltage_v)
+        for name, kind, owner, max_age_s in source_specs(site):
+            source(name, kind, port_index[owner] if name.startswith("port/") else index.get(owner, 0), max_age_s)
         self._source_by_index = {idx: (name, rng) for name, (idx, rng) in self._sources.items()}
         bounds = [self._source_by_index[i][1] for i in range(len(self._source_by_index))]
         self._lo, self._hi = np.array(bounds, float).T.copy()

@@ -25,6 +25,7 @@ log = logging.getLogger("v2g_rt")
 BACKLOG = 512          # 200 clients at once fit; the kernel caps it at net.core.somaxconn
 MAX_REQUEST = 64 * 1024
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_reported: set[str] = set()
 
 
 class ClientError(ConnectionError):
@@ -82,9 +83,13 @@ def restrict(path: Path, group: str) -> int | None:
             os.chmod(path, 0o660)
         else:
             os.chmod(path, 0o600)
-            log.warning("ERR_OPERATOR_GROUP: group %r does not exist: %s is for %s only. Remedy: `groupadd %s` and "
-                        "`usermod -aG %s USER`, or set [site] operator_group", group, path,
-                        pwd.getpwuid(os.geteuid()).pw_name, group, group)
+            # A deployment (root, or a systemd service) needs the group; a developer's run does not.
+            level = logging.WARNING if os.geteuid() == 0 or "INVOCATION_ID" in os.environ else logging.INFO
+            if group not in _reported:
+                _reported.add(group)
+                log.log(level, "ERR_OPERATOR_GROUP: group %r does not exist: the status and control sockets in %s "
+                        "are for %s only. Remedy: `groupadd %s` and `usermod -aG %s USER`, or set [site] "
+                        "operator_group", group, path.parent, pwd.getpwuid(os.geteuid()).pw_name, group, group)
     except OSError as e:
         log.warning("ERR_OPERATOR_GROUP: cannot give %s to group %r (%s)", path, group, e.strerror)
         return None

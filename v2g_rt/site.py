@@ -22,7 +22,7 @@ GROUP_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")           # a POSIX group nam
 # are 5-10 kVA (single-phase pole mount) and one 11 kW port exceeds 1 kW, so below 1 kW the
 # value is a unit mistake (kW written as W); above 1 GW (the largest grid import_limit_w) too.
 RATED_W = (1e3, 1e9)
-ISO_SOURCES = ("plc_loss",)          # as in the controller: port sources present only with iso15118 ...
+ISO_SOURCES = ("plc_loss",)          # port sources present only with iso15118 ...
 GPIO_SOURCES = ("contactor",)        # ... or contactor_feedback
 
 
@@ -174,7 +174,13 @@ class Site:
 
 
 def source_kinds(site: Site) -> dict[str, str]:
-    out: dict[str, str] = {}
+    return {name: kind for name, kind, _, _ in source_specs(site)}
+
+
+def source_specs(site: Site) -> list[tuple[str, str, str, float]]:
+    """Every measurement source of the site, once: (name, kind, port or node id, max age in s)."""
+    c = site.control
+    out = []
     evses = {n.id: n for n in site.nodes}
     for p in site.ports:
         evse = evses.get(p.evse)
@@ -182,19 +188,20 @@ def source_kinds(site: Site) -> dict[str, str]:
             if evse is None or kind in ISO_SOURCES and not evse.iso15118 or \
                     kind in GPIO_SOURCES and not evse.contactor_feedback:
                 continue
-            out[f"port/{p.id}/{kind}"] = kind
+            age = c.contactor_max_age_s if kind in GPIO_SOURCES else c.session_max_age_s
+            out.append((f"port/{p.id}/{kind}", kind, p.id, age))
     for n in site.nodes:
         if n.meter_max_age_s is not None:
-            out[f"node/{n.id}/power_w"] = "node_power_w"
+            out.append((f"node/{n.id}/power_w", "node_power_w", n.id, n.meter_max_age_s))
         if n.heatsink_c:
-            out[f"node/{n.id}/heatsink_c"] = "heatsink_c"
+            out.append((f"node/{n.id}/heatsink_c", "heatsink_c", n.id, n.heatsink_max_age_s))
         if n.thermal and n.thermal.ambient_max_age_s:
-            out[f"node/{n.id}/ambient_c"] = "ambient_c"
+            out.append((f"node/{n.id}/ambient_c", "ambient_c", n.id, n.thermal.ambient_max_age_s))
         if n.thermal and n.thermal.top_oil_max_age_s:
-            out[f"node/{n.id}/top_oil_c"] = "top_oil_c"
-    out["grid/frequency_hz"] = "frequency_hz"
+            out.append((f"node/{n.id}/top_oil_c", "top_oil_c", n.id, n.thermal.top_oil_max_age_s))
+    out.append(("grid/frequency_hz", "frequency_hz", "", c.frequency_max_age_s))
     for link in site.links:
-        out[f"link/{link.name}/heartbeat"] = "heartbeat"
+        out.append((f"link/{link.name}/heartbeat", "heartbeat", "", link.timeout_s))
     return out
 
 
