@@ -26,7 +26,7 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
     if _scratch == NULL:
         _scratch = new_image(1_000_000)
     im = _scratch
-    im.now_ns = <int64_t>(now_s * 1e9)
+    im.now_ns = v2g_s_to_ns(now_s)
     im.last_now_ns = 0
     im.n_nodes = 1
     im.n_ports = <int32_t>n

@@ -293,3 +293,16 @@ def test_frames_the_kernel_dropped_are_counted():
     devices.close()
     assert stats["kernel_dropped"] > 0
     assert stats["frames"] + stats["kernel_dropped"] == sent + 1
+
+
+def test_a_source_the_can_reader_owns_takes_nothing_from_python(rig):
+    """measure() refused it, measure_many() wrote it: now the gate refuses both, counted."""
+    ctrl, tx = rig
+    src = "node/e1/heatsink_c"
+    tx.send(0x18FF1021, temp_bytes(50.0) + [0] * 6)
+    settle(ctrl)
+    assert ctrl.measure(src, 20.0).code == "ERR_MEAS_DEVICE_OWNED"
+    assert ctrl.measure_many([ctrl.source_index(src)], [20.0]) == 0
+    snap = settle(ctrl)
+    assert snap.node("e1")["temperature_c"] == 50.0
+    assert ctrl.stats()["rejected_by_source"][src] == {"ERR_MEAS_DEVICE_OWNED": 2}
