@@ -14,6 +14,7 @@ commands, one cycle after each, so a crash reproduces from its input alone.
     python tests/fuzz/fuzz_command.py -runs=N -seed=S [new-corpus-dir] tests/fuzz/corpus/command
 """
 import math
+import numbers
 import sys
 from collections.abc import Mapping
 
@@ -103,13 +104,15 @@ def command(fdp: atheris.FuzzedDataProvider, ports: tuple[str, ...], serial: int
 
 
 def _real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A real number, numpy scalars included (documented), bools excluded."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def _finite(v) -> bool:
-    if isinstance(v, int):
-        return True
-    return math.isfinite(v)
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def check_accepted(cmd, now: int, ports: tuple[str, ...], seen: set) -> None:
