@@ -236,7 +236,7 @@ def evse_overtemp_derate(tmp_path, caplog, direction):
     rig.put("node/evse001/heatsink_c", 80.0)             # half way from derate start (70) to trip (90)
     k, snap = rig.until(lambda s: abs(evse_w(s, "evse001")) <= PORT_W + TOL, REACH + 20, "heat-sink derate")
     within(k, 1, REACH, f"heat-sink derate while {direction}")
-    assert snap.node("evse001")["derate"] == pytest.approx(0.5)
+    assert snap.node("evse001")["derate"] == pytest.approx(0.5) and snap.node("evse001")["temperature_c"] == 80.0
     assert evse_w(snap, "evse001") == pytest.approx(sign * 2 * PORT_W * 0.5)   # derated, not stopped
     assert evse_w(snap, "evse002") == sign * 2 * PORT_W
     assert BINDINGS[snap.node("evse001")["binding"]] == "thermal"
@@ -366,13 +366,15 @@ def meter_stale(tmp_path, caplog, direction):
     rig = Rig(site, tmp_path, caplog)
     rig.put("node/grid/power_w", NON_EV)                 # the fleet is idle: all of it is non-EV load
     rig.plug()
-    last = rig.now
     sign = 1.0 if direction == "charging" else -1.0
     if sign < 0:
         rig.command(kind="setpoint", id="discharge", value_w=-1e6)
     charging_everywhere(rig, sign)
-    snap = rig.c.snapshot()
+    rig.put("node/grid/power_w", NON_EV + sign * 4 * PORT_W)   # the meter sees the fleet too
+    last = rig.now
+    snap = rig.run(1)
     assert snap.node("grid")["non_ev_w"] == NON_EV and snap.site["binding"] != "stale_meter"
+    assert snap.node("grid")["measured_w"] == NON_EV + sign * 4 * PORT_W
     assert not rig.logged("ERR_METER_STALE")
 
     rig.c.run_steps((last + max_age * PERIOD_NS - rig.now) // PERIOD_NS)   # the reading is exactly max age old
