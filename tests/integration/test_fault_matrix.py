@@ -370,11 +370,13 @@ def meter_stale(tmp_path, caplog, direction):
     if sign < 0:
         rig.command(kind="setpoint", id="discharge", value_w=-1e6)
     charging_everywhere(rig, sign)
-    rig.put("node/grid/power_w", NON_EV + sign * 4 * PORT_W)   # the meter sees the fleet too
+    assert rig.c.snapshot().node("grid")["non_ev_w"] == NON_EV
+    rig.put("node/grid/power_w", 2 * NON_EV + sign * 4 * PORT_W)   # the non-EV load doubles; the meter sees the fleet too
     last = rig.now
     snap = rig.run(1)
-    assert snap.node("grid")["non_ev_w"] == NON_EV and snap.site["binding"] != "stale_meter"
-    assert snap.node("grid")["measured_w"] == NON_EV + sign * 4 * PORT_W
+    assert snap.node("grid")["non_ev_w"] == 2 * NON_EV and snap.site["binding"] != "stale_meter"
+    assert snap.node("grid")["measured_w"] == 2 * NON_EV + sign * 4 * PORT_W
+    assert snap.site["fleet_measured_w"] == sign * 4 * PORT_W
     assert not rig.logged("ERR_METER_STALE")
 
     rig.c.run_steps((last + max_age * PERIOD_NS - rig.now) // PERIOD_NS)   # the reading is exactly max age old
