@@ -275,3 +275,161 @@ def test_site_ramp_limits_the_fleet_increase():
     c.run_steps(10)                                    # 1 s at 10 kW/s
     assert c.snapshot().site["fleet_w"] == pytest.approx(10_000.0)
     assert "site_ramp" in {BINDINGS[b] for b in c.snapshot().ports["binding"]}
+
+
+# ---------------------------------------------------------------- port envelope: discharge limits
+# Each checks the envelope a port publishes (min_w, max_w, binding), not only the output: the fleet
+# clamp and the node limits hide a wrong port envelope from the setpoints.
+
+RATING_W = 11_000.0
+
+
+def envelope_site(control=None):
+    return site_with(ports=2, control=control or Control(port_ramp_w_per_s=math.inf))
+
+
+def discharging(c):
+    assert c.submit({"kind": "setpoint", "id": "out", "value_w": -1e6, "expires_in_s": 3600})
+    return two_cycles(c)
+
+
+@pytest.mark.parametrize("ev_w,binding", [(22_000.0, "rating"), (7_000.0, "ev_limit")])
+def test_the_smaller_of_rating_and_ev_limit_binds_in_both_directions(ev_w, binding):
+    c = Controller(envelope_site(), clock="virtual")
+    c.step(S)
+    for pid in c.port_ids:
+        ev(departure_in_s=10 * 3600, energy_request_wh=10_000, max_charge_w=ev_w, max_discharge_w=ev_w).publish(c, pid, S)
+    snap = two_cycles(c)
+    expected = min(ev_w, RATING_W)
+    assert (snap.ports["max_w"] == expected).all() and (snap.ports["setpoint_w"] == expected).all()
+    assert {BINDINGS[b] for b in snap.ports["binding"]} == {binding}
+    snap = discharging(c)
+    assert (snap.ports["min_w"] == -expected).all() and (snap.ports["setpoint_w"] == -expected).all()
+    assert {BINDINGS[b] for b in snap.ports["binding"]} == {binding}
+
+
+def test_a_v2g_vehicle_without_a_soc_is_never_discharged():
+    c = Controller(envelope_site(), clock="virtual")
+    c.step(S)
+    known, unknown = c.port_ids
+    session = ev(departure_in_s=10 * 3600, energy_request_wh=10_000)
+    session.publish(c, known, S)
+    for name in ("connected", "capacity_wh", "energy_request_wh", "departure_in_s", "max_charge_w",
+                 "max_discharge_w", "min_soc", "v2g"):                # everything but the SoC
+        assert c.measure(f"port/{unknown}/{name}", float(getattr(session, name)), S)
+    snap = discharging(c)
+    assert snap.port(known)["setpoint_w"] == -RATING_W
+    row = snap.port(unknown)
+    assert row["min_w"] == 0.0 and row["setpoint_w"] == 0.0 and BINDINGS[row["binding"]] == "soc"
+
+
+def test_discharge_is_cut_to_the_energy_above_min_soc_within_one_period():
+    c = Controller(envelope_site(), clock="virtual")
+    c.step(S)
+    near, below = c.port_ids
+    margin = 2.5e-8                                     # of a 60 kWh battery: 5.4 kW for one 1 ms period
+    ev(soc=0.2 + margin, min_soc=0.2, energy_request_wh=0, departure_in_s=10 * 3600).publish(c, near, S)
+    ev(soc=0.1, min_soc=0.2, energy_request_wh=0, departure_in_s=10 * 3600).publish(c, below, S)
+    snap = discharging(c)
+    soc = snap.port(near)["soc"]
+    allowed = (soc - 0.2) * 60_000 * 3600 / 1e-3
+    assert 1_000.0 < allowed < RATING_W
+    assert snap.port(near)["min_w"] == pytest.approx(-allowed, rel=1e-9)
+    assert snap.port(near)["setpoint_w"] == pytest.approx(-allowed, rel=1e-9)
+    assert BINDINGS[snap.port(near)["binding"]] == "soc"
+    assert snap.port(below)["min_w"] == 0.0 and snap.port(below)["setpoint_w"] == 0.0
+
+
+@pytest.mark.parametrize("laxity_s,fraction", [(1_700.0, 0.0), (1_800.0, 0.0), (2_250.0, 0.5), (3_000.0, None)])
+def test_discharge_tapers_to_zero_as_the_departure_reserve_nears(laxity_s, fraction):
+    # Default reserve 1800 s, taper 900 s. With nothing left to charge, laxity = time to departure.
+    c = Controller(envelope_site(), clock="virtual")
+    c.step(S)
+    for pid in c.port_ids:
+        ev(energy_request_wh=0, departure_in_s=laxity_s).publish(c, pid, S)
+    snap = discharging(c)
+    row = snap.port(c.port_ids[0])
+    if fraction is None:                                # beyond the taper: the full rating
+        assert row["min_w"] == -RATING_W and BINDINGS[row["binding"]] == "rating"
+        return
+    lax = row["laxity_s"]
+    assert lax == pytest.approx(laxity_s - 2 * 0.001, abs=1e-6)     # two cycles after the session was stamped
+    expected = -RATING_W * max(0.0, (lax - 1800.0) / 900.0)
+    assert row["min_w"] == pytest.approx(expected, abs=1e-6) and row["setpoint_w"] == pytest.approx(expected, abs=1e-6)
+    if fraction == 0.0:                                 # at or inside the reserve: exactly nothing
+        assert row["min_w"] == 0.0 and row["setpoint_w"] == 0.0
+    else:
+        assert row["min_w"] == pytest.approx(-RATING_W * fraction, rel=1e-5)
+        assert BINDINGS[row["binding"]] == "soc"
+
+
+def test_a_vacant_port_publishes_no_vehicle():
+    c = Controller(envelope_site(), clock="virtual")
+    c.step(S)
+    pid = c.port_ids[0]
+    ev(departure_in_s=3600).publish(c, pid, S)
+    assert two_cycles(c).port(pid)["v2g"]
+    assert c.measure(f"port/{pid}/connected", 0.0, c.now_ns())
+    row = two_cycles(c).port(pid)
+    assert not row["connected"] and not row["v2g"] and not row["contactor_closed"]
+    assert math.isnan(row["soc"]) and row["laxity_s"] == 1e12
+    assert row["min_w"] == row["max_w"] == row["setpoint_w"] == 0.0 and BINDINGS[row["binding"]] == "not_connected"
+
+
+def test_session_data_that_stops_arriving_stops_the_port():
+    c = Controller(envelope_site(control=Control(port_ramp_w_per_s=math.inf, session_max_age_s=1.0)),
+                   clock="virtual")
+    c.step(S)
+    for pid in c.port_ids:
+        ev(departure_in_s=3600).publish(c, pid, S)
+    c.run_steps(1000)                                   # 1 s: the session is exactly max age old
+    assert (c.snapshot().ports["setpoint_w"] == RATING_W).all()
+    fresh = c.port_ids[1]
+    ev(departure_in_s=3600).publish(c, fresh, c.now_ns())
+    snap = two_cycles(c)
+    row = snap.port(c.port_ids[0])
+    assert row["faults"] & _core.FAULTS["session_stale"] and row["setpoint_w"] == 0.0 and not row["connected"]
+    assert snap.port(fresh)["faults"] == 0 and snap.port(fresh)["setpoint_w"] == RATING_W
+
+
+# ---------------------------------------------------------------- transformer model against its definition
+
+def iec_rises(t: Thermal, load_w: float) -> tuple[float, float]:
+    """Ultimate top-oil and hot-spot rises at a load (IEC 60076-7 first-order model), computed here."""
+    k = abs(load_w) / t.rated_w
+    return (t.top_oil_rise_k * ((1 + t.loss_ratio * k * k) / (1 + t.loss_ratio)) ** t.oil_exponent,
+            t.hot_spot_gradient_k * k ** t.winding_exponent)
+
+
+@pytest.mark.parametrize("measured_top_oil", [False, True])
+def test_transformer_hot_spot_follows_the_iec_first_order_model(measured_top_oil):
+    t = Thermal(rated_w=40_000.0, tau_oil_s=600.0, tau_winding_s=60.0, ambient_max_age_s=600.0,
+                top_oil_max_age_s=600.0 if measured_top_oil else None)
+    site = site_with(lambda n: replace(n, thermal=t, meter_max_age_s=600.0) if n.kind == "transformer" else n)
+    c = Controller(site, clock="virtual")
+    c.measure("node/tx1/ambient_c", 25.0, 0)
+    c.measure("node/tx1/top_oil_c", 70.0, 0) if measured_top_oil else None
+    c.measure("node/tx1/power_w", -48_000.0, 0)         # K = 1.2, exporting: the model sees |load|
+    c.step(S)                                           # first cycle: starts at the ultimate rises
+    oil1, hot1 = iec_rises(t, 48_000.0)
+    first = c.snapshot().node("tx1")["temperature_c"]
+    assert first == pytest.approx((70.0 if measured_top_oil else 25.0 + oil1) + hot1, rel=1e-12)
+    c.measure("node/tx1/power_w", 20_000.0, S)          # K = 0.5 for the next 30 s
+    c.step(31 * S)
+    oil2, hot2 = iec_rises(t, 20_000.0)
+    oil = oil1 + (oil2 - oil1) * (1 - math.exp(-30.0 / t.tau_oil_s))
+    hot = hot1 + (hot2 - hot1) * (1 - math.exp(-30.0 / t.tau_winding_s))
+    second = c.snapshot().node("tx1")["temperature_c"]
+    assert second == pytest.approx((70.0 if measured_top_oil else 25.0 + oil) + hot, rel=1e-12)
+    assert not c.snapshot().node("tx1")["faults"]
+
+
+def test_stale_transformer_ambient_is_taken_as_40_c():
+    t = Thermal(rated_w=40_000.0, ambient_max_age_s=60.0)
+    site = site_with(lambda n: replace(n, thermal=t, meter_max_age_s=600.0) if n.kind == "transformer" else n)
+    c = Controller(site, clock="virtual")
+    c.measure("node/tx1/power_w", 40_000.0, 0)
+    c.step(S)
+    oil, hot = iec_rises(t, 40_000.0)
+    tx = c.snapshot().node("tx1")
+    assert tx["faults"] & _core.FAULTS["temp_stale"] and tx["temperature_c"] == pytest.approx(40.0 + oil + hot)
