@@ -120,6 +120,9 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     if not ok:
         p.measured_w = p.setpoint_w
     port_faults(im, p)
+    # The EVSE's heat-sink faults are the port's own: a trip or a stale temperature holds it at
+    # 0 W by its envelope, not only by the EVSE node's headroom further down.
+    p.faults |= im.node[p.evse].faults & (FAULT_OVERTEMP | FAULT_TEMP_STALE)
     if not p.connected or p.faults & ~FAULT_SESSION_STALE:
         p.soc = NAN
         p.capacity_wh = NAN
@@ -229,9 +232,10 @@ cdef double transformer_hot_spot(Image* im, Node* n, double load_w) noexcept nog
     return ambient + t.d_oil_k + t.d_hot_k
 
 
-cdef void node_derate(Image* im, Node* n, int32_t i) noexcept nogil:
+cdef void node_heatsink(Image* im, Node* n) noexcept nogil:
+    """An EVSE's heat sink: derate and trip, before the ports' envelopes (a trip is per port too)."""
     cdef bint ok
-    cdef double temp, load, non_ev
+    cdef double temp
     n.derate = 1.0
     n.temperature_c = NAN
     n.faults = 0
@@ -245,6 +249,11 @@ cdef void node_derate(Image* im, Node* n, int32_t i) noexcept nogil:
         else:
             n.derate = 0.0
             n.faults |= FAULT_TEMP_STALE
+
+
+cdef void node_derate(Image* im, Node* n, int32_t i) noexcept nogil:
+    """A transformer's hot spot, on top of what node_heatsink set."""
+    cdef double load, non_ev
     if n.thermal.enabled:
         # The transformer's load: its own meter, or the fleet below it plus the
         # site's non-EV load (all of it assumed to pass through this transformer).
@@ -326,11 +335,9 @@ cdef void node_headroom(Image* im) noexcept nogil:
 
 cdef void cycle_interlock(Image* im) noexcept nogil:
     cdef int32_t i
-    cdef Port* p
     update_safe_state(im)
+    for i in range(im.n_nodes):
+        node_heatsink(im, &im.node[i])
     for i in range(im.n_ports):
         port_envelope(im, &im.port[i])
     node_headroom(im)
-    for i in range(im.n_ports):      # an EVSE's thermal faults show on its ports
-        p = &im.port[i]
-        p.faults |= im.node[p.evse].faults
