@@ -23,10 +23,6 @@ cdef inline double port_value(const Image* im, const Port* p, int field, bint* o
     return input_value(im, p.src[field], ok)
 
 
-cdef inline double clamp01(double x) noexcept nogil:
-    return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
-
-
 cdef inline double linear_derate(double t, double start, double stop) noexcept nogil:
     """1 below start, 0 at or above stop, linear between; monotone in t."""
     if t >= stop:

@@ -433,3 +433,32 @@ def test_stale_transformer_ambient_is_taken_as_40_c():
     oil, hot = iec_rises(t, 40_000.0)
     tx = c.snapshot().node("tx1")
     assert tx["faults"] & _core.FAULTS["temp_stale"] and tx["temperature_c"] == pytest.approx(40.0 + oil + hot)
+
+
+# ---------------------------------------------------------------- thresholds and ties
+
+def test_flags_are_true_only_above_one_half():
+    """connected and v2g are 0/1 flags; 0.5 (in range, so the gate lets it in) is not true."""
+    c = started(site_with())
+    c.measure("port/evse001.1/connected", 0.5, S)
+    c.measure("port/evse001.2/v2g", 0.5, S)
+    snap = two_cycles(c)
+    assert not snap.port("evse001.1")["connected"] and snap.port("evse001.1")["max_w"] == 0.0
+    assert BINDINGS[snap.port("evse001.1")["binding"]] == "not_connected"
+    assert not snap.port("evse001.2")["v2g"] and snap.port("evse001.2")["min_w"] == 0.0
+
+
+@pytest.mark.parametrize("kind", ["import_limit", "export_limit"])
+def test_a_grid_command_equal_to_the_rating_leaves_the_rating_binding(kind):
+    """The binding names the limit that is tighter; at a tie the node's own rating stays."""
+    c = started(site_with(grid_import_w=40_000.0, grid_export_w=40_000.0))
+    assert c.submit({"kind": kind, "id": 1, "value_w": 40_000.0, "expires_in_s": 60})
+    c.submit({"kind": "setpoint", "id": 2, "value_w": 1e6 if kind == "import_limit" else -1e6, "expires_in_s": 60})
+    snap = two_cycles(c)
+    assert snap.site[kind + "_w"] == 40_000.0
+    assert c.submit({"kind": kind, "id": 3, "value_w": 39_999.0, "expires_in_s": 60})
+    tighter = two_cycles(c)
+    assert tighter.site[kind + "_w"] == 39_999.0
+    node = snap.node("grid")
+    assert BINDINGS[node["binding"]] != "grid_command"
+    assert BINDINGS[tighter.node("grid")["binding"]] == "grid_command"
