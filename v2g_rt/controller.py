@@ -196,6 +196,7 @@ class Controller:
         self._cmd_counts: Counter[str] = Counter()
         self.wall = wall if wall is not None else SystemClock()
         self._wall_anchor = None          # wall - monotonic when wall-clock expiries were last anchored
+        self._wall_synced = None
         self._wall_cmds: dict[int, tuple[float, float, int]] = {}   # grid kind -> (expires_at, value, id hash)
         self._meas_counts: Counter[str] = Counter()
         self.rt_report: dict | None = None
@@ -384,7 +385,13 @@ class Controller:
         """Call about once a second: when the wall clock has stepped, wall-clock expiries are
         re-anchored (the loop gets each active one again with its corrected expiry).
         Returns the step in seconds, or None."""
-        if self._wall_anchor is None or not self.wall.synchronized():
+        synced = self.wall.synchronized()
+        if synced != self._wall_synced:
+            self._wall_synced = synced
+            log.info("system clock %s: commands with expires_at are %s", "synchronised" if synced else
+                     "not synchronised (timedatectl, chronyc tracking)", "accepted" if synced else "refused "
+                     "(ERR_CLOCK_UNSYNCED) until it is; expires_in_s works")
+        if self._wall_anchor is None or not synced:
             return None
         now = self._core.now_ns()
         offset = self.wall.now() * 1e9 - now

@@ -243,14 +243,19 @@ def test_a_batch_takes_only_values_inside_each_sources_range(ctrl):
     assert ctrl.stats()["rejected_by_source"]["grid/frequency_hz"] == {"ERR_MEAS_BAD_VALUE": 1}
 
 
-def test_expires_at_is_refused_until_the_clock_is_synchronised():
+def test_expires_at_is_refused_until_the_clock_is_synchronised(caplog):
+    caplog.set_level("INFO", logger="v2g_rt")
     wall = FixedClock(synced=False)
     c = Controller(make_site(2), clock="virtual", wall=wall)
     c.step(S)
+    c.check_wall_clock()
+    assert "system clock not synchronised" in caplog.text
     cmd = {"kind": "setpoint", "id": 1, "value_w": 1000.0, "expires_at": wall.now() + 60}
     assert c.submit(cmd).code == "ERR_CLOCK_UNSYNCED"
     assert c.submit({"kind": "setpoint", "id": 2, "value_w": 1000.0, "expires_in_s": 60}), "relative expiries work"
     wall.synced = True
+    c.check_wall_clock()
+    assert "system clock synchronised: commands with expires_at are accepted" in caplog.text
     assert c.submit(cmd)
 
 
