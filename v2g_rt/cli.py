@@ -261,12 +261,26 @@ def _status_line(ctrl) -> str:
             + (f"  SAFE STATE ({'+'.join(s['safe_state'])})" if s["safe_state"] else ""))
 
 
+def _peak_rss_kb() -> int:
+    """This program's peak resident set. ru_maxrss keeps the high-water mark of the address space
+    exec replaced (Linux), so a `v2g-rt run` started from a big parent by fork + exec reported the
+    parent's size; VmHWM belongs to the current address space."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _summary(ctrl, seconds, plant) -> dict:
     st = ctrl.stats()
     out = {"seconds": round(seconds, 1), "cycles": st["cycles"], "overruns": st["overruns"],
            "skipped_periods": st["skipped_periods"], "wake_latency_us": st["wake_latency"],
            "compute_us": st["compute"], "rt": {k: v for k, v in (st["rt"] or {}).items() if k != "loop_tid"},
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "peak_rss_mb": round(_peak_rss_kb() / 1024, 1),
            "devices": ctrl.device_stats()}
     if plant:
         out["plant"] = plant.plant.summary()
