@@ -479,11 +479,6 @@ def row(id_, *args, marks=(), **kw):
     return pytest.param(Row(*args, kw=kw), id=id_, marks=marks)
 
 
-OVERRUN_IN_REAL_TIME_ONLY = pytest.mark.skip(
-    reason="the overrun streak is counted by the real-time loop only (scheduler.pxi loop_main); step() and "
-           "run_steps() never overrun, so it cannot be driven in virtual time: tests/native/test_loop.py "
-           "covers it in real time")
-
 MATRIX = [
     row("contactor-weld", "contactor feedback mismatch: commanded open, reports closed (weld)",
         "port 0 W, contactor open, latched until reset", "settle + 2 cycles", "ERR_CONTACTOR_MISMATCH",
@@ -513,9 +508,9 @@ MATRIX = [
         "max age + 2 cycles", "ERR_METER_STALE", meter_stale, direction="discharging"),
     row("upstream-lost", "upstream heartbeat lost", "Safe State: charge only, no discharge; exit after safe_exit_s",
         "heartbeat timeout + 2 cycles", "ERR_UPSTREAM_LOST", upstream_lost),
-    row("cycle-overrun", "cycle overrun streak", "Safe State", "per cycle", "ERR_CYCLE_OVERRUN", None,
-        marks=OVERRUN_IN_REAL_TIME_ONLY),
 ]
+# The table's "cycle overrun" row is not here: only the real-time loop counts overruns (step() and
+# run_steps() never overrun), so tests/native/test_loop.py drives it, in real time.
 
 
 @pytest.fixture(scope="module", autouse=True)
