@@ -144,7 +144,7 @@ def _unavailable_links(site) -> list[str]:
 
 def cmd_run(args) -> int:
     from .controller import Controller
-    from .drivers import DeviceError, attach
+    from .devices import DeviceError, attach
     from .control import AuditLog, ControlServer
     from .faults import FaultWatch, journal_path
     from .journal import JournalService
