@@ -52,7 +52,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .status import default_socket, query, render
+    from .services.status import default_socket, query, render
 
     path = Path(args.socket) if args.socket else default_socket(_load(args.config) if args.config else None)
     while True:
@@ -73,7 +73,7 @@ def cmd_status(args) -> int:
 
 
 def _control_path(args) -> Path:
-    from .status import control_socket
+    from .services.status import control_socket
     return Path(args.socket) if args.socket else control_socket(_load(args.config) if args.config else None)
 
 
@@ -145,12 +145,12 @@ def _unavailable_links(site) -> list[str]:
 def cmd_run(args) -> int:
     from .controller import Controller
     from .devices import DeviceError, attach
-    from .control import AuditLog, ControlServer
     from .faults import FaultWatch, journal_path
-    from .journal import JournalService
-    from .service import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
+    from .services.control import AuditLog, ControlServer
+    from .services.journal import JournalService
+    from .services.status import StatusServer, control_socket, default_socket
+    from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
     from .sim.drive import RealtimePlant
-    from .status import StatusServer, control_socket, default_socket
 
     site = _load(args.config)
     logfile = logs.setup(foreground=True)
@@ -231,7 +231,7 @@ def cmd_run(args) -> int:
         devices.close()
         for sock in (server, control):
             if sock:
-                sock.close()
+                sock.stop()
         if tty:
             _print()
     summary = _summary(ctrl, time.monotonic() - t0, plant)

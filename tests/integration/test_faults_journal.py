@@ -11,7 +11,7 @@ import pytest
 from helpers import S, ev, make_site
 from v2g_rt import Control, Controller
 from v2g_rt.faults import FaultWatch
-from v2g_rt.journal import JournalService
+from v2g_rt.services.journal import JournalService
 
 
 def site():
