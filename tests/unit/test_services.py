@@ -64,8 +64,9 @@ def test_a_service_that_dies_is_logged_and_restarted_with_growing_backoff(caplog
         sup.check()
     assert delays == [0.5, 1.0, 2.0, 2.0]                # doubling, capped
     assert svc.alive and svc.runs == 5 and sup.restarts["flaky"] == 4
-    failed = [r.getMessage() for r in caplog.records if "ERR_SERVICE_FAILED" in r.getMessage()]
-    assert len(failed) == 4 and "service flaky died (RuntimeError: boom 1); restarting it in 0.5 s" in failed[0]
+    failed = [r for r in caplog.records if "ERR_SERVICE_FAILED" in r.getMessage()]
+    assert len(failed) == 4 and "service flaky died (RuntimeError: boom 1); restarting it in 0.5 s" in failed[0].getMessage()
+    assert failed[0].exc_info[0] is RuntimeError                      # the traceback is in the log
     h = sup.health()["flaky"]
     assert h["alive"] and h["restarts"] == 4 and h["last_failure"] == "RuntimeError: boom 4" and h["runs"] == 5
     clock.t += 2.0                                       # a long healthy run: backoff starts over

@@ -135,7 +135,7 @@ class Supervisor:
                 delay = self.delay[name]
                 self.last_failure[name] = f"{type(svc.failure).__name__}: {svc.failure}"
                 log.error("ERR_SERVICE_FAILED: service %s died (%s); restarting it in %g s", name,
-                          self.last_failure[name], delay)
+                          self.last_failure[name], delay, exc_info=svc.failure)
                 self.retry_at[name] = now + delay
                 self.delay[name] = min(delay * 2, self.max_s)
             elif now - self.started_at[name] >= self.max_s:
