@@ -27,7 +27,7 @@ import numpy as np
 
 from v2g_rt import Controller, config
 from v2g_rt.localsock import ClientError
-from v2g_rt.status import StatusServer, query
+from v2g_rt.services.status import StatusServer, query
 
 
 def percentile_us(hist: np.ndarray, q: float) -> float:
@@ -123,7 +123,7 @@ def run(windows: int, window_s: float, clients: int, commanders: int, priority: 
             time.sleep(0.5)               # let the last clients of a hammer window drain
     finally:
         hammer.stop()
-        server.close()
+        server.stop()
         ctrl.stop()
     summary = {}
     for load in ("idle", "hammer"):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from v2g_rt import Control, Controller, RealTime, depot
-from v2g_rt.journal import JournalService
+from v2g_rt.services.journal import JournalService
 from v2g_rt.sim.session import Session
 
 FAULT_CONTACTOR = 0x10000

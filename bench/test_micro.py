@@ -71,8 +71,8 @@ def test_cycle_draining_can_frames(benchmark, frames):
     from dataclasses import replace
 
     from v2g_rt import config
-    from v2g_rt.drivers import attach
-    from v2g_rt.drivers.can import CAN_EFF_FLAG
+    from v2g_rt.devices import attach
+    from v2g_rt.devices.can import CAN_EFF_FLAG
 
     site = config.load()
     site = replace(site, rt=replace(site.rt, priority=0, lock_memory=False),

@@ -52,7 +52,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .status import default_socket, query, render
+    from .services.status import default_socket, query, render
 
     path = Path(args.socket) if args.socket else default_socket(_load(args.config) if args.config else None)
     while True:
@@ -73,7 +73,7 @@ def cmd_status(args) -> int:
 
 
 def _control_path(args) -> Path:
-    from .status import control_socket
+    from .services.status import control_socket
     return Path(args.socket) if args.socket else control_socket(_load(args.config) if args.config else None)
 
 
@@ -143,14 +143,8 @@ def _unavailable_links(site) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from .controller import Controller
-    from .drivers import DeviceError, attach
-    from .control import AuditLog, ControlServer
-    from .faults import FaultWatch, journal_path
-    from .journal import JournalService
-    from .service import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
-    from .sim.drive import RealtimePlant
-    from .status import StatusServer, control_socket, default_socket
+    from .app import App
+    from .devices import DeviceError
 
     site = _load(args.config)
     logfile = logs.setup(foreground=True)
@@ -159,82 +153,32 @@ def cmd_run(args) -> int:
         for p in problems:
             log.error("%s", p)
         return 2
-    ctrl = Controller(site)
     try:
-        devices = attach(ctrl, site)
+        app = App(site)                  # restores latched faults before the loop runs
     except DeviceError as e:
         log.error("%s", e)
         return 2
-    journal = JournalService(ctrl, journal_path(site))   # restores latched faults before the loop runs
-    faults = FaultWatch(ctrl)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal went away
         signal.signal(sig, lambda *_: stop.set())
-    plant = RealtimePlant(site, ctrl, devices) if any(n.link == "sim" for n in site.nodes) else None
-    rt = ctrl.start()
-    journal.start()
-    log.info("site %s (%s): %d ports, period %g ms, %s priority %d%s, log %s", site.name, site.source,
-             len(site.ports), site.period_s * 1e3, rt["policy"], rt["priority"],
-             ", PREEMPT_RT" if rt["preempt_rt"] else "", logfile)
-    try:
-        server = StatusServer(ctrl, default_socket(site))
-        server.start()
-    except OSError as e:
-        log.warning("ERR_STATUS_UNAVAILABLE: status socket not served: %s", e)
-        server = None
-    try:
-        control = ControlServer(ctrl, journal, control_socket(site),
-                                AuditLog(journal.path.with_name(f"audit-{journal.path.stem.removeprefix('latched-faults-')}.log")))
-        control.start()
-    except OSError as e:
-        log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
-        control = None
-    if plant:
-        plant.start()
-    watchdog = None
-    interval = watchdog_interval_s()
-    if interval or site.rt.watchdog_device:
-        hardware = None
-        if site.rt.watchdog_device:
-            try:
-                hardware = HardwareWatchdog(site.rt.watchdog_device, site.rt.watchdog_timeout_s)
-            except OSError as e:
-                log.error("ERR_WATCHDOG: cannot open %s: %s", site.rt.watchdog_device, e.strerror)
-        period = interval or site.rt.watchdog_timeout_s / 4
-        watchdog = Watchdog(ctrl, min(period, site.rt.watchdog_timeout_s / 4), hardware,
-                            site.control.overrun_streak_safe)
-        watchdog.start()
-    notify(f"READY=1\nSTATUS=running {len(site.ports)} ports, {rt['policy']}")
+    app.start(logfile)
     t0 = time.monotonic()
     tty = sys.stdout.isatty()
     last_line = 0.0
     try:
         while not stop.wait(1.0):
             elapsed = time.monotonic() - t0
-            if plant and plant.error:
-                raise plant.error
-            faults.poll()
-            ctrl.check_wall_clock()
+            app.poll()
             if tty or elapsed - last_line >= 10:
-                _print(("\r" if tty else "") + _status_line(ctrl), end="" if tty else "\n", flush=True)
+                _print(("\r" if tty else "") + _status_line(app.ctrl), end="" if tty else "\n", flush=True)
                 last_line = elapsed
             if args.duration and elapsed >= args.duration:
                 break
     finally:
-        notify("STOPPING=1")
-        if watchdog:
-            watchdog.stop(clean=True)
-        if plant:
-            plant.stop()
-        ctrl.stop()
-        journal.stop()                # the last write, after the loop's last latch
-        devices.close()
-        for sock in (server, control):
-            if sock:
-                sock.close()
+        app.stop()
         if tty:
             _print()
-    summary = _summary(ctrl, time.monotonic() - t0, plant)
+    summary = _summary(app.ctrl, time.monotonic() - t0, app.plant)
     _print(json.dumps(summary, indent=2))
     log.info("stopped: %s", json.dumps(summary))
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
-from .drivers import check_feeds
+from .devices import check_feeds
 from .errors import V2GError
 from ._core import NODE_KINDS
 from .site import LINK_KINDS, PHASES, RATED_W, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
@@ -32,8 +32,8 @@ MAX_CONFIG_BYTES = 1 << 20                 # the 50-port depot is 7 KiB; a full 
 # settings, kept in Site.sections[name].
 SECTION_OWNERS = {
     "sim": "v2g_rt.sim.plant:check_config",
-    "can": "v2g_rt.drivers.can:check_config",
-    "i2c": "v2g_rt.drivers.i2c:check_config",
+    "can": "v2g_rt.devices.can:check_config",
+    "i2c": "v2g_rt.devices.i2c:check_config",
 }
 
 

@@ -495,7 +495,7 @@ class Controller:
         """Index of a source for faster measure() calls."""
         return self._sources[name][0]
 
-    # ------------------------------------------------------------ devices (see v2g_rt.drivers)
+    # ------------------------------------------------------------ devices (see v2g_rt.devices)
 
     def claim_source(self, name: str, device: str) -> None:
         """The native core reads this source from a device; measure() refuses it from now on

@@ -109,6 +109,12 @@ _ENTRIES = [
     ("ERR_WATCHDOG", "The hardware watchdog device could not be opened or configured.",
      "Wrong [rt] watchdog_device, no permission, or a driver without WDIOC_SETTIMEOUT.",
      "Check the device node and the udev rule in hw/udev; the kernel module (e.g. imx2_wdt, softdog)."),
+    ("ERR_SERVICE_FAILED", "A Python service thread (status or control socket, fault journal, watchdog feeder) "
+     "died with an exception; the supervisor restarts it after a backoff (0.5 s doubling to 30 s).",
+     "A bug in the service, or what it depends on failing in a way it did not expect (a full disk, a "
+     "removed socket directory).",
+     "Read the exception in the log line; `v2g-rt status` shows each service's health and restarts. The "
+     "loop keeps running meanwhile; a service that keeps failing needs the cause fixed and a restart."),
     ("ERR_CYCLE_OVERRUN", "A cycle ended after the next planned wake; whole periods were skipped.",
      "A period too short for the machine, CPU contention, or no RT priority.",
      "Run `v2g-rt bench`; lengthen the period or isolate a CPU for the loop."),

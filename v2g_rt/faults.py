@@ -1,5 +1,5 @@
 """Faults as the operator sees them: every fault logged with its ERR code when it appears and
-when it clears. Latched faults are kept on disk by v2g_rt.journal."""
+when it clears. Latched faults are kept on disk by v2g_rt.services.journal."""
 from __future__ import annotations
 
 import logging

@@ -69,7 +69,7 @@ class LocalServer(socketserver.ThreadingUnixStreamServer):
             log.error("ERR_INTERNAL: %s socket: %s: %s", self.what, type(e).__name__, e)
 
     def close(self) -> None:
-        self.shutdown()
+        """Close the socket and remove its path (after serve_forever returned)."""
         self.server_close()
         self.path.unlink(missing_ok=True)
 

@@ -18,9 +18,10 @@ import _dedup
 logging.disable(logging.CRITICAL)      # every input logs by design; the contract is checked, not the lines
 
 with atheris.instrument_imports(include=["v2g_rt"]):
-    from v2g_rt import Controller, RealTime, control, depot
-    from v2g_rt.control import AuditLog, ControlServer
-    from v2g_rt.journal import JournalService
+    from v2g_rt import Controller, RealTime, depot
+    from v2g_rt.services import control
+    from v2g_rt.services.control import AuditLog, ControlServer
+    from v2g_rt.services.journal import JournalService
 
 control.APPLY_TIMEOUT_S = 0.0        # virtual time: nobody steps the loop while serve() waits
 SITE = depot(4, period_s=0.01, meter=False,

@@ -18,7 +18,8 @@ logging.disable(logging.CRITICAL)      # every input logs by design; the contrac
 
 with atheris.instrument_imports(include=["v2g_rt"]):
     from v2g_rt import Controller, RealTime, _core, depot
-    from v2g_rt.journal import Journal, JournalError, JournalService, read
+    from v2g_rt.journal import Journal, JournalError, read
+    from v2g_rt.services.journal import JournalService
 
 SITE = depot(4, period_s=0.01, meter=False,
              rt=RealTime(priority=0, cpu=None, lock_memory=False, cpu_dma_latency_us=None))

@@ -91,8 +91,13 @@ def test_run_serves_status_and_stops_on_sigterm(site_file, tmp_path):
         assert doc["site"]["fleet_w"] > 0                         # the simulated EVs charge
         assert {n["binding"] for n in doc["nodes"]} <= set(
             __import__("v2g_rt").controller.BINDINGS)
+        services = doc["services"]                               # the supervisor's view
+        assert list(services) == ["journal", "status", "control"]
+        assert all(h["alive"] and h["restarts"] == 0 for h in services.values())
+        assert services["status"]["clients_served"] >= 0 and services["journal"]["errors"] == 0
         text = v2g("status", "--config", str(site_file))
         assert text.returncode == 0 and "binding" in text.stdout and "evse01.1" in text.stdout
+        assert "services:\n  journal      up  writes" in text.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

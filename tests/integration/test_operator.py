@@ -16,8 +16,8 @@ import pytest
 
 from helpers import make_site
 from v2g_rt import Controller
-from v2g_rt.control import AuditLog, ControlServer
-from v2g_rt.journal import JournalService
+from v2g_rt.services.control import AuditLog, ControlServer
+from v2g_rt.services.journal import JournalService
 from v2g_rt.localsock import ClientError, request
 
 CLI = [sys.executable, "-P", "-m", "v2g_rt.cli"]
@@ -48,7 +48,7 @@ def served(public_dir):
     server = ControlServer(ctrl, journal, public_dir / "control.sock", audit)
     server.start()
     yield ctrl, server, public_dir
-    server.close()
+    server.stop()
     ctrl.stop()
     journal.stop()
 

@@ -7,7 +7,7 @@ import time
 
 from helpers import make_site
 from v2g_rt import Controller
-from v2g_rt.service import LoopHealth
+from v2g_rt.services.watchdog import LoopHealth
 
 
 def test_run_notifies_systemd_and_feeds_the_watchdog(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 
 from helpers import BACKENDS, IN_GUEST
 from v2g_rt import Controller, config
-from v2g_rt.drivers import DeviceError, attach
-from v2g_rt.drivers.can import CAN_EFF_FLAG
+from v2g_rt.devices import DeviceError, attach
+from v2g_rt.devices.can import CAN_EFF_FLAG
 
 S = 1_000_000_000
 CAN_ERR_FLAG, CAN_ERR_BUSOFF = 0x20000000, 0x40
@@ -189,7 +189,7 @@ def test_error_and_bus_off_frames_are_counted():
 
 
 def test_motorola_signal_decodes_like_cantools():
-    from v2g_rt.drivers.can import load_dbc, signal_row
+    from v2g_rt.devices.can import load_dbc, signal_row
     db = load_dbc("")
     msg = db.get_message_by_name("EVSE_Thermal")
     site = config.parse(SITE.format(backend="sim", budget=64), "t.toml")
@@ -226,7 +226,7 @@ def test_missing_interface_is_a_clear_error():
 
 def test_sim_peer_encodes_like_cantools():
     """The plant's fast frame packer agrees with cantools' encoder (little- and big-endian signals)."""
-    from v2g_rt.drivers.can import SimCanPeer, load_dbc
+    from v2g_rt.devices.can import SimCanPeer, load_dbc
     db = load_dbc("")
     peer = SimCanPeer(None, db)
     values = {"HeatSinkTemp": 71.28125, "Module1Temp": 60, "Module2Temp": 61, "InletAirTemp": 24,
@@ -239,7 +239,7 @@ def test_sim_peer_encodes_like_cantools():
 
 def test_dlc_above_8_is_malformed_not_decoded():
     """Sim only: vcan refuses such frames at send. A can_frame with can_dlc 12 was decoded as 8 bytes."""
-    from v2g_rt.drivers.can import FRAME
+    from v2g_rt.devices.can import FRAME
     for ctrl, tx in make_rig("sim", 64):
         tx.send(0x18FF1021, temp_bytes(50.0) + [0] * 6)
         settle(ctrl)
@@ -253,7 +253,7 @@ def test_dlc_above_8_is_malformed_not_decoded():
 def test_a_decoded_value_outside_the_sources_range_is_refused_by_the_gate():
     """A DBC range wider than the source kind's (a pressure wired to a heat sink by mistake):
     the decoder's own range check passes it, the measurement gate does not."""
-    from v2g_rt.drivers.can import load_dbc, signal_row
+    from v2g_rt.devices.can import load_dbc, signal_row
     msg = load_dbc("").get_message_by_name("EVSE_Thermal")
     ctrl = Controller(config.parse(SITE.format(backend="sim", budget=64), "t.toml"), clock="virtual")
     row = signal_row(msg, msg.get_signal_by_name("CoolantPressure"), 0x21, ctrl.source_index("node/e2/heatsink_c"))

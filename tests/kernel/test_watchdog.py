@@ -9,7 +9,7 @@ WDIOC_GETTIMEOUT = 0x80045707
 
 if IN_GUEST:      # /dev/watchdog exists in the kernel-test guest (softdog)
     from v2g_rt import Controller
-    from v2g_rt.service import HardwareWatchdog, Watchdog
+    from v2g_rt.services.watchdog import HardwareWatchdog, Watchdog
 
     def ioctl_int(fd, request):
         return struct.unpack("i", fcntl.ioctl(fd, request, struct.pack("i", 0)))[0]

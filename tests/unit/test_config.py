@@ -260,7 +260,7 @@ def test_devices_never_feed_an_upstream_heartbeat():
 
 
 def test_a_can_signal_on_a_heartbeat_is_refused_too():
-    from v2g_rt.drivers import Feed, _feed_problem
+    from v2g_rt.devices import Feed, _feed_problem
     f = Feed("link/dms/heartbeat", "node.e1", "can_address", ("heatsink_c",), "the CAN signal X.Y")
     assert "devices never feed it" in _feed_problem(f, {"link/dms/heartbeat": "heartbeat"}, {})
 

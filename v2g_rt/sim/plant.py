@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _core
-from ..config import is_number
+from ..config import _show, is_number
 from ..controller import Controller
 from ..site import Site
 
@@ -101,7 +101,7 @@ def _rows(sec, option, default, width):
         isinstance(r, list) and len(r) == width and all(map(is_number, r))
         for r in raw)
     if not ok:
-        sec.problem(option, f"expected a list of [{width} numbers] rows, found {raw!r}")
+        sec.problem(option, f"expected a list of [{width} numbers] rows, found {_show(raw)}")
         return default
     return tuple(tuple(float(v) for v in r) for r in raw)
 
@@ -115,7 +115,7 @@ def _events(sec, option, numbers, known):
         isinstance(r, list) and len(r) == numbers + 1 and isinstance(r[0], str) and
         all(map(is_number, r[1:])) for r in raw)
     if not ok:
-        sec.problem(option, f"expected [[id, {numbers} number(s)], ...], found {raw!r}")
+        sec.problem(option, f"expected [[id, {numbers} number(s)], ...], found {_show(raw)}")
         return ()
     unknown = sorted({r[0] for r in raw} - known)
     if unknown:
@@ -132,7 +132,7 @@ def _schedule(sec, option, default):
         (r[1] == FREE or (isinstance(r[1], (int, float)) and not isinstance(r[1], bool) and abs(r[1]) <= 1e9))
         for r in raw)
     if not ok or [r[0] for r in raw] != sorted(r[0] for r in raw):
-        sec.problem(option, f'expected [[hour 0..24, W or "free"], ...] sorted by hour, found {raw!r}')
+        sec.problem(option, f'expected [[hour 0..24, W or "free"], ...] sorted by hour, found {_show(raw)}')
         return default
     return tuple((float(h), v if v == FREE else float(v)) for h, v in raw)
 

@@ -20,9 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
-from . import _core
-from .journal import JournalService, fault_names
-from .localsock import MAX_REQUEST, LocalServer, group_id, peer
+from .. import _core
+from ..journal import fault_names
+from ..localsock import MAX_REQUEST, LocalServer, group_id, peer
+from . import SocketService
+from .journal import JournalService
 
 log = logging.getLogger("v2g_rt")
 
@@ -62,9 +64,11 @@ def _answer(ok: bool, code: str | None = None, reason: str | None = None, **more
     return {"ok": ok, "code": code, "reason": reason, **more}
 
 
-class ControlServer(threading.Thread):
+class ControlServer(SocketService):
+    name = "control"
+
     def __init__(self, ctrl, journal: JournalService, path: Path, audit: AuditLog):
-        super().__init__(name="v2g-control", daemon=True)
+        super().__init__()
         self.ctrl, self.journal, self.audit = ctrl, journal, audit
         self.gid = group_id(ctrl.site.operator_group)
         self.requests = 0
@@ -81,12 +85,6 @@ class ControlServer(threading.Thread):
                 self.wfile.write(json.dumps(answer).encode() + b"\n")
 
         self.server = LocalServer(path, Handler, ctrl.site.operator_group, "control")
-
-    def run(self) -> None:
-        self.server.serve_forever(poll_interval=0.2)
-
-    def close(self) -> None:
-        self.server.close()
 
     def allowed(self, who: dict) -> bool:
         return who["uid"] in (0, os.geteuid()) or (self.gid is not None and self.gid in who["groups"])
@@ -168,5 +166,5 @@ class ControlServer(threading.Thread):
                  "out_of_service": bool(r["faults"] & OUT_OF_SERVICE), "latch_seq": int(r["latch_seq"])}
                 for pid, r in zip(snap.port_ids, snap.ports)]
 
-    def health(self) -> dict:
+    def stats(self) -> dict:
         return {"requests": self.requests, "refused": self.refused}

@@ -12,7 +12,8 @@ import logging
 import os
 import socket
 import struct
-import threading
+
+from . import Service
 
 log = logging.getLogger("v2g_rt")
 
@@ -71,20 +72,21 @@ class HardwareWatchdog:
         os.close(self.fd)
 
 
-class Watchdog(threading.Thread):
+class Watchdog(Service):
     """Feeds systemd's watchdog and the hardware watchdog while the loop is healthy."""
 
+    name = "watchdog"
+
     def __init__(self, ctrl, interval_s: float, hardware: HardwareWatchdog | None, max_overrun_streak: int):
-        super().__init__(name="v2g-watchdog", daemon=True)
-        self.health = LoopHealth(ctrl, max_overrun_streak)
+        super().__init__()
+        self.loop = LoopHealth(ctrl, max_overrun_streak)
         self.interval_s, self.hardware = interval_s, hardware
-        self.stopping = threading.Event()
         self.fed = 0
         self.refused = 0
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval_s):
-            ok, why = self.health.check()
+            ok, why = self.loop.check()
             if ok:
                 notify("WATCHDOG=1")
                 if self.hardware:
@@ -94,11 +96,14 @@ class Watchdog(threading.Thread):
                 self.refused += 1
                 log.error("ERR_LOOP_UNHEALTHY: not feeding the watchdog: %s", why)
 
-    def stop(self, clean: bool) -> None:
-        self.stopping.set()
-        self.join()
+    def stop(self, clean: bool = True) -> None:
+        """Stop feeding; a clean stop disarms the hardware watchdog (magic close)."""
+        super().stop()
         if self.hardware and clean:
             self.hardware.disarm()
+
+    def stats(self) -> dict:
+        return {"fed": self.fed, "refused": self.refused}
 
 
 def watchdog_interval_s() -> float | None:

@@ -5,12 +5,12 @@ import json
 import math
 import os
 import socketserver
-import threading
 from pathlib import Path
 
-from .controller import BINDINGS, Controller
-from .localsock import LocalServer, request
-from .site import Site
+from ..controller import BINDINGS, Controller
+from ..localsock import LocalServer, request
+from ..site import Site
+from . import SocketService
 
 
 def control_socket(site: Site | None = None) -> Path:
@@ -29,8 +29,9 @@ def _num(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def report(ctrl: Controller) -> dict:
-    """The snapshot and statistics of a controller as plain JSON-able data."""
+def report(ctrl: Controller, services=None) -> dict:
+    """The snapshot and statistics of a controller as plain JSON-able data; `services`, when given,
+    returns each service's health (Supervisor.health)."""
     snap = ctrl.snapshot()
     site = {k: _num(v) for k, v in snap.site.items()}
     nodes = [{"id": nid, "binding": BINDINGS[int(r["binding"])], "fleet_w": float(r["fleet_w"]),
@@ -45,27 +46,30 @@ def report(ctrl: Controller) -> dict:
              for pid, r in zip(snap.port_ids, snap.ports)]
     stats = ctrl.stats()
     return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports,
-            "faults": [p["id"] for p in ports if p["faults"]], "stats": stats}
+            "faults": [p["id"] for p in ports if p["faults"]], "stats": stats,
+            "services": services() if services else {}}
 
 
-class StatusServer(threading.Thread):
-    """Serves report(ctrl) as one JSON document per connection."""
+class StatusServer(SocketService):
+    """Serves report(ctrl, services) as one JSON document per connection."""
 
-    def __init__(self, ctrl: Controller, path: Path):
-        super().__init__(name="v2g-status", daemon=True)
+    name = "status"
+
+    def __init__(self, ctrl: Controller, path: Path, services=None):
+        super().__init__()
         self.path = path
+        self.served = 0
+        outer = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                self.wfile.write(json.dumps(report(ctrl)).encode() + b"\n")
+                self.wfile.write(json.dumps(report(ctrl, services)).encode() + b"\n")
+                outer.served += 1
 
         self.server = LocalServer(path, Handler, ctrl.site.operator_group, "status")
 
-    def run(self) -> None:
-        self.server.serve_forever(poll_interval=0.2)
-
-    def close(self) -> None:
-        self.server.close()
+    def stats(self) -> dict:
+        return {"clients_served": self.served}
 
 
 def query(path: Path, timeout: float = 2.0) -> dict:
@@ -97,4 +101,9 @@ def render(doc: dict) -> str:
     lines += ["", f"faults: {', '.join(doc['faults']) or 'none'}",
               f"stats: {st['cycles']} cycles, {st['overruns']} overruns; wake latency p99 "
               f"{lat.get('p99_us', '-')} us max {lat.get('max_us', '-')} us; compute p99 {cmp_.get('p99_us', '-')} us"]
+    if doc.get("services"):
+        lines.append("services:")
+    for name, h in doc.get("services", {}).items():
+        known = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in h.items() if k != "alive")
+        lines.append(f"  {name:<12} {'up' if h['alive'] else 'DOWN'}  {known}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Device drivers: open and configure devices with the Python libraries, then hand their fds
+"""Devices: open and configure kernel devices with the Python libraries, then hand their fds
 to the native core, which does the reads (the loop for CAN, the I/O thread for I2C)."""
 from __future__ import annotations
 

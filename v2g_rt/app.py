@@ -1,0 +1,91 @@
+"""A controller assembled from a site: the loop, its devices, the services around it, and the
+simulated plant when the site's EVSEs are simulated. `v2g-rt run` builds one, polls it once a
+second and stops it."""
+from __future__ import annotations
+
+import logging
+
+from .controller import Controller
+from .devices import attach
+from .faults import FaultWatch, journal_path
+from .services import Supervisor
+from .services.control import AuditLog, ControlServer
+from .services.journal import JournalService
+from .services.status import StatusServer, control_socket, default_socket
+from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
+from .site import Site
+
+log = logging.getLogger("v2g_rt")
+
+
+class App:
+    """Built before the loop runs (devices opened, latched faults restored); start() runs it,
+    poll() watches it, stop() stops it with the outputs safe and the journal written last."""
+
+    def __init__(self, site: Site):
+        from .sim.drive import RealtimePlant
+
+        self.site = site
+        self.ctrl = Controller(site)
+        self.devices = attach(self.ctrl, site)             # DeviceError: nothing else was opened
+        self.supervisor = Supervisor()
+        self.journal = self.supervisor.add(JournalService(self.ctrl, journal_path(site)))   # restores now
+        self.faults = FaultWatch(self.ctrl)
+        self.plant = RealtimePlant(site, self.ctrl, self.devices) if any(n.link == "sim" for n in site.nodes) else None
+        self.watchdog: Watchdog | None = None
+
+    def start(self, logfile) -> dict:
+        """Start the loop, then the services and the plant; the loop's RT report."""
+        site, ctrl = self.site, self.ctrl
+        rt = ctrl.start()
+        self.supervisor.start()
+        log.info("site %s (%s): %d ports, period %g ms, %s priority %d%s, log %s", site.name, site.source,
+                 len(site.ports), site.period_s * 1e3, rt["policy"], rt["priority"],
+                 ", PREEMPT_RT" if rt["preempt_rt"] else "", logfile)
+        try:
+            self.supervisor.add(StatusServer(ctrl, default_socket(site), self.supervisor.health))
+        except OSError as e:
+            log.warning("ERR_STATUS_UNAVAILABLE: status socket not served: %s", e)
+        try:
+            audit = self.journal.path.with_name(f"audit-{self.journal.path.stem.removeprefix('latched-faults-')}.log")
+            self.supervisor.add(ControlServer(ctrl, self.journal, control_socket(site), AuditLog(audit)))
+        except OSError as e:
+            log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
+        self.supervisor.start()
+        if self.plant:
+            self.plant.start()
+        interval = watchdog_interval_s()
+        if interval or site.rt.watchdog_device:
+            hardware = None
+            if site.rt.watchdog_device:
+                try:
+                    hardware = HardwareWatchdog(site.rt.watchdog_device, site.rt.watchdog_timeout_s)
+                except OSError as e:
+                    log.error("ERR_WATCHDOG: cannot open %s: %s", site.rt.watchdog_device, e.strerror)
+            period = interval or site.rt.watchdog_timeout_s / 4
+            self.watchdog = self.supervisor.add(Watchdog(ctrl, min(period, site.rt.watchdog_timeout_s / 4), hardware,
+                                                         site.control.overrun_streak_safe))
+            self.supervisor.start()
+        notify(f"READY=1\nSTATUS=running {len(site.ports)} ports, {rt['policy']}")
+        return rt
+
+    def poll(self) -> None:
+        """About once a second: the plant's failure (raised), faults, the wall clock, the services."""
+        if self.plant and self.plant.error:
+            raise self.plant.error
+        self.faults.poll()
+        self.ctrl.check_wall_clock()
+        self.supervisor.check()
+
+    def stop(self) -> None:
+        """Watchdog first (a clean stop disarms it), then the plant and the loop (its last act
+        publishes safe outputs), the journal's last write, the devices, the sockets."""
+        notify("STOPPING=1")
+        if self.watchdog:
+            self.supervisor.stop(self.watchdog)
+        if self.plant:
+            self.plant.stop()
+        self.ctrl.stop()
+        self.supervisor.stop(self.journal)     # the last write, after the loop's last latch
+        self.devices.close()
+        self.supervisor.stop()

@@ -1,0 +1,155 @@
+"""The Python service threads around the loop (status and control sockets, fault journal,
+watchdog feeder): one module each, one interface, run by a Supervisor.
+
+A service's health says what its own thread knows (alive, its counters); it proves nothing
+about a far party, so it never feeds an upstream heartbeat.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger("v2g_rt")
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class Service:
+    """A thread that runs run() from start() until stop(); an exception ends the thread and is
+    kept in `failure` for the Supervisor, which restarts the service with start()."""
+
+    name = "service"
+
+    def __init__(self):
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.failure: Exception | None = None
+
+    def start(self) -> None:
+        self.stopping.clear()
+        self.failure = None
+        self.thread = threading.Thread(target=self._main, name=f"v2g-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.run()
+        except Exception as e:        # reported and restarted by the Supervisor
+            self.failure = e
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._join()
+
+    def _join(self) -> None:
+        if self.alive and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def stats(self) -> dict:
+        """The service's counters."""
+        return {}
+
+    def health(self) -> dict:
+        """Alive, and what the service knows about its own work."""
+        return {"alive": self.alive, **self.stats()}
+
+
+class SocketService(Service):
+    """A service that answers on a LocalServer (`self.server`) until stopped."""
+
+    server = None
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        """Stop serving and remove the socket."""
+        self.stopping.set()
+        if self.alive:
+            self.server.shutdown()
+        self._join()
+        self.server.close()
+
+
+class Supervisor:
+    """Starts services in order, stops them in reverse, and restarts one whose thread died with an
+    exception: the first retry after BACKOFF_FIRST_S, each next one twice as late, at most
+    BACKOFF_MAX_S; a service that ran BACKOFF_MAX_S without failing starts again from the first delay.
+    check() does the watching; call it about once a second."""
+
+    def __init__(self, clock=time.monotonic, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S):
+        self.clock, self.first_s, self.max_s = clock, first_s, max_s
+        self.services: dict[str, Service] = {}
+        self.restarts: dict[str, int] = {}
+        self.delay: dict[str, float] = {}        # the next backoff per service
+        self.retry_at: dict[str, float] = {}     # failed services and when they start again
+        self.started_at: dict[str, float] = {}
+        self.last_failure: dict[str, str] = {}
+
+    def add(self, service: Service) -> Service:
+        self.services[service.name] = service
+        self.restarts[service.name] = 0
+        self.delay[service.name] = self.first_s
+        return service
+
+    def start(self) -> None:
+        """Start, in the order added, every service not started yet."""
+        for svc in self.services.values():
+            if svc.name not in self.started_at:
+                self._start(svc)
+
+    def _start(self, svc: Service) -> None:
+        self.started_at[svc.name] = self.clock()
+        svc.start()
+
+    def stop(self, *services: Service) -> None:
+        """Stop the given services (default: all still running), in reverse start order."""
+        chosen = set(map(id, services)) if services else None
+        for svc in reversed(self.services.values()):
+            if svc.name in self.started_at and (chosen is None or id(svc) in chosen):
+                del self.started_at[svc.name]
+                self.retry_at.pop(svc.name, None)
+                svc.stop()
+
+    def check(self) -> None:
+        now = self.clock()
+        for name, svc in self.services.items():
+            if name not in self.started_at:
+                continue
+            if name in self.retry_at:
+                if now >= self.retry_at[name]:
+                    del self.retry_at[name]
+                    self.restarts[name] += 1
+                    log.info("service %s: restarted (%d restarts)", name, self.restarts[name])
+                    self._start(svc)
+            elif svc.failure is not None and not svc.alive:
+                delay = self.delay[name]
+                self.last_failure[name] = f"{type(svc.failure).__name__}: {svc.failure}"
+                log.error("ERR_SERVICE_FAILED: service %s died (%s); restarting it in %g s", name,
+                          self.last_failure[name], delay, exc_info=svc.failure)
+                self.retry_at[name] = now + delay
+                self.delay[name] = min(delay * 2, self.max_s)
+            elif now - self.started_at[name] >= self.max_s:
+                self.delay[name] = self.first_s
+
+    def health(self) -> dict:
+        """Each service's health, with the supervisor's view: restarts, last failure, next retry."""
+        now = self.clock()
+        out = {}
+        for name, svc in self.services.items():
+            h = {**svc.health(), "restarts": self.restarts[name]}
+            if name in self.last_failure:
+                h["last_failure"] = self.last_failure[name]
+            if name in self.retry_at:
+                h["retry_in_s"] = round(max(0.0, self.retry_at[name] - now), 1)
+            out[name] = h
+        return out
