@@ -13,7 +13,8 @@ from libc.string cimport memset
 from libc.errno cimport errno, EPERM, EINVAL
 from libc.math cimport INFINITY
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.string cimport memcpy
+from libc.string cimport memcpy, strlen
+from posix.unistd cimport write
 
 from image cimport *
 from syscalls cimport *
@@ -68,6 +69,10 @@ GATE_CODES = ("accepted", "ERR_MEAS_BAD_VALUE", "ERR_MEAS_FUTURE", "ERR_MEAS_TOO
 assert len(GATE_CODES) == N_GATE
 WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
+cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
+STAGES = ("read", "update", "publish")    # a cycle's stages, in order
+assert len(STAGES) == N_STAGES
+STAGE_BIN_NS_ = STAGE_BIN_NS
 SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN, "stopped": SAFE_STOPPED}
 
 
@@ -678,6 +683,31 @@ cdef class Core:
             pthread_mutex_unlock(&self.reader_lock)
         return site, nodes, ports
 
+    def update_under_seccomp(self, int64_t n, bint with_read=False):
+        """For a throwaway child process only (tests/native/test_update_seccomp.py): enter seccomp
+        strict mode (read, write, _exit, sigreturn only), run n cycles of the update stage (with
+        the read stage too if asked), write UPDATE_DONE to stdout and _exit(0). Any other system
+        call and the kernel ends the thread with SIGKILL. The caller must be the process's only
+        thread (strict mode acts per thread). Returns only if seccomp could not be entered."""
+        if self.running:
+            raise RuntimeError("the real-time loop is running")
+        cdef Image* im = self.im
+        cdef int64_t t = im.now_ns
+        cdef int64_t k
+        cdef int rc
+        with nogil:
+            rc = prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0)
+            if rc == 0:
+                for k in range(n):
+                    t += im.opt.period_ns
+                    cycle_begin(im, t)
+                    if with_read:
+                        cycle_read(im)
+                    cycle_update(im)
+                write(1, UPDATE_DONE, strlen(UPDATE_DONE))
+                syscall(SYS_exit, 0)
+        return errno
+
     def read_stats(self):
         """Loop statistics; safe to call while the loop runs."""
         cdef Stats* st = &self.im.stats
@@ -691,6 +721,7 @@ cdef class Core:
             "cmp_min_ns": v2g_load_i64(&st.cmp_min_ns), "cmp_max_ns": v2g_load_i64(&st.cmp_max_ns),
             "cmp_sum_ns": v2g_load_relaxed(&st.cmp_sum_ns),
             "lat_hist": self._hist(st.lat_hist), "cmp_hist": self._hist(st.cmp_hist),
+            "stage_hist": {name: self._hist(st.stage_hist[k]) for k, name in enumerate(STAGES)},
         }
 
     cdef bytes _hist(self, uint64_t* h):

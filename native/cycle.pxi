@@ -1,4 +1,10 @@
-# cycle: read -> interlock -> arbitrate -> write -> publish over the image.
+# cycle: read -> update (interlock, arbitrate, shape) -> publish over the image.
+#
+# read     drains every input: CAN frames (the only system call of a cycle),
+#          commands, measurements
+# update   the control law: interlock, arbitration, ramps; no system call (a
+#          test runs it alone under seccomp strict mode)
+# publish  the snapshot readers take
 #
 # One function, cycle_run(), is the whole control law. The real-time scheduler,
 # virtual-time stepping, arbitrate(), the benchmarks and the tests all call it
@@ -90,9 +96,9 @@ cdef void cycle_read(Image* im) noexcept nogil:
             im.commands_expired += 1
 
 
-# ---------------------------------------------------------------- write
+# ---------------------------------------------------------------- update: shaping
 
-cdef void cycle_write(Image* im) noexcept nogil:
+cdef void cycle_shape(Image* im) noexcept nogil:
     # Ramps and deadband shape only increases of magnitude: a reduction is a
     # limit speaking and goes out at once; a reversal passes through zero. The
     # site ramp scales all increases of a cycle alike when their sum is too big.
@@ -233,13 +239,40 @@ cdef void publish_stopped(Image* im) noexcept nogil:
     snap_publish(&im.snap)
 
 
-cdef void cycle_run(Image* im, int64_t now_ns) noexcept nogil:
+cdef inline void cycle_begin(Image* im, int64_t now_ns) noexcept nogil:
     im.cycle += 1
     im.last_now_ns = im.now_ns
     im.now_ns = now_ns
-    v2g_debug_alloc()
-    cycle_read(im)
+
+
+cdef void cycle_update(Image* im) noexcept nogil:
     cycle_interlock(im)
     cycle_arbitrate(im)
-    cycle_write(im)
+    cycle_shape(im)
+
+
+cdef inline void stage_record(Stats* st, int stage, int64_t ns) noexcept nogil:
+    cdef int64_t b = ns // STAGE_BIN_NS
+    if b < 0:
+        b = 0
+    elif b > HIST_BINS:
+        b = HIST_BINS
+    v2g_store_relaxed(&st.stage_hist[stage][b], st.stage_hist[stage][b] + 1)
+
+
+cdef void cycle_run(Image* im, int64_t now_ns) noexcept nogil:
+    """One cycle at now_ns; each stage's compute time (CLOCK_MONOTONIC, a vDSO call, no
+    system call) goes to its histogram."""
+    cdef int64_t t0, t1, t2, t3
+    cycle_begin(im, now_ns)
+    v2g_debug_alloc()
+    t0 = mono_ns()
+    cycle_read(im)
+    t1 = mono_ns()
+    cycle_update(im)
+    t2 = mono_ns()
     cycle_publish(im)
+    t3 = mono_ns()
+    stage_record(&im.stats, STAGE_READ, t1 - t0)
+    stage_record(&im.stats, STAGE_UPDATE, t2 - t1)
+    stage_record(&im.stats, STAGE_PUBLISH, t3 - t2)

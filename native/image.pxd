@@ -20,6 +20,13 @@ cdef enum:
     MAX_CAN_SIGNALS = 128    # signals the loop decodes from J1939 frames
     CAN_BATCH = 64           # frames taken per recvmmsg(); the per-cycle budget is at most this
     MAX_I2C = 32             # sensors read by the I/O thread
+    STAGE_BIN_NS = 100       # per-stage compute histograms: 100 ns bins
+
+cdef enum:  # Stage of a cycle
+    STAGE_READ = 0
+    STAGE_UPDATE = 1
+    STAGE_PUBLISH = 2
+    N_STAGES = 3
 
 cdef enum:  # NodeKind
     NODE_GRID = 0
@@ -266,6 +273,7 @@ cdef struct Stats:
     uint64_t cmp_sum_ns
     uint64_t lat_hist[HIST_BINS + 1]
     uint64_t cmp_hist[HIST_BINS + 1]
+    uint64_t stage_hist[N_STAGES][HIST_BINS + 1]
     uint64_t trace_head
     Trace trace[TRACE_LEN]
 

@@ -54,6 +54,7 @@ cdef extern from "<sys/mman.h>" nogil:
 
 cdef extern from "<sys/prctl.h>" nogil:
     int PR_SET_TIMERSLACK
+    int PR_SET_SECCOMP
     int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
 
 cdef extern from "<stdlib.h>" nogil:
@@ -158,3 +159,12 @@ cdef extern from "<poll.h>" nogil:
         short revents
     short POLLIN
     int poll(pollfd* fds, unsigned long nfds, int timeout)
+
+cdef extern from "<linux/seccomp.h>" nogil:
+    int SECCOMP_MODE_STRICT         # read, write, _exit, sigreturn; anything else: SIGKILL
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_exit
+
+cdef extern from "<unistd.h>" nogil:
+    long syscall(long number, ...)

@@ -128,6 +128,20 @@ def _summary(hist: np.ndarray, lo_ns: int, hi_ns: int, sum_ns: int) -> dict:
             "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999)}
 
 
+def _stage_summary(hist: np.ndarray) -> dict:
+    """p50/p99 of one cycle stage's compute time (100 ns bins; the last counts what is longer)."""
+    n = int(hist.sum())
+    if n == 0:
+        return {"count": 0}
+    cum = np.cumsum(hist)
+    bin_us = _core.STAGE_BIN_NS_ / 1e3
+
+    def pct(q):
+        return round((int(np.searchsorted(cum, q * n)) + 1) * bin_us, 3)
+
+    return {"count": n, "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999)}
+
+
 class Controller:
     """A site's controller: one process image, stepped in virtual time or run in real time.
 
@@ -597,6 +611,7 @@ class Controller:
             "period_us": self.site.period_s * 1e6,
             "wake_latency": _summary(lat, raw["lat_min_ns"], raw["lat_max_ns"], raw["lat_sum_ns"]),
             "compute": _summary(cmp_, raw["cmp_min_ns"], raw["cmp_max_ns"], raw["cmp_sum_ns"]),
+            "stages": {name: _stage_summary(np.frombuffer(h, np.uint64)) for name, h in raw["stage_hist"].items()},
             "commands": commands, "measurements": measurements, "rejected_by_source": rejected_by_source,
             "rt": self.rt_report,
             "devices": self.device_stats(),
