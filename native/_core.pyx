@@ -14,7 +14,7 @@ from libc.errno cimport errno, EPERM, EINVAL
 from libc.math cimport INFINITY
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy, strlen
-from posix.unistd cimport write
+from posix.unistd cimport write, close
 
 from image cimport *
 from syscalls cimport *
@@ -70,7 +70,7 @@ assert len(GATE_CODES) == N_GATE
 WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
 cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
-STAGES = ("read", "update", "publish")    # a cycle's stages, in order
+STAGES = ("read", "update", "write", "publish")    # a cycle's stages, in order
 assert len(STAGES) == N_STAGES
 STAGE_BIN_NS_ = STAGE_BIN_NS
 SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN, "stopped": SAFE_STOPPED}
@@ -82,6 +82,7 @@ cdef PortRow _pr
 cdef NodeRow _nr
 cdef SiteRow _sr
 cdef Trace _tr
+cdef PortOutput _po
 
 cdef size_t _off(void* field, void* base):
     return <size_t>field - <size_t>base
@@ -131,6 +132,12 @@ def _layout(name):
             ("ports_discharging", "i4", _off(&_sr.ports_discharging, b)),
             ("latch_counter", "u8", _off(&_sr.latch_counter, b)),
             ("links_waiting", "u4", _off(&_sr.links_waiting, b)), ("links_lost", "u4", _off(&_sr.links_lost, b))]
+    if name == "output":
+        b = <void*>&_po
+        return sizeof(PortOutput), [
+            ("sequence", "u8", _off(&_po.sequence, b)), ("setpoint_w", "f8", _off(&_po.setpoint_w, b)),
+            ("valid_until_ns", "i8", _off(&_po.valid_until_ns, b)),
+            ("contactor_closed", "i8", _off(&_po.contactor_closed, b))]
     if name == "trace":
         b = <void*>&_tr
         return sizeof(Trace), [
@@ -194,6 +201,11 @@ cdef class Core:
         if not 10_000 <= period_ns <= 10_000_000_000:
             raise ValueError(f"period {period_ns} ns is outside 10 us .. 10 s")
         self.im = new_image(period_ns)
+        self.im.outbox.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.im.outbox.efd < 0:
+            free(self.im)
+            self.im = NULL
+            raise OSError(errno, f"cannot create the output mailbox's eventfd: {os.strerror(errno)}")
         pthread_mutex_init(&self.reader_lock, NULL)
         self.runner.im = self.im
         self.virtual = virtual
@@ -202,6 +214,8 @@ cdef class Core:
         if self.running:
             self._join()
         if self.im != NULL:
+            if self.im.outbox.efd >= 0:
+                close(self.im.outbox.efd)
             free(self.im)
             self.im = NULL
         pthread_mutex_destroy(&self.reader_lock)
@@ -707,6 +721,40 @@ cdef class Core:
                 write(1, UPDATE_DONE, strlen(UPDATE_DONE))
                 syscall(SYS_exit, 0)
         return errno
+
+    def outbox_fd(self):
+        """The eventfd the write stage signals when a port's output was handed over: poll it,
+        read it (8 bytes) to re-arm, then read_outputs()."""
+        return self.im.outbox.efd
+
+    def read_outputs(self):
+        """Every port's latest output (bytes of PortOutput rows), each row consistent."""
+        cdef Py_ssize_t n = self.im.n_ports
+        out = PyBytes_FromStringAndSize(NULL, sizeof(PortOutput) * n)
+        cdef PortOutput* dst = <PortOutput*>PyBytes_AS_STRING(out)
+        cdef PortOutput* o
+        cdef uint64_t s1
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(n):
+                o = &self.im.outbox.out[i]
+                while True:                  # the loop rewrites a row at most once a cycle
+                    s1 = v2g_load_acquire(&o.seq)
+                    if s1 & 1:
+                        v2g_cpu_relax()
+                        continue
+                    dst[i].sequence = v2g_load_relaxed(&o.sequence)
+                    dst[i].setpoint_w = v2g_load_f64(&o.setpoint_w)
+                    dst[i].valid_until_ns = v2g_load_i64(&o.valid_until_ns)
+                    dst[i].contactor_closed = v2g_load_i64(&o.contactor_closed)
+                    v2g_fence_acquire()
+                    if v2g_load_relaxed(&o.seq) == s1:
+                        break
+        return out
+
+    def outbox_stats(self):
+        return {"signals": v2g_load_relaxed(&self.im.outbox.signals),
+                "signal_errors": v2g_load_relaxed(&self.im.outbox.signal_errors)}
 
     def read_stats(self):
         """Loop statistics; safe to call while the loop runs."""

@@ -4,6 +4,8 @@
 #          commands, measurements
 # update   the control law: interlock, arbitration, ramps; no system call (a
 #          test runs it alone under seccomp strict mode)
+# write    hands each port's output to its link: the output mailbox (and its
+#          eventfd) for links served by Python
 # publish  the snapshot readers take
 #
 # One function, cycle_run(), is the whole control law. The real-time scheduler,
@@ -140,6 +142,54 @@ cdef void cycle_shape(Image* im) noexcept nogil:
             im.ports_discharging += 1
 
 
+# ---------------------------------------------------------------- write
+
+cdef inline void output_put(Outbox* ob, int32_t i, double w, int64_t valid, int64_t closed) noexcept nogil:
+    cdef PortOutput* o = &ob.out[i]
+    cdef uint64_t seq = o.seq
+    v2g_store_relaxed(&o.seq, seq + 1)
+    v2g_fence_release()
+    v2g_store_f64(&o.setpoint_w, w)
+    v2g_store_i64(&o.valid_until_ns, valid)
+    v2g_store_i64(&o.contactor_closed, closed)
+    v2g_store_relaxed(&o.sequence, o.sequence + 1)
+    v2g_store_release(&o.seq, seq + 2)
+    ob.sent_w[i] = w
+    ob.sent_closed[i] = <int32_t>closed
+    ob.sent_valid_ns[i] = valid
+
+
+cdef inline void outbox_signal(Outbox* ob) noexcept nogil:
+    cdef uint64_t one = 1
+    if ob.efd < 0:
+        return
+    if write(ob.efd, &one, sizeof(one)) == sizeof(one):
+        bump(&ob.signals, 1)
+    else:
+        bump(&ob.signal_errors, 1)
+
+
+cdef void cycle_write(Image* im) noexcept nogil:
+    """Hand a port's output over when it moved past the deadband, went to or from 0 W, its
+    contactor command changed, or half its validity has passed (the keep-alive that keeps the
+    far side's dead-man from firing while we run); wake the Python links once if any did."""
+    cdef Outbox* ob = &im.outbox
+    cdef int64_t valid = v2g_sat_add(im.now_ns, im.opt.output_hold_ns)
+    cdef int64_t half = im.opt.output_hold_ns // 2
+    cdef bint moved = False
+    cdef int32_t i
+    cdef Port* p
+    for i in range(im.n_ports):
+        p = &im.port[i]
+        if (ob.out[i].sequence == 0 or fabs(p.setpoint_w - ob.sent_w[i]) > im.opt.deadband_w
+                or (p.setpoint_w == 0.0) != (ob.sent_w[i] == 0.0) or p.contactor_closed != ob.sent_closed[i]
+                or v2g_sat_sub(valid, ob.sent_valid_ns[i]) >= half):
+            output_put(ob, i, p.setpoint_w, valid, p.contactor_closed)
+            moved = True
+    if moved:
+        outbox_signal(ob)
+
+
 # ---------------------------------------------------------------- publish
 
 cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
@@ -236,7 +286,9 @@ cdef void publish_stopped(Image* im) noexcept nogil:
         r.min_w = 0.0
         r.max_w = 0.0
         r.contactor_closed = 0
+        output_put(&im.outbox, i, 0.0, im.now_ns, 0)
     snap_publish(&im.snap)
+    outbox_signal(&im.outbox)
 
 
 cdef inline void cycle_begin(Image* im, int64_t now_ns) noexcept nogil:
@@ -263,7 +315,7 @@ cdef inline void stage_record(Stats* st, int stage, int64_t ns) noexcept nogil:
 cdef void cycle_run(Image* im, int64_t now_ns) noexcept nogil:
     """One cycle at now_ns; each stage's compute time (CLOCK_MONOTONIC, a vDSO call, no
     system call) goes to its histogram."""
-    cdef int64_t t0, t1, t2, t3
+    cdef int64_t t0, t1, t2, t3, t4
     cycle_begin(im, now_ns)
     v2g_debug_alloc()
     t0 = mono_ns()
@@ -271,8 +323,11 @@ cdef void cycle_run(Image* im, int64_t now_ns) noexcept nogil:
     t1 = mono_ns()
     cycle_update(im)
     t2 = mono_ns()
-    cycle_publish(im)
+    cycle_write(im)
     t3 = mono_ns()
+    cycle_publish(im)
+    t4 = mono_ns()
     stage_record(&im.stats, STAGE_READ, t1 - t0)
     stage_record(&im.stats, STAGE_UPDATE, t2 - t1)
-    stage_record(&im.stats, STAGE_PUBLISH, t3 - t2)
+    stage_record(&im.stats, STAGE_WRITE, t3 - t2)
+    stage_record(&im.stats, STAGE_PUBLISH, t4 - t3)

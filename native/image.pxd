@@ -25,8 +25,9 @@ cdef enum:
 cdef enum:  # Stage of a cycle
     STAGE_READ = 0
     STAGE_UPDATE = 1
-    STAGE_PUBLISH = 2
-    N_STAGES = 3
+    STAGE_WRITE = 2
+    STAGE_PUBLISH = 3
+    N_STAGES = 4
 
 cdef enum:  # NodeKind
     NODE_GRID = 0
@@ -472,6 +473,24 @@ cdef struct I2cIo:
     uint64_t stop
     int64_t tid
 
+cdef struct PortOutput:          # what a port's link is to apply (seqlocked; writer: the loop)
+    uint64_t seq                 # odd while being written
+    uint64_t sequence            # the output's own number: +1 each time it is handed over
+    double setpoint_w
+    int64_t valid_until_ns       # the dead-man: after this the EVSE must fall back to 0 W
+    int64_t contactor_closed
+    uint64_t _pad[3]
+
+cdef struct Outbox:              # the output mailbox for links served by Python
+    int32_t efd                  # eventfd the write stage signals when an output moved; -1: none
+    int32_t _pad
+    uint64_t signals             # eventfd writes
+    uint64_t signal_errors       # eventfd writes refused (EAGAIN: the counter is full)
+    double sent_w[MAX_PORTS]     # last setpoint handed over, for the deadband
+    int32_t sent_closed[MAX_PORTS]
+    int64_t sent_valid_ns[MAX_PORTS]
+    PortOutput out[MAX_PORTS]
+
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
     Slot slot[MAX_SOURCES]
@@ -520,4 +539,5 @@ cdef struct Image:
     CanReader can
     I2cIo i2c
     Exchange ex
+    Outbox outbox
     SnapshotBuffers snap

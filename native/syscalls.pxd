@@ -168,3 +168,8 @@ cdef extern from "<sys/syscall.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     long syscall(long number, ...)
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC

@@ -577,6 +577,18 @@ class Controller:
                         np.frombuffer(ports_b, row_dtype("port")).copy(),
                         self.node_ids, self.port_ids)
 
+    def outputs(self) -> np.ndarray:
+        """Each port's latest output, as the write stage handed it over (port order of port_ids):
+        sequence (+1 per hand-over), setpoint_w, valid_until_ns (the dead-man), contactor_closed.
+        The output mailbox of links served by Python; wait on output_fd() for changes."""
+        return np.frombuffer(self._core.read_outputs(), row_dtype("output")).copy()
+
+    def output_fd(self) -> int:
+        """An eventfd that becomes readable when some port's output was handed over (a move past
+        the deadband, a contactor change, a keep-alive at half the validity, the stop). Read its
+        8 bytes to re-arm it; the controller owns and closes it."""
+        return self._core.outbox_fd()
+
     def histograms(self) -> dict[str, np.ndarray]:
         """Wake-latency and compute-time histograms: 1 us bins, the last one counts overflow."""
         raw = self._core.read_stats()
@@ -614,7 +626,7 @@ class Controller:
             "stages": {name: _stage_summary(np.frombuffer(h, np.uint64)) for name, h in raw["stage_hist"].items()},
             "commands": commands, "measurements": measurements, "rejected_by_source": rejected_by_source,
             "rt": self.rt_report,
-            "devices": self.device_stats(),
+            "devices": self.device_stats(), "outbox": self._core.outbox_stats(),
         }
 
 

@@ -274,12 +274,13 @@ class Plant:
     def advance(self, t_ns: int, dt_s: float) -> None:
         """Apply the controller's published outputs over [t, t + dt]."""
         snap = self.ctrl.snapshot()
-        valid = snap.ports["valid_until_ns"] >= t_ns           # dead-man: stale outputs mean 0 W
-        self.closed = snap.ports["contactor_closed"].astype(bool)
+        out = self.ctrl.outputs()                              # what a charger would be told
+        valid = out["valid_until_ns"] >= t_ns                  # dead-man: stale outputs mean 0 W
+        self.closed = out["contactor_closed"].astype(bool)
         for j, hour in self.welded.items():
             if self.hour(t_ns) >= hour:
                 self.closed[j] = True                          # welded: closed whatever the command
-        want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), snap.ports["setpoint_w"], 0.0)
+        want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), out["setpoint_w"], 0.0)
         p = np.clip(want, -self.ev_max_discharge(), self.ev_max_charge())
         # never beyond full or below the minimum within the step
         room_up = (1.0 - self.soc) * self.cap * 3600.0 / dt_s
