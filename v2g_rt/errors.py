@@ -30,7 +30,7 @@ _ENTRIES = [
      "A unit mistake (kW for W, ms for s) or a typo.",
      "Set the option to a value inside the range the message gives."),
     ("ERR_CONFIG_UNKNOWN_OPTION", "An option or section is not known.",
-     "A misspelt name, or an option of another section.", "Use one of the names the message suggests."),
+     "A misspelt name, an option of another section, or a name this version renamed.", "Use one of the names the message suggests."),
     ("ERR_CONFIG_TOPOLOGY", "The node hierarchy is not a tree rooted at one grid connection.",
      "A missing or misspelt parent, a cycle, a duplicate id or a port on a non-EVSE node.",
      "Give every node an existing parent so that all paths end at the single grid node."),

@@ -84,13 +84,13 @@ class FaultWatch:
 
     def _links(self, waiting: int, lost: int) -> None:
         """An upstream not heard since start is waited for (INFO); one heard and then lost is an ERROR."""
-        names = [link.name for link in self.ctrl.site.links]
+        names = [up.name for up in self.ctrl.site.upstreams]
         for k, name in enumerate(names):
             bit = 1 << k
             if waiting & bit and not self.links_waiting & bit:
                 log.info("upstream %s: not heard yet since start; Safe State until it is", name)
             if lost & bit and not self.links_lost & bit:
-                log.error("ERR_UPSTREAM_LOST: upstream %s: no heartbeat for %g s", name, self.ctrl.site.links[k].timeout_s)
+                log.error("ERR_UPSTREAM_LOST: upstream %s: no heartbeat for %g s", name, self.ctrl.site.upstreams[k].timeout_s)
             if self.links_lost & bit and not lost & bit:
                 log.info("upstream %s: heard again", name)
         self.links_waiting, self.links_lost = waiting, lost

@@ -30,7 +30,7 @@ from helpers import S, ev, make_site
 from v2g_rt import Control, Controller, _core
 from v2g_rt.controller import BINDINGS
 from v2g_rt.faults import FaultWatch
-from v2g_rt.site import Frequency, Link, Thermal
+from v2g_rt.site import Frequency, Thermal, Upstream
 
 PERIOD_NS = 1_000_000                      # make_site()'s period: 1 ms
 PORT_W = 11_000.0                          # every port's charge and discharge rating
@@ -410,7 +410,7 @@ def assert_safe_state(snap, reason: str) -> None:
 
 
 def upstream_lost(tmp_path, caplog):
-    site = build_site(links=(Link("dms", timeout_s=1.0),))
+    site = build_site(upstreams=(Upstream("dms", timeout_s=1.0),))
     timeout = cycles(1.0)
     rig = Rig(site, tmp_path, caplog)
     rig.plug()
@@ -422,7 +422,7 @@ def upstream_lost(tmp_path, caplog):
     assert rig.logged("ERR_UPSTREAM_LOST") == []
     assert "upstream dms: not heard yet since start" in rig.caplog.text
     while "link" in rig.c.snapshot().site["safe_state"]:
-        rig.put("link/dms/heartbeat", 1.0)
+        rig.put("upstream/dms/heartbeat", 1.0)
         rig.c.run_steps(100)
         assert rig.now < 10 * S, "Safe State never ended"
     snap = rig.run(1)
@@ -430,7 +430,7 @@ def upstream_lost(tmp_path, caplog):
     rig.watch.poll()                                     # "Safe State (link) ended"
     rig.caplog.clear()
 
-    rig.put("link/dms/heartbeat", 1.0)                   # the last heartbeat
+    rig.put("upstream/dms/heartbeat", 1.0)                   # the last heartbeat
     last = rig.now
     rig.c.run_steps(timeout - 1)
     snap = rig.c.snapshot()
@@ -453,10 +453,10 @@ def upstream_lost(tmp_path, caplog):
     exit_cycles = cycles(rig.c.site.control.safe_exit_s)
     back = rig.now
     for _ in range(exit_cycles // 100):
-        rig.put("link/dms/heartbeat", 1.0)
+        rig.put("upstream/dms/heartbeat", 1.0)
         rig.c.run_steps(100)
         assert_safe_state(rig.c.snapshot(), "link")
-    rig.put("link/dms/heartbeat", 1.0)
+    rig.put("upstream/dms/heartbeat", 1.0)
     k_exit, snap = rig.until(lambda s: not s.site["safe_state"], REACH + 20, "Safe State exit")
     within((snap.t_ns - back) // PERIOD_NS, exit_cycles + 1, exit_cycles + 1 + REACH, "Safe State exit")
     assert snap.site["fleet_w"] == pytest.approx(-30_000.0)
