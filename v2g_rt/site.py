@@ -274,8 +274,8 @@ def check(site: Site) -> list[Problem]:
         out.append(Problem("node", "ports", f"{len(site.ports)} ports; this build holds at most {CAPACITY['ports']}", "ERR_CONFIG_CAPACITY"))
     if len(site.nodes) > CAPACITY["nodes"]:
         out.append(Problem("node", None, f"{len(site.nodes)} nodes; this build holds at most {CAPACITY['nodes']}", "ERR_CONFIG_CAPACITY"))
-    if len(site.upstreams) > CAPACITY["links"]:
-        out.append(Problem("upstream", None, f"{len(site.upstreams)} upstreams; at most {CAPACITY['links']}", "ERR_CONFIG_CAPACITY"))
+    if len(site.upstreams) > CAPACITY["upstreams"]:
+        out.append(Problem("upstream", None, f"{len(site.upstreams)} upstreams; at most {CAPACITY['upstreams']}", "ERR_CONFIG_CAPACITY"))
     if not site.ports:
         out.append(Problem("node", "ports", "the site has no ports", topo))
     return out + check_names(site) + check_devices(site)

@@ -416,18 +416,18 @@ def upstream_lost(tmp_path, caplog):
     rig.plug()
     rig.command(kind="setpoint", id="discharge", value_w=-30_000.0)
     snap = rig.run(1)
-    assert_safe_state(snap, "link")                      # no heartbeat yet: Safe State from the start
+    assert_safe_state(snap, "upstream")                      # no heartbeat yet: Safe State from the start
     assert snap.site["binding"] == "safe_state"
     # Not heard since start is waited for, not reported lost: Safe State, and no ERROR line.
     assert rig.logged("ERR_UPSTREAM_LOST") == []
     assert "upstream dms: not heard yet since start" in rig.caplog.text
-    while "link" in rig.c.snapshot().site["safe_state"]:
+    while "upstream" in rig.c.snapshot().site["safe_state"]:
         rig.put("upstream/dms/heartbeat", 1.0)
         rig.c.run_steps(100)
         assert rig.now < 10 * S, "Safe State never ended"
     snap = rig.run(1)
     assert snap.site["fleet_w"] == pytest.approx(-30_000.0) and (snap.ports["min_w"] < 0).all()
-    rig.watch.poll()                                     # "Safe State (link) ended"
+    rig.watch.poll()                                     # "Safe State (upstream) ended"
     rig.caplog.clear()
 
     rig.put("upstream/dms/heartbeat", 1.0)                   # the last heartbeat
@@ -438,14 +438,14 @@ def upstream_lost(tmp_path, caplog):
     k, snap = rig.until(lambda s: s.site["safe_state"], REACH + 20, "Safe State")
     k = (snap.t_ns - last) // PERIOD_NS                  # counted from the last heartbeat
     within(k, timeout + 1, timeout + REACH, "Safe State after the heartbeat timeout")
-    assert_safe_state(snap, "link")
+    assert_safe_state(snap, "upstream")
     assert snap.site["fleet_w"] == 0.0 and snap.site["binding"] == "safe_state"
     assert rig.logged("ERR_UPSTREAM_LOST") == ["ERR_UPSTREAM_LOST: upstream dms: no heartbeat for 1 s"]
 
     # Charge only: a charging setpoint is still followed in Safe State.
     rig.command(kind="setpoint", id="charge", value_w=20_000.0)
     snap = rig.run(2)
-    assert_safe_state(snap, "link")
+    assert_safe_state(snap, "upstream")
     assert snap.site["fleet_w"] == pytest.approx(20_000.0)
 
     # Upstream back: Safe State holds for safe_exit_s of health, then discharge is allowed again.
@@ -455,7 +455,7 @@ def upstream_lost(tmp_path, caplog):
     for _ in range(exit_cycles // 100):
         rig.put("upstream/dms/heartbeat", 1.0)
         rig.c.run_steps(100)
-        assert_safe_state(rig.c.snapshot(), "link")
+        assert_safe_state(rig.c.snapshot(), "upstream")
     rig.put("upstream/dms/heartbeat", 1.0)
     k_exit, snap = rig.until(lambda s: not s.site["safe_state"], REACH + 20, "Safe State exit")
     within((snap.t_ns - back) // PERIOD_NS, exit_cycles + 1, exit_cycles + 1 + REACH, "Safe State exit")

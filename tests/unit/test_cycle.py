@@ -253,20 +253,20 @@ def test_safe_state_without_upstream_then_hysteresis():
     setpoint(c, -30_000.0, "sp", t_s=3600)
     settle(c, 2 * S)
     snap = c.snapshot()
-    assert snap.site["safe_state"] == ["link"]              # no heartbeat yet
+    assert snap.site["safe_state"] == ["upstream"]              # no heartbeat yet
     assert (snap.ports["setpoint_w"] >= 0).all() and snap.site["binding"] == "safe_state"
     for t in range(3, 14):                                 # healthy from 3 s on
         c.step(t * S)
         c.measure("upstream/dms/heartbeat", 1.0, t * S)
         plug_all(c, t * S)
         settle(c, t * S)
-        in_safe = c.snapshot().site["safe_state"] == ["link"]
+        in_safe = c.snapshot().site["safe_state"] == ["upstream"]
         assert in_safe == (t - 3 < 10), t                  # leaves only after 10 s healthy
     assert c.snapshot().site["fleet_w"] == pytest.approx(-30_000.0)
     c.step(17 * S)
     plug_all(c, 17 * S)
     settle(c, 17 * S)                                       # heartbeat 4 s old > 3 s timeout
-    assert c.snapshot().site["safe_state"] == ["link"]
+    assert c.snapshot().site["safe_state"] == ["upstream"]
     assert (c.snapshot().ports["setpoint_w"] >= 0).all()
 
 

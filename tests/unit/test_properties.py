@@ -105,7 +105,7 @@ def test_no_discharge_in_safe_state(data, setpoint):
     site, base = data.draw(sites(upstreams=True))
     c = run(site, base, data.draw(evs(len(site.ports))), setpoint, heartbeat=False)
     snap = c.snapshot()
-    assert snap.site["safe_state"] == ["link"]
+    assert snap.site["safe_state"] == ["upstream"]
     assert (snap.ports["setpoint_w"] >= 0).all()
     check_limits(c, site, base)
 
