@@ -29,7 +29,7 @@ include "entry.pxi"
 import os
 
 CAPACITY = {"ports": MAX_PORTS, "nodes": MAX_NODES, "sources": MAX_SOURCES,
-            "links": MAX_LINKS, "depth": MAX_DEPTH, "command_ring": CMD_RING,
+            "upstreams": MAX_UPSTREAMS, "depth": MAX_DEPTH, "command_ring": CMD_RING,
             "hist_bins": HIST_BINS, "trace": TRACE_LEN}
 
 NODE_KINDS = {"grid": NODE_GRID, "transformer": NODE_TRANSFORMER,
@@ -45,7 +45,7 @@ PORT_SOURCES = {
 }
 SOURCE_KINDS = dict(PORT_SOURCES, node_power_w=SRC_NODE_POWER_W, heatsink_c=SRC_NODE_HEATSINK_C,
                     ambient_c=SRC_NODE_AMBIENT_C, top_oil_c=SRC_NODE_TOP_OIL_C,
-                    frequency_hz=SRC_SITE_FREQUENCY_HZ, heartbeat=SRC_LINK_HEARTBEAT)
+                    frequency_hz=SRC_SITE_FREQUENCY_HZ, heartbeat=SRC_UPSTREAM_HEARTBEAT)
 
 COMMAND_KINDS = {"setpoint": CMD_SETPOINT, "export_limit": CMD_EXPORT_LIMIT,
                  "import_limit": CMD_IMPORT_LIMIT, "load_shed": CMD_LOAD_SHED,
@@ -73,7 +73,7 @@ cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
 STAGES = ("read", "update", "write", "publish")    # a cycle's stages, in order
 assert len(STAGES) == N_STAGES
 STAGE_BIN_NS_ = STAGE_BIN_NS
-SAFE_REASONS = {"link": SAFE_LINK, "overrun": SAFE_OVERRUN, "stopped": SAFE_STOPPED}
+SAFE_REASONS = {"upstream": SAFE_UPSTREAM, "overrun": SAFE_OVERRUN, "stopped": SAFE_STOPPED}
 
 
 # Field layouts of the published rows, for numpy structured dtypes. Offsets are
@@ -131,7 +131,7 @@ def _layout(name):
             ("ports_charging", "i4", _off(&_sr.ports_charging, b)),
             ("ports_discharging", "i4", _off(&_sr.ports_discharging, b)),
             ("latch_counter", "u8", _off(&_sr.latch_counter, b)),
-            ("links_waiting", "u4", _off(&_sr.links_waiting, b)), ("links_lost", "u4", _off(&_sr.links_lost, b))]
+            ("upstreams_waiting", "u4", _off(&_sr.upstreams_waiting, b)), ("upstreams_lost", "u4", _off(&_sr.upstreams_lost, b))]
     if name == "output":
         b = <void*>&_po
         return sizeof(PortOutput), [
@@ -383,12 +383,12 @@ cdef class Core:
                 self.im.node[target].thermal.top_oil = i
         elif k == SRC_SITE_FREQUENCY_HZ:
             self.im.freq_input = i
-        elif k == SRC_LINK_HEARTBEAT:
-            if self.im.n_links >= MAX_LINKS:
-                raise ValueError(f"more than {MAX_LINKS} upstream links")
-            self.im.link[self.im.n_links].input = i
-            self.im.link[self.im.n_links].lost = 1
-            self.im.n_links += 1
+        elif k == SRC_UPSTREAM_HEARTBEAT:
+            if self.im.n_upstreams >= MAX_UPSTREAMS:
+                raise ValueError(f"more than {MAX_UPSTREAMS} upstreams")
+            self.im.upstream[self.im.n_upstreams].input = i
+            self.im.upstream[self.im.n_upstreams].lost = 1
+            self.im.n_upstreams += 1
         self.im.input[i].kind = k
         self.im.input[i].target = target
         self.im.input[i].max_age_ns = v2g_s_to_ns(max_age_s)

@@ -255,8 +255,8 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         r.contactor_closed = p.contactor_closed
         r.latch_seq = p.latch_seq
     s.site.latch_counter = im.latch_counter
-    s.site.links_waiting = im.links_waiting
-    s.site.links_lost = im.links_lost
+    s.site.upstreams_waiting = im.upstreams_waiting
+    s.site.upstreams_lost = im.upstreams_lost
 
 
 cdef void cycle_publish(Image* im) noexcept nogil:

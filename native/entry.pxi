@@ -31,7 +31,7 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
     im.n_nodes = 1
     im.n_ports = <int32_t>n
     im.n_inputs = <int32_t>(n * SCRATCH_FIELDS)
-    im.n_links = 0
+    im.n_upstreams = 0
     im.node[0].parent = -1
     im.node[0].meter = -1
     im.node[0].heatsink = -1

@@ -11,7 +11,7 @@ cdef enum:
     MAX_DEPTH = 8            # grid > transformer > group > ... > EVSE
     MAX_SOURCES = 4096       # measurement sources
     DIRTY_WORDS = 64         # MAX_SOURCES / 64: one dirty bit per source
-    MAX_LINKS = 8            # upstream links watched for Safe State
+    MAX_UPSTREAMS = 8        # upstreams watched for Safe State
     CMD_RING = 256           # command ring slots (power of two)
     HIST_BINS = 10000        # 1 us bins; one more bin counts the overflow
     TRACE_LEN = 8192         # recent cycles kept for inspection (power of two)
@@ -36,7 +36,7 @@ cdef enum:  # NodeKind
     NODE_EVSE = 3
 
 # Measurement kinds. PORT_* target a port, NODE_* a node, SITE_* the site,
-# LINK_HEARTBEAT a watched upstream link.
+# UPSTREAM_HEARTBEAT a watched upstream (DMS, aggregator, CSMS).
 cdef enum:  # SourceKind
     SRC_PORT_CONNECTED = 0
     SRC_PORT_SOC = 1
@@ -56,7 +56,7 @@ cdef enum:  # SourceKind
     SRC_NODE_AMBIENT_C = 22      # transformer ambient temperature
     SRC_NODE_TOP_OIL_C = 23      # transformer top-oil temperature (measured)
     SRC_SITE_FREQUENCY_HZ = 40
-    SRC_LINK_HEARTBEAT = 50
+    SRC_UPSTREAM_HEARTBEAT = 50
 
 cdef enum:  # CommandKind
     CMD_SETPOINT = 0         # fleet setpoint, signed W
@@ -130,7 +130,7 @@ cdef enum:  # FrequencyMode
     FREQ_CURVE = 2
 
 cdef enum:  # SafeReason
-    SAFE_LINK = 1                 # an upstream link is lost or not yet healthy long enough
+    SAFE_UPSTREAM = 1             # an upstream is lost or not yet healthy long enough
     SAFE_OVERRUN = 2              # repeated cycle overruns
     SAFE_STOPPED = 4              # the loop stopped: the published outputs are the safe ones
 
@@ -240,8 +240,8 @@ cdef struct SiteRow:
     int32_t ports_charging
     int32_t ports_discharging
     uint64_t latch_counter         # latches so far (the journal watches it)
-    uint32_t links_waiting         # upstream links not heard since start (bit per link)
-    uint32_t links_lost            # heard once, now lost
+    uint32_t upstreams_waiting     # upstreams not heard since start (bit per upstream)
+    uint32_t upstreams_lost        # heard once, now lost
 
 cdef struct Snapshot:
     SiteRow site
@@ -361,7 +361,7 @@ cdef struct Port:
     uint64_t latch_seq
     double ramp_base_w           # where this cycle's output change starts
 
-cdef struct Link:
+cdef struct Upstream:
     int32_t input
     int32_t lost
     int32_t heard                # fresh at least once since start
@@ -502,7 +502,7 @@ cdef struct Image:
     int32_t n_nodes
     int32_t n_ports
     int32_t n_inputs
-    int32_t n_links
+    int32_t n_upstreams
     int32_t freq_input
     int32_t safe_state
     int64_t safe_overrun_until_ns
@@ -514,8 +514,8 @@ cdef struct Image:
     uint64_t command_digest
     uint64_t measurements_applied
     uint64_t latch_counter
-    uint32_t links_waiting
-    uint32_t links_lost
+    uint32_t upstreams_waiting
+    uint32_t upstreams_lost
     double requested_w
     double frequency_response_w   # lagged
     double fleet_max_w            # what the fleet could charge now
@@ -532,7 +532,7 @@ cdef struct Image:
     Node node[MAX_NODES]
     Port port[MAX_PORTS]
     Input input[MAX_SOURCES]
-    Link link[MAX_LINKS]
+    Upstream upstream[MAX_UPSTREAMS]
     int32_t order[MAX_PORTS]
     int32_t order_tmp[MAX_PORTS]
     Stats stats

@@ -40,27 +40,27 @@ cdef inline double cycle_dt_s(const Image* im) noexcept nogil:
 
 cdef void update_safe_state(Image* im) noexcept nogil:
     cdef int k
-    cdef Link* l
+    cdef Upstream* u
     cdef int32_t state = 0
     cdef uint32_t waiting = 0, lost = 0
-    for k in range(im.n_links):
-        l = &im.link[k]
-        if input_fresh(im, l.input) and im.input[l.input].value > 0.5:
-            l.heard = 1
-            if l.lost:
-                l.lost = 0
-                l.healthy_since_ns = im.now_ns
-            if v2g_sat_sub(im.now_ns, l.healthy_since_ns) < im.opt.safe_exit_ns:
-                state |= SAFE_LINK
+    for k in range(im.n_upstreams):
+        u = &im.upstream[k]
+        if input_fresh(im, u.input) and im.input[u.input].value > 0.5:
+            u.heard = 1
+            if u.lost:
+                u.lost = 0
+                u.healthy_since_ns = im.now_ns
+            if v2g_sat_sub(im.now_ns, u.healthy_since_ns) < im.opt.safe_exit_ns:
+                state |= SAFE_UPSTREAM
         else:
-            l.lost = 1
-            state |= SAFE_LINK
-            if l.heard:
+            u.lost = 1
+            state |= SAFE_UPSTREAM
+            if u.heard:
                 lost |= (<uint32_t>1) << k
             else:
                 waiting |= (<uint32_t>1) << k
-    im.links_waiting = waiting
-    im.links_lost = lost
+    im.upstreams_waiting = waiting
+    im.upstreams_lost = lost
     if im.stats.overrun_streak >= im.opt.overrun_streak_safe:
         im.safe_overrun_until_ns = v2g_sat_add(im.now_ns, im.opt.safe_exit_ns)
     if im.now_ns < im.safe_overrun_until_ns:

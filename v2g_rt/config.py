@@ -19,7 +19,7 @@ from pathlib import Path
 from .devices import check_feeds
 from .errors import V2GError
 from ._core import NODE_KINDS
-from .site import LINK_KINDS, PHASES, RATED_W, Control, Frequency, Link, Node, Port, RealTime, Site, Thermal
+from .site import LINK_KINDS, PHASES, RATED_W, Control, Frequency, Node, Port, RealTime, Site, Thermal, Upstream
 
 REQUIRED = object()
 DEFAULT_SITE = "default-site.toml"
@@ -35,6 +35,11 @@ SECTION_OWNERS = {
     "can": "v2g_rt.devices.can:check_config",
     "i2c": "v2g_rt.devices.i2c:check_config",
 }
+
+# Names this version renamed. The old name is refused with the new one in the message, never
+# read as an alias: one word means one thing ("link" is how setpoints reach an EVSE).
+RENAMED_SECTIONS = {"link": "upstream"}                      # [link.NAME] -> [upstream.NAME]
+RENAMED_OPTIONS = {("sim", "dms_link"): "dms_upstream"}      # (section, option) -> option
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,11 @@ class Section:
         """Every option present must have been read."""
         for option in self.raw:
             if option not in self._read:
+                if (self.name, option) in RENAMED_OPTIONS:
+                    new = RENAMED_OPTIONS[self.name, option]
+                    self.problem(option, f"option {option!r} is now {new!r} (same value): rename it to {new!r}",
+                                 "ERR_CONFIG_UNKNOWN_OPTION")
+                    continue
                 close = difflib.get_close_matches(option, sorted(self._read), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; valid options: {', '.join(sorted(self._read))}"
                 self.problem(option, f"option {option!r} is not valid in section [{self.name}]{hint}",
@@ -302,13 +312,25 @@ def _file_type(mode: int) -> str:
     return next((text for test, text in kinds if test(mode)), f"a special file (mode 0o{mode:o})")
 
 
+def _refuse_renamed(cf: ConfigFile, old: str, new: str) -> None:
+    """One problem per [old.NAME] table, naming the [new.NAME] it should be."""
+    raw = cf.data[old]
+    names = [n for n, body in raw.items() if isinstance(body, dict)] if isinstance(raw, dict) else []
+    for where in [f"{old}.{n}" for n in names] or [old]:
+        to = new + where[len(old):]
+        cf.problems.append(ConfigProblem(cf.path, where, None, f"[{where}] is now [{to}] (same options): rename "
+                                         f"the section to [{to}]", "ERR_CONFIG_UNKNOWN_OPTION"))
+
+
 def parse(text: str, path: str = "<string>") -> Site:
     cf = ConfigFile(path, text)
     if cf.problems:
         raise ConfigError(cf.problems)
-    known = {"site", "rt", "control", "link", "node", "frequency", *SECTION_OWNERS}
+    known = {"site", "rt", "control", "upstream", "node", "frequency", *SECTION_OWNERS}
     for name in cf.data:
-        if name not in known:
+        if name in RENAMED_SECTIONS:
+            _refuse_renamed(cf, name, RENAMED_SECTIONS[name])
+        elif name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean [{close[0]}]?" if close else f"; known sections: {', '.join(sorted(known))}"
             cf.problems.append(ConfigProblem(path, name, None, f"unknown section [{name}]{hint}", "ERR_CONFIG_UNKNOWN_OPTION"))
@@ -329,8 +351,8 @@ def parse(text: str, path: str = "<string>") -> Site:
 
     control = typed(Control, cf.section("control"), CONTROL_OPTIONS)
 
-    links = tuple(Link(sec.name.split(".", 1)[1], sec.get_float("timeout_s", 30.0, above=0, maxval=86400, unit="s"))
-                  for sec in cf.tables("link"))
+    upstreams = tuple(Upstream(sec.name.split(".", 1)[1], sec.get_float("timeout_s", 30.0, above=0, maxval=86400, unit="s"))
+                      for sec in cf.tables("upstream"))
 
     nodes: list[Node] = []
     ports: list[Port] = []
@@ -368,7 +390,7 @@ def parse(text: str, path: str = "<string>") -> Site:
             ports.append(Port(f"{node_id}.{k + 1}", node_id, p_ch, p_dis))
 
     frequency = frequency_section(cf.section("frequency"))
-    site = Site(name, period_s, tuple(nodes), tuple(ports), rt=rt, control=control, links=links,
+    site = Site(name, period_s, tuple(nodes), tuple(ports), rt=rt, control=control, upstreams=upstreams,
                 frequency=frequency, source=path, status_socket=status_socket, operator_group=operator_group)
     reported = {(p.section, p.option) for p in cf.problems}
     for problem in site.problems():

@@ -30,7 +30,7 @@ _ENTRIES = [
      "A unit mistake (kW for W, ms for s) or a typo.",
      "Set the option to a value inside the range the message gives."),
     ("ERR_CONFIG_UNKNOWN_OPTION", "An option or section is not known.",
-     "A misspelt name, or an option of another section.", "Use one of the names the message suggests."),
+     "A misspelt name, an option of another section, or a name this version renamed.", "Use one of the names the message suggests."),
     ("ERR_CONFIG_TOPOLOGY", "The node hierarchy is not a tree rooted at one grid connection.",
      "A missing or misspelt parent, a cycle, a duplicate id or a port on a non-EVSE node.",
      "Give every node an existing parent so that all paths end at the single grid node."),
@@ -53,7 +53,7 @@ _ENTRIES = [
      "Port ids differ between the DMS/CSMS and this site's config.",
      "Use a port id from `v2g-rt status`."),
     ("ERR_CMD_EXPIRED", "A command arrived after its expiry and was not applied.",
-     "Clock skew between sender and controller, or a delayed link.",
+     "Clock skew between sender and controller, or a delayed network path.",
      "Check NTP on both ends; send commands with a longer expiry."),
     ("ERR_CMD_REPLAYED", "A command id was seen before; the repeat was ignored (commands are idempotent).",
      "A retransmission; harmless.", "None needed; give new commands new ids."),
@@ -138,9 +138,9 @@ _ENTRIES = [
      "Check the broker's ACL and the client certificate; reports queue in the outbox meanwhile."),
     ("ERR_MQTT_DISCONNECTED", "The MQTT broker connection was lost; reports queue in the persistent outbox.",
      "Broker down or network loss.", "None needed; the outbox replays on reconnect."),
-    ("ERR_UPSTREAM_LOST", "An upstream link (DMS, aggregator, CSMS) stopped sending heartbeats: Safe State.",
+    ("ERR_UPSTREAM_LOST", "An upstream (DMS, aggregator, CSMS) stopped sending heartbeats: Safe State.",
      "Network loss or the upstream system is down.",
-     "Restore the link; Safe State ends after it has been healthy for the hysteresis period."),
+     "Restore the connection to the upstream; Safe State ends after it has been healthy for the hysteresis period."),
     ("ERR_INTERNAL", "An unexpected condition inside the controller (a bug).",
      "A case the code did not foresee.", "Report it with the log lines around it; the controller keeps its safe outputs."),
     ("ERR_STATUS_UNAVAILABLE", "No controller answers on the status socket.",
@@ -191,7 +191,7 @@ _ENTRIES = [
     ("ERR_PORT_OUT_OF_SERVICE", "An operator took a port out of service; it gets no power until enabled again.",
      "`v2g-rt port disable PORT` (the audit log says who and when).", "`v2g-rt port enable PORT` when it is fit."),
     ("ERR_METER_STALE", "The grid meter value is older than its maximum age; worst-case headroom is assumed.",
-     "Meter or Modbus link down.", "Check the meter and its link."),
+     "Meter or its Modbus connection down.", "Check the meter and its connection."),
 ]
 
 CATALOGUE: dict[str, ErrorCode] = {c: ErrorCode(c, m, k, r) for c, m, k, r in _ENTRIES}

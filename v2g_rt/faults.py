@@ -34,8 +34,8 @@ class FaultWatch:
         self.ctrl = ctrl
         self.ports = {pid: 0 for pid in ctrl.port_ids}
         self.safe: set[str] = set()
-        self.links_waiting = 0
-        self.links_lost = 0
+        self.upstreams_waiting = 0
+        self.upstreams_lost = 0
         self.stale_meters: set[str] = set()
         self.hot: set[str] = set()
         self.bus_off = 0
@@ -53,9 +53,9 @@ class FaultWatch:
                     log.info("port %s: %s cleared", pid, name.replace("_", " "))
             self.ports[pid] = bits
         safe = set(snap.site["safe_state"]) - {"stopped"}
-        self._links(snap.site["links_waiting"], snap.site["links_lost"])
+        self._upstreams(snap.site["upstreams_waiting"], snap.site["upstreams_lost"])
         for reason in safe - self.safe:
-            if reason == "link":        # each upstream's own line says whether it is lost or not yet heard
+            if reason == "upstream":        # each upstream's own line says whether it is lost or not yet heard
                 log.info("Safe State (upstream): charge only, no discharge, until every upstream has been "
                          "healthy for %g s", self.ctrl.site.control.safe_exit_s)
             else:
@@ -82,18 +82,18 @@ class FaultWatch:
                       "go stale and the interlock derates", bus_off)
         self.bus_off = bus_off
 
-    def _links(self, waiting: int, lost: int) -> None:
+    def _upstreams(self, waiting: int, lost: int) -> None:
         """An upstream not heard since start is waited for (INFO); one heard and then lost is an ERROR."""
-        names = [link.name for link in self.ctrl.site.links]
+        names = [up.name for up in self.ctrl.site.upstreams]
         for k, name in enumerate(names):
             bit = 1 << k
-            if waiting & bit and not self.links_waiting & bit:
+            if waiting & bit and not self.upstreams_waiting & bit:
                 log.info("upstream %s: not heard yet since start; Safe State until it is", name)
-            if lost & bit and not self.links_lost & bit:
-                log.error("ERR_UPSTREAM_LOST: upstream %s: no heartbeat for %g s", name, self.ctrl.site.links[k].timeout_s)
-            if self.links_lost & bit and not lost & bit:
+            if lost & bit and not self.upstreams_lost & bit:
+                log.error("ERR_UPSTREAM_LOST: upstream %s: no heartbeat for %g s", name, self.ctrl.site.upstreams[k].timeout_s)
+            if self.upstreams_lost & bit and not lost & bit:
                 log.info("upstream %s: heard again", name)
-        self.links_waiting, self.links_lost = waiting, lost
+        self.upstreams_waiting, self.upstreams_lost = waiting, lost
 
 
 def journal_path(site) -> Path:

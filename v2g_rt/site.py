@@ -117,7 +117,8 @@ class Frequency:
 
 
 @dataclass(frozen=True)
-class Link:
+class Upstream:
+    """A party above the site (DMS, aggregator, CSMS) whose heartbeat is watched for Safe State."""
     name: str
     timeout_s: float = 30.0
 
@@ -138,7 +139,7 @@ class Site:
     ports: tuple[Port, ...]
     rt: RealTime = RealTime()
     control: Control = Control()
-    links: tuple[Link, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
     frequency: Frequency = Frequency()
     sections: dict = field(default_factory=dict)   # device/service sections, checked by their owners
     source: str = "<built-in>"
@@ -200,8 +201,8 @@ def source_specs(site: Site) -> list[tuple[str, str, str, float]]:
         if n.thermal and n.thermal.top_oil_max_age_s:
             out.append((f"node/{n.id}/top_oil_c", "top_oil_c", n.id, n.thermal.top_oil_max_age_s))
     out.append(("grid/frequency_hz", "frequency_hz", "", c.frequency_max_age_s))
-    for link in site.links:
-        out.append((f"link/{link.name}/heartbeat", "heartbeat", "", link.timeout_s))
+    for up in site.upstreams:
+        out.append((f"upstream/{up.name}/heartbeat", "heartbeat", "", up.timeout_s))
     return out
 
 
@@ -273,8 +274,8 @@ def check(site: Site) -> list[Problem]:
         out.append(Problem("node", "ports", f"{len(site.ports)} ports; this build holds at most {CAPACITY['ports']}", "ERR_CONFIG_CAPACITY"))
     if len(site.nodes) > CAPACITY["nodes"]:
         out.append(Problem("node", None, f"{len(site.nodes)} nodes; this build holds at most {CAPACITY['nodes']}", "ERR_CONFIG_CAPACITY"))
-    if len(site.links) > CAPACITY["links"]:
-        out.append(Problem("links", None, f"{len(site.links)} links; at most {CAPACITY['links']}", "ERR_CONFIG_CAPACITY"))
+    if len(site.upstreams) > CAPACITY["upstreams"]:
+        out.append(Problem("upstream", None, f"{len(site.upstreams)} upstreams; at most {CAPACITY['upstreams']}", "ERR_CONFIG_CAPACITY"))
     if not site.ports:
         out.append(Problem("node", "ports", "the site has no ports", topo))
     return out + check_names(site) + check_devices(site)
@@ -313,7 +314,7 @@ def depot(ports: int = 50, *, ports_per_evse: int = 2, evses_per_group: int = 6,
           grid_import_w: float | None = None, grid_export_w: float | None = None,
           transformer_w: float | None = None, group_w: float | None = None,
           meter: bool = True, base_load_w: tuple[float, float] = (0.0, 150_000.0),
-          links: tuple[Link, ...] = (), period_s: float = 1e-3,
+          upstreams: tuple[Upstream, ...] = (), period_s: float = 1e-3,
           rt: RealTime = RealTime(), control: Control = Control(), name: str = "depot") -> Site:
     """A depot: grid > one transformer > groups of EVSEs > ports, with limits that bind.
 
@@ -342,4 +343,4 @@ def depot(ports: int = 50, *, ports_per_evse: int = 2, evses_per_group: int = 6,
         for k in range(ports_per_evse):
             if len(port_list) < ports:
                 port_list.append(Port(f"{eid}.{k + 1}", eid, port_charge_w, port_discharge_w))
-    return Site(name, period_s, tuple(nodes), tuple(port_list), rt=rt, control=control, links=links)
+    return Site(name, period_s, tuple(nodes), tuple(port_list), rt=rt, control=control, upstreams=upstreams)

@@ -36,7 +36,7 @@ lock_memory = false
 cpu_dma_latency_us = -1
 [control]
 session_max_age_s = 3600
-[link.dms]
+[upstream.dms]
 timeout_s = 30
 [node.grid]
 kind = "grid"

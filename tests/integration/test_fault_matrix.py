@@ -30,7 +30,7 @@ from helpers import S, ev, make_site
 from v2g_rt import Control, Controller, _core
 from v2g_rt.controller import BINDINGS
 from v2g_rt.faults import FaultWatch
-from v2g_rt.site import Frequency, Link, Thermal
+from v2g_rt.site import Frequency, Thermal, Upstream
 
 PERIOD_NS = 1_000_000                      # make_site()'s period: 1 ms
 PORT_W = 11_000.0                          # every port's charge and discharge rating
@@ -410,27 +410,27 @@ def assert_safe_state(snap, reason: str) -> None:
 
 
 def upstream_lost(tmp_path, caplog):
-    site = build_site(links=(Link("dms", timeout_s=1.0),))
+    site = build_site(upstreams=(Upstream("dms", timeout_s=1.0),))
     timeout = cycles(1.0)
     rig = Rig(site, tmp_path, caplog)
     rig.plug()
     rig.command(kind="setpoint", id="discharge", value_w=-30_000.0)
     snap = rig.run(1)
-    assert_safe_state(snap, "link")                      # no heartbeat yet: Safe State from the start
+    assert_safe_state(snap, "upstream")                      # no heartbeat yet: Safe State from the start
     assert snap.site["binding"] == "safe_state"
     # Not heard since start is waited for, not reported lost: Safe State, and no ERROR line.
     assert rig.logged("ERR_UPSTREAM_LOST") == []
     assert "upstream dms: not heard yet since start" in rig.caplog.text
-    while "link" in rig.c.snapshot().site["safe_state"]:
-        rig.put("link/dms/heartbeat", 1.0)
+    while "upstream" in rig.c.snapshot().site["safe_state"]:
+        rig.put("upstream/dms/heartbeat", 1.0)
         rig.c.run_steps(100)
         assert rig.now < 10 * S, "Safe State never ended"
     snap = rig.run(1)
     assert snap.site["fleet_w"] == pytest.approx(-30_000.0) and (snap.ports["min_w"] < 0).all()
-    rig.watch.poll()                                     # "Safe State (link) ended"
+    rig.watch.poll()                                     # "Safe State (upstream) ended"
     rig.caplog.clear()
 
-    rig.put("link/dms/heartbeat", 1.0)                   # the last heartbeat
+    rig.put("upstream/dms/heartbeat", 1.0)                   # the last heartbeat
     last = rig.now
     rig.c.run_steps(timeout - 1)
     snap = rig.c.snapshot()
@@ -438,14 +438,14 @@ def upstream_lost(tmp_path, caplog):
     k, snap = rig.until(lambda s: s.site["safe_state"], REACH + 20, "Safe State")
     k = (snap.t_ns - last) // PERIOD_NS                  # counted from the last heartbeat
     within(k, timeout + 1, timeout + REACH, "Safe State after the heartbeat timeout")
-    assert_safe_state(snap, "link")
+    assert_safe_state(snap, "upstream")
     assert snap.site["fleet_w"] == 0.0 and snap.site["binding"] == "safe_state"
     assert rig.logged("ERR_UPSTREAM_LOST") == ["ERR_UPSTREAM_LOST: upstream dms: no heartbeat for 1 s"]
 
     # Charge only: a charging setpoint is still followed in Safe State.
     rig.command(kind="setpoint", id="charge", value_w=20_000.0)
     snap = rig.run(2)
-    assert_safe_state(snap, "link")
+    assert_safe_state(snap, "upstream")
     assert snap.site["fleet_w"] == pytest.approx(20_000.0)
 
     # Upstream back: Safe State holds for safe_exit_s of health, then discharge is allowed again.
@@ -453,10 +453,10 @@ def upstream_lost(tmp_path, caplog):
     exit_cycles = cycles(rig.c.site.control.safe_exit_s)
     back = rig.now
     for _ in range(exit_cycles // 100):
-        rig.put("link/dms/heartbeat", 1.0)
+        rig.put("upstream/dms/heartbeat", 1.0)
         rig.c.run_steps(100)
-        assert_safe_state(rig.c.snapshot(), "link")
-    rig.put("link/dms/heartbeat", 1.0)
+        assert_safe_state(rig.c.snapshot(), "upstream")
+    rig.put("upstream/dms/heartbeat", 1.0)
     k_exit, snap = rig.until(lambda s: not s.site["safe_state"], REACH + 20, "Safe State exit")
     within((snap.t_ns - back) // PERIOD_NS, exit_cycles + 1, exit_cycles + 1 + REACH, "Safe State exit")
     assert snap.site["fleet_w"] == pytest.approx(-30_000.0)

@@ -21,10 +21,10 @@ PROBE = r"""
 import ctypes, json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from helpers import make_site, plug_all
-from v2g_rt import Controller, Link
+from v2g_rt import Controller, Upstream
 lib = ctypes.CDLL(None)
 lib.alloc_count.restype = ctypes.c_uint64
-site = make_site(256, links=(Link("dms", 5.0),))
+site = make_site(256, upstreams=(Upstream("dms", 5.0),))
 c = Controller(site)
 plug_all(c, None)
 c.start()
@@ -38,7 +38,7 @@ while time.monotonic() < deadline:    # drive every exchange path the loop serve
     c.submit({"kind": "setpoint", "id": k, "value_w": (-1) ** k * 50_000.0, "expires_in_s": 0.05})
     c.submit({"kind": "load_shed", "id": f"ls{k}", "value_w": 400_000.0, "expires_in_s": 1})
     c.measure("node/grid/power_w", 100_000.0 + k)
-    c.measure("link/dms/heartbeat", 1.0)
+    c.measure("upstream/dms/heartbeat", 1.0)
     for pid in c.port_ids[:32]:
         c.measure(f"port/{pid}/soc", 0.5 + (k % 10) / 100)
     c.snapshot()

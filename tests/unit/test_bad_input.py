@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from helpers import S, make_site, plug_all
-from v2g_rt import Controller, Link
+from v2g_rt import Controller, Upstream
 from v2g_rt.wallclock import FixedClock
 
 
 @pytest.fixture
 def ctrl():
-    c = Controller(make_site(8, links=(Link("dms", 30.0),)), clock="virtual", wall=FixedClock())
+    c = Controller(make_site(8, upstreams=(Upstream("dms", 30.0),)), clock="virtual", wall=FixedClock())
     c.step(S)
     plug_all(c, S)
     c.step(2 * S)

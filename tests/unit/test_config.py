@@ -253,16 +253,38 @@ def test_an_ina228_power_monitor_feeds_a_meter_but_its_current_feeds_nothing():
     assert "the ina228's current can feed: no source of this site" in p.message
 
 
+def test_upstream_section_is_read():
+    site = config.parse(BASE + '\n[upstream.dms]\ntimeout_s = 10\n', "site.toml")
+    assert [(u.name, u.timeout_s) for u in site.upstreams] == [("dms", 10.0)]
+
+
+def test_the_old_link_section_is_refused_with_its_new_name():
+    """[link.NAME] was renamed [upstream.NAME]: refused, never read as an alias ("link" is an EVSE's)."""
+    got = problems(BASE + '\n[link.dms]\ntimeout_s = 10\n[link.csms]\ntimeout_s = 60\n')
+    assert [(p.section, p.option, p.code) for p in got] == [("link.dms", None, "ERR_CONFIG_UNKNOWN_OPTION"),
+                                                            ("link.csms", None, "ERR_CONFIG_UNKNOWN_OPTION")]
+    assert "rename the section to [upstream.dms]" in got[0].message
+    assert "rename the section to [upstream.csms]" in got[1].message
+
+
+def test_the_old_sim_dms_link_option_is_refused_with_its_new_name():
+    p = one_problem(BASE + '\n[upstream.dms]\ntimeout_s = 10\n[sim]\ndms_link = "dms"\n')
+    assert (p.section, p.option, p.code) == ("sim", "dms_link", "ERR_CONFIG_UNKNOWN_OPTION")
+    assert "rename it to 'dms_upstream'" in p.message
+    site = config.parse(BASE + '\n[upstream.dms]\ntimeout_s = 10\n[sim]\ndms_upstream = "dms"\n', "site.toml")
+    assert site.sections["sim"].dms_upstream == "dms"
+
+
 def test_devices_never_feed_an_upstream_heartbeat():
-    p = one_problem(BASE + '\n[link.dms]\ntimeout_s = 10\n' + i2c("hb", "link/dms/heartbeat"))
+    p = one_problem(BASE + '\n[upstream.dms]\ntimeout_s = 10\n' + i2c("hb", "upstream/dms/heartbeat"))
     assert (p.section, p.option, p.code) == ("i2c.hb", "source", "ERR_CONFIG_DEVICE")
     assert "upstream heartbeat" in p.message and "devices never feed it" in p.message
 
 
 def test_a_can_signal_on_a_heartbeat_is_refused_too():
     from v2g_rt.devices import Feed, _feed_problem
-    f = Feed("link/dms/heartbeat", "node.e1", "can_address", ("heatsink_c",), "the CAN signal X.Y")
-    assert "devices never feed it" in _feed_problem(f, {"link/dms/heartbeat": "heartbeat"}, {})
+    f = Feed("upstream/dms/heartbeat", "node.e1", "can_address", ("heatsink_c",), "the CAN signal X.Y")
+    assert "devices never feed it" in _feed_problem(f, {"upstream/dms/heartbeat": "heartbeat"}, {})
 
 
 def test_can_and_i2c_feeding_one_heat_sink():

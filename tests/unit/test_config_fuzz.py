@@ -18,7 +18,7 @@ SECTIONS = {
            "watchdog_device": '""', "watchdog_timeout_s": "10"},
     "control": {"port_ramp_w_per_s": '"unlimited"', "deadband_w": "0", "overrun_streak_safe": "3",
                 "plc_loss_limit": "0.05"},
-    "link.dms": {"timeout_s": "10"},
+    "upstream.dms": {"timeout_s": "10"},
     "node.grid": {"kind": '"grid"', "import_limit_w": "100000", "export_limit_w": "50000", "meter_max_age_s": "5",
                   "base_load_w": "[0, 1000]", "phase_limit_a": '"inf"'},
     "node.tx": {"kind": '"transformer"', "parent": '"grid"', "import_limit_w": "90000", "export_limit_w": "90000"},

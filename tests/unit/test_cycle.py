@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import S, assert_within_limits, ev, make_site, node_sums, plug_all
-from v2g_rt import Control, Controller, Link
+from v2g_rt import Control, Controller, Upstream
 from v2g_rt.controller import BINDINGS
 
 BASE_LOAD = 50_000.0
@@ -246,27 +246,27 @@ def test_unplugged_port_gets_nothing():
 
 def test_safe_state_without_upstream_then_hysteresis():
     c = Controller(make_site(8, meter=False, grid_export_w=1e6, transformer_w=1e6, group_w=1e6,
-                             links=(Link("dms", 3.0),), control=Control(safe_exit_s=10.0,
+                             upstreams=(Upstream("dms", 3.0),), control=Control(safe_exit_s=10.0,
                    port_ramp_w_per_s=math.inf)), clock="virtual")
     c.step(S)
     plug_all(c, S)
     setpoint(c, -30_000.0, "sp", t_s=3600)
     settle(c, 2 * S)
     snap = c.snapshot()
-    assert snap.site["safe_state"] == ["link"]              # no heartbeat yet
+    assert snap.site["safe_state"] == ["upstream"]              # no heartbeat yet
     assert (snap.ports["setpoint_w"] >= 0).all() and snap.site["binding"] == "safe_state"
     for t in range(3, 14):                                 # healthy from 3 s on
         c.step(t * S)
-        c.measure("link/dms/heartbeat", 1.0, t * S)
+        c.measure("upstream/dms/heartbeat", 1.0, t * S)
         plug_all(c, t * S)
         settle(c, t * S)
-        in_safe = c.snapshot().site["safe_state"] == ["link"]
+        in_safe = c.snapshot().site["safe_state"] == ["upstream"]
         assert in_safe == (t - 3 < 10), t                  # leaves only after 10 s healthy
     assert c.snapshot().site["fleet_w"] == pytest.approx(-30_000.0)
     c.step(17 * S)
     plug_all(c, 17 * S)
     settle(c, 17 * S)                                       # heartbeat 4 s old > 3 s timeout
-    assert c.snapshot().site["safe_state"] == ["link"]
+    assert c.snapshot().site["safe_state"] == ["upstream"]
     assert (c.snapshot().ports["setpoint_w"] >= 0).all()
 
 

@@ -1,4 +1,4 @@
-"""Local Safety First: each condition injected at the far side (a sensor value, a link
+"""Local Safety First: each condition injected at the far side (a sensor value, an upstream
 heartbeat, an EV session) through the exchange, and the reaction checked within 2 cycles."""
 import math
 from dataclasses import replace

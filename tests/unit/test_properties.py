@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 
 from helpers import S, node_sums
-from v2g_rt import Control, Controller, Frequency, Link, depot
+from v2g_rt import Control, Controller, Frequency, Upstream, depot
 from v2g_rt.sim.session import Session
 from helpers import NORMAL_PRIORITY
 
@@ -18,7 +18,7 @@ PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCh
 
 
 @st.composite
-def sites(draw, links=False):
+def sites(draw, upstreams=False):
     ports = draw(st.integers(1, 40))
     charge = draw(st.sampled_from([3_700.0, 7_400.0, 11_000.0, 22_000.0]))
     total = ports * charge
@@ -29,7 +29,7 @@ def sites(draw, links=False):
                  grid_import_w=base + frac(0.05, 1.2), grid_export_w=frac(0.05, 1.2),
                  transformer_w=frac(0.1, 1.2), group_w=frac(0.05, 0.8) / 2,
                  base_load_w=(0.0, total), period_s=PERIOD_S, rt=NORMAL_PRIORITY,
-                 links=(Link("dms", 3600.0),) if links else (),
+                 upstreams=(Upstream("dms", 3600.0),) if upstreams else (),
                  control=Control(port_ramp_w_per_s=50_000.0, safe_exit_s=0.0, session_max_age_s=3600.0))
     return site, base
 
@@ -61,8 +61,8 @@ def run(site, base, sessions, setpoint=None, frequency=None, heartbeat=True):
     c.measure("node/grid/power_w", base, S)
     if frequency is not None:
         c.measure("grid/frequency_hz", frequency, S)
-    if site.links and heartbeat:
-        c.measure("link/dms/heartbeat", 1.0, S)
+    if site.upstreams and heartbeat:
+        c.measure("upstream/dms/heartbeat", 1.0, S)
     if setpoint is not None:
         assert c.submit({"kind": "setpoint", "id": 1, "value_w": setpoint, "expires_in_s": 600})
     c.run_steps(SETTLE_CYCLES)
@@ -102,10 +102,10 @@ def test_no_node_limit_exceeded_and_ports_inside_their_envelope(data, setpoint):
 @PROPS
 @given(data=st.data(), setpoint=st.floats(-600_000, 0))
 def test_no_discharge_in_safe_state(data, setpoint):
-    site, base = data.draw(sites(links=True))
+    site, base = data.draw(sites(upstreams=True))
     c = run(site, base, data.draw(evs(len(site.ports))), setpoint, heartbeat=False)
     snap = c.snapshot()
-    assert snap.site["safe_state"] == ["link"]
+    assert snap.site["safe_state"] == ["upstream"]
     assert (snap.ports["setpoint_w"] >= 0).all()
     check_limits(c, site, base)
 

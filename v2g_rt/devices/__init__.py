@@ -58,7 +58,7 @@ def check_feeds(site: Site) -> list[Problem]:
 def _feed_problem(f: Feed, kinds: dict[str, str], writers: dict[str, Feed]) -> str | None:
     kind = kinds.get(f.source)
     if kind == "heartbeat":
-        return (f"{f.source} is an upstream heartbeat: only the upstream link itself may show it is alive, "
+        return (f"{f.source} is an upstream heartbeat: only the upstream itself may show it is alive, "
                 f"devices never feed it; choose a {'/'.join(f.kinds) or 'measurement'} source")
     if kind is None or kind not in f.kinds:
         fits = [name for name, k in kinds.items() if k in f.kinds]

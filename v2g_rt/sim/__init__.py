@@ -1,1 +1,1 @@
-"""Simulation: the far side of every interface (EVs, meter, grid, links)."""
+"""Simulation: the far side of every interface (EVs, meter, grid, the upstream DMS)."""

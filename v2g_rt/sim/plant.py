@@ -46,7 +46,7 @@ class PlantConfig:
     setpoint_schedule: tuple = ((0.0, FREE), (1.0, 120_000.0), (5.0, FREE),
                                 (17.0, -60_000.0), (20.0, FREE))
     setpoint_refresh_s: float = 10.0
-    dms_link: str = "dms"
+    dms_upstream: str = "dms"                 # the [upstream.NAME] whose heartbeat the simulated DMS sends
     dms_outages: tuple = ()                   # ((hour, seconds), ...): heartbeats stop
     frequency_hz: float = 50.0
     frequency_events: tuple = ((9.0, -0.3, 60.0),)   # ((hour, deviation Hz, seconds), ...)
@@ -75,7 +75,7 @@ def check_config(cf, site: Site) -> PlantConfig:
         base_load_w=pair("base_load_w"),
         setpoint_schedule=_schedule(sec, "setpoint_schedule", d.setpoint_schedule),
         setpoint_refresh_s=sec.get_float("setpoint_refresh_s", d.setpoint_refresh_s, above=0, maxval=3600, unit="s"),
-        dms_link=sec.get_str("dms_link", d.dms_link),
+        dms_upstream=sec.get_str("dms_upstream", d.dms_upstream),
         dms_outages=_rows(sec, "dms_outages", d.dms_outages, 2),
         frequency_hz=sec.get_float("frequency_hz", d.frequency_hz, minval=45, maxval=65, unit="Hz"),
         frequency_events=_rows(sec, "frequency_events", d.frequency_events, 3),
@@ -190,9 +190,9 @@ class Plant:
         self.exp = np.array([nd.export_limit_w for nd in site.nodes])
         self.root = next(i for i, nd in enumerate(site.nodes) if nd.parent is None)
         self.meter = next((f"node/{nd.id}/power_w" for nd in site.nodes if nd.parent is None and nd.meter_max_age_s), None)
-        self.link = f"link/{cfg.dms_link}/heartbeat"
-        if self.link not in ctrl.sources:
-            self.link = None
+        self.heartbeat = f"upstream/{cfg.dms_upstream}/heartbeat"
+        if self.heartbeat not in ctrl.sources:
+            self.heartbeat = None
         self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
                         "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
         self._idx = np.array([[ctrl.source_index(f"port/{p.id}/{f}") for p in site.ports] for f in self._fields],
@@ -368,8 +368,8 @@ class Plant:
         if self.meter:
             self.ctrl.measure(self.meter, self.base_w + float(self.power.sum()), t_ns)
         self.ctrl.measure("grid/frequency_hz", self.frequency(t_ns), t_ns)
-        if self.link and self.dms_up(t_ns):
-            self.ctrl.measure(self.link, 1.0, t_ns)
+        if self.heartbeat and self.dms_up(t_ns):
+            self.ctrl.measure(self.heartbeat, 1.0, t_ns)
         self._publish_sensors(t_ns)
 
     def _has_contactor(self) -> np.ndarray:
