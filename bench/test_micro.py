@@ -71,7 +71,7 @@ def test_cycle_draining_can_frames(benchmark, frames):
     from dataclasses import replace
 
     from v2g_rt import config
-    from v2g_rt.devices import attach
+    from v2g_rt.sim.peers import attach
     from v2g_rt.devices.can import CAN_EFF_FLAG
 
     site = config.load()

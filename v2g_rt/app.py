@@ -13,6 +13,7 @@ from .services.control import AuditLog, ControlServer
 from .services.journal import JournalService
 from .services.status import StatusServer, control_socket, default_socket
 from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
+from .sim.peers import PEERS
 from .site import Site
 
 log = logging.getLogger("v2g_rt")
@@ -27,7 +28,7 @@ class App:
 
         self.site = site
         self.ctrl = Controller(site)
-        self.devices = attach(self.ctrl, site)             # DeviceError: nothing else was opened
+        self.devices = attach(self.ctrl, site, peers=PEERS)             # DeviceError: nothing else was opened
         self.supervisor = Supervisor()
         self.journal = self.supervisor.add(JournalService(self.ctrl, journal_path(site)))   # restores now
         self.faults = FaultWatch(self.ctrl)

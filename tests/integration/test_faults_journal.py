@@ -145,7 +145,7 @@ def test_an_unwritable_journal_is_reported_once_not_per_poll(tmp_path, caplog):
 
 def test_transformer_hot_spot_and_can_bus_off_are_logged_with_their_codes(tmp_path, caplog):
     from v2g_rt import config
-    from v2g_rt.devices import attach
+    from v2g_rt.sim.peers import attach
 
     site = config.load()
     ctrl = Controller(site, clock="virtual")

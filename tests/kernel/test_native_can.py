@@ -11,7 +11,8 @@ import pytest
 
 from helpers import BACKENDS, IN_GUEST
 from v2g_rt import Controller, config
-from v2g_rt.devices import DeviceError, attach
+from v2g_rt.devices import DeviceError
+from v2g_rt.sim.peers import attach
 from v2g_rt.devices.can import CAN_EFF_FLAG
 
 S = 1_000_000_000
@@ -226,7 +227,8 @@ def test_missing_interface_is_a_clear_error():
 
 def test_sim_peer_encodes_like_cantools():
     """The plant's fast frame packer agrees with cantools' encoder (little- and big-endian signals)."""
-    from v2g_rt.devices.can import SimCanPeer, load_dbc
+    from v2g_rt.devices.can import load_dbc
+    from v2g_rt.sim.peers import SimCanPeer
     db = load_dbc("")
     peer = SimCanPeer(None, db)
     values = {"HeatSinkTemp": 71.28125, "Module1Temp": 60, "Module2Temp": 61, "InletAirTemp": 24,

@@ -13,7 +13,8 @@ import pytest
 
 from helpers import BACKENDS, IN_GUEST
 from v2g_rt import Controller, config
-from v2g_rt.devices import DeviceError, attach
+from v2g_rt.devices import DeviceError
+from v2g_rt.sim.peers import attach
 from v2g_rt.devices.i2c import I2C_SLAVE
 
 S = 1_000_000_000

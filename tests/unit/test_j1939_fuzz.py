@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from v2g_rt import Controller, config
-from v2g_rt.devices import attach
+from v2g_rt.sim.peers import attach
 
 S = 1_000_000_000
 CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG, CAN_ERR_BUSOFF = 0x80000000, 0x40000000, 0x20000000, 0x40

@@ -71,16 +71,36 @@ def _feed_problem(f: Feed, kinds: dict[str, str], writers: dict[str, Feed]) -> s
     return None
 
 
-def attach(ctrl, site) -> Devices:
-    """Open the site's CAN bus and I2C sensors and hand them to ctrl (before it steps or starts)."""
+def attach(ctrl, site, peers=None) -> Devices:
+    """Open the site's CAN bus and I2C sensors and hand them to ctrl (before it steps or starts).
+
+    A sim backend's far end is handed to peers: {"can": f(sock, db), "i2c": f(sock, configs)}, the
+    simulator's side (v2g_rt.sim.peers.attach passes its own); devices never import the simulator."""
     from . import can, i2c
     devices = Devices()
+    far = []
     try:
         if site.sections.get("can") is not None:
-            devices.can, devices.can_peer = can.attach(ctrl, site)
+            devices.can, sock, db = can.attach(ctrl, site)
+            far.append(sock)
+            if sock is not None:
+                devices.can_peer = _peer(peers, "can", "[can] backend = \"sim\"")(sock, db)
         if site.sections.get("i2c"):
-            devices.i2c, devices.i2c_peer = i2c.attach(ctrl, site)
+            devices.i2c, sock, configs = i2c.attach(ctrl, site)
+            far.append(sock)
+            if sock is not None:
+                devices.i2c_peer = _peer(peers, "i2c", "[i2c.NAME] backend = \"sim\"")(sock, configs)
     except BaseException:
         devices.close()
+        for sock in far:
+            if sock is not None:
+                sock.close()
         raise
     return devices
+
+
+def _peer(peers, kind: str, where: str):
+    if not peers or kind not in peers:
+        raise DeviceError(f"{where}: the simulated far side is not running here. Remedy: start through "
+                          f"v2g_rt.app (v2g-rt run / simulate), or use a real backend", "ERR_DEVICE_MISSING")
+    return peers[kind]

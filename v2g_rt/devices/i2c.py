@@ -4,7 +4,7 @@ smbus2 opens /dev/i2c-N, checks the chip's identity and configures it; the nativ
 I/O thread then reads one register per transfer with I2C_RDWR where the adapter
 speaks plain I2C, or SMBus word / I2C-block transfers where I2C_FUNCS says it only
 speaks SMBus. The sim backend is a socketpair whose far side is a simulated
-register file (v2g_rt.sim.i2c_peer).
+register file (v2g_rt.sim.peers.i2c), which this module never imports.
 """
 from __future__ import annotations
 
@@ -144,20 +144,20 @@ class I2cDevice:
 
 
 def attach(ctrl, site):
-    from ..sim.i2c_peer import SimI2cBus
-    devices, peer = [], None
+    """Open each sensor and hand it to the core; returns the open devices, the far end of the
+    sim bus (None without sim sensors) and the sim sensors' configs."""
+    devices, far, sim = [], None, []
     for cfg in site.sections["i2c"]:
         if cfg.source not in ctrl.sources:
             raise DeviceError(f"[i2c.{cfg.name}] source {cfg.source!r} is not a source of this site", "ERR_CONFIG_VALUE")
         reg = SENSORS[cfg.sensor][cfg.quantity]
         scale = reg.scale * (current_lsb(cfg) if cfg.quantity in ("power", "current") else 1.0) * cfg.scale
-        if cfg.backend == "sim":
-            if peer is None:
+        if cfg.backend == "sim":     # one socket pair for all: the far end plays the bus (v2g_rt.sim.peers)
+            if far is None:
                 near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                peer = SimI2cBus(far)
                 shared = I2cDevice(near, cfg)
                 devices.append(shared)
-            peer.add(cfg)
+            sim.append(cfg)
             fd, mode = shared.handle.fileno(), MODE_STREAM
         else:
             bus, mode = open_bus(cfg)
@@ -167,6 +167,4 @@ def attach(ctrl, site):
             fd = bus.fd
         ctrl.add_i2c_sensor(fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale, cfg.period_s,
                             invalid_raw=reg.invalid_raw)
-    if peer is not None:
-        peer.start()
-    return devices, peer
+    return devices, far, sim

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..controller import Controller
-from ..devices import attach
+from .peers import attach
 from ..site import Site
 from .plant import Plant, PlantConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from ..devices.i2c import IDENTITY, INA228_SHUNT_CAL, SENSORS, current_lsb
+from ...devices.i2c import IDENTITY, INA228_SHUNT_CAL, SENSORS, current_lsb
 
 
 class SimI2cBus(threading.Thread):
