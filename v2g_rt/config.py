@@ -7,7 +7,6 @@ collected, so `v2g-rt check` reports them all at once.
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import os
 import stat
@@ -26,15 +25,14 @@ DEFAULT_SITE = "default-site.toml"
 INT_MIN, INT_MAX = -2**63, 2**63 - 1       # integers must fit the native core's int64
 MAX_CONFIG_BYTES = 1 << 20                 # the 50-port depot is 7 KiB; a full build (CAPACITY) < 100 KiB
 
-# Sections owned by other parts of the controller: name -> "module:function" that
-# checks the section with the same accessors (called with the ConfigFile and the
-# Site; [i2c.NAME] style owners read cf.tables(name)) and returns the parsed
-# settings, kept in Site.sections[name].
-SECTION_OWNERS = {
-    "sim": "v2g_rt.sim.plant:check_config",
-    "can": "v2g_rt.devices.can:check_config",
-    "i2c": "v2g_rt.devices.i2c:check_config",
-}
+def section_owners() -> dict:
+    """Sections owned by other parts of the controller: name -> check(cf, site), which reads the
+    section with the same accessors ([i2c.NAME] style owners read cf.tables(name)) and returns the
+    parsed settings, kept in Site.sections[name]. Every device kind, and the simulated plant."""
+    from .devices import kinds
+    from .sim import plant
+    return {m.SECTION: m.check_config for m in (plant, *kinds())}
+
 
 # Names this version renamed. The old name is refused with the new one in the message, never
 # read as an alias: one word means one thing ("link" is how setpoints reach an EVSE).
@@ -326,7 +324,7 @@ def parse(text: str, path: str = "<string>") -> Site:
     cf = ConfigFile(path, text)
     if cf.problems:
         raise ConfigError(cf.problems)
-    known = {"site", "rt", "control", "upstream", "node", "frequency", *SECTION_OWNERS}
+    known = {"site", "rt", "control", "upstream", "node", "frequency", *section_owners()}
     for name in cf.data:
         if name in RENAMED_SECTIONS:
             _refuse_renamed(cf, name, RENAMED_SECTIONS[name])
@@ -396,10 +394,9 @@ def parse(text: str, path: str = "<string>") -> Site:
     for problem in site.problems():
         if (problem.section, problem.option) not in reported:
             cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
-    for owner, target in SECTION_OWNERS.items():
+    for owner, check in section_owners().items():
         if owner in cf.data:
-            module, func = target.split(":")
-            site.sections[owner] = getattr(importlib.import_module(module), func)(cf, site)
+            site.sections[owner] = check(cf, site)
     for problem in check_feeds(site):
         cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for sec in cf.sections:

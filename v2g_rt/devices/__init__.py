@@ -15,18 +15,35 @@ class DeviceError(V2GError):
         super().__init__(code, message)
 
 
+def kinds() -> tuple:
+    """The registry: every device kind's module. Each declares SECTION (its config section, or
+    table prefix), check_config(cf, site), feeds(site) and attach(ctrl, site) -> (handles, the
+    far end of a sim backend's socket pair or None, what the far side needs to play it)."""
+    from . import can, i2c
+    return (can, i2c)
+
+
 @dataclass
 class Devices:
-    """What attach() opened for a controller; the sim peers are the far sides of sim backends."""
-    can: object | None = None
-    i2c: list = field(default_factory=list)
-    can_peer: object | None = None
-    i2c_peer: object | None = None
+    """What attach() opened for a controller, per device kind (SECTION), and the simulator's
+    far sides of sim backends: devices.can, devices.i2c, devices.can_peer, devices.i2c_peer."""
+    handles: dict = field(default_factory=dict)
+    peers: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        if name in ("handles", "peers"):
+            raise AttributeError(name)
+        kind, _, peer = name.partition("_peer")
+        if kind in {m.SECTION for m in kinds()}:
+            return (self.peers if name.endswith("_peer") else self.handles).get(kind)
+        raise AttributeError(name)
 
     def close(self) -> None:
-        for dev in [self.can, *self.i2c, self.can_peer, self.i2c_peer]:
-            if dev is not None:
+        for h in self.handles.values():
+            for dev in (h if isinstance(h, list) else [h]):
                 dev.close()
+        for peer in self.peers.values():
+            peer.close()
 
 
 @dataclass(frozen=True)
@@ -42,13 +59,12 @@ class Feed:
 def check_feeds(site: Site) -> list[Problem]:
     """Each device feeds an existing source of its own kind, never an upstream heartbeat,
     and no source has two devices writing it."""
-    from . import can, i2c
-    feeds = (can.feeds(site) if site.sections.get("can") is not None else []) + i2c.feeds(site)
-    kinds = site.source_kinds()
+    feeds = [f for m in kinds() if site.sections.get(m.SECTION) for f in m.feeds(site)]
+    kinds_of = site.source_kinds()
     writers: dict[str, Feed] = {}
     out = []
     for f in feeds:
-        why = _feed_problem(f, kinds, writers)
+        why = _feed_problem(f, kinds_of, writers)
         if why:
             out.append(Problem(f.section, f.option, why, "ERR_CONFIG_DEVICE"))
         writers.setdefault(f.source, f)
@@ -72,24 +88,20 @@ def _feed_problem(f: Feed, kinds: dict[str, str], writers: dict[str, Feed]) -> s
 
 
 def attach(ctrl, site, peers=None) -> Devices:
-    """Open the site's CAN bus and I2C sensors and hand them to ctrl (before it steps or starts).
+    """Open the site's devices and hand them to ctrl (before it steps or starts).
 
-    A sim backend's far end is handed to peers: {"can": f(sock, db), "i2c": f(sock, configs)}, the
-    simulator's side (v2g_rt.sim.peers.attach passes its own); devices never import the simulator."""
-    from . import can, i2c
+    A sim backend's far end is handed to peers[SECTION](sock, what), the simulator's side
+    (v2g_rt.sim.peers.attach passes its own); devices never import the simulator."""
     devices = Devices()
     far = []
     try:
-        if site.sections.get("can") is not None:
-            devices.can, sock, db = can.attach(ctrl, site)
+        for m in kinds():
+            if not site.sections.get(m.SECTION):
+                continue
+            devices.handles[m.SECTION], sock, what = m.attach(ctrl, site)
             far.append(sock)
             if sock is not None:
-                devices.can_peer = _peer(peers, "can", "[can] backend = \"sim\"")(sock, db)
-        if site.sections.get("i2c"):
-            devices.i2c, sock, configs = i2c.attach(ctrl, site)
-            far.append(sock)
-            if sock is not None:
-                devices.i2c_peer = _peer(peers, "i2c", "[i2c.NAME] backend = \"sim\"")(sock, configs)
+                devices.peers[m.SECTION] = _peer(peers, m.SECTION)(sock, what)
     except BaseException:
         devices.close()
         for sock in far:
@@ -99,8 +111,8 @@ def attach(ctrl, site, peers=None) -> Devices:
     return devices
 
 
-def _peer(peers, kind: str, where: str):
+def _peer(peers, kind: str):
     if not peers or kind not in peers:
-        raise DeviceError(f"{where}: the simulated far side is not running here. Remedy: start through "
+        raise DeviceError(f"[{kind}] backend = \"sim\": the simulated far side is not running here. Remedy: start through "
                           f"v2g_rt.app (v2g-rt run / simulate), or use a real backend", "ERR_DEVICE_MISSING")
     return peers[kind]

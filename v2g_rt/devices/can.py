@@ -15,6 +15,8 @@ import cantools
 
 from . import DeviceError
 
+SECTION = "can"          # [can]: one bus
+
 CAN_EFF_FLAG = 0x80000000
 CAN_ERR_MASK = 0x1FFFFFFF
 SOL_CAN_RAW = 101

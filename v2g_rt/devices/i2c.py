@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from . import DeviceError
 
+SECTION = "i2c"          # [i2c.NAME]: one table per sensor
+
 I2C_TIMEOUT = 0x0702
 I2C_SLAVE = 0x0703
 I2C_FUNC_I2C = 0x00000001

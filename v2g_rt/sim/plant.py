@@ -21,6 +21,8 @@ from ..config import _show, is_number
 from ..controller import Controller
 from ..site import Site
 
+SECTION = "sim"          # [sim]: the simulated site's plant
+
 S = 1_000_000_000
 FAULT_BITS = _core.FAULTS
 TAPER_FROM_SOC = 0.8           # EVs charge at full power up to 80 %, then taper linearly to 0 at 100 %
