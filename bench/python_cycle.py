@@ -25,7 +25,7 @@ class PythonCycle:
                 path.append(index[node])
                 node = site.node(node).parent
             self.paths.append(path)
-        self.rating = [(p.max_charge_w, p.max_discharge_w) for p in site.ports]
+        self.rating = [(p.rating_charge_w, p.rating_discharge_w) for p in site.ports]
         self.sessions = [sessions.get(p.id) for p in site.ports]
         self.setpoint_w = setpoint_w
         self.ramp = ramp_w_per_s

@@ -195,7 +195,7 @@ class Controller:
         port_index = {}
         for p in site.ports:
             evse = evses[p.evse]
-            port_index[p.id] = core.add_port(index[p.evse], p.max_charge_w, p.max_discharge_w, PHASES[evse.phases],
+            port_index[p.id] = core.add_port(index[p.evse], p.rating_charge_w, p.rating_discharge_w, PHASES[evse.phases],
                                              evse.voltage_v)
         for name, kind, owner, max_age_s in source_specs(site):
             source(name, kind, port_index[owner] if name.startswith("port/") else index.get(owner, 0), max_age_s)

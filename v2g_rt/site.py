@@ -69,8 +69,8 @@ class Node:
 class Port:
     id: str
     evse: str
-    max_charge_w: float
-    max_discharge_w: float
+    rating_charge_w: float       # the port's own rating (the EV's limit is port/ID/max_charge_w)
+    rating_discharge_w: float
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ def test_per_phase_current_limit_binds():
             return replace(n, phases="L1")
         return n
     site = site_with(edit, ports=2)
-    site = replace(site, ports=tuple(replace(p, max_charge_w=7360.0) for p in site.ports))
+    site = replace(site, ports=tuple(replace(p, rating_charge_w=7360.0) for p in site.ports))
     c = started(site)
     snap = two_cycles(c)
     amps = snap.ports["setpoint_w"].sum() / 230.0

@@ -91,8 +91,8 @@ def test_no_node_limit_exceeded_and_ports_inside_their_envelope(data, setpoint):
         if s is None:
             assert row["setpoint_w"] == 0.0
             continue
-        assert row["setpoint_w"] <= min(p.max_charge_w, s.max_charge_w) + 1e-6
-        assert row["setpoint_w"] >= -min(p.max_discharge_w, s.max_discharge_w) - 1e-6
+        assert row["setpoint_w"] <= min(p.rating_charge_w, s.max_charge_w) + 1e-6
+        assert row["setpoint_w"] >= -min(p.rating_discharge_w, s.max_discharge_w) - 1e-6
         if row["setpoint_w"] < 0:
             assert s.v2g and s.soc > s.min_soc
             # never below the minimum SoC, not even within one cycle

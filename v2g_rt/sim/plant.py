@@ -167,8 +167,8 @@ class Plant:
         self.t0_ns = t0_ns
         n = len(site.ports)
         self.n = n
-        self.port_charge = np.array([p.max_charge_w for p in site.ports])
-        self.port_discharge = np.array([p.max_discharge_w for p in site.ports])
+        self.port_charge = np.array([p.rating_charge_w for p in site.ports])
+        self.port_discharge = np.array([p.rating_discharge_w for p in site.ports])
         self.occupied = np.zeros(n, bool)
         self.soc = np.zeros(n)
         self.cap = np.ones(n)
@@ -204,7 +204,7 @@ class Plant:
         self._cmd_seq = 0
         # far side of the sensors: EVSE heat sinks, contactors, PLC modems, transformer ambient
         port_index = {p.id: j for j, p in enumerate(site.ports)}
-        self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.max_charge_w for p in site.ports if p.evse == nd.id))
+        self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.rating_charge_w for p in site.ports if p.evse == nd.id))
                           for nd in site.nodes if nd.kind == "evse" and nd.heatsink_c]
         self.heatsink = np.zeros(len(self.hot_evses))
         self.contactor = [(j, ctrl.source_index(f"port/{p.id}/contactor")) for j, p in enumerate(site.ports)
