@@ -70,6 +70,10 @@ assert len(GATE_CODES) == N_GATE
 WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
 cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
+# The control options the core takes (the rest of site.Control configures sources).
+CONTROL_OPTIONS = ("port_ramp_w_per_s", "deadband_w", "output_hold_s", "default_fleet_import_w",
+                   "discharge_reserve_s", "discharge_taper_s", "overrun_streak_safe", "safe_exit_s",
+                   "site_ramp_w_per_s", "plc_loss_limit", "contactor_settle_s", "urgency_window_s")
 STAGES = ("read", "update", "write", "publish")    # a cycle's stages, in order
 assert len(STAGES) == N_STAGES
 STAGE_BIN_NS_ = STAGE_BIN_NS
@@ -226,25 +230,39 @@ cdef class Core:
         if self.frozen:
             raise RuntimeError("the site is fixed once the controller has stepped or started")
 
-    def configure(self, *, double port_ramp_w_per_s, double deadband_w, double output_hold_s,
-                  double default_fleet_import_w, double discharge_reserve_s, double discharge_taper_s,
-                  uint64_t overrun_streak_safe, double safe_exit_s, double site_ramp_w_per_s,
-                  double plc_loss_limit, double contactor_settle_s, double urgency_window_s):
-        """Control options (units as in v2g_rt.site.Control)."""
+    def configure(self, **options):
+        """Control options (names and units as the fields of v2g_rt.site.Control; CONTROL_OPTIONS
+        lists those the core takes). An unknown name is a TypeError."""
         self._check_open()
+        unknown = set(options) - set(CONTROL_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown control option(s) {', '.join(sorted(unknown))}")
         o = &self.im.opt
-        o.port_ramp_w_per_s = port_ramp_w_per_s
-        o.deadband_w = deadband_w
-        o.output_hold_ns = v2g_s_to_ns(output_hold_s)
-        o.default_fleet_import_w = default_fleet_import_w
-        o.discharge_reserve_s = discharge_reserve_s
-        o.discharge_taper_s = max(discharge_taper_s, 1e-3)
-        o.overrun_streak_safe = overrun_streak_safe
-        o.safe_exit_ns = v2g_s_to_ns(safe_exit_s)
-        o.site_ramp_w_per_s = site_ramp_w_per_s
-        o.plc_loss_limit = plc_loss_limit
-        o.contactor_settle_ns = v2g_s_to_ns(contactor_settle_s)
-        o.urgency_window_s = urgency_window_s
+        for name, value in options.items():
+            if name == "port_ramp_w_per_s":
+                o.port_ramp_w_per_s = value
+            elif name == "deadband_w":
+                o.deadband_w = value
+            elif name == "output_hold_s":
+                o.output_hold_ns = v2g_s_to_ns(value)
+            elif name == "default_fleet_import_w":
+                o.default_fleet_import_w = value
+            elif name == "discharge_reserve_s":
+                o.discharge_reserve_s = value
+            elif name == "discharge_taper_s":
+                o.discharge_taper_s = max(value, 1e-3)
+            elif name == "overrun_streak_safe":
+                o.overrun_streak_safe = value
+            elif name == "safe_exit_s":
+                o.safe_exit_ns = v2g_s_to_ns(value)
+            elif name == "site_ramp_w_per_s":
+                o.site_ramp_w_per_s = value
+            elif name == "plc_loss_limit":
+                o.plc_loss_limit = value
+            elif name == "contactor_settle_s":
+                o.contactor_settle_ns = v2g_s_to_ns(value)
+            else:
+                o.urgency_window_s = value
 
     def configure_frequency(self, mode, double nominal_hz=50.0, double deadband_under_hz=0.036,
                             double deadband_over_hz=0.036, double droop_under=0.05, double droop_over=0.05,

@@ -347,7 +347,7 @@ def parse(text: str, path: str = "<string>") -> Site:
                   watchdog_device=r.get_str("watchdog_device", ""),
                   watchdog_timeout_s=r.get_int("watchdog_timeout_s", 10, minval=1, maxval=3600))
 
-    control = typed(Control, cf.section("control"), CONTROL_OPTIONS)
+    control = typed(Control, cf.section("control"))
 
     upstreams = tuple(Upstream(sec.name.split(".", 1)[1], sec.get_float("timeout_s", 30.0, above=0, maxval=86400, unit="s"))
                       for sec in cf.tables("upstream"))
@@ -406,32 +406,11 @@ def parse(text: str, path: str = "<string>") -> Site:
     return site
 
 
-def typed(cls, sec: Section, specs: dict):
-    """Dataclass cls from a section: specs maps each field to (accessor, its range keywords);
-    the dataclass's defaults are the options' defaults."""
-    defaults = cls()
-    return cls(**{f.name: getattr(sec, specs[f.name][0])(f.name, getattr(defaults, f.name), **specs[f.name][1])
+def typed(cls, sec: Section):
+    """Dataclass cls from a section: each field's metadata names the accessor and its range
+    (site.option); the dataclass's defaults are the options' defaults."""
+    return cls(**{f.name: getattr(sec, f.metadata["accessor"])(f.name, f.default, **f.metadata["limits"])
                   for f in fields(cls)})
-
-
-_S = {"unit": "s"}
-CONTROL_OPTIONS = {
-    "port_ramp_w_per_s": ("get_float", {"above": 0, "unit": "W/s", "allow_inf": True}),
-    "deadband_w": ("get_float", {"minval": 0, "maxval": 1e5, "unit": "W"}),
-    "output_hold_s": ("get_float", {"above": 0, "maxval": 3600, **_S}),
-    "default_fleet_import_w": ("get_float", {"minval": 0, "unit": "W", "allow_inf": True}),
-    "discharge_reserve_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
-    "discharge_taper_s": ("get_float", {"above": 0, "maxval": 86400, **_S}),
-    "urgency_window_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
-    "overrun_streak_safe": ("get_int", {"minval": 1, "maxval": 10**6}),
-    "safe_exit_s": ("get_float", {"minval": 0, "maxval": 86400, **_S}),
-    "session_max_age_s": ("get_float", {"above": 0, "maxval": 3600, **_S}),
-    "frequency_max_age_s": ("get_float", {"above": 0, "maxval": 3600, **_S}),
-    "site_ramp_w_per_s": ("get_float", {"above": 0, "unit": "W/s", "allow_inf": True}),
-    "plc_loss_limit": ("get_float", {"minval": 0, "maxval": 1}),
-    "contactor_settle_s": ("get_float", {"minval": 0, "maxval": 60, **_S}),
-    "contactor_max_age_s": ("get_float", {"above": 0, "maxval": 60, **_S}),
-}
 
 
 def thermal_section(sec: Section, rated_default: float) -> Thermal:

@@ -159,12 +159,7 @@ class Controller:
         self.site = site
         c = site.control
         core = _core.Core(site.period_ns, clock == "virtual")
-        core.configure(port_ramp_w_per_s=c.port_ramp_w_per_s, deadband_w=c.deadband_w,
-                       output_hold_s=c.output_hold_s, default_fleet_import_w=c.default_fleet_import_w,
-                       discharge_reserve_s=c.discharge_reserve_s, discharge_taper_s=c.discharge_taper_s,
-                       overrun_streak_safe=c.overrun_streak_safe, safe_exit_s=c.safe_exit_s,
-                       site_ramp_w_per_s=c.site_ramp_w_per_s, plc_loss_limit=c.plc_loss_limit,
-                       contactor_settle_s=c.contactor_settle_s, urgency_window_s=c.urgency_window_s)
+        core.configure(**{name: getattr(c, name) for name in _core.CONTROL_OPTIONS})
         f = site.frequency
         core.configure_frequency(f.mode, f.nominal_hz, f.deadband_under_hz, f.deadband_over_hz, f.droop_under,
                                  f.droop_over, f.rated_w, f.response_time_s, f.curve)

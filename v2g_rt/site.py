@@ -83,23 +83,35 @@ class RealTime:
     watchdog_timeout_s: int = 10
 
 
+def option(default, accessor="get_float", **limits):
+    """A control option, declared once: its default, the config accessor that reads it and the
+    range that accessor enforces (minval/maxval/above, unit, allow_inf). The config loader, the
+    controller and the native core all take the option list from the dataclass's fields."""
+    return field(default=default, metadata={"accessor": accessor, "limits": limits})
+
+
+_S = {"unit": "s"}
+
+
 @dataclass(frozen=True)
 class Control:
-    port_ramp_w_per_s: float = 50_000.0
-    deadband_w: float = 0.0
-    output_hold_s: float = 5.0             # outputs fall back to safe after this without refresh
-    default_fleet_import_w: float = math.inf  # default profile: charge within limits, never discharge
-    discharge_reserve_s: float = 1800.0
-    discharge_taper_s: float = 900.0
-    urgency_window_s: float = 300.0          # laxity below this is served first
-    overrun_streak_safe: int = 3
-    safe_exit_s: float = 60.0
-    session_max_age_s: float = 10.0
-    frequency_max_age_s: float = 1.0
-    site_ramp_w_per_s: float = math.inf
-    plc_loss_limit: float = 0.05
-    contactor_settle_s: float = 0.2
-    contactor_max_age_s: float = 1.0
+    port_ramp_w_per_s: float = option(50_000.0, above=0, unit="W/s", allow_inf=True)
+    deadband_w: float = option(0.0, minval=0, maxval=1e5, unit="W")
+    # outputs fall back to safe after this without refresh
+    output_hold_s: float = option(5.0, above=0, maxval=3600, **_S)
+    # default profile: charge within limits, never discharge
+    default_fleet_import_w: float = option(math.inf, minval=0, unit="W", allow_inf=True)
+    discharge_reserve_s: float = option(1800.0, minval=0, maxval=86400, **_S)
+    discharge_taper_s: float = option(900.0, above=0, maxval=86400, **_S)
+    urgency_window_s: float = option(300.0, minval=0, maxval=86400, **_S)   # laxity below this is served first
+    overrun_streak_safe: int = option(3, "get_int", minval=1, maxval=10**6)
+    safe_exit_s: float = option(60.0, minval=0, maxval=86400, **_S)
+    session_max_age_s: float = option(10.0, above=0, maxval=3600, **_S)
+    frequency_max_age_s: float = option(1.0, above=0, maxval=3600, **_S)
+    site_ramp_w_per_s: float = option(math.inf, above=0, unit="W/s", allow_inf=True)
+    plc_loss_limit: float = option(0.05, minval=0, maxval=1)
+    contactor_settle_s: float = option(0.2, minval=0, maxval=60, **_S)
+    contactor_max_age_s: float = option(1.0, above=0, maxval=60, **_S)
 
 
 @dataclass(frozen=True)

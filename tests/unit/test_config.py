@@ -347,3 +347,16 @@ def test_source_kinds_lists_exactly_the_controllers_sources():
 def test_what_tomllib_raises_besides_a_decode_error_is_a_syntax_problem(value, words):
     p = one_problem(BASE + f"\n[sim]\nseed = {value}\n")
     assert (p.code, p.section) == ("ERR_CONFIG_SYNTAX", "-") and words in p.message
+
+
+def test_control_options_are_declared_once():
+    """site.Control's fields carry default, accessor and range; the core takes a subset by name."""
+    from dataclasses import fields
+
+    from v2g_rt import Control, _core
+    names = {f.name for f in fields(Control)}
+    assert set(_core.CONTROL_OPTIONS) <= names
+    assert all(f.metadata["accessor"] in ("get_float", "get_int") for f in fields(Control))
+    core = _core.Core(1_000_000, True)
+    with pytest.raises(TypeError, match="unknown control option"):
+        core.configure(ramp_w_per_s=1.0)
