@@ -70,10 +70,6 @@ assert len(GATE_CODES) == N_GATE
 WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
 cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
-# The control options the core takes (the rest of site.Control configures sources).
-CONTROL_OPTIONS = ("port_ramp_w_per_s", "deadband_w", "output_hold_s", "default_fleet_import_w",
-                   "discharge_reserve_s", "discharge_taper_s", "overrun_streak_safe", "safe_exit_s",
-                   "site_ramp_w_per_s", "plc_loss_limit", "contactor_settle_s", "urgency_window_s")
 STAGES = ("read", "update", "write", "publish")    # a cycle's stages, in order
 assert len(STAGES) == N_STAGES
 STAGE_BIN_NS_ = STAGE_BIN_NS
@@ -148,6 +144,26 @@ def _layout(name):
             ("cycle", "u8", _off(&_tr.cycle, b)), ("planned_ns", "i8", _off(&_tr.planned_ns, b)),
             ("wake_ns", "i8", _off(&_tr.wake_ns, b)), ("end_ns", "i8", _off(&_tr.end_ns, b))]
     raise KeyError(name)
+
+
+# The control options the core takes (the rest of site.Control configures sources): where each
+# lives in Options and how it is stored (f8: as is; ns: seconds to saturated ns; u8: a count).
+cdef Options _op
+_OPTION_FIELDS = {
+    "port_ramp_w_per_s": (_off(&_op.port_ramp_w_per_s, &_op), "f8"),
+    "deadband_w": (_off(&_op.deadband_w, &_op), "f8"),
+    "output_hold_s": (_off(&_op.output_hold_ns, &_op), "ns"),
+    "default_fleet_import_w": (_off(&_op.default_fleet_import_w, &_op), "f8"),
+    "discharge_reserve_s": (_off(&_op.discharge_reserve_s, &_op), "f8"),
+    "discharge_taper_s": (_off(&_op.discharge_taper_s, &_op), "f8"),
+    "urgency_window_s": (_off(&_op.urgency_window_s, &_op), "f8"),
+    "overrun_streak_safe": (_off(&_op.overrun_streak_safe, &_op), "u8"),
+    "safe_exit_s": (_off(&_op.safe_exit_ns, &_op), "ns"),
+    "site_ramp_w_per_s": (_off(&_op.site_ramp_w_per_s, &_op), "f8"),
+    "plc_loss_limit": (_off(&_op.plc_loss_limit, &_op), "f8"),
+    "contactor_settle_s": (_off(&_op.contactor_settle_ns, &_op), "ns"),
+}
+CONTROL_OPTIONS = tuple(_OPTION_FIELDS)
 
 
 cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
@@ -237,32 +253,18 @@ cdef class Core:
         unknown = set(options) - set(CONTROL_OPTIONS)
         if unknown:
             raise TypeError(f"unknown control option(s) {', '.join(sorted(unknown))}")
-        o = &self.im.opt
+        cdef char* field
         for name, value in options.items():
-            if name == "port_ramp_w_per_s":
-                o.port_ramp_w_per_s = value
-            elif name == "deadband_w":
-                o.deadband_w = value
-            elif name == "output_hold_s":
-                o.output_hold_ns = v2g_s_to_ns(value)
-            elif name == "default_fleet_import_w":
-                o.default_fleet_import_w = value
-            elif name == "discharge_reserve_s":
-                o.discharge_reserve_s = value
-            elif name == "discharge_taper_s":
-                o.discharge_taper_s = max(value, 1e-3)
-            elif name == "overrun_streak_safe":
-                o.overrun_streak_safe = value
-            elif name == "safe_exit_s":
-                o.safe_exit_ns = v2g_s_to_ns(value)
-            elif name == "site_ramp_w_per_s":
-                o.site_ramp_w_per_s = value
-            elif name == "plc_loss_limit":
-                o.plc_loss_limit = value
-            elif name == "contactor_settle_s":
-                o.contactor_settle_ns = v2g_s_to_ns(value)
+            off, kind = _OPTION_FIELDS[name]
+            field = <char*>&self.im.opt + <size_t>off
+            if name == "discharge_taper_s":
+                value = max(value, 1e-3)          # the taper divides by it
+            if kind == "f8":
+                (<double*>field)[0] = value
+            elif kind == "ns":
+                (<int64_t*>field)[0] = v2g_s_to_ns(value)
             else:
-                o.urgency_window_s = value
+                (<uint64_t*>field)[0] = value
 
     def configure_frequency(self, mode, double nominal_hz=50.0, double deadband_under_hz=0.036,
                             double deadband_over_hz=0.036, double droop_under=0.05, double droop_over=0.05,
