@@ -325,12 +325,11 @@ cdef class Core:
         self.im.node[node].derate_start_c = start_c
         self.im.node[node].trip_c = trip_c
 
-    def set_transformer_thermal(self, int32_t node, *, double rated_w, double top_oil_rise_k=55.0,
-                                double hot_spot_gradient_k=23.0 * 1.3, double loss_ratio=6.0,
-                                double oil_exponent=0.8, double winding_exponent=1.6,
-                                double tau_oil_s=10800.0, double tau_winding_s=420.0,
-                                double derate_start_c=98.0, double limit_c=120.0):
-        """Transformer hot-spot model (defaults: IEC 60076-7 ONAN distribution transformer)."""
+    def set_transformer_thermal(self, int32_t node, *, double rated_w, double top_oil_rise_k,
+                                double hot_spot_gradient_k, double loss_ratio, double oil_exponent,
+                                double winding_exponent, double tau_oil_s, double tau_winding_s,
+                                double derate_start_c, double limit_c):
+        """Transformer hot-spot model; the parameters and their defaults are v2g_rt.site.Thermal's."""
         self._check_open()
         if rated_w <= 0 or tau_oil_s <= 0 or tau_winding_s <= 0 or not derate_start_c < limit_c:
             raise ValueError("thermal model needs rated_w > 0, time constants > 0 and derate start < limit")

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -170,13 +170,9 @@ class Controller:
                                         n.import_limit_w, n.export_limit_w, lo, hi, n.phase_limit_a)
             if n.heatsink_c:
                 core.set_heatsink_derate(index[n.id], *n.heatsink_c)
-            if n.thermal:
-                t = n.thermal
-                core.set_transformer_thermal(
-                    index[n.id], rated_w=t.rated_w, top_oil_rise_k=t.top_oil_rise_k,
-                    hot_spot_gradient_k=t.hot_spot_gradient_k, loss_ratio=t.loss_ratio,
-                    oil_exponent=t.oil_exponent, winding_exponent=t.winding_exponent, tau_oil_s=t.tau_oil_s,
-                    tau_winding_s=t.tau_winding_s, derate_start_c=t.derate_start_c, limit_c=t.limit_c)
+            if n.thermal:        # the model's parameters: every field but the sensors' max ages
+                model = {k: v for k, v in asdict(n.thermal).items() if not k.endswith("_max_age_s")}
+                core.set_transformer_thermal(index[n.id], **model)
         self.node_ids = tuple(sorted(index, key=index.get))
         self.port_ids = tuple(p.id for p in site.ports)
         self._port_index = {pid: i for i, pid in enumerate(self.port_ids)}
