@@ -35,17 +35,25 @@ CAPACITY = {"ports": MAX_PORTS, "nodes": MAX_NODES, "sources": MAX_SOURCES,
 NODE_KINDS = {"grid": NODE_GRID, "transformer": NODE_TRANSFORMER,
               "group": NODE_GROUP, "evse": NODE_EVSE}
 
-PORT_SOURCES = {
-    "connected": SRC_PORT_CONNECTED, "soc": SRC_PORT_SOC,
-    "capacity_wh": SRC_PORT_CAPACITY_WH, "energy_request_wh": SRC_PORT_ENERGY_REQUEST_WH,
-    "departure_in_s": SRC_PORT_DEPARTURE_IN_S, "max_charge_w": SRC_PORT_MAX_CHARGE_W,
-    "max_discharge_w": SRC_PORT_MAX_DISCHARGE_W, "min_soc": SRC_PORT_MIN_SOC,
-    "v2g": SRC_PORT_V2G, "power_w": SRC_PORT_POWER_W,
-    "contactor": SRC_PORT_CONTACTOR, "plc_loss": SRC_PORT_PLC_LOSS,
+# Every measurement source kind, once: its code in the image and its physical range (the gate
+# refuses values outside it). Port kinds come first, in SRC_PORT_* order.
+SOURCES = {
+    "connected": (SRC_PORT_CONNECTED, 0.0, 1.0), "soc": (SRC_PORT_SOC, 0.0, 1.0),
+    "capacity_wh": (SRC_PORT_CAPACITY_WH, 1.0, 1e7),
+    "energy_request_wh": (SRC_PORT_ENERGY_REQUEST_WH, 0.0, 1e7),
+    "departure_in_s": (SRC_PORT_DEPARTURE_IN_S, -1e7, 1e8),
+    "max_charge_w": (SRC_PORT_MAX_CHARGE_W, 0.0, 1e7), "max_discharge_w": (SRC_PORT_MAX_DISCHARGE_W, 0.0, 1e7),
+    "min_soc": (SRC_PORT_MIN_SOC, 0.0, 1.0), "v2g": (SRC_PORT_V2G, 0.0, 1.0),
+    "power_w": (SRC_PORT_POWER_W, -1e7, 1e7),
+    "contactor": (SRC_PORT_CONTACTOR, 0.0, 1.0), "plc_loss": (SRC_PORT_PLC_LOSS, 0.0, 1.0),
+    "node_power_w": (SRC_NODE_POWER_W, -1e9, 1e9), "heatsink_c": (SRC_NODE_HEATSINK_C, -60.0, 250.0),
+    "ambient_c": (SRC_NODE_AMBIENT_C, -60.0, 80.0), "top_oil_c": (SRC_NODE_TOP_OIL_C, -60.0, 250.0),
+    "frequency_hz": (SRC_SITE_FREQUENCY_HZ, 40.0, 70.0), "heartbeat": (SRC_UPSTREAM_HEARTBEAT, 0.0, 1.0),
 }
-SOURCE_KINDS = dict(PORT_SOURCES, node_power_w=SRC_NODE_POWER_W, heatsink_c=SRC_NODE_HEATSINK_C,
-                    ambient_c=SRC_NODE_AMBIENT_C, top_oil_c=SRC_NODE_TOP_OIL_C,
-                    frequency_hz=SRC_SITE_FREQUENCY_HZ, heartbeat=SRC_UPSTREAM_HEARTBEAT)
+SOURCE_KINDS = {name: code for name, (code, _, _) in SOURCES.items()}
+SOURCE_RANGES = {name: (lo, hi) for name, (_, lo, hi) in SOURCES.items()}
+PORT_SOURCES = {name: code for name, code in SOURCE_KINDS.items() if code < N_PORT_SOURCES}
+assert list(PORT_SOURCES.values()) == list(range(N_PORT_SOURCES))
 
 COMMAND_KINDS = {"setpoint": CMD_SETPOINT, "export_limit": CMD_EXPORT_LIMIT,
                  "import_limit": CMD_IMPORT_LIMIT, "load_shed": CMD_LOAD_SHED,
@@ -376,11 +384,13 @@ cdef class Core:
         self.im.n_ports += 1
         return i
 
-    def add_source(self, kind, int32_t target, double max_age_s, double lo, double hi):
-        """Register a measurement source that takes values in lo..hi; returns its index."""
+    def add_source(self, kind, int32_t target, double max_age_s):
+        """Register a measurement source of a kind of SOURCES; returns its index."""
         self._check_open()
-        if not (lo <= hi and max_age_s >= 0):
-            raise ValueError(f"source range {lo}..{hi} or max age {max_age_s} s is not valid")
+        cdef double lo = SOURCE_RANGES[kind][0]
+        cdef double hi = SOURCE_RANGES[kind][1]
+        if not max_age_s >= 0:
+            raise ValueError(f"max age {max_age_s} s is not valid")
         cdef int32_t i = self.im.n_inputs
         cdef int32_t k = SOURCE_KINDS[kind]
         if i >= MAX_SOURCES:

@@ -42,18 +42,7 @@ def row_dtype(name: str) -> np.dtype:
     return _ROW_DTYPES[name]
 
 
-# Physical range of each measurement kind; values outside are rejected.
-SOURCE_RANGES = {
-    "connected": (0.0, 1.0), "v2g": (0.0, 1.0), "heartbeat": (0.0, 1.0),
-    "soc": (0.0, 1.0), "min_soc": (0.0, 1.0),
-    "capacity_wh": (1.0, 1e7), "energy_request_wh": (0.0, 1e7),
-    "departure_in_s": (-1e7, 1e8),
-    "max_charge_w": (0.0, 1e7), "max_discharge_w": (0.0, 1e7),
-    "power_w": (-1e7, 1e7), "node_power_w": (-1e9, 1e9),
-    "frequency_hz": (40.0, 70.0),
-    "contactor": (0.0, 1.0), "plc_loss": (0.0, 1.0),
-    "heatsink_c": (-60.0, 250.0), "ambient_c": (-60.0, 80.0), "top_oil_c": (-60.0, 250.0),
-}
+SOURCE_RANGES = _core.SOURCE_RANGES       # physical range of each measurement kind (the gate's)
 PUBLIC_COMMANDS = {k: v for k, v in _core.COMMAND_KINDS.items() if k != "latch_fault"}
 PORT_COMMANDS = ("reset_fault", "disable_port", "enable_port")
 # Never locked out by a table full of other commands: they have their own pool.
@@ -179,8 +168,7 @@ class Controller:
         self._sources: dict[str, tuple[int, tuple[float, float]]] = {}
 
         def source(name, kind, target, max_age_s):
-            lo, hi = SOURCE_RANGES[kind]
-            self._sources[name] = (core.add_source(kind, target, max_age_s, lo, hi), (lo, hi))
+            self._sources[name] = (core.add_source(kind, target, max_age_s), SOURCE_RANGES[kind])
 
         evses = {n.id: n for n in site.nodes}
         port_index = {}
