@@ -174,22 +174,28 @@ _OPTION_FIELDS = {
 CONTROL_OPTIONS = tuple(_OPTION_FIELDS)
 
 
+cdef set_options(Options* o, dict options):
+    unknown = set(options) - set(CONTROL_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown control option(s) {', '.join(sorted(unknown))}")
+    cdef char* field
+    for name, value in options.items():
+        off, kind = _OPTION_FIELDS[name]
+        field = <char*>o + <size_t>off
+        if name == "discharge_taper_s":
+            value = max(value, 1e-3)          # the taper divides by it
+        if kind == "f8":
+            (<double*>field)[0] = value
+        elif kind == "ns":
+            (<int64_t*>field)[0] = v2g_s_to_ns(value)
+        else:
+            (<uint64_t*>field)[0] = value
+
+
 cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     snap_init(&im.snap)
     ring_init(&im.ex.ring)
-    im.opt.period_ns = period_ns
-    im.opt.port_ramp_w_per_s = INFINITY
-    im.opt.deadband_w = 0.0
-    im.opt.output_hold_ns = 5_000_000_000
-    im.opt.default_fleet_import_w = INFINITY
-    im.opt.discharge_reserve_s = 1800.0
-    im.opt.discharge_taper_s = 900.0
-    im.opt.urgency_window_s = 300.0
-    im.opt.overrun_streak_safe = 3
-    im.opt.safe_exit_ns = 60_000_000_000
-    im.opt.site_ramp_w_per_s = INFINITY
-    im.opt.plc_loss_limit = 0.05
-    im.opt.contactor_settle_ns = 200_000_000
+    im.opt.period_ns = period_ns        # the control options come from site.Control (configure)
     im.opt.freq_mode = FREQ_OFF
     im.freq_input = -1
     im.can.fd = -1
@@ -258,21 +264,7 @@ cdef class Core:
         """Control options (names and units as the fields of v2g_rt.site.Control; CONTROL_OPTIONS
         lists those the core takes). An unknown name is a TypeError."""
         self._check_open()
-        unknown = set(options) - set(CONTROL_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown control option(s) {', '.join(sorted(unknown))}")
-        cdef char* field
-        for name, value in options.items():
-            off, kind = _OPTION_FIELDS[name]
-            field = <char*>&self.im.opt + <size_t>off
-            if name == "discharge_taper_s":
-                value = max(value, 1e-3)          # the taper divides by it
-            if kind == "f8":
-                (<double*>field)[0] = value
-            elif kind == "ns":
-                (<int64_t*>field)[0] = v2g_s_to_ns(value)
-            else:
-                (<uint64_t*>field)[0] = value
+        set_options(&self.im.opt, options)
 
     def configure_frequency(self, mode, double nominal_hz=50.0, double deadband_under_hz=0.036,
                             double deadband_over_hz=0.036, double droop_under=0.05, double droop_over=0.05,

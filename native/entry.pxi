@@ -6,6 +6,14 @@ cdef Image* _scratch = NULL
 cdef int SCRATCH_FIELDS = 9      # the port sources arbitrate() fills, in SRC_PORT_* order
 
 
+def configure_arbitrate(**options):
+    """Control options for arbitrate_rows() (v2g_rt.arbitration passes site.Control's defaults)."""
+    global _scratch
+    if _scratch == NULL:
+        _scratch = new_image(1_000_000)
+    set_options(&_scratch.opt, options)
+
+
 def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const double[::1] capacity_wh,
                    const double[::1] energy_request_wh, const double[::1] departure_in_s,
                    const double[::1] max_charge_w, const double[::1] max_discharge_w,

@@ -22,6 +22,7 @@ from collections import Counter
 import numpy as np
 
 from . import _core
+from .site import Control
 
 PORT_FIELDS = [("connected", "?"), ("soc", "f8"), ("capacity_wh", "f8"), ("energy_request_wh", "f8"),
                ("departure_s", "f8"), ("max_charge_w", "f8"), ("max_discharge_w", "f8"), ("min_soc", "f8"),
@@ -31,6 +32,8 @@ NO_DEADLINE_S = 1e9
 
 rejected: Counter[str] = Counter()
 _lock = threading.Lock()
+# arbitrate() runs the cycle's own interlock and arbitration with site.Control's defaults.
+_core.configure_arbitrate(**{name: getattr(Control(), name) for name in _core.CONTROL_OPTIONS})
 
 
 def new_ports(n: int) -> np.ndarray:
