@@ -683,6 +683,12 @@ cdef class Core:
                 counts[gate_write(&self.im.ex, index[k], WRITER_PYTHON, value[k], t_ns, now)] += 1
         return tuple(counts[k] for k in range(N_GATE))
 
+    def count_rejection(self, int32_t index, int code):
+        """Count a value refused before it reached the gate (not even a number) as the gate would."""
+        if not 0 <= index < self.im.n_inputs or not 0 < code < N_GATE:
+            raise IndexError((index, code))
+        gate_count(&self.im.ex.gate[index], code)
+
     def gate_stats(self):
         """Per source: (accepted, rejected per GATE_CODES[1:]) since start."""
         cdef Gate* g

@@ -154,9 +154,6 @@ cdef inline void output_put(Outbox* ob, int32_t i, double w, int64_t valid, int6
     v2g_store_i64(&o.contactor_closed, closed)
     v2g_store_relaxed(&o.sequence, o.sequence + 1)
     v2g_store_release(&o.seq, seq + 2)
-    ob.sent_w[i] = w
-    ob.sent_closed[i] = <int32_t>closed
-    ob.sent_valid_ns[i] = valid
 
 
 cdef inline void outbox_signal(Outbox* ob) noexcept nogil:
@@ -179,11 +176,13 @@ cdef void cycle_write(Image* im) noexcept nogil:
     cdef bint moved = False
     cdef int32_t i
     cdef Port* p
+    cdef PortOutput* o
     for i in range(im.n_ports):
         p = &im.port[i]
-        if (ob.out[i].sequence == 0 or fabs(p.setpoint_w - ob.sent_w[i]) > im.opt.deadband_w
-                or (p.setpoint_w == 0.0) != (ob.sent_w[i] == 0.0) or p.contactor_closed != ob.sent_closed[i]
-                or v2g_sat_sub(valid, ob.sent_valid_ns[i]) >= half):
+        o = &ob.out[i]
+        if (o.sequence == 0 or fabs(p.setpoint_w - o.setpoint_w) > im.opt.deadband_w
+                or (p.setpoint_w == 0.0) != (o.setpoint_w == 0.0) or p.contactor_closed != o.contactor_closed
+                or v2g_sat_sub(valid, o.valid_until_ns) >= half):
             output_put(ob, i, p.setpoint_w, valid, p.contactor_closed)
             moved = True
     if moved:

@@ -486,10 +486,7 @@ cdef struct Outbox:              # the output mailbox for links served by Python
     int32_t _pad
     uint64_t signals             # eventfd writes
     uint64_t signal_errors       # eventfd writes refused (EAGAIN: the counter is full)
-    double sent_w[MAX_PORTS]     # last setpoint handed over, for the deadband
-    int32_t sent_closed[MAX_PORTS]
-    int64_t sent_valid_ns[MAX_PORTS]
-    PortOutput out[MAX_PORTS]
+    PortOutput out[MAX_PORTS]    # also what was last handed over, for the deadband (the loop reads its own writes)
 
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]

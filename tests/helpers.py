@@ -58,3 +58,41 @@ def assert_within_limits(ctrl: Controller, non_ev_w: float = 0.0, tol: float = 1
     snap = ctrl.snapshot()
     assert (snap.ports["setpoint_w"] <= snap.ports["max_w"] + tol).all()
     assert (snap.ports["setpoint_w"] >= snap.ports["min_w"] - tol).all()
+
+
+# A site whose three EVSEs report heat-sink temperatures in J1939 frames (three DBC messages,
+# PDU2 and PDU1); .format(backend="sim"|"socketcan", budget=frames per cycle).
+CAN_SITE = """
+[site]
+name = "can-test"
+[rt]
+priority = 0
+lock_memory = false
+cpu_dma_latency_us = -1
+[control]
+session_max_age_s = 3600
+[node.grid]
+kind = "grid"
+import_limit_w = 1e6
+export_limit_w = 1e6
+[node.g]
+kind = "group"
+parent = "grid"
+import_limit_w = 1e6
+export_limit_w = 1e6
+[can]
+backend = "{backend}"
+interface = "vcan0"
+frames_per_cycle = {budget}
+""" + "".join(f"""
+[node.{evse}]
+kind = "evse"
+parent = "g"
+port_max_charge_w = 11000
+heatsink_derate_c = [70, 90]
+heatsink_max_age_s = 3600
+can_address = {address}
+can_signal = "{signal}"
+""" for evse, address, signal in (("e1", 0x21, "EVSE_Thermal.HeatSinkTemp"), ("e2", 0x22, "ET1.EngCoolantTemp"),
+                                  ("e3", 0x23, "EVSE_ThermalP2P.HeatSinkTemp")))
+

@@ -7,7 +7,7 @@ import logging
 
 from .controller import Controller
 from .devices import attach
-from .faults import FaultWatch, journal_path
+from .faults import FaultWatch, audit_path, journal_path
 from .services import Supervisor
 from .services.control import AuditLog, ControlServer
 from .services.journal import JournalService
@@ -48,8 +48,7 @@ class App:
         except OSError as e:
             log.warning("ERR_STATUS_UNAVAILABLE: status socket not served: %s", e)
         try:
-            audit = self.journal.path.with_name(f"audit-{self.journal.path.stem.removeprefix('latched-faults-')}.log")
-            self.supervisor.add(ControlServer(ctrl, self.journal, control_socket(site), AuditLog(audit)))
+            self.supervisor.add(ControlServer(ctrl, self.journal, control_socket(site), AuditLog(audit_path(site))))
         except OSError as e:
             log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
         self.supervisor.start()

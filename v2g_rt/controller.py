@@ -179,8 +179,6 @@ class Controller:
         for name, kind, owner, max_age_s in source_specs(site):
             source(name, kind, port_index[owner] if name.startswith("port/") else index.get(owner, 0), max_age_s)
         self._source_by_index = {idx: (name, rng) for name, (idx, rng) in self._sources.items()}
-        bounds = [self._source_by_index[i][1] for i in range(len(self._source_by_index))]
-        self._lo, self._hi = np.array(bounds, float).T.copy()
 
         self._core = core
         self._lock = threading.Lock()
@@ -402,15 +400,11 @@ class Controller:
 
     # ------------------------------------------------------------ latched faults
 
-    def latched_faults(self) -> dict[str, int]:
+    def latched_faults(self, snap: Snapshot | None = None) -> dict[str, int]:
         """Ports with faults that only an operator clears (latched or out of service): the journal."""
-        snap = self.snapshot()
+        snap = self.snapshot() if snap is None else snap
         bits = snap.ports["faults"] & _core.PERSISTENT_FAULTS
         return {pid: int(b) for pid, b in zip(self.port_ids, bits) if b}
-
-    def latch_counter(self) -> int:
-        """How many latches the loop has made: it moves whenever the journal must be written."""
-        return int(self.snapshot().site["latch_counter"])
 
     def restore_faults(self, faults: dict[str, int]) -> list[str]:
         """Re-latch faults saved before a restart (known ports, known bits); returns the ports restored."""
@@ -452,7 +446,7 @@ class Controller:
             index, value, t = self._many_arrays(index, value, t_ns)
         except _Refused as e:
             with self._lock:
-                self._meas_counts[e.code] += max(int(np.size(index)) if _sized(index) else 1, 1)
+                self._meas_counts[e.code] += e.values
             return 0
         counts = self._core.write_measurements(index, value, t)
         return int(counts[0])
@@ -462,18 +456,19 @@ class Controller:
             index = np.asarray(index)
             value = np.asarray(value)
         except Exception:
-            raise _Refused("ERR_MEAS_BAD_VALUE") from None
+            raise _Refused("ERR_MEAS_BAD_VALUE", 1) from None
+        n = max(index.size, 1)
         if index.ndim != 1 or index.shape != value.shape:
-            raise _Refused("ERR_MEAS_BAD_VALUE")
+            raise _Refused("ERR_MEAS_BAD_VALUE", n)
         if index.dtype.kind not in "iu":
-            raise _Refused("ERR_MEAS_UNKNOWN_SOURCE")      # floats would truncate, bools pass for 0/1
+            raise _Refused("ERR_MEAS_UNKNOWN_SOURCE", n)      # floats would truncate, bools pass for 0/1
         if value.dtype.kind not in "iuf":
-            raise _Refused("ERR_MEAS_BAD_VALUE")           # strings, bytes, bools, objects
-        if index.size and not (0 <= index.min() and index.max() < len(self._lo)):
-            raise _Refused("ERR_MEAS_UNKNOWN_SOURCE")      # checked before the cast: 2**32 + k is not k
+            raise _Refused("ERR_MEAS_BAD_VALUE", n)           # strings, bytes, bools, objects
+        if index.size and not (0 <= index.min() and index.max() < len(self._sources)):
+            raise _Refused("ERR_MEAS_UNKNOWN_SOURCE", n)      # checked before the cast: 2**32 + k is not k
         t = self._time(t_ns)
         if isinstance(t, Submission):
-            raise _Refused(t.code)
+            raise _Refused(t.code, n)
         return (np.ascontiguousarray(index, np.int32), np.ascontiguousarray(value, np.float64), t)
 
     def _time(self, t_ns) -> int | Submission:
@@ -529,7 +524,7 @@ class Controller:
         index, (lo, hi) = entry
         name = self._source_by_index[index][0]
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            code = self._core.write_measurement(index, math.nan, 0)     # counted per source by the gate
+            self._core.count_rejection(index, _GATE_CODES.index("ERR_MEAS_BAD_VALUE"))   # per source, as the gate
             return _reject("ERR_MEAS_BAD_VALUE", f"{name}: {_short(value)} is not a number")
         try:
             v = float(value)
@@ -619,16 +614,10 @@ _PORT_ACTIONS = {"reset_fault": "latched faults reset", "disable_port": "taken o
 
 
 class _Refused(Exception):
-    def __init__(self, code: str):
-        self.code = code
+    """A malformed measure_many() call: its code and how many values it carried."""
 
-
-def _sized(x) -> bool:
-    try:
-        np.size(x)
-        return True
-    except Exception:
-        return False
+    def __init__(self, code: str, values: int):
+        self.code, self.values = code, values
 
 
 def _short(x) -> str:

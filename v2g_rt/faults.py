@@ -97,5 +97,10 @@ class FaultWatch:
 
 
 def journal_path(site) -> Path:
-    safe_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in site.name)
-    return state_dir() / f"latched-faults-{safe_name}.json"
+    """The latched-fault journal (the site name is checked safe for a file name: site.SITE_NAME)."""
+    return state_dir() / f"latched-faults-{site.name}.json"
+
+
+def audit_path(site) -> Path:
+    """The operator actions' audit log, beside the journal."""
+    return state_dir() / f"audit-{site.name}.log"

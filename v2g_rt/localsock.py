@@ -7,7 +7,6 @@ cannot connect says why and what to do instead of printing a traceback.
 """
 from __future__ import annotations
 
-import errno
 import grp
 import json
 import logging
@@ -148,11 +147,7 @@ def request(path: Path, message: dict | None, what: str, timeout: float = 5.0, a
                               f"`v2g-rt run` running? (--socket or --config choose another)") from None
         except socket.timeout:
             raise ClientError(f"ERR_{what.upper()}_UNAVAILABLE", f"{path}: no answer within {timeout:g} s") from None
-        except OSError as e:
-            if e.errno == errno.EAGAIN and attempt < attempts - 1:
-                time.sleep(delay)
-                delay *= 2
-                continue
+        except OSError as e:        # EAGAIN is BlockingIOError, retried above
             raise ClientError(f"ERR_{what.upper()}_UNAVAILABLE", f"{path}: {e.strerror or e}") from None
         except ValueError:
             raise ClientError("ERR_INTERNAL", f"{path}: the answer is not JSON") from None

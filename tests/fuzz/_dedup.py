@@ -49,3 +49,12 @@ def context(e: BaseException, text: str) -> None:
     e.add_note(text)
     if not os.environ.get("V2G_FUZZ_DEDUP_DIR"):
         print(text, file=sys.stderr)
+
+
+def call(text: str, fn, *args):
+    """fn(*args); an exception leaves with text (the call, in readable form) attached."""
+    try:
+        return fn(*args)
+    except BaseException as e:
+        context(e, text)
+        raise

@@ -163,11 +163,7 @@ def TestOneInput(data: bytes) -> None:
     for serial in range(fdp.ConsumeIntInRange(1, 4)):
         cmd = command(fdp, ctrl.port_ids, serial)
         now = ctrl.now_ns()
-        try:
-            verdict = ctrl.submit(cmd)
-        except BaseException as e:
-            _dedup.context(e, f"fuzz_command: submit({cmd!r}) at now_ns={now}")
-            raise
+        verdict = _dedup.call(f"fuzz_command: submit({cmd!r}) at now_ns={now}", ctrl.submit, cmd)
         assert isinstance(verdict, Submission), verdict
         if verdict.accepted:
             assert verdict.code is None, verdict

@@ -188,11 +188,7 @@ def TestOneInput(data: bytes) -> None:
                                  b"grid/frequency_hz", [k], (k,), {}, "", "grid/frequency_hz\0", names[k].upper())))
             value, t_ns = scalar(fdp, lo, hi), stamp(fdp, now)
             call = f"measure({source!r}, {value!r}, {t_ns!r}) at now_ns={now}"
-            try:
-                verdict = ctrl.measure(source, value, t_ns)
-            except BaseException as e:
-                _dedup.context(e, f"fuzz_measure: {call}")
-                raise
+            verdict = _dedup.call(f"fuzz_measure: {call}", ctrl.measure, source, value, t_ns)
             assert isinstance(verdict, Submission), (verdict, call)
             assert verdict.accepted or (isinstance(verdict.code, str) and verdict.code.startswith("ERR_MEAS_")), call
         else:
@@ -208,11 +204,7 @@ def TestOneInput(data: bytes) -> None:
             value = array(fdp, n if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeIntInRange(0, 6), lo, hi)
             t_ns = stamp(fdp, now)
             call = f"measure_many({index!r}, {value!r}, {t_ns!r}) at now_ns={now}"
-            try:
-                accepted = ctrl.measure_many(index, value, t_ns)
-            except BaseException as e:
-                _dedup.context(e, f"fuzz_measure: {call}")
-                raise
+            accepted = _dedup.call(f"fuzz_measure: {call}", ctrl.measure_many, index, value, t_ns)
             assert isinstance(accepted, int) and 0 <= accepted <= np.size(value), (accepted, call)
             assert not accepted or known_indices(index, n_sources), f"accepted {accepted} for {call}"
         t += fdp.ConsumeIntInRange(1, S)

@@ -9,49 +9,14 @@ import subprocess
 
 import pytest
 
-from helpers import BACKENDS, IN_GUEST
+from helpers import BACKENDS, CAN_SITE as SITE, IN_GUEST
 from v2g_rt import Controller, config
 from v2g_rt.devices import DeviceError
-from v2g_rt.sim.peers import attach
 from v2g_rt.devices.can import CAN_EFF_FLAG
+from v2g_rt.sim.peers import attach
 
 S = 1_000_000_000
 CAN_ERR_FLAG, CAN_ERR_BUSOFF = 0x20000000, 0x40
-SITE = """
-[site]
-name = "can-test"
-[rt]
-priority = 0
-lock_memory = false
-cpu_dma_latency_us = -1
-[control]
-session_max_age_s = 3600
-[node.grid]
-kind = "grid"
-import_limit_w = 1e6
-export_limit_w = 1e6
-[node.g]
-kind = "group"
-parent = "grid"
-import_limit_w = 1e6
-export_limit_w = 1e6
-[can]
-backend = "{backend}"
-interface = "vcan0"
-frames_per_cycle = {budget}
-""" + "".join(f"""
-[node.{evse}]
-kind = "evse"
-parent = "g"
-port_max_charge_w = 11000
-heatsink_derate_c = [70, 90]
-heatsink_max_age_s = 3600
-can_address = {address}
-can_signal = "{signal}"
-""" for evse, address, signal in (("e1", 0x21, "EVSE_Thermal.HeatSinkTemp"), ("e2", 0x22, "ET1.EngCoolantTemp"),
-                                  ("e3", 0x23, "EVSE_ThermalP2P.HeatSinkTemp")))
-
-
 class Sender:
     """The far side: the sim peer, or python-can on vcan0."""
 

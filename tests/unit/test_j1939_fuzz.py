@@ -13,40 +13,14 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import CAN_SITE
 from v2g_rt import Controller, config
 from v2g_rt.sim.peers import attach
 
 S = 1_000_000_000
 CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG, CAN_ERR_BUSOFF = 0x80000000, 0x40000000, 0x20000000, 0x40
 FRAME = struct.Struct("=IB3x8s")
-SITE = """
-[site]
-name = "j1939-fuzz"
-period_ms = 10
-[rt]
-priority = 0
-lock_memory = false
-cpu_dma_latency_us = -1
-[control]
-session_max_age_s = 3600
-[node.grid]
-kind = "grid"
-import_limit_w = 1e6
-export_limit_w = 1e6
-[can]
-backend = "sim"
-frames_per_cycle = 64
-""" + "".join(f"""
-[node.{evse}]
-kind = "evse"
-parent = "grid"
-port_max_charge_w = 11000
-heatsink_derate_c = [70, 90]
-heatsink_max_age_s = 3600
-can_address = {sa}
-can_signal = "{signal}"
-""" for evse, sa, signal in (("e1", 0x21, "EVSE_Thermal.HeatSinkTemp"), ("e2", 0x22, "ET1.EngCoolantTemp"),
-                             ("e3", 0x23, "EVSE_ThermalP2P.HeatSinkTemp")))
+SITE = CAN_SITE.format(backend="sim", budget=64)
 
 
 def heatsink(data: bytes):           # 16 bits LE at 0, 0.03125 degC/bit, -273 offset, DBC range -40..250

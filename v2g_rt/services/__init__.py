@@ -6,6 +6,7 @@ about a far party, so it never feeds an upstream heartbeat.
 """
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 
-class Service:
+class Service(abc.ABC):
     """A thread that runs run() from start() until stop(); an exception ends the thread and is
     kept in `failure` for the Supervisor, which restarts the service with start()."""
 
@@ -39,8 +40,9 @@ class Service:
         except Exception as e:        # reported and restarted by the Supervisor
             self.failure = e
 
+    @abc.abstractmethod
     def run(self) -> None:
-        raise NotImplementedError
+        """The service's work, until self.stopping is set."""
 
     def stop(self) -> None:
         self.stopping.set()

@@ -82,7 +82,7 @@ class JournalService(Service):
         """Write the journal if what it must hold changed; True when it is current on disk."""
         with self.lock:
             snap = self.ctrl.snapshot()
-            current = self._current(snap)
+            current = self.ctrl.latched_faults(snap)
             if current == self.saved:
                 return True
             merged = dict(current)
@@ -101,10 +101,6 @@ class JournalService(Service):
             self.writes += 1
             return True
 
-    def _current(self, snap) -> dict[str, int]:
-        bits = snap.ports["faults"] & _core.PERSISTENT_FAULTS
-        return {pid: int(b) for pid, b in zip(snap.port_ids, bits) if b}
-
     def stop(self) -> None:
         """Stop watching after one last write (call after the loop stopped)."""
         super().stop()
@@ -114,7 +110,7 @@ class JournalService(Service):
         return {"writes": self.writes, "errors": self.errors}
 
     def health(self) -> dict:
-        return {**super().health(), "current": self.saved == self._current(self.ctrl.snapshot())}
+        return {**super().health(), "current": self.saved == self.ctrl.latched_faults()}
 
 
 def _codes(bits: int) -> str:
