@@ -69,7 +69,7 @@ assert len(BINDINGS) == BIND_FREQUENCY + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
           "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,
-          "out_of_service": FAULT_OUT_OF_SERVICE}
+          "out_of_service": FAULT_OUT_OF_SERVICE, "link_down": FAULT_LINK_DOWN}
 LATCHED_FAULTS = FAULT_LATCHED
 PERSISTENT_FAULTS = FAULT_PERSISTENT
 GATE_CODES = ("accepted", "ERR_MEAS_BAD_VALUE", "ERR_MEAS_FUTURE", "ERR_MEAS_TOO_OLD",
@@ -170,6 +170,8 @@ _OPTION_FIELDS = {
     "site_ramp_w_per_s": (_off(&_op.site_ramp_w_per_s, &_op), "f8"),
     "plc_loss_limit": (_off(&_op.plc_loss_limit, &_op), "f8"),
     "contactor_settle_s": (_off(&_op.contactor_settle_ns, &_op), "ns"),
+    "stop_timeout_s": (_off(&_op.stop_timeout_ns, &_op), "ns"),
+    "stop_open_below_w": (_off(&_op.stop_open_below_w, &_op), "f8"),
 }
 CONTROL_OPTIONS = tuple(_OPTION_FIELDS)
 
@@ -246,7 +248,7 @@ cdef class Core:
 
     def __dealloc__(self):
         if self.running:
-            self._join()
+            self._join(True)
         if self.im != NULL:
             if self.im.outbox.efd >= 0:
                 close(self.im.outbox.efd)
@@ -493,6 +495,8 @@ cdef class Core:
                 CPU_SET(cpu, &cpus)
                 pthread_attr_setaffinity_np(&attr, sizeof(cpu_set_t), &cpus)
             self.runner.stop = 0
+            self.im.stopping = 0             # a restarted loop (bench windows) starts live
+            self.im.stop_hard = 0
             self.runner.tid = 0
             self.frozen = True
             rc = pthread_create(&self.thread, &attr, loop_main, &self.runner)
@@ -540,8 +544,8 @@ cdef class Core:
         self.io_running = rc == 0
         return rc
 
-    cdef void _join(self) noexcept:
-        v2g_store_release(&self.runner.stop, 1)
+    cdef void _join(self, bint hard) noexcept:
+        v2g_store_release(&self.runner.stop, STOP_HARD if hard else STOP_SOFT)
         v2g_store_release(&self.im.i2c.stop, 1)
         with nogil:
             pthread_join(self.thread, NULL)
@@ -550,12 +554,37 @@ cdef class Core:
         self.io_running = False
         self.running = False
 
-    def stop(self):
-        """Stop the loop (returns within one period plus one cycle) and publish safe outputs."""
+    def begin_stop(self, bint hard=False):
+        """Virtual time: the next steps are a stop's (0 W, contactors opening as current falls);
+        stop() finishes it."""
         if self.running:
-            self._join()             # the loop publishes them itself as it exits
+            raise RuntimeError("stop() stops the real-time loop")
+        stop_begin(self.im, hard)
+
+    @property
+    def stopping(self):
+        """A stop began; stopped: every contactor is open since."""
+        return bool(self.im.stopping)
+
+    def stop(self, bint hard=False):
+        """Stop and publish safe outputs: 0 W at once, each contactor opened once its current
+        has fallen or after stop_timeout_s (hard: at once), then outputs safe to hold for ever.
+        The real-time loop does it in its own cycles; in virtual time the remaining cycles of
+        the stop run here, one period apart."""
+        cdef int64_t t
+        cdef int64_t k, n
+        if self.running:
+            self._join(hard)         # the loop publishes them itself as it exits
         elif self.frozen:
+            n = self.im.opt.stop_timeout_ns // self.im.opt.period_ns + 2
             with nogil:
+                stop_begin(self.im, hard)
+                t = self.im.now_ns
+                k = 0
+                while not stop_done(self.im) and k < n:
+                    t += self.im.opt.period_ns
+                    cycle_run(self.im, t)
+                    k += 1
                 publish_stopped(self.im)
 
     cdef void _claim(self, int32_t input, int32_t writer) except *:
@@ -587,6 +616,42 @@ cdef class Core:
             g.minimum, g.maximum, g.input = lo, hi, inp
         r.n_signals = len(signals)
         can_attach(r, fd, budget)
+
+    def attach_can_writer(self, int address, uint64_t name, double timeout_s, double interval_s, ports):
+        """The write stage sends each port's output as a J1939 setpoint frame through the CAN
+        socket, from `address` once claimed with `name`: ports = [(port, destination, number on
+        its EVSE), ...]; timeout_s goes in every frame (the module's own dead-man); a port's
+        frames at most every interval_s, but 0 W and an opening contactor go at once."""
+        self._check_open()
+        cdef CanWriter* w = &self.im.canw
+        if self.im.can.fd < 0:
+            raise ValueError("attach_can first: setpoint frames go out through its socket")
+        if not 0 <= address <= 253:
+            raise ValueError(f"J1939 address {address}: expected 0..253")
+        if not 0.1 <= timeout_s <= 25.0:
+            raise ValueError(f"module timeout {timeout_s} s: a frame carries 0.1 to 25 s")
+        if len(ports) > MAX_PORTS:
+            raise ValueError(f"{len(ports)} CAN ports; at most {MAX_PORTS}")
+        for k, (port, da, number) in enumerate(ports):
+            if not 0 <= port < self.im.n_ports or not 0 <= da <= 253 or da == address or not 0 <= number <= 255:
+                raise ValueError(f"bad CAN port #{k}: port {port}, destination {da}, number {number}")
+            w.port[k], w.da[k], w.port_no[k] = port, da, number
+            self.im.outbox.link[port] = OUTPUT_CAN
+        w.n_ports = len(ports)
+        w.address = address
+        w.name = name
+        w.timeout_ds = <int32_t>(timeout_s * 10.0 + 0.5)
+        w.interval_ns = v2g_s_to_ns(interval_s)
+        can_writer_attach(w)
+
+    def can_writer_stats(self):
+        cdef CanWriter* w = &self.im.canw
+        return {"address": w.address, "claim": ("none", "waiting", "held", "lost")[w.claim_state],
+                "frames_sent": v2g_load_relaxed(&w.frames_sent),
+                "frames_refused": v2g_load_relaxed(&w.frames_refused),
+                "claims_sent": v2g_load_relaxed(&w.claims_sent),
+                "claims_contested": v2g_load_relaxed(&w.claims_contested),
+                "write_errors": v2g_load_relaxed(&w.write_errors), "last_errno": v2g_load_i64(&w.last_errno)}
 
     def can_stats(self):
         cdef CanReader* r = &self.im.can
@@ -754,9 +819,16 @@ cdef class Core:
         read it (8 bytes) to re-arm, then read_outputs()."""
         return self.im.outbox.efd
 
-    def read_outputs(self):
-        """Every port's latest output (bytes of PortOutput rows), each row consistent."""
+    def read_outputs(self, take=()):
+        """Every port's latest output (bytes of PortOutput rows), each row consistent. The
+        ports in `take` (indices) are the caller's: their rows count as taken by their link."""
         cdef Py_ssize_t n = self.im.n_ports
+        taken = bytearray(n)
+        for j in take:
+            if not 0 <= j < n:
+                raise ValueError(f"port {j} does not exist")
+            taken[j] = 1
+        cdef unsigned char* tk = taken
         out = PyBytes_FromStringAndSize(NULL, sizeof(PortOutput) * n)
         cdef PortOutput* dst = <PortOutput*>PyBytes_AS_STRING(out)
         cdef PortOutput* o
@@ -777,7 +849,13 @@ cdef class Core:
                     v2g_fence_acquire()
                     if v2g_load_relaxed(&o.seq) == s1:
                         break
+                if tk[i]:
+                    v2g_store_release(&o.taken, dst[i].sequence)
         return out
+
+    def output_refused(self):
+        """Per port: outputs its link could not take (a refused frame, a consumer gone)."""
+        return [v2g_load_relaxed(&self.im.outbox.out[i].refused) for i in range(self.im.n_ports)]
 
     def outbox_stats(self):
         return {"signals": v2g_load_relaxed(&self.im.outbox.signals),

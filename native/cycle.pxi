@@ -5,7 +5,7 @@
 # update   the control law: interlock, arbitration, ramps; no system call (a
 #          test runs it alone under seccomp strict mode)
 # write    hands each port's output to its link: the output mailbox (and its
-#          eventfd) for links served by Python
+#          eventfd) for links served by Python, a J1939 setpoint frame for CAN
 # publish  the snapshot readers take
 #
 # One function, cycle_run(), is the whole control law. The real-time scheduler,
@@ -144,9 +144,15 @@ cdef void cycle_shape(Image* im) noexcept nogil:
 
 # ---------------------------------------------------------------- write
 
-cdef inline void output_put(Outbox* ob, int32_t i, double w, int64_t valid, int64_t closed) noexcept nogil:
+cdef inline void output_put(Outbox* ob, int32_t i, double w, int64_t valid, int64_t closed,
+                            int64_t now_ns) noexcept nogil:
     cdef PortOutput* o = &ob.out[i]
     cdef uint64_t seq = o.seq
+    # A Python link that left its last output untaken for half a validity is not taking them.
+    if (ob.link[i] == OUTPUT_PYTHON and o.sequence != 0 and v2g_load_acquire(&o.taken) != o.sequence
+            and 2 * v2g_sat_sub(now_ns, o.put_ns) >= v2g_sat_sub(o.valid_until_ns, o.put_ns)):
+        bump(&o.refused, 1)
+    o.put_ns = now_ns
     v2g_store_relaxed(&o.seq, seq + 1)
     v2g_fence_release()
     v2g_store_f64(&o.setpoint_w, w)
@@ -183,8 +189,9 @@ cdef void cycle_write(Image* im) noexcept nogil:
         if (o.sequence == 0 or fabs(p.setpoint_w - o.setpoint_w) > im.opt.deadband_w
                 or (p.setpoint_w == 0.0) != (o.setpoint_w == 0.0) or p.contactor_closed != o.contactor_closed
                 or v2g_sat_sub(valid, o.valid_until_ns) >= half):
-            output_put(ob, i, p.setpoint_w, valid, p.contactor_closed)
+            output_put(ob, i, p.setpoint_w, valid, p.contactor_closed, im.now_ns)
             moved = True
+    can_write(im)
     if moved:
         outbox_signal(ob)
 
@@ -285,9 +292,30 @@ cdef void publish_stopped(Image* im) noexcept nogil:
         r.min_w = 0.0
         r.max_w = 0.0
         r.contactor_closed = 0
-        output_put(&im.outbox, i, 0.0, im.now_ns, 0)
+        output_put(&im.outbox, i, 0.0, im.now_ns, 0, im.now_ns)
     snap_publish(&im.snap)
+    can_write(im)
     outbox_signal(&im.outbox)
+
+
+cdef void stop_begin(Image* im, bint hard) noexcept nogil:
+    """From the next cycle on: 0 W at every port, each contactor opened as its current falls
+    (interlock: stop_may_open), all by stop_timeout; a hard stop opens them at once."""
+    if not im.stopping:
+        im.stopping = 1
+        im.stop_deadline_ns = v2g_sat_add(im.now_ns, im.opt.stop_timeout_ns)
+    if hard:
+        im.stop_hard = 1
+
+
+cdef bint stop_done(Image* im) noexcept nogil:
+    cdef int32_t i
+    if not im.stopping:
+        return False
+    for i in range(im.n_ports):
+        if im.port[i].contactor_closed:
+            return False
+    return True
 
 
 cdef inline void cycle_begin(Image* im, int64_t now_ns) noexcept nogil:

@@ -20,6 +20,7 @@ cdef enum:
     MAX_CAN_SIGNALS = 128    # signals the loop decodes from J1939 frames
     CAN_BATCH = 64           # frames taken per recvmmsg(); the per-cycle budget is at most this
     MAX_I2C = 32             # sensors read by the I/O thread
+    CAN_TX_BATCH = 257       # frames per sendmmsg(): one per port and an address claim
     STAGE_BIN_NS = 100       # per-stage compute histograms: 100 ns bins
 
 cdef enum:  # Stage of a cycle
@@ -115,6 +116,7 @@ cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
     FAULT_SESSION_STALE = 1       # session data stopped arriving while connected
     FAULT_OVERTEMP = 2            # the EVSE's heat sink is at or above its trip temperature
     FAULT_TEMP_STALE = 4          # a required temperature is stale
+    FAULT_LINK_DOWN = 8           # its link cannot deliver outputs (J1939 address lost)
     FAULT_TRANSIENT = 0xFF
     FAULT_ISO_TIMEOUT = 0x100     # PLC packet loss above its limit: stopped for this session
     FAULT_SESSION = 0xFF00
@@ -381,6 +383,8 @@ cdef struct Options:
     double site_ramp_w_per_s
     double plc_loss_limit
     int64_t contactor_settle_ns
+    int64_t stop_timeout_ns
+    double stop_open_below_w
     int32_t freq_mode
     double freq_nominal_hz
     double freq_db_under_hz
@@ -473,13 +477,19 @@ cdef struct I2cIo:
     uint64_t stop
     int64_t tid
 
+cdef enum:  # OutputLink: who takes a port's output from the write stage
+    OUTPUT_PYTHON = 0            # a Python service, from the output mailbox
+    OUTPUT_CAN = 1               # the write stage itself: a J1939 setpoint frame
+
 cdef struct PortOutput:          # what a port's link is to apply (seqlocked; writer: the loop)
     uint64_t seq                 # odd while being written
     uint64_t sequence            # the output's own number: +1 each time it is handed over
     double setpoint_w
     int64_t valid_until_ns       # the dead-man: after this the EVSE must fall back to 0 W
     int64_t contactor_closed
-    uint64_t _pad[3]
+    uint64_t taken               # the sequence a Python link last took (written by that link)
+    int64_t put_ns               # when it was handed over (loop only)
+    uint64_t refused             # outputs its link could not take (socket full, consumer gone)
 
 cdef struct Outbox:              # the output mailbox for links served by Python
     int32_t efd                  # eventfd the write stage signals when an output moved; -1: none
@@ -487,6 +497,50 @@ cdef struct Outbox:              # the output mailbox for links served by Python
     uint64_t signals             # eventfd writes
     uint64_t signal_errors       # eventfd writes refused (EAGAIN: the counter is full)
     PortOutput out[MAX_PORTS]    # also what was last handed over, for the deadband (the loop reads its own writes)
+    uint8_t link[MAX_PORTS]      # OutputLink per port
+    uint8_t link_down[MAX_PORTS] # set by the write stage: the link cannot deliver (the interlock reads it)
+
+cdef enum:  # J1939 (SAE J1939-21/-81) as the write stage speaks it
+    PGN_SETPOINT = 0xEF00        # proprietary A (destination specific): hw/j1939/v2g-setpoint.dbc
+    PGN_ADDRESS_CLAIMED = 0xEE00
+    PGN_REQUEST = 0xEA00
+    J1939_NULL_ADDRESS = 254     # "cannot claim"
+    J1939_GLOBAL = 255
+    SETPOINT_FUNCTION = 1        # first byte of a setpoint frame (proprietary A is shared)
+    CLAIM_WAIT_NS = 250000000    # J1939-81: 250 ms after a claim before other messages
+
+cdef enum:  # ClaimState
+    CLAIM_NONE = 0               # not yet sent
+    CLAIM_WAIT = 1               # sent; contending claims may still arrive
+    CLAIM_HELD = 2
+    CLAIM_LOST = 3               # a node with a lower NAME holds our address: we send nothing
+
+cdef struct CanWriter:           # setpoint frames sent by the write stage through the CanReader's socket
+    int32_t n_ports              # ports on the can link (0: no CAN output)
+    int32_t address              # our J1939 source address
+    uint64_t name                # our J1939 NAME (64 bits, little-endian on the wire)
+    int32_t claim_state
+    int32_t claim_due            # send a claim (or "cannot claim") in this cycle's write
+    int64_t claim_sent_ns
+    int32_t timeout_ds           # the module's own timeout, 0.1 s units, carried in every frame
+    int32_t port[MAX_PORTS]      # image port index per CAN port
+    uint8_t da[MAX_PORTS]        # destination (the EVSE's power module) per CAN port
+    uint8_t port_no[MAX_PORTS]   # the port's number on its EVSE
+    int64_t interval_ns          # a port's frames at most this often, but for 0 W or opening
+    uint64_t sent_seq[MAX_PORTS] # the output sequence last on the wire
+    int64_t sent_ns[MAX_PORTS]
+    uint8_t sent_power[MAX_PORTS]    # the last frame asked for power (not 0 W)
+    uint8_t sent_closed[MAX_PORTS]   # ... or a closed contactor
+    int32_t tx_port[CAN_TX_BATCH]   # -1: the address claim
+    can_frame tx[CAN_TX_BATCH]
+    mmsghdr tmsgs[CAN_TX_BATCH]
+    iovec tiov[CAN_TX_BATCH]
+    uint64_t frames_sent
+    uint64_t frames_refused      # ENOBUFS / EAGAIN: counted, retried next cycle, never waited for
+    uint64_t claims_sent
+    uint64_t claims_contested    # another claim for our address (we answered or lost)
+    uint64_t write_errors
+    int64_t last_errno
 
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
@@ -525,6 +579,9 @@ cdef struct Image:
     int32_t site_binding
     int32_t ports_charging
     int32_t ports_discharging
+    int32_t stopping              # a stop began: 0 W everywhere, contactors open as current falls
+    int32_t stop_hard             # ... or at once (a hard stop)
+    int64_t stop_deadline_ns      # every contactor is open by then
     ActiveCommand grid_cmd[N_GRID_COMMANDS]
     Node node[MAX_NODES]
     Port port[MAX_PORTS]
@@ -534,6 +591,7 @@ cdef struct Image:
     int32_t order_tmp[MAX_PORTS]
     Stats stats
     CanReader can
+    CanWriter canw
     I2cIo i2c
     Exchange ex
     Outbox outbox

@@ -65,6 +65,8 @@ cdef void update_safe_state(Image* im) noexcept nogil:
         im.safe_overrun_until_ns = v2g_sat_add(im.now_ns, im.opt.safe_exit_ns)
     if im.now_ns < im.safe_overrun_until_ns:
         state |= SAFE_OVERRUN
+    if im.stopping:
+        state |= SAFE_STOPPED
     im.safe_state = state
 
 
@@ -76,6 +78,17 @@ cdef inline void port_latch(Image* im, Port* p, uint32_t bits) noexcept nogil:
     p.latch_seq = im.latch_counter
 
 
+cdef inline bint stop_may_open(Image* im, Port* p) noexcept nogil:
+    """At a stop: open at once on a hard stop or at the deadline, otherwise once the
+    port's measured power has fallen (a port that reports none waits for the deadline)."""
+    cdef bint ok
+    cdef double v
+    if im.stop_hard or im.now_ns >= im.stop_deadline_ns:
+        return True
+    v = port_value(im, p, SRC_PORT_POWER_W, &ok)
+    return ok and fabs(v) <= im.opt.stop_open_below_w
+
+
 cdef void port_faults(Image* im, Port* p) noexcept nogil:
     """Connection state, PLC loss and the contactor check."""
     cdef bint ok
@@ -83,6 +96,8 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
     cdef int32_t isrc
     cdef int32_t want
     p.faults &= FAULT_PERSISTENT | FAULT_SESSION
+    if im.outbox.link_down[p - im.port]:
+        p.faults |= FAULT_LINK_DOWN
     v = port_value(im, p, SRC_PORT_CONNECTED, &ok)
     p.connected = ok and v > 0.5
     if not ok:
@@ -96,6 +111,8 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
         if not ok or v > im.opt.plc_loss_limit:
             p.faults |= FAULT_ISO_TIMEOUT
     want = p.connected and not (p.faults & (FAULT_PERSISTENT | FAULT_SESSION))
+    if im.stopping and want:
+        want = p.contactor_closed and not stop_may_open(im, p)
     if want != p.contactor_closed:
         p.contactor_closed = want
         p.contactor_since_ns = im.now_ns
@@ -119,7 +136,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     # The EVSE's heat-sink faults are the port's own: a trip or a stale temperature holds it at
     # 0 W by its envelope, not only by the EVSE node's headroom further down.
     p.faults |= im.node[p.evse].faults & (FAULT_OVERTEMP | FAULT_TEMP_STALE)
-    if not p.connected or p.faults & ~FAULT_SESSION_STALE:
+    if not p.connected or p.faults & ~FAULT_SESSION_STALE or im.stopping:
         p.soc = NAN
         p.capacity_wh = NAN
         p.energy_request_wh = NAN
@@ -128,7 +145,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
         p.v2g = 0
         p.max_w = 0.0
         p.min_w = 0.0
-        p.bind_max = BIND_FAULT if p.faults else BIND_NOT_CONNECTED
+        p.bind_max = BIND_FAULT if p.faults else (BIND_SAFE_STATE if im.stopping else BIND_NOT_CONNECTED)
         p.bind_min = p.bind_max
         return
 

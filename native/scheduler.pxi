@@ -4,7 +4,8 @@
 # first instruction to its last: sleep to the planned wake on CLOCK_MONOTONIC
 # (absolute, so errors never accumulate), run the cycle, record latency and
 # compute time, plan the next wake. An overrun skips whole periods instead of
-# bursting to catch up.
+# bursting to catch up. Asked to stop, it keeps cycling with 0 W everywhere until
+# every contactor is open (stop_begin), then publishes the stopped outputs.
 
 from posix.time cimport clock_gettime, clock_nanosleep, timespec, CLOCK_MONOTONIC, TIMER_ABSTIME
 from libc.errno cimport EINTR
@@ -15,6 +16,11 @@ cdef extern from "<string.h>" nogil:
 cdef enum:
     LOOP_STACK_BYTES = 512 * 1024
     STACK_PREFAULT_BYTES = 128 * 1024
+
+
+cdef enum:  # Runner.stop
+    STOP_SOFT = 1                # 0 W, contactors open as current falls (stop_begin)
+    STOP_HARD = 2                # 0 W, contactors open at once
 
 
 cdef struct Runner:
@@ -82,18 +88,24 @@ cdef void* loop_main(void* arg) noexcept nogil:
     cdef char stack_touch[STACK_PREFAULT_BYTES]
     cdef int64_t period = im.opt.period_ns
     cdef int64_t planned, wake, end, missed
+    cdef uint64_t stop
     explicit_bzero(stack_touch, STACK_PREFAULT_BYTES)
     pthread_setname_np(pthread_self(), b"v2g-cycle")
     # Without SCHED_FIFO the kernel may defer our wake by the 50 us default slack.
     prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
     v2g_store_i64(&r.tid, gettid())
     planned = mono_ns() + period
-    while not v2g_load_acquire(&r.stop):
+    while True:
         sleep_until(planned)
         wake = mono_ns()
+        stop = v2g_load_acquire(&r.stop)
+        if stop:
+            stop_begin(im, stop == STOP_HARD)
         cycle_run(im, wake)
         end = mono_ns()
         stats_record(st, planned, wake, end)
+        if stop_done(im):
+            break
         planned += period
         if end > planned:
             missed = (end - planned) // period + 1

@@ -104,6 +104,7 @@ cdef extern from "<sys/socket.h>" nogil:
         msghdr msg_hdr
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags, void* timeout)
+    int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
 
 cdef extern from "builtins.h" nogil:

@@ -7,6 +7,7 @@ from v2g_rt import Control, Controller, RealTime, depot
 from v2g_rt.sim.session import Session
 
 S = 1_000_000_000
+MS = 1_000_000
 IN_GUEST = os.environ.get("V2G_KERNEL_GUEST") == "1"     # inside hw/vm/kernel-tests' guest
 # device backends the kernel tests cover: the real ones only where the guest provides them
 BACKENDS = {"can": ["socketcan", "sim"] if IN_GUEST else ["sim"], "i2c": ["dev", "sim"] if IN_GUEST else ["sim"]}

@@ -19,6 +19,12 @@ from .site import Site
 log = logging.getLogger("v2g_rt")
 
 
+def simulated(site: Site) -> bool:
+    """Some EVSE's far side is the simulated plant: link = "sim", or "can" on the sim bus."""
+    can = site.sections.get("can")
+    return any(n.link == "sim" or (n.link == "can" and can and can.backend == "sim") for n in site.nodes)
+
+
 class App:
     """Built before the loop runs (devices opened, latched faults restored); start() runs it,
     poll() watches it, stop() stops it with the outputs safe and the journal written last."""
@@ -32,7 +38,7 @@ class App:
         self.supervisor = Supervisor()
         self.journal = self.supervisor.add(JournalService(self.ctrl, journal_path(site)))   # restores now
         self.faults = FaultWatch(self.ctrl)
-        self.plant = RealtimePlant(site, self.ctrl, self.devices) if any(n.link == "sim" for n in site.nodes) else None
+        self.plant = RealtimePlant(site, self.ctrl, self.devices) if simulated(site) else None
         self.watchdog: Watchdog | None = None
 
     def start(self, logfile) -> dict:
@@ -77,15 +83,16 @@ class App:
         self.ctrl.check_wall_clock()
         self.supervisor.check()
 
-    def stop(self) -> None:
-        """Watchdog first (a clean stop disarms it), then the plant and the loop (its last act
-        publishes safe outputs), the journal's last write, the devices, the sockets."""
+    def stop(self, hard: bool = False) -> None:
+        """Watchdog first (a clean stop disarms it), then the loop (0 W, each contactor opened as
+        its current falls, reported by the plant while it still runs; hard: at once), the plant,
+        the journal's last write, the devices, the sockets."""
         notify("STOPPING=1")
         if self.watchdog:
             self.supervisor.stop(self.watchdog)
+        self.ctrl.stop(hard)
         if self.plant:
             self.plant.stop()
-        self.ctrl.stop()
         self.supervisor.stop(self.journal)     # the last write, after the loop's last latch
         self.devices.close()
         self.supervisor.stop()

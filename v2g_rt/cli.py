@@ -137,9 +137,12 @@ def cmd_port(args) -> int:
     return 0
 
 
+LINKS_AVAILABLE = ("sim", "can")
+
+
 def _unavailable_links(site) -> list[str]:
     return [f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r} is not available in this "
-            f"version; use link = \"sim\"" for n in site.nodes if n.link not in (None, "sim")]
+            f"version; use link = \"sim\" or \"can\"" for n in site.nodes if n.link not in (None, *LINKS_AVAILABLE)]
 
 
 def cmd_run(args) -> int:
@@ -231,14 +234,23 @@ def _summary(ctrl, seconds, plant) -> dict:
     return out
 
 
+def _safe_can(site) -> str:
+    from .devices.can import safe_outputs
+    return safe_outputs(site)
+
+
 # What puts an EVSE link's outputs in their safe state once the controller is gone
-# (systemd ExecStopPost). Links whose far side falls back by itself need nothing.
+# (systemd ExecStopPost), per link kind: site -> what was done (raises DeviceError). Every link's
+# far side also falls back by itself (its dead-man): this only makes it immediate.
 SAFE_OUTPUTS = {
-    "sim": "no physical output: the simulated EVs stop with the controller",
+    "sim": lambda site: "no physical output: the simulated EVs stop with the controller",
+    "can": _safe_can,
 }
 
 
 def cmd_safe_outputs(args) -> int:
+    from .devices import DeviceError
+
     site = _load(args.config)
     by_link: dict[str, list[str]] = {}
     for n in site.nodes:
@@ -251,8 +263,12 @@ def cmd_safe_outputs(args) -> int:
             print(f"ERR_LINK_UNAVAILABLE: {len(evses)} EVSEs on link {link!r}: no safe-output action in this "
                   f"version", file=sys.stderr)
             code = 1
-        else:
-            print(f"{len(evses)} EVSEs on link {link!r}: {action}")
+            continue
+        try:
+            print(f"{len(evses)} EVSEs on link {link!r}: {action(site)}")
+        except DeviceError as e:
+            print(f"{len(evses)} EVSEs on link {link!r}: {e}", file=sys.stderr)
+            code = 1
     return code
 
 

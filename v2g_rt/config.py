@@ -391,12 +391,12 @@ def parse(text: str, path: str = "<string>") -> Site:
     site = Site(name, period_s, tuple(nodes), tuple(ports), rt=rt, control=control, upstreams=upstreams,
                 frequency=frequency, source=path, status_socket=status_socket, operator_group=operator_group)
     reported = {(p.section, p.option) for p in cf.problems}
-    for problem in site.problems():
-        if (problem.section, problem.option) not in reported:
-            cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for owner, check in section_owners().items():
         if owner in cf.data:
             site.sections[owner] = check(cf, site)
+    for problem in site.problems():
+        if (problem.section, problem.option) not in reported:
+            cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for problem in check_feeds(site):
         cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for sec in cf.sections:

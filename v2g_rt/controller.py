@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -243,11 +243,19 @@ class Controller:
         log.info("loop started: %s", self.rt_report)
         return self.rt_report
 
-    def stop(self) -> None:
-        self._core.stop()
+    def stop(self, hard: bool = False) -> None:
+        """0 W at every port at once; each contactor opens once its port's measured power is at
+        most stop_open_below_w, or after stop_timeout_s (at once if hard); then the outputs are
+        safe to hold for ever. In virtual time the stop's cycles run here, without new
+        measurements: begin_stop() and step() let a simulation show the current falling."""
+        self._core.stop(hard)
         if self._pm_qos is not None:
             self._pm_qos.close()
             self._pm_qos = None
+
+    def begin_stop(self, hard: bool = False) -> None:
+        """Virtual time: the following steps are the stop's; stop() ends it."""
+        self._core.begin_stop(hard)
 
     def __enter__(self) -> Controller:
         return self
@@ -497,6 +505,13 @@ class Controller:
     def attach_can(self, fd: int, frames_per_cycle: int, signals: list[tuple]) -> None:
         self._core.attach_can(fd, frames_per_cycle, signals)
 
+    def attach_can_writer(self, address: int, name: int, timeout_s: float, interval_s: float,
+                          ports: list[tuple[str, int, int]]) -> None:
+        """The write stage sends these ports' outputs as J1939 setpoint frames (after attach_can):
+        ports = [(port id, power module address, port number on its EVSE), ...]."""
+        self._core.attach_can_writer(address, name, timeout_s, interval_s,
+                                     [(self._port_index[p], da, k) for p, da, k in ports])
+
     def add_i2c_sensor(self, fd: int, address: int, mode: int, reg: int, nbytes: int, decode: int,
                        source: str, scale: float, period_s: float, invalid_raw: int | None = None) -> int:
         self.claim_source(source, "i2c")
@@ -509,7 +524,9 @@ class Controller:
 
     def device_stats(self) -> dict:
         i2c, tid = self._core.i2c_stats()
-        return {"can": self._core.can_stats(), "i2c": i2c, "io_thread_tid": tid}
+        can = self._core.can_stats()
+        can["setpoints"] = self._core.can_writer_stats()
+        return {"can": can, "i2c": i2c, "io_thread_tid": tid}
 
     def _measure(self, source, value, t_ns) -> Submission:
         if isinstance(source, str):
@@ -551,11 +568,15 @@ class Controller:
                         np.frombuffer(ports_b, row_dtype("port")).copy(),
                         self.node_ids, self.port_ids)
 
-    def outputs(self) -> np.ndarray:
+    def outputs(self, take: Iterable[str] = ()) -> np.ndarray:
         """Each port's latest output, as the write stage handed it over (port order of port_ids):
         sequence (+1 per hand-over), setpoint_w, valid_until_ns (the dead-man), contactor_closed.
-        The output mailbox of links served by Python; wait on output_fd() for changes."""
-        return np.frombuffer(self._core.read_outputs(), row_dtype("output")).copy()
+        The output mailbox of links served by Python; wait on output_fd() for changes.
+
+        A link passes the ids of the ports it serves as `take`: their outputs count as taken.
+        One left untaken for half its validity is counted as refused (`stats()["outputs_refused"]`)."""
+        idx = [self._port_index[p] for p in take]
+        return np.frombuffer(self._core.read_outputs(idx), row_dtype("output")).copy()
 
     def output_fd(self) -> int:
         """An eventfd that becomes readable when some port's output was handed over (a move past
@@ -601,6 +622,7 @@ class Controller:
             "commands": commands, "measurements": measurements, "rejected_by_source": rejected_by_source,
             "rt": self.rt_report,
             "devices": self.device_stats(), "outbox": self._core.outbox_stats(),
+            "outputs_refused": {pid: n for pid, n in zip(self.port_ids, self._core.output_refused()) if n},
         }
 
 

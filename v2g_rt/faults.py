@@ -15,7 +15,7 @@ log = logging.getLogger("v2g_rt")
 PORT_CODES = {"contactor": "ERR_CONTACTOR_MISMATCH", "iso_timeout": "ERR_ISO_TIMEOUT",
               "overtemp": "ERR_EVSE_OVERTEMP", "temp_stale": "ERR_TEMP_STALE",
               "session_stale": "ERR_SESSION_STALE", "journal": "ERR_FAULT_JOURNAL",
-              "out_of_service": "ERR_PORT_OUT_OF_SERVICE"}
+              "out_of_service": "ERR_PORT_OUT_OF_SERVICE", "link_down": "ERR_LINK_DOWN"}
 SAFE_CODES = {"overrun": "ERR_CYCLE_OVERRUN"}
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ._core import CAPACITY, PORT_SOURCES
 
-LINK_KINDS = ("sim", "ocpp", "can", "pwm", "plc")
+LINK_KINDS = ("sim", "can", "ocpp", "modbus", "pwm")
 
 
 PHASES = {"L1": 1, "L2": 2, "L3": 4, "L1L2L3": 7}
@@ -112,6 +112,10 @@ class Control:
     plc_loss_limit: float = option(0.05, minval=0, maxval=1)
     contactor_settle_s: float = option(0.2, minval=0, maxval=60, **_S)
     contactor_max_age_s: float = option(1.0, above=0, maxval=60, **_S)
+    # at a stop, 0 W goes out at once; each contactor opens once its port's measured power is
+    # at or below stop_open_below_w, or stop_timeout_s after the stop (never later)
+    stop_timeout_s: float = option(2.0, minval=0, maxval=60, **_S)
+    stop_open_below_w: float = option(100.0, minval=0, maxval=1e5, unit="W")
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,10 @@ def check_devices(site: Site) -> list[Problem]:
                                "ERR_CONFIG_DEVICE"))
         elif n.can_address is not None:
             addresses[n.can_address] = n.id
+        if n.link == "can" and "can" not in site.sections:
+            out.append(Problem(_section(n), "link", "link = \"can\" sends setpoints through the J1939 bus of the "
+                               "[can] section, and this config has none; add [can] with backend, interface and address",
+                               "ERR_CONFIG_DEVICE"))
         if n.thermal and not RATED_W[0] <= n.thermal.rated_w <= RATED_W[1]:
             out.append(Problem(f"{_section(n)}.thermal", "rated_w", f"expected a rating from {RATED_W[0]:g} to "
                                f"{RATED_W[1]:g} W (it defaults to import_limit_w), found {n.thermal.rated_w:g}"))

@@ -121,7 +121,7 @@ def test_run_with_duration_prints_a_summary(site_file, tmp_path):
 
 def test_run_refuses_links_this_version_lacks(site_file, tmp_path):
     path = tmp_path / "ocpp.toml"
-    path.write_text(site_file.read_text().replace('link = "sim"', 'link = "ocpp"', 1))
+    path.write_text(site_file.read_text().replace('link = "can"', 'link = "ocpp"', 1))
     r = v2g("run", "--config", str(path), "--duration", "1")
     assert r.returncode == 2 and "ERR_LINK_UNAVAILABLE" in r.stderr and "[node.evse01] link" in r.stderr
 

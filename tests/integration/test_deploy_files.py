@@ -23,4 +23,5 @@ def test_systemd_unit_verifies(tmp_path, repo_root):
 
 def test_safe_outputs_names_what_it_does(repo_root):
     out = subprocess.run([sys.executable, "-P", "-m", "v2g_rt.cli", "safe-outputs"], capture_output=True, text=True)
-    assert out.returncode == 0 and "25 EVSEs on link 'sim'" in out.stdout
+    assert out.returncode == 0 and "24 EVSEs on link 'sim'" in out.stdout
+    assert "1 EVSEs on link 'can': 2 ports: no physical bus (backend sim)" in out.stdout

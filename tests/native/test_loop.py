@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 
-from helpers import make_site, plug_all
+from helpers import MS, make_site, plug_all
 from v2g_rt import Controller, Control
 
-MS = 1_000_000
 
 
 def _started(ports=50, period_s=1e-3, **kw) -> Controller:
@@ -79,16 +78,27 @@ def test_overruns_skip_whole_periods_and_never_burst():
     assert "overrun" in snap.site["safe_state"]    # repeated overruns enter Safe State
 
 
-def test_stop_ends_within_one_more_cycle():
+def test_stop_ends_within_one_more_cycle_once_current_has_fallen():
     c = _started()
+    for pid in c.port_ids:             # every port reports it draws nothing: contactors may open
+        c.measure(f"port/{pid}/power_w", 0.0)
     time.sleep(0.1)
     before = c.stats()["cycles"]
     c.stop()
     after = c.stats()["cycles"]
     assert not c.running
-    assert after - before <= 2           # the cycle in flight and at most one more
+    assert after - before <= 3           # one begun while stop() was called, the one in flight, one more
     time.sleep(0.01)
     assert c.stats()["cycles"] == after  # nothing runs after stop
+
+
+def test_hard_stop_ends_within_one_more_cycle_under_load():
+    c = _started()
+    time.sleep(0.1)
+    before = c.stats()["cycles"]
+    c.stop(hard=True)
+    assert not c.running and c.stats()["cycles"] - before <= 3
+    assert not c.snapshot().ports["contactor_closed"].any()
 
 
 def test_stats_are_readable_while_running_and_consistent():

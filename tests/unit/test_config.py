@@ -43,7 +43,9 @@ def problems(text):
 def test_the_packaged_default_is_a_valid_50_port_simulated_depot():
     site = config.load()
     assert len(site.ports) == 50 and site.name == "sim-depot-50"
-    assert {n.link for n in site.nodes if n.kind == "evse"} == {"sim"}
+    # simulated: EVSEs on the plant's link, one on the simulated J1939 bus
+    assert {n.link for n in site.nodes if n.kind == "evse"} == {"sim", "can"}
+    assert site.sections["can"].backend == "sim" and site.sections["can"].address is not None
     assert site.sections["sim"].step_s > 0
 
 

@@ -5,13 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from helpers import S, ev, make_site
+from helpers import MS, S, ev, make_site
 from v2g_rt import Control, Controller
 from v2g_rt.controller import BINDINGS
 from v2g_rt import _core
 from v2g_rt.site import Frequency, Thermal
 
-MS = 1_000_000
 BIG = dict(grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6, group_w=1e6, meter=False)
 
 

@@ -1,12 +1,16 @@
-"""CAN / J1939: a SocketCAN raw socket (or a simulated one) whose frames the loop decodes itself.
+"""CAN / J1939: a SocketCAN raw socket (or a simulated one) whose frames the loop decodes itself,
+and through which its write stage sends the setpoints of EVSEs with link = "can".
 
 The signal table comes from a DBC file parsed with cantools; the loop gets, per signal,
-its PGN, source address, bit position and scaling, and the source it feeds.
+its PGN, source address, bit position and scaling, and the source it feeds. Setpoint frames
+follow hw/j1939/v2g-setpoint.dbc, from the address the controller claims ([can] address).
 """
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,7 +28,10 @@ CAN_RAW_ERR_FILTER = 2
 ARPHRD_CAN = 280
 FRAME = struct.Struct("=IB3x8s")          # struct can_frame
 DEFAULT_DBC = "v2g-thermal.dbc"
+SETPOINT_DBC = "v2g-setpoint.dbc"
 DEFAULT_SIGNAL = "EVSE_Thermal.HeatSinkTemp"
+PGN_SETPOINT, PGN_ADDRESS_CLAIMED = 0xEF00, 0xEE00   # as native/image.pxd sends them
+MODULE_TIMEOUT_MAX_S = 25.0               # a setpoint frame carries the timeout in 0.1 s, one byte
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,15 @@ class CanConfig:
     interface: str = "can0"
     dbc: str = ""                         # "" = the packaged hw/j1939/v2g-thermal.dbc
     frames_per_cycle: int = 64
+    address: int | None = None            # our J1939 source address (EVSEs with link = "can")
+    name: int | None = None               # our J1939 NAME; None: identity number = address
+    setpoint_interval_ms: int = 100       # a port's setpoint frames at most this often
+
+
+def default_name(address: int) -> int:
+    """A NAME with the address as identity number, not arbitrary-address capable: unique on a
+    bus whose addresses are unique. A bus plan that assigns NAMEs sets [can] name."""
+    return address
 
 
 def check_config(cf, site) -> CanConfig:
@@ -41,7 +57,12 @@ def check_config(cf, site) -> CanConfig:
     cfg = CanConfig(backend=sec.get_str("backend", d.backend, choices=("socketcan", "sim")),
                     interface=sec.get_str("interface", d.interface),
                     dbc=sec.get_str("dbc", d.dbc),
-                    frames_per_cycle=sec.get_int("frames_per_cycle", d.frames_per_cycle, minval=1, maxval=64))
+                    frames_per_cycle=sec.get_int("frames_per_cycle", d.frames_per_cycle, minval=1, maxval=64),
+                    address=sec.get_int("address", None, minval=0, maxval=253),
+                    name=sec.get_int("name", None, minval=0, maxval=2**63 - 1),
+                    setpoint_interval_ms=sec.get_int("setpoint_interval_ms", d.setpoint_interval_ms,
+                                                     minval=1, maxval=1000))
+    check_setpoints(sec, cfg, site)
     try:
         db = load_dbc(cfg.dbc, site.source)
     except DeviceError as e:
@@ -56,9 +77,36 @@ def check_config(cf, site) -> CanConfig:
         except KeyError:
             names = sorted(f"{m.name}.{s.name}" for m in db.messages for s in m.signals)
             sec.problem(None, f"[node.{n.id}] can_signal {n.can_signal!r} is not in the DBC; it has {', '.join(names)}")
-        if not n.heatsink_c:
-            sec.problem(None, f"[node.{n.id}] has can_address but no heatsink_derate_c: nothing to feed")
+        if not n.heatsink_c and n.link != "can":
+            sec.problem(None, f"[node.{n.id}] has can_address but neither heatsink_derate_c (a temperature it "
+                              f"feeds) nor link = \"can\" (setpoints it takes): nothing uses it")
     return cfg
+
+
+def can_evses(site) -> list:
+    return [n for n in site.nodes if n.link == "can"]
+
+
+def check_setpoints(sec, cfg: CanConfig, site) -> None:
+    evses = can_evses(site)
+    if not evses:
+        return
+    if cfg.address is None:
+        names = ", ".join(n.id for n in evses[:4])
+        sec.problem("address", f"required: EVSEs {names} have link = \"can\"; the controller sends their setpoints "
+                               f"from this J1939 source address (0..253), one no other node on the bus uses")
+    for n in evses:
+        if n.can_address is None:
+            sec.problem(None, f"[node.{n.id}] has link = \"can\" but no can_address: its power module's J1939 "
+                              f"address is where its setpoint frames go")
+        elif n.can_address == cfg.address:
+            sec.problem("address", f"address {cfg.address} is EVSE {n.id!r}'s can_address too; give the "
+                                   f"controller its own J1939 address")
+    hold = site.control.output_hold_s
+    if hold > MODULE_TIMEOUT_MAX_S:
+        sec.problem(None, f"[control] output_hold_s = {hold:g} s, but a setpoint frame carries the power module's "
+                          f"timeout as at most {MODULE_TIMEOUT_MAX_S:g} s; set output_hold_s to at most "
+                          f"{MODULE_TIMEOUT_MAX_S:g} for EVSEs with link = \"can\"")
 
 
 def feeds(site) -> list:
@@ -66,7 +114,11 @@ def feeds(site) -> list:
     heat-sink derate; one without is reported by check_config)."""
     from . import Feed
     return [Feed(f"node/{n.id}/heatsink_c", f"node.{n.id}", "can_address", ("heatsink_c",),
-                 f"the CAN signal {n.can_signal}") for n in site.nodes if n.can_address is not None and n.heatsink_c]
+                 f"the CAN signal {n.can_signal}") for n in thermal_evses(site)]
+
+
+def thermal_evses(site) -> list:
+    return [n for n in site.nodes if n.can_address is not None and n.heatsink_c]
 
 
 def load_dbc(path: str, config_file: str = ""):
@@ -136,9 +188,7 @@ def attach(ctrl, site):
     cfg = site.sections["can"]
     db = load_dbc(cfg.dbc, site.source)
     rows = []
-    for n in site.nodes:
-        if n.can_address is None:
-            continue
+    for n in thermal_evses(site):
         msg_name, _, sig_name = n.can_signal.partition(".")
         msg = db.get_message_by_name(msg_name)
         source = f"node/{n.id}/heatsink_c"
@@ -152,4 +202,70 @@ def attach(ctrl, site):
         sock.setblocking(False)
         far.setblocking(False)
     ctrl.attach_can(sock.fileno(), cfg.frames_per_cycle, rows)
+    ports = setpoint_ports(site)
+    if ports:
+        hold = min(site.control.output_hold_s, MODULE_TIMEOUT_MAX_S)
+        name = cfg.name if cfg.name is not None else default_name(cfg.address)
+        ctrl.attach_can_writer(cfg.address, name, hold, cfg.setpoint_interval_ms / 1e3, ports)
     return CanBus(sock), far, db
+
+
+def setpoint_ports(site) -> list[tuple[str, int, int]]:
+    """(port id, the power module's address, the port's number on its EVSE) for link = "can"."""
+    address = {n.id: n.can_address for n in can_evses(site)}
+    numbers: dict[str, int] = {}
+    out = []
+    for p in site.ports:
+        if p.evse in address:
+            k = numbers[p.evse] = numbers.get(p.evse, -1) + 1
+            out.append((p.id, address[p.evse], k))
+    return out
+
+
+def setpoint_message():
+    """V2G_Setpoint of hw/j1939/v2g-setpoint.dbc, for encoders and decoders outside the core."""
+    text = resources.files("v2g_rt.data").joinpath(SETPOINT_DBC).read_text()
+    return cantools.database.load_string(text, "dbc").get_message_by_name("V2G_Setpoint")
+
+
+def safe_outputs(site) -> str:
+    """Without a running controller (systemd ExecStopPost): claim [can] address, then send every
+    port of every link = "can" EVSE 0 W with its contactor open. Encoded from the DBC (cantools),
+    not by the core, which is not running. Raises DeviceError."""
+    cfg = site.sections["can"]
+    ports = setpoint_ports(site)
+    if cfg.backend == "sim":
+        return f"{len(ports)} ports: no physical bus (backend sim): the simulated modules stop with the controller"
+    name = cfg.name if cfg.name is not None else default_name(cfg.address)
+    message = setpoint_message()
+    sock = open_socketcan(cfg.interface)
+    try:
+        sock.setblocking(True)
+        sock.settimeout(1.0)
+        claim_id = CAN_EFF_FLAG | (6 << 26) | ((PGN_ADDRESS_CLAIMED | 0xFF) << 8) | cfg.address
+        sock.send(FRAME.pack(claim_id, 8, name.to_bytes(8, "little")))
+        _await_claim(sock, cfg.address, name)
+        for port, da, number in ports:
+            data = message.encode({"Function": 1, "Port": number, "PowerSetpoint": 0, "Timeout": 0.1,
+                                   "ContactorClose": 0, "Sequence": 0})
+            sock.send(FRAME.pack(CAN_EFF_FLAG | (3 << 26) | ((PGN_SETPOINT | da) << 8) | cfg.address, 8,
+                                 data.ljust(8, b"\xff")))
+    except OSError as e:
+        raise DeviceError(f"cannot send safe setpoints on {cfg.interface}: {e.strerror or e}. Remedy: check the bus "
+                          f"(ip -details link show {cfg.interface}); the power modules fall back by their own "
+                          f"timeout anyway") from e
+    finally:
+        sock.close()
+    return f"{len(ports)} ports: 0 W and contactor open sent on {cfg.interface} from J1939 address {cfg.address}"
+
+
+def _await_claim(sock: socket.socket, address: int, name: int) -> None:
+    """J1939-81: 250 ms for a contending claim; one with a lower NAME keeps the address."""
+    end = time.monotonic() + 0.25
+    while (left := end - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            return
+        can_id, dlc, data = FRAME.unpack(sock.recv(FRAME.size))
+        if (can_id >> 8) & 0x3FF00 == PGN_ADDRESS_CLAIMED and can_id & 0xFF == address and int.from_bytes(data, "little") <= name:
+            raise DeviceError(f"J1939 address {address} is claimed by a node with a lower NAME; no setpoint was sent. "
+                              f"Remedy: give the controller an address of its own ([can] address)", "ERR_LINK_DOWN")

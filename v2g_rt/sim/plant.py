@@ -213,6 +213,15 @@ class Plant:
                     if f"port/{p.id}/plc_loss" in ctrl.sources]
         self.ambient_sources = [f"node/{nd.id}/ambient_c" for nd in site.nodes
                                 if f"node/{nd.id}/ambient_c" in ctrl.sources]
+        # EVSEs with link = "can": their power modules take the loop's J1939 setpoint frames
+        self.can_ports = []
+        for nd in site.nodes:
+            if nd.link == "can" and self.can_peer:
+                js = [j for j, p in enumerate(site.ports) if p.evse == nd.id]
+                module = self.can_peer.module(nd.can_address, len(js))
+                self.can_ports += [(j, module, k) for k, j in enumerate(js)]
+        on_can = {j for j, _, _ in self.can_ports}
+        self.mailbox_ports = [p.id for j, p in enumerate(site.ports) if j not in on_can]
         self.welded = {port_index[pid]: h for pid, h in cfg.contactor_welds}
         self.closed = np.zeros(n, bool)
         self.faults_seen: dict[str, set] = {}
@@ -276,13 +285,19 @@ class Plant:
     def advance(self, t_ns: int, dt_s: float) -> None:
         """Apply the controller's published outputs over [t, t + dt]."""
         snap = self.ctrl.snapshot()
-        out = self.ctrl.outputs()                              # what a charger would be told
+        out = self.ctrl.outputs(take=self.mailbox_ports)       # what a charger would be told
         valid = out["valid_until_ns"] >= t_ns                  # dead-man: stale outputs mean 0 W
         self.closed = out["contactor_closed"].astype(bool)
+        setpoint = out["setpoint_w"]
+        if self.can_ports:                                     # what the power modules were sent
+            self.can_peer.poll(t_ns)
+            for j, module, k in self.can_ports:
+                setpoint[j], self.closed[j] = module.output(k, t_ns)
+                valid[j] = True                                # the module applies its own timeout
         for j, hour in self.welded.items():
             if self.hour(t_ns) >= hour:
                 self.closed[j] = True                          # welded: closed whatever the command
-        want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), out["setpoint_w"], 0.0)
+        want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), setpoint, 0.0)
         p = np.clip(want, -self.ev_max_discharge(), self.ev_max_charge())
         # never beyond full or below the minimum within the step
         room_up = (1.0 - self.soc) * self.cap * 3600.0 / dt_s
