@@ -215,6 +215,16 @@ cdef Image* new_image(int64_t period_ns) except NULL:
     return im
 
 
+def i2c_decode(int32_t decode, const uint8_t[::1] data):
+    """The raw number in a register's bytes (MSB first), decoded as the I/O thread decodes it;
+    the reader of sensors served on the Python side uses it too."""
+    if not DECODE_BE16_SIGNED <= decode <= DECODE_BE24_UNSIGNED_SHIFT4:
+        raise ValueError(f"no decode {decode}")
+    if data.shape[0] != (2 if decode == DECODE_BE16_SIGNED else 3):
+        raise ValueError(f"{data.shape[0]} bytes for decode {decode}")
+    return i2c_raw(decode, &data[0])
+
+
 cdef class Core:
     """One process image and the loop that runs over it.
 
@@ -619,6 +629,14 @@ cdef class Core:
         io.n += 1
         return io.n - 1
 
+    def claim(self, int32_t input, int32_t writer):
+        """A device served on the Python side (a sim backend) takes source `input`: from now on
+        the gate takes it from `writer` alone (write_measurement(..., writer))."""
+        self._check_open()
+        if writer not in (WRITER_CAN, WRITER_I2C):
+            raise ValueError(f"{writer} is not a device writer")
+        self._claim(input, writer)
+
     def i2c_stats(self):
         cdef I2cSensor* s
         out = []
@@ -661,11 +679,14 @@ cdef class Core:
     cdef int64_t _now(self) noexcept nogil:
         return self.im.now_ns if self.virtual else mono_ns()
 
-    def write_measurement(self, int32_t index, double value, int64_t t_ns):
-        """Publish one value through the gate; returns its GATE_CODES index (0: accepted)."""
+    def write_measurement(self, int32_t index, double value, int64_t t_ns, int32_t writer=WRITER_PYTHON):
+        """Publish one value through the gate as writer (a device served on the Python side
+        writes as its own kind, see claim); returns its GATE_CODES index (0: accepted)."""
         if not 0 <= index < self.im.n_inputs:
             raise IndexError(index)
-        return gate_write(&self.im.ex, index, WRITER_PYTHON, value, t_ns, self._now())
+        if writer not in (WRITER_PYTHON, WRITER_CAN, WRITER_I2C):
+            raise ValueError(f"no writer {writer}")
+        return gate_write(&self.im.ex, index, writer, value, t_ns, self._now())
 
     def write_measurements(self, const int32_t[::1] index, const double[::1] value, int64_t t_ns):
         """Publish many values stamped t_ns through the gate; returns counts per GATE_CODES."""

@@ -83,7 +83,7 @@ cdef enum:  # GateCode
 cdef enum:  # Writer: who may write a source (one writer per slot by construction)
     WRITER_PYTHON = 0        # measure(), measure_many(), the services
     WRITER_CAN = 1           # the loop's J1939 decoder
-    WRITER_I2C = 2           # the native I/O thread
+    WRITER_I2C = 2           # an I2C sensor: the native I/O thread, or the Python reader of a sim one
 
 # Why a node or port gets what it gets (the limit that bound it).
 cdef enum:  # Binding

@@ -80,13 +80,14 @@ cdef int i2c_transfer(I2cSensor* s, uint8_t* buf) noexcept nogil:
     return 0
 
 
-cdef int64_t i2c_raw(const I2cSensor* s, const uint8_t* b) noexcept nogil:
+cdef int64_t i2c_raw(int32_t decode, const uint8_t* b) noexcept nogil:
+    """The raw number in a register's bytes (MSB first): 2 bytes for DECODE_BE16_SIGNED, else 3."""
     cdef int64_t raw
-    if s.decode == DECODE_BE16_SIGNED:
+    if decode == DECODE_BE16_SIGNED:
         raw = <int16_t>((b[0] << 8) | b[1])
-    elif s.decode == DECODE_BE24_UNSIGNED:
+    elif decode == DECODE_BE24_UNSIGNED:
         raw = (b[0] << 16) | (b[1] << 8) | b[2]
-    elif s.decode == DECODE_BE24_UNSIGNED_SHIFT4:
+    elif decode == DECODE_BE24_UNSIGNED_SHIFT4:
         raw = ((b[0] << 16) | (b[1] << 8) | b[2]) >> 4
     else:
         raw = (b[0] << 16) | (b[1] << 8) | b[2]
@@ -104,7 +105,7 @@ cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nog
         v2g_store_i64(&s.last_errno, err)
         return
     bump(&s.reads, 1)
-    cdef int64_t raw = i2c_raw(s, buf)
+    cdef int64_t raw = i2c_raw(s.decode, buf)
     if s.has_invalid_raw and raw == s.invalid_raw:
         bump(&s.not_ready, 1)                # e.g. a TMP117 before its first conversion
         return
