@@ -610,19 +610,20 @@ cdef class Core:
                 "gate_rejected": v2g_load_relaxed(&r.gate_rejected), "last_errno": v2g_load_i64(&r.last_errno)}
 
     def add_i2c_sensor(self, int fd, int addr, int mode, int reg, int nbytes, int decode, int input,
-                       double scale, double offset, double period_s, int timeout_ms=100, invalid_raw=None):
+                       double scale, double offset, double period_s, invalid_raw=None):
         """A register read by the I/O thread every period_s and published to source `input`;
         a raw reading equal to invalid_raw (the register's "no value yet") is counted, not published."""
         self._check_open()
         cdef I2cIo* io = &self.im.i2c
         if io.n >= MAX_I2C:
             raise ValueError(f"more than {MAX_I2C} I2C sensors")
-        if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0:
+        if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0 \
+                or mode not in (I2C_MODE_RDWR, I2C_MODE_SMBUS):
             raise ValueError("bad I2C sensor")
         self._claim(input, WRITER_I2C)
         cdef I2cSensor* s = &io.s[io.n]
         s.fd, s.addr, s.mode, s.reg, s.nbytes, s.decode, s.input = fd, addr, mode, reg, nbytes, decode, input
-        s.scale, s.offset, s.timeout_ms = scale, offset, timeout_ms
+        s.scale, s.offset = scale, offset
         s.period_ns = v2g_s_to_ns(period_s)
         s.has_invalid_raw = invalid_raw is not None
         s.invalid_raw = invalid_raw if invalid_raw is not None else 0
@@ -646,7 +647,7 @@ cdef class Core:
                         "not_ready": v2g_load_relaxed(&s.not_ready),
                         "gate_rejected": v2g_load_relaxed(&s.gate_rejected),
                         "last_errno": v2g_load_i64(&s.last_errno), "period_s": s.period_ns / 1e9,
-                        "mode": ("i2c_rdwr", "smbus", "stream")[s.mode], "address": s.addr})
+                        "mode": ("i2c_rdwr", "smbus")[s.mode], "address": s.addr})
         return out, v2g_load_i64(&self.im.i2c.tid)
 
     def poll_io(self):

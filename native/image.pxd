@@ -438,7 +438,6 @@ cdef struct CanReader:           # the loop drains this socket every cycle (read
 cdef enum:  # I2cMode: how a sensor's register is read
     I2C_MODE_RDWR = 0            # I2C_RDWR: register write + repeated-start read (plain I2C adapters)
     I2C_MODE_SMBUS = 1           # I2C_SMBUS word / I2C-block read (SMBus-only adapters)
-    I2C_MODE_STREAM = 2          # write [addr, reg, n], read n bytes (the simulated bus)
 
 cdef enum:  # I2cDecode: register bytes (MSB first) to a raw number
     DECODE_BE16_SIGNED = 0       # TMP117 temperature, INA228 DIETEMP
@@ -454,7 +453,6 @@ cdef struct I2cSensor:
     int32_t nbytes
     int32_t decode
     int32_t input                # the source it publishes (single writer: the I/O thread)
-    int32_t timeout_ms           # the simulated bus's answer timeout
     double scale
     double offset
     int64_t invalid_raw          # the register's "no value yet" code (TMP117: 0x8000), if any

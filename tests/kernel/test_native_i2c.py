@@ -277,6 +277,14 @@ def test_below_zero_the_tmp117_reads_twos_complement(rig):
     assert -12.5 <= ctrl.snapshot().node("tx1")["temperature_c"] < 10  # a cold transformer, not -256 C or +499 C
 
 
+def test_the_native_core_makes_only_real_transfers():
+    """I2C_RDWR and SMBus ioctls; there is no simulated wire protocol in the native core."""
+    site = config.parse(SITE.format(backend="sim", bus=1), "t.toml")
+    ctrl = Controller(site, clock="virtual")
+    with pytest.raises(ValueError, match="bad I2C sensor"):
+        ctrl.add_i2c_sensor(0, 0x48, 2, 0x00, 2, 0, "node/tx1/ambient_c", 0.0078125, 0.1)
+
+
 def test_a_reading_the_gate_refuses_is_counted(rig):
     """100 C is no ambient air (its range ends at 80 C): read, decoded, refused by the gate, counted."""
     backend, bus, site = rig
