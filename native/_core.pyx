@@ -217,6 +217,16 @@ cdef Image* new_image(int64_t period_ns) except NULL:
     return im
 
 
+def i2c_decode(int32_t decode, const uint8_t[::1] data):
+    """The raw number in a register's bytes (MSB first), decoded as the I/O thread decodes it;
+    the reader of sensors served on the Python side uses it too."""
+    if not DECODE_BE16_SIGNED <= decode <= DECODE_BE24_UNSIGNED_SHIFT4:
+        raise ValueError(f"no decode {decode}")
+    if data.shape[0] != (2 if decode == DECODE_BE16_SIGNED else 3):
+        raise ValueError(f"{data.shape[0]} bytes for decode {decode}")
+    return i2c_raw(decode, &data[0])
+
+
 cdef class Core:
     """One process image and the loop that runs over it.
 
@@ -562,9 +572,9 @@ cdef class Core:
         stop_begin(self.im, hard)
 
     @property
-    def stopping(self):
-        """A stop began; stopped: every contactor is open since."""
-        return bool(self.im.stopping)
+    def stop_cycles(self):
+        """Cycles the stop has run so far (None: no stop began)."""
+        return self.im.cycle - self.im.stop_cycle if self.im.stopping else None
 
     def stop(self, bint hard=False):
         """Stop and publish safe outputs: 0 W at once, each contactor opened once its current
@@ -665,24 +675,33 @@ cdef class Core:
                 "gate_rejected": v2g_load_relaxed(&r.gate_rejected), "last_errno": v2g_load_i64(&r.last_errno)}
 
     def add_i2c_sensor(self, int fd, int addr, int mode, int reg, int nbytes, int decode, int input,
-                       double scale, double offset, double period_s, int timeout_ms=100, invalid_raw=None):
+                       double scale, double offset, double period_s, invalid_raw=None):
         """A register read by the I/O thread every period_s and published to source `input`;
         a raw reading equal to invalid_raw (the register's "no value yet") is counted, not published."""
         self._check_open()
         cdef I2cIo* io = &self.im.i2c
         if io.n >= MAX_I2C:
             raise ValueError(f"more than {MAX_I2C} I2C sensors")
-        if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0:
+        if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0 \
+                or mode not in (I2C_MODE_RDWR, I2C_MODE_SMBUS):
             raise ValueError("bad I2C sensor")
         self._claim(input, WRITER_I2C)
         cdef I2cSensor* s = &io.s[io.n]
         s.fd, s.addr, s.mode, s.reg, s.nbytes, s.decode, s.input = fd, addr, mode, reg, nbytes, decode, input
-        s.scale, s.offset, s.timeout_ms = scale, offset, timeout_ms
+        s.scale, s.offset = scale, offset
         s.period_ns = v2g_s_to_ns(period_s)
         s.has_invalid_raw = invalid_raw is not None
         s.invalid_raw = invalid_raw if invalid_raw is not None else 0
         io.n += 1
         return io.n - 1
+
+    def claim(self, int32_t input, int32_t writer):
+        """A device served on the Python side (a sim backend) takes source `input`: from now on
+        the gate takes it from `writer` alone (write_measurement(..., writer))."""
+        self._check_open()
+        if writer not in (WRITER_CAN, WRITER_I2C):
+            raise ValueError(f"{writer} is not a device writer")
+        self._claim(input, writer)
 
     def i2c_stats(self):
         cdef I2cSensor* s
@@ -693,7 +712,7 @@ cdef class Core:
                         "not_ready": v2g_load_relaxed(&s.not_ready),
                         "gate_rejected": v2g_load_relaxed(&s.gate_rejected),
                         "last_errno": v2g_load_i64(&s.last_errno), "period_s": s.period_ns / 1e9,
-                        "mode": ("i2c_rdwr", "smbus", "stream")[s.mode], "address": s.addr})
+                        "mode": ("i2c_rdwr", "smbus")[s.mode], "address": s.addr})
         return out, v2g_load_i64(&self.im.i2c.tid)
 
     def poll_io(self):
@@ -726,11 +745,14 @@ cdef class Core:
     cdef int64_t _now(self) noexcept nogil:
         return self.im.now_ns if self.virtual else mono_ns()
 
-    def write_measurement(self, int32_t index, double value, int64_t t_ns):
-        """Publish one value through the gate; returns its GATE_CODES index (0: accepted)."""
+    def write_measurement(self, int32_t index, double value, int64_t t_ns, int32_t writer=WRITER_PYTHON):
+        """Publish one value through the gate as writer (a device served on the Python side
+        writes as its own kind, see claim); returns its GATE_CODES index (0: accepted)."""
         if not 0 <= index < self.im.n_inputs:
             raise IndexError(index)
-        return gate_write(&self.im.ex, index, WRITER_PYTHON, value, t_ns, self._now())
+        if writer not in (WRITER_PYTHON, WRITER_CAN, WRITER_I2C):
+            raise ValueError(f"no writer {writer}")
+        return gate_write(&self.im.ex, index, writer, value, t_ns, self._now())
 
     def write_measurements(self, const int32_t[::1] index, const double[::1] value, int64_t t_ns):
         """Publish many values stamped t_ns through the gate; returns counts per GATE_CODES."""

@@ -304,6 +304,7 @@ cdef void stop_begin(Image* im, bint hard) noexcept nogil:
     if not im.stopping:
         im.stopping = 1
         im.stop_deadline_ns = v2g_sat_add(im.now_ns, im.opt.stop_timeout_ns)
+        im.stop_cycle = im.cycle
     if hard:
         im.stop_hard = 1
 

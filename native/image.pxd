@@ -84,7 +84,7 @@ cdef enum:  # GateCode
 cdef enum:  # Writer: who may write a source (one writer per slot by construction)
     WRITER_PYTHON = 0        # measure(), measure_many(), the services
     WRITER_CAN = 1           # the loop's J1939 decoder
-    WRITER_I2C = 2           # the native I/O thread
+    WRITER_I2C = 2           # an I2C sensor: the native I/O thread, or the Python reader of a sim one
 
 # Why a node or port gets what it gets (the limit that bound it).
 cdef enum:  # Binding
@@ -442,7 +442,6 @@ cdef struct CanReader:           # the loop drains this socket every cycle (read
 cdef enum:  # I2cMode: how a sensor's register is read
     I2C_MODE_RDWR = 0            # I2C_RDWR: register write + repeated-start read (plain I2C adapters)
     I2C_MODE_SMBUS = 1           # I2C_SMBUS word / I2C-block read (SMBus-only adapters)
-    I2C_MODE_STREAM = 2          # write [addr, reg, n], read n bytes (the simulated bus)
 
 cdef enum:  # I2cDecode: register bytes (MSB first) to a raw number
     DECODE_BE16_SIGNED = 0       # TMP117 temperature, INA228 DIETEMP
@@ -458,7 +457,6 @@ cdef struct I2cSensor:
     int32_t nbytes
     int32_t decode
     int32_t input                # the source it publishes (single writer: the I/O thread)
-    int32_t timeout_ms           # the simulated bus's answer timeout
     double scale
     double offset
     int64_t invalid_raw          # the register's "no value yet" code (TMP117: 0x8000), if any
@@ -582,6 +580,7 @@ cdef struct Image:
     int32_t stopping              # a stop began: 0 W everywhere, contactors open as current falls
     int32_t stop_hard             # ... or at once (a hard stop)
     int64_t stop_deadline_ns      # every contactor is open by then
+    uint64_t stop_cycle           # the last cycle before the stop began
     ActiveCommand grid_cmd[N_GRID_COMMANDS]
     Node node[MAX_NODES]
     Port port[MAX_PORTS]

@@ -7,10 +7,11 @@
 # slot's only writer, through the gate); the cycle takes it like any measurement. A failed
 # transfer (NACK, EIO, timeout) is counted and publishes nothing, so the value
 # goes stale and the interlock treats it. In virtual time the same transfers run
-# from poll_io() in the stepping thread.
+# from poll_io() in the stepping thread. Only real transfers (I2C_RDWR, SMBus
+# ioctls) are made here: a sim sensor is served on the Python side
+# (v2g_rt.devices.i2c), which decodes its bytes with i2c_raw below.
 
-from libc.errno cimport errno, EIO, ENXIO, ETIMEDOUT
-from posix.unistd cimport read, write
+from libc.errno cimport errno
 
 
 cdef int i2c_transfer(I2cSensor* s, uint8_t* buf) noexcept nogil:
@@ -20,10 +21,6 @@ cdef int i2c_transfer(I2cSensor* s, uint8_t* buf) noexcept nogil:
     cdef i2c_rdwr_ioctl_data rdwr
     cdef i2c_smbus_ioctl_data args
     cdef i2c_smbus_data data
-    cdef uint8_t req[3]
-    cdef uint8_t reply[40]
-    cdef pollfd pfd
-    cdef ssize_t got
     cdef int k
     if s.mode == I2C_MODE_RDWR:
         msgs[0].addr = <uint16_t>s.addr
@@ -37,56 +34,33 @@ cdef int i2c_transfer(I2cSensor* s, uint8_t* buf) noexcept nogil:
         rdwr.msgs = msgs
         rdwr.nmsgs = 2
         return errno if ioctl(s.fd, I2C_RDWR, &rdwr) < 0 else 0
-    if s.mode == I2C_MODE_SMBUS:
-        args.read_write = I2C_SMBUS_READ
-        args.command = reg
-        args.data = &data
-        if s.nbytes == 2:
-            args.size = I2C_SMBUS_WORD_DATA
-            if ioctl(s.fd, I2C_SMBUS, &args) < 0:
-                return errno
-            buf[0] = data.word & 0xFF             # SMBus words arrive low byte first
-            buf[1] = data.word >> 8
-            return 0
-        args.size = I2C_SMBUS_I2C_BLOCK_DATA
-        data.block[0] = <uint8_t>s.nbytes
+    args.read_write = I2C_SMBUS_READ          # I2C_MODE_SMBUS
+    args.command = reg
+    args.data = &data
+    if s.nbytes == 2:
+        args.size = I2C_SMBUS_WORD_DATA
         if ioctl(s.fd, I2C_SMBUS, &args) < 0:
             return errno
-        for k in range(s.nbytes):
-            buf[k] = data.block[1 + k]
+        buf[0] = data.word & 0xFF             # SMBus words arrive low byte first
+        buf[1] = data.word >> 8
         return 0
-    # I2C_MODE_STREAM: the simulated bus answers [addr, reg, n] with [reg] + n bytes, or
-    # [reg] alone (NACK). A late answer to an earlier request is drained first.
-    while recv(s.fd, reply, sizeof(reply), MSG_DONTWAIT) > 0:
-        pass
-    req[0] = <uint8_t>s.addr
-    req[1] = reg
-    req[2] = <uint8_t>s.nbytes
-    if write(s.fd, req, 3) != 3:
-        return errno if errno else EIO
-    pfd.fd = s.fd
-    pfd.events = POLLIN
-    if poll(&pfd, 1, s.timeout_ms) <= 0:
-        return ETIMEDOUT
-    got = read(s.fd, reply, sizeof(reply))
-    if got < 1 or reply[0] != reg:
-        return EIO
-    if got == 1:
-        return ENXIO
-    if got != s.nbytes + 1:
-        return EIO
+    args.size = I2C_SMBUS_I2C_BLOCK_DATA
+    data.block[0] = <uint8_t>s.nbytes
+    if ioctl(s.fd, I2C_SMBUS, &args) < 0:
+        return errno
     for k in range(s.nbytes):
-        buf[k] = reply[1 + k]
+        buf[k] = data.block[1 + k]
     return 0
 
 
-cdef int64_t i2c_raw(const I2cSensor* s, const uint8_t* b) noexcept nogil:
+cdef int64_t i2c_raw(int32_t decode, const uint8_t* b) noexcept nogil:
+    """The raw number in a register's bytes (MSB first): 2 bytes for DECODE_BE16_SIGNED, else 3."""
     cdef int64_t raw
-    if s.decode == DECODE_BE16_SIGNED:
+    if decode == DECODE_BE16_SIGNED:
         raw = <int16_t>((b[0] << 8) | b[1])
-    elif s.decode == DECODE_BE24_UNSIGNED:
+    elif decode == DECODE_BE24_UNSIGNED:
         raw = (b[0] << 16) | (b[1] << 8) | b[2]
-    elif s.decode == DECODE_BE24_UNSIGNED_SHIFT4:
+    elif decode == DECODE_BE24_UNSIGNED_SHIFT4:
         raw = ((b[0] << 16) | (b[1] << 8) | b[2]) >> 4
     else:
         raw = (b[0] << 16) | (b[1] << 8) | b[2]
@@ -104,7 +78,7 @@ cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nog
         v2g_store_i64(&s.last_errno, err)
         return
     bump(&s.reads, 1)
-    cdef int64_t raw = i2c_raw(s, buf)
+    cdef int64_t raw = i2c_raw(s.decode, buf)
     if s.has_invalid_raw and raw == s.invalid_raw:
         bump(&s.not_ready, 1)                # e.g. a TMP117 before its first conversion
         return

@@ -105,7 +105,6 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags, void* timeout)
     int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags)
-    ssize_t recv(int fd, void* buf, size_t n, int flags)
 
 cdef extern from "builtins.h" nogil:
     bint v2g_rxq_ovfl(const msghdr* h, uint32_t* out)
@@ -152,14 +151,6 @@ cdef extern from "<linux/i2c-dev.h>" nogil:
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    short POLLIN
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
 
 cdef extern from "<linux/seccomp.h>" nogil:
     int SECCOMP_MODE_STRICT         # read, write, _exit, sigreturn; anything else: SIGKILL

@@ -192,7 +192,9 @@ class Controller:
         self._meas_counts: Counter[str] = Counter()
         self.rt_report: dict | None = None
         self._pm_qos = None
-        self._owned: dict[str, str] = {}        # sources a device feeds natively: source -> device
+        self._owned: dict[str, str] = {}        # sources a device feeds: source -> device
+        self._served: dict[str, object] = {}    # device kind -> its sensors served on the Python side
+        self._served_io: _ServedIo | None = None
 
     # ------------------------------------------------------------ time
 
@@ -235,6 +237,9 @@ class Controller:
                                 f"[rt] cpu_dma_latency_us = -1 skips it")
         for w in warnings:
             log.warning("%s", w)
+        if self._served:
+            self._served_io = _ServedIo(list(self._served.values()), self._core.now_ns)
+            self._served_io.start()
         deadline = time.monotonic() + 2.0
         while self._core.read_stats()["cycles"] == 0 and time.monotonic() < deadline:
             time.sleep(self.site.period_s)
@@ -247,8 +252,12 @@ class Controller:
         """0 W at every port at once; each contactor opens once its port's measured power is at
         most stop_open_below_w, or after stop_timeout_s (at once if hard); then the outputs are
         safe to hold for ever. In virtual time the stop's cycles run here, without new
-        measurements: begin_stop() and step() let a simulation show the current falling."""
+        measurements: begin_stop() and step() let a simulation show the current falling.
+        Sensors served on the Python side keep being read until the loop has stopped."""
         self._core.stop(hard)
+        if self._served_io is not None:
+            self._served_io.stop()
+            self._served_io = None
         if self._pm_qos is not None:
             self._pm_qos.close()
             self._pm_qos = None
@@ -494,13 +503,32 @@ class Controller:
     # ------------------------------------------------------------ devices (see v2g_rt.devices)
 
     def claim_source(self, name: str, device: str) -> None:
-        """The native core reads this source from a device; measure() refuses it from now on
-        (the native attach_can/add_i2c_sensor make the device the slot's only writer)."""
+        """A device feeds this source; measure() refuses it from now on (the native
+        attach_can/add_i2c_sensor, or device_writer, make the device the slot's only writer)."""
         if name not in self._sources:
             raise KeyError(f"no source {name!r}")
         if self._owned.get(name, device) != device:
             raise ValueError(f"{name} is already fed by {self._owned[name]}; one writer per source")
         self._owned[name] = device
+
+    def device_writer(self, name: str, device: str):
+        """For a device served on the Python side (a sim backend): claim the source for the
+        device kind and return the one way to write it, write(value, t_ns) -> GATE_CODES index
+        (0: accepted), through the gate as that kind's writer, as the native reader would."""
+        self.claim_source(name, device)
+        index, writer, core = self.source_index(name), _core.WRITERS[device], self._core
+        core.claim(index, writer)
+        return lambda value, t_ns: core.write_measurement(index, value, t_ns, writer)
+
+    def add_served_sensors(self, device: str, sensors) -> None:
+        """Sensors of a device kind served on the Python side (before the controller steps or
+        starts): sensors.poll(now_ns, catch_up) reads those due, sensors.schedule(start_ns) and
+        sensors.next_ns() set and tell when they are due, sensors.stats() joins
+        device_stats()[device]. poll_io() reads them in virtual time; in real time a Python
+        thread beside the loop does."""
+        if self.running or device in self._served:
+            raise RuntimeError(f"{device} sensors are served once, before the controller runs")
+        self._served[device] = sensors
 
     def attach_can(self, fd: int, frames_per_cycle: int, signals: list[tuple]) -> None:
         self._core.attach_can(fd, frames_per_cycle, signals)
@@ -519,14 +547,21 @@ class Controller:
                                          scale, 0.0, period_s, invalid_raw=invalid_raw)
 
     def poll_io(self) -> None:
-        """Virtual time: the I2C reads due by now (the I/O thread does this while running in real time)."""
+        """Virtual time: the I2C reads due by now, native and served on the Python side (the
+        I/O thread and the served sensors' thread do this while running in real time)."""
         self._core.poll_io()
+        now = self._core.now_ns()
+        for sensors in self._served.values():
+            sensors.poll(now, catch_up=True)
 
     def device_stats(self) -> dict:
         i2c, tid = self._core.i2c_stats()
         can = self._core.can_stats()
         can["setpoints"] = self._core.can_writer_stats()
-        return {"can": can, "i2c": i2c, "io_thread_tid": tid}
+        out = {"can": can, "i2c": i2c, "io_thread_tid": tid}
+        for device, sensors in self._served.items():
+            out[device] = out[device] + sensors.stats()
+        return out
 
     def _measure(self, source, value, t_ns) -> Submission:
         if isinstance(source, str):
@@ -622,8 +657,35 @@ class Controller:
             "commands": commands, "measurements": measurements, "rejected_by_source": rejected_by_source,
             "rt": self.rt_report,
             "devices": self.device_stats(), "outbox": self._core.outbox_stats(),
+            "stop_cycles": self._core.stop_cycles,
             "outputs_refused": {pid: n for pid, n in zip(self.port_ids, self._core.output_refused()) if n},
         }
+
+
+class _ServedIo(threading.Thread):
+    """Reads the sensors served on the Python side on their periods while the loop runs."""
+
+    def __init__(self, served: list, clock):
+        super().__init__(name="v2g-served-io", daemon=True)
+        self.served, self.clock = served, clock
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        now = self.clock()
+        for sensors in self.served:
+            sensors.schedule(now)
+        while not self.stopping.is_set():
+            now = self.clock()
+            due = min(sensors.next_ns() for sensors in self.served)
+            if due > now:
+                self.stopping.wait((due - now) / 1e9)
+                continue
+            for sensors in self.served:
+                sensors.poll(now, catch_up=False)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
 
 
 def _reject(code: str, reason: str) -> Submission:
@@ -670,7 +732,7 @@ def _gate_reason(code, name, v, lo, hi, t, now, owner) -> str:
     if code == "ERR_MEAS_TOO_OLD":
         return f"{name}: stamped {(now - t) / 1e9:.3f} s ago, older than the source's max age"
     if code == "ERR_MEAS_DEVICE_OWNED":
-        return f"{name}: read directly from {owner or 'a device'} by the native core"
+        return f"{name}: read directly from {owner or 'a device'}, its only writer"
     return f"{name}: older than the value it already holds"
 
 

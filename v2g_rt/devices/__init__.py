@@ -1,5 +1,6 @@
 """Devices: open and configure kernel devices with the Python libraries, then hand their fds
-to the native core, which does the reads (the loop for CAN, the I/O thread for I2C)."""
+to the native core, which does the reads (the loop for CAN, the I/O thread for I2C); a sim I2C
+sensor is served on the Python side instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ class DeviceError(V2GError):
 def kinds() -> tuple:
     """The registry: every device kind's module. Each declares SECTION (its config section, or
     table prefix), check_config(cf, site), feeds(site) and attach(ctrl, site) -> (handles, the
-    far end of a sim backend's socket pair or None, what the far side needs to play it)."""
+    end of a sim backend the far side takes (a socket pair's far end, the bus of I2C sensors
+    served on the Python side) or None, what the far side needs to play it)."""
     from . import can, i2c
     return (can, i2c)
 
@@ -90,7 +92,7 @@ def _feed_problem(f: Feed, kinds: dict[str, str], writers: dict[str, Feed]) -> s
 def attach(ctrl, site, peers=None) -> Devices:
     """Open the site's devices and hand them to ctrl (before it steps or starts).
 
-    A sim backend's far end is handed to peers[SECTION](sock, what), the simulator's side
+    A sim backend's end for the far side is handed to peers[SECTION](end, what), the simulator's side
     (v2g_rt.sim.peers.attach passes its own); devices never import the simulator."""
     devices = Devices()
     far = []

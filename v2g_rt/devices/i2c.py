@@ -3,15 +3,19 @@
 smbus2 opens /dev/i2c-N, checks the chip's identity and configures it; the native
 I/O thread then reads one register per transfer with I2C_RDWR where the adapter
 speaks plain I2C, or SMBus word / I2C-block transfers where I2C_FUNCS says it only
-speaks SMBus. The sim backend is a socketpair whose far side is a simulated
-register file (v2g_rt.sim.peers.i2c), which this module never imports.
+speaks SMBus. A sim sensor is served on the Python side instead: ServedBus reads
+it on its period (the controller's poll_io in virtual time, a Python thread beside
+the loop in real time) from a simulated register file (v2g_rt.sim.peers.i2c, which
+this module never imports), decodes it with the I/O thread's own decoder and writes
+it through the gate as the I2C writer.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
-import socket
 from dataclasses import dataclass
 
+from .. import _core
 from . import DeviceError
 
 SECTION = "i2c"          # [i2c.NAME]: one table per sensor
@@ -21,7 +25,7 @@ I2C_SLAVE = 0x0703
 I2C_FUNC_I2C = 0x00000001
 I2C_FUNC_SMBUS_READ_WORD_DATA = 0x00200000
 I2C_FUNC_SMBUS_READ_I2C_BLOCK = 0x04000000
-MODE_RDWR, MODE_SMBUS, MODE_STREAM = 0, 1, 2
+MODE_RDWR, MODE_SMBUS = 0, 1
 BE16_SIGNED, BE24_UNSIGNED, BE24_SIGNED_SHIFT4, BE24_UNSIGNED_SHIFT4 = 0, 1, 2, 3
 
 
@@ -132,6 +136,12 @@ def current_lsb(cfg: I2cConfig) -> float:
     return cfg.max_current_a / 2**19
 
 
+def lsb(cfg: I2cConfig) -> float:
+    """The physical value of one raw unit of cfg's register."""
+    return SENSORS[cfg.sensor][cfg.quantity].scale * (current_lsb(cfg) if cfg.quantity in ("power", "current")
+                                                      else 1.0) * cfg.scale
+
+
 def configure_ina228(bus, cfg: I2cConfig) -> None:
     cal = round(13107.2e6 * current_lsb(cfg) * cfg.shunt_ohms)
     bus.write_i2c_block_data(cfg.address, INA228_SHUNT_CAL, [cal >> 8 & 0x7F, cal & 0xFF])
@@ -145,28 +155,104 @@ class I2cDevice:
         self.handle.close()
 
 
+def _unplugged(address: int, register: int, n: int) -> bytes:
+    raise OSError(errno.ENXIO, "no chip plays this sim sensor")
+
+
+class ServedSensor:
+    """One sim sensor's register, read on the Python side as the I/O thread reads a real one:
+    a failed transfer is counted and publishes nothing, the "no reading yet" code is counted
+    as not ready, a value the gate refuses is counted."""
+
+    def __init__(self, cfg: I2cConfig, reg: Register, scale: float, write):
+        self.cfg, self.reg, self.scale, self.write = cfg, reg, scale, write
+        self.period_ns = round(cfg.period_s * 1e9)
+        self.next_ns: int | None = None
+        self.reads = self.errors = self.not_ready = self.gate_rejected = self.last_errno = 0
+
+    def read(self, transfer, t_ns: int) -> None:
+        try:
+            data = transfer(self.cfg.address, self.reg.reg, self.reg.nbytes)
+            if len(data) != self.reg.nbytes:
+                raise OSError(errno.EIO, f"{len(data)} bytes for {self.reg.nbytes}")
+        except OSError as e:
+            self.errors += 1
+            self.last_errno = e.errno or errno.EIO
+            return
+        self.reads += 1
+        raw = _core.i2c_decode(self.reg.decode, data)
+        if raw == self.reg.invalid_raw:
+            self.not_ready += 1
+            return
+        if self.write(raw * self.scale, t_ns) != 0:
+            self.gate_rejected += 1
+
+    def stats(self) -> dict:
+        return {"reads": self.reads, "errors": self.errors, "not_ready": self.not_ready,
+                "gate_rejected": self.gate_rejected, "last_errno": self.last_errno,
+                "period_s": self.period_ns / 1e9, "mode": "python", "address": self.cfg.address}
+
+
+class ServedBus:
+    """The sim backend: sensors served on the Python side (Controller.add_served_sensors runs
+    them). The far side plugs in its chips with plug(transfer): transfer(address, register, n)
+    returns the register's n bytes MSB first, or raises OSError for a NACK."""
+
+    def __init__(self):
+        self.sensors: list[ServedSensor] = []
+        self.transfer = _unplugged
+
+    def plug(self, transfer) -> None:
+        self.transfer = transfer
+
+    def schedule(self, start_ns: int) -> None:
+        """Spread the first reads over the periods, as the I/O thread does."""
+        n = len(self.sensors)
+        for k, s in enumerate(self.sensors):
+            s.next_ns = start_ns + s.period_ns * k // n
+
+    def next_ns(self) -> int:
+        return min(s.next_ns for s in self.sensors)
+
+    def poll(self, now_ns: int, catch_up: bool) -> None:
+        """Read every sensor due by now_ns: with catch_up (virtual time) once per period passed,
+        so the reads are as many as the periods; without (real time) once, and on from now: a
+        late thread skips periods, never bursts."""
+        if self.sensors[0].next_ns is None:
+            self.schedule(now_ns)
+        for s in self.sensors:
+            while s.next_ns <= now_ns:
+                s.read(self.transfer, now_ns)
+                s.next_ns += s.period_ns
+                if not catch_up and s.next_ns <= now_ns:
+                    s.next_ns = now_ns + s.period_ns
+
+    def stats(self) -> list[dict]:
+        return [s.stats() for s in self.sensors]
+
+    def close(self) -> None:
+        self.transfer = _unplugged
+
+
 def attach(ctrl, site):
-    """Open each sensor and hand it to the core; returns the open devices, the far end of the
-    sim bus (None without sim sensors) and the sim sensors' configs."""
-    devices, far, sim = [], None, []
+    """Open each sensor and hand it to the core; returns the open devices, the bus of the sim
+    sensors (None without them; its far side plugs in the chips) and the sim sensors' configs."""
+    devices, served, sim = [], None, []
     for cfg in site.sections["i2c"]:
         if cfg.source not in ctrl.sources:
             raise DeviceError(f"[i2c.{cfg.name}] source {cfg.source!r} is not a source of this site", "ERR_CONFIG_VALUE")
-        reg = SENSORS[cfg.sensor][cfg.quantity]
-        scale = reg.scale * (current_lsb(cfg) if cfg.quantity in ("power", "current") else 1.0) * cfg.scale
-        if cfg.backend == "sim":     # one socket pair for all: the far end plays the bus (v2g_rt.sim.peers)
-            if far is None:
-                near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                shared = I2cDevice(near, cfg)
-                devices.append(shared)
+        reg, scale = SENSORS[cfg.sensor][cfg.quantity], lsb(cfg)
+        if cfg.backend == "sim":
+            if served is None:
+                served = ServedBus()
+                ctrl.add_served_sensors(SECTION, served)
+            served.sensors.append(ServedSensor(cfg, reg, scale, ctrl.device_writer(cfg.source, SECTION)))
             sim.append(cfg)
-            fd, mode = shared.handle.fileno(), MODE_STREAM
-        else:
-            bus, mode = open_bus(cfg)
-            if cfg.sensor == "ina228":
-                configure_ina228(bus, cfg)
-            devices.append(I2cDevice(bus, cfg))
-            fd = bus.fd
-        ctrl.add_i2c_sensor(fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale, cfg.period_s,
-                            invalid_raw=reg.invalid_raw)
-    return devices, far, sim
+            continue
+        bus, mode = open_bus(cfg)
+        if cfg.sensor == "ina228":
+            configure_ina228(bus, cfg)
+        devices.append(I2cDevice(bus, cfg))
+        ctrl.add_i2c_sensor(bus.fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale,
+                            cfg.period_s, invalid_raw=reg.invalid_raw)
+    return devices, served, sim

@@ -402,7 +402,7 @@ class Plant:
         ambient = lo + (hi - lo) * 0.5 * (1 - math.cos(2 * math.pi * (self.hour(t_ns) - 4) / 24))
         for src in self.ambient_sources:
             if self.i2c_peer and src in self.i2c_peer.by_source:
-                self.i2c_peer.set_value(src, ambient)        # a TMP117 the I/O thread reads
+                self.i2c_peer.set_value(src, ambient)        # a TMP117 the controller reads
             else:
                 self.ctrl.measure(src, ambient, t_ns)
         dt = self.cfg.step_s

@@ -1,5 +1,6 @@
-"""The far ends of simulated devices, reached only through the device's real interface (a socket
-pair the core reads as it reads the kernel's): a J1939 bus and an I2C bus with its chips."""
+"""The far ends of simulated devices, reached only through the device's own interface: a J1939
+bus behind the socket pair the core reads as it reads the kernel's, and I2C chips that the
+controller's reader of sensors served on the Python side reads register by register."""
 from __future__ import annotations
 
 from ...devices import Devices
@@ -8,11 +9,9 @@ from .can import SimCanPeer
 from .i2c import SimI2cBus
 
 
-def _i2c_bus(sock, configs) -> SimI2cBus:
-    bus = SimI2cBus(sock)
-    for cfg in configs:
-        bus.add(cfg)
-    bus.start()
+def _i2c_bus(served, configs) -> SimI2cBus:
+    bus = SimI2cBus(configs)
+    served.plug(bus.transfer)
     return bus
 
 
