@@ -370,8 +370,12 @@ def parse(text: str, path: str = "<string>") -> Site:
         base = sec.get_pair("base_load_w", (0.0, 0.0), unit="W") if not is_evse else (0.0, 0.0)
         extra = {"phase_limit_a": sec.get_float("phase_limit_a", math.inf, above=0, unit="A", allow_inf=True)}
         if is_evse:
+            if sec.raw.get("link") == "plc":
+                sec.mark_read("link")
+                sec.problem("link", "\"plc\" is not a link: the PLC modem is a sensor of link quality (iso15118 = true); "
+                                    f"link says how setpoints reach the EVSE: one of {', '.join(LINK_KINDS)}")
             extra.update(
-                link=sec.get_str("link", "sim", choices=LINK_KINDS),
+                link=sec.get_str("link", "sim", choices=LINK_KINDS) if sec.raw.get("link") != "plc" else "sim",
                 phases=sec.get_str("phases", "L1L2L3", choices=tuple(PHASES)),
                 voltage_v=sec.get_float("voltage_v", 230.0, minval=100, maxval=1000, unit="V"),
                 heatsink_c=sec.get_pair("heatsink_derate_c", None, unit="C"),

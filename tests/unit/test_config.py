@@ -362,3 +362,13 @@ def test_control_options_are_declared_once():
     core = _core.Core(1_000_000, True)
     with pytest.raises(TypeError, match="unknown control option"):
         core.configure(ramp_w_per_s=1.0)
+
+
+def test_plc_is_a_sensor_of_link_quality_not_a_link():
+    from importlib import resources
+    text = resources.files("v2g_rt.data").joinpath(config.DEFAULT_SITE).read_text()
+    text = text.replace('link = "sim"', 'link = "plc"', 1)
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(text, "t.toml")
+    (p,) = [p for p in e.value.problems if p.option == "link"]
+    assert "iso15118" in p.message and "sim, can, ocpp, modbus, pwm" in p.message

@@ -118,3 +118,17 @@ def test_status_shows_each_services_health():
     text = render(doc)
     assert "services:\n  flaky        DOWN  runs 1  restarts 0  last failure RuntimeError: boom 1  retry in s 0.5" in text
     assert report(ctrl)["services"] == {}
+
+
+def test_status_shows_per_port_outputs_its_link_did_not_take():
+    ctrl = Controller(make_site(2, meter=False), clock="virtual")
+    t = 1_000_000_000
+    ctrl.step(t)
+    for k in range(3):                   # keep-alives 2.5 s apart; only the first port's link takes them
+        ctrl.outputs(take=ctrl.port_ids[:1])
+        t += 2_500_000_000
+        ctrl.step(t)
+    doc = report(ctrl)
+    first, second = doc["ports"]
+    assert first["outputs_refused"] == 0 and second["outputs_refused"] >= 2 and second["link"] == "sim"
+    assert f"{second['outputs_refused']} outputs refused by link sim" in render(doc)

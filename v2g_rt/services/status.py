@@ -38,13 +38,15 @@ def report(ctrl: Controller, services=None) -> dict:
               "import_headroom_w": float(r["import_headroom_w"]), "export_headroom_w": float(r["export_headroom_w"]),
               "measured_w": _num(float(r["measured_w"])), "non_ev_w": _num(float(r["non_ev_w"]))}
              for nid, r in zip(snap.node_ids, snap.nodes)]
+    stats = ctrl.stats()
+    link = {n.id: n.link for n in ctrl.site.nodes}
     ports = [{"id": pid, "connected": bool(r["connected"]), "setpoint_w": float(r["setpoint_w"]),
               "target_w": float(r["target_w"]), "min_w": float(r["min_w"]), "max_w": float(r["max_w"]),
               "soc": _num(float(r["soc"])), "binding": BINDINGS[int(r["binding"])],
               "binding_node": snap.node_ids[r["binding_node"]] if r["binding_node"] >= 0 else None,
-              "faults": int(r["faults"])}
-             for pid, r in zip(snap.port_ids, snap.ports)]
-    stats = ctrl.stats()
+              "faults": int(r["faults"]), "link": link[port.evse],
+              "outputs_refused": stats["outputs_refused"].get(pid, 0)}
+             for pid, r, port in zip(snap.port_ids, snap.ports, ctrl.site.ports)]
     return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports,
             "faults": [p["id"] for p in ports if p["faults"]], "stats": stats,
             "services": services() if services else {}}
@@ -96,7 +98,8 @@ def render(doc: dict) -> str:
         via = f" ({p['binding_node']})" if p["binding_node"] else ""
         lines.append(f"  {p['id']:<12} {'EV' if p['connected'] else '--'} soc {soc:>4}  {kw(p['setpoint_w'])} kW"
                      f"  [{kw(p['min_w'])} .. {kw(p['max_w'])}]  {p['binding']}{via}"
-                     + (f"  faults 0x{p['faults']:x}" if p["faults"] else ""))
+                     + (f"  faults 0x{p['faults']:x}" if p["faults"] else "")
+                     + (f"  {p['outputs_refused']} outputs refused by link {p['link']}" if p["outputs_refused"] else ""))
     lat, cmp_ = st["wake_latency"], st["compute"]
     lines += ["", f"faults: {', '.join(doc['faults']) or 'none'}",
               f"stats: {st['cycles']} cycles, {st['overruns']} overruns; wake latency p99 "

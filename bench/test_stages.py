@@ -1,0 +1,17 @@
+"""Smoke run of bench/stages.py: both links run, frames go out on can and none is refused (the
+times are the benchmark's to report, not a test's to assert)."""
+import importlib.util
+import json
+import pathlib
+
+
+def test_stages_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("stages", pathlib.Path(__file__).with_name("stages.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "s.json"
+    assert bench.main(["--ports", "8", "--seconds", "1", "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    can, sim = result["runs"]["can"], result["runs"]["sim"]
+    assert can["frames_per_cycle"] > 0 and can["frames_refused"] == 0 and sim["frames_per_cycle"] == 0
+    assert set(can["stages"]) == {"read", "update", "write", "publish"} and can["stages"]["write"]["count"] == 1001   # the first step, then 1000
