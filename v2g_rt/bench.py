@@ -3,7 +3,7 @@
 Contenders run window by window in alternation (cyclictest, native, python,
 cyclictest, ...) with the same period, priority, CPU and load, so a noisy machine
 affects them alike; ratios are taken per window pair. cyclictest (rt-tests) is
-the latency floor of the machine; the Python loop (bench/python_cycle.py, a
+the latency floor of the machine; the Python loop (v2g_rt/python_cycle.py, a
 baseline only) shows what the GIL does to a loop that needs it.
 """
 from __future__ import annotations
@@ -310,9 +310,10 @@ class PythonLoop:
 # ---------------------------------------------------------------- the run
 
 def find_baseline(given: str | None) -> Path | None:
-    candidates = [Path(given)] if given else [Path.cwd() / "bench" / "python_cycle.py",
-                                               Path(__file__).resolve().parents[1] / "bench" / "python_cycle.py"]
-    return next((p for p in candidates if p.is_file()), None)
+    """The Python baseline: the packaged v2g_rt/python_cycle.py, or the file given instead."""
+    from . import python_cycle
+    path = Path(given) if given else Path(python_cycle.__file__)
+    return path if path.is_file() else None
 
 
 def run(setup: Setup, out=sys.stdout) -> dict:
@@ -333,8 +334,7 @@ def run(setup: Setup, out=sys.stdout) -> dict:
     if setup.baseline:
         contenders.append(PythonLoop(setup, native, policy, priority))
     else:
-        setup.notes.append("the Python baseline bench/python_cycle.py was not found (run from the source tree "
-                           "or pass --baseline): no Python contender")
+        setup.notes.append("the Python baseline given with --baseline was not found: no Python contender")
     loads = {}
     for name in setup.loads:
         load = make_load(name, setup)

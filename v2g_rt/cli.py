@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     b.add_argument("--load-threads", type=int, default=4, help="busy Python threads for --load python")
     b.add_argument("--priority", type=int, default=80)
     b.add_argument("--cpu", type=int, help="CPU for every contender (default: the last one)")
-    b.add_argument("--baseline", help="path of bench/python_cycle.py (default: found in the source tree)")
+    b.add_argument("--baseline", help="a Python baseline file to run instead of the packaged v2g_rt/python_cycle.py")
     b.add_argument("--json", help="write the results as JSON")
     b.add_argument("--plot", help="write a latency histogram PNG")
     b.set_defaults(func=cmd_bench)
