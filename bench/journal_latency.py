@@ -24,6 +24,7 @@ import numpy as np
 from v2g_rt import Control, Controller, RealTime, depot
 from v2g_rt.services.journal import JournalService
 from v2g_rt.sim.session import Session
+from v2g_rt.site import port_source
 
 FAULT_CONTACTOR = 0x10000
 
@@ -56,12 +57,12 @@ def run(trials: int) -> dict:
     try:
         for pid in ctrl.port_ids:
             ev.publish(ctrl, pid)
-            ctrl.measure(f"port/{pid}/contactor", 1.0)
+            ctrl.measure(port_source(pid, "contactor"), 1.0)
         time.sleep(0.2)
         for k, pid in enumerate(ctrl.port_ids[:trials]):
-            ctrl.measure(f"port/{pid}/contactor", 1.0)     # keep it fresh
+            ctrl.measure(port_source(pid, "contactor"), 1.0)     # keep it fresh
             row = lambda: ctrl.snapshot().port(pid)           # noqa: E731
-            ctrl.measure(f"port/{pid}/contactor", 0.0)        # the contactor drops out: a latch
+            ctrl.measure(port_source(pid, "contactor"), 0.0)        # the contactor drops out: a latch
             t0 = time.monotonic()
             t1 = wait(lambda: row()["faults"] & FAULT_CONTACTOR)
             t2 = wait(lambda: pid in json.loads(path.read_text() if path.exists() else "{}").get("ports", {}))

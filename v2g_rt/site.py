@@ -190,6 +190,20 @@ class Site:
         return source_kinds(self)
 
 
+def port_source(port_id: str, kind: str) -> str:
+    """The public name of a port's measurement source: port/ID/KIND (KIND in PORT_SOURCES)."""
+    return f"port/{port_id}/{kind}"
+
+
+def node_source(node_id: str, quantity: str) -> str:
+    """node/ID/QUANTITY: power_w (its meter), heatsink_c, ambient_c, top_oil_c."""
+    return f"node/{node_id}/{quantity}"
+
+
+def upstream_heartbeat(name: str) -> str:
+    return f"upstream/{name}/heartbeat"
+
+
 def source_kinds(site: Site) -> dict[str, str]:
     return {name: kind for name, kind, _, _ in source_specs(site)}
 
@@ -206,19 +220,19 @@ def source_specs(site: Site) -> list[tuple[str, str, str, float]]:
                     kind in GPIO_SOURCES and not evse.contactor_feedback:
                 continue
             age = c.contactor_max_age_s if kind in GPIO_SOURCES else c.session_max_age_s
-            out.append((f"port/{p.id}/{kind}", kind, p.id, age))
+            out.append((port_source(p.id, kind), kind, p.id, age))
     for n in site.nodes:
         if n.meter_max_age_s is not None:
-            out.append((f"node/{n.id}/power_w", "node_power_w", n.id, n.meter_max_age_s))
+            out.append((node_source(n.id, "power_w"), "node_power_w", n.id, n.meter_max_age_s))
         if n.heatsink_c:
-            out.append((f"node/{n.id}/heatsink_c", "heatsink_c", n.id, n.heatsink_max_age_s))
+            out.append((node_source(n.id, "heatsink_c"), "heatsink_c", n.id, n.heatsink_max_age_s))
         if n.thermal and n.thermal.ambient_max_age_s:
-            out.append((f"node/{n.id}/ambient_c", "ambient_c", n.id, n.thermal.ambient_max_age_s))
+            out.append((node_source(n.id, "ambient_c"), "ambient_c", n.id, n.thermal.ambient_max_age_s))
         if n.thermal and n.thermal.top_oil_max_age_s:
-            out.append((f"node/{n.id}/top_oil_c", "top_oil_c", n.id, n.thermal.top_oil_max_age_s))
+            out.append((node_source(n.id, "top_oil_c"), "top_oil_c", n.id, n.thermal.top_oil_max_age_s))
     out.append(("grid/frequency_hz", "frequency_hz", "", c.frequency_max_age_s))
     for up in site.upstreams:
-        out.append((f"upstream/{up.name}/heartbeat", "heartbeat", "", up.timeout_s))
+        out.append((upstream_heartbeat(up.name), "heartbeat", "", up.timeout_s))
     return out
 
 

@@ -23,6 +23,7 @@ with atheris.instrument_imports(include=["v2g_rt"]):
     import numpy as np
 
     from v2g_rt import Controller, Submission, config
+    from v2g_rt.site import port_source
 
 warnings.simplefilter("ignore")          # numpy's casting and deprecation warnings are not findings
 S = 1_000_000_000
@@ -163,8 +164,8 @@ def check_snapshot(ctrl: Controller, where) -> None:
              (snap.node("e1")["temperature_c"], rng["node/e1/heatsink_c"], "e1.temperature_c")]
     for pid in ctrl.port_ids:
         row = snap.port(pid)
-        shown += [(row["soc"], rng[f"port/{pid}/soc"], f"{pid}.soc"),
-                  (row["measured_w"], rng[f"port/{pid}/power_w"], f"{pid}.measured_w")]
+        shown += [(row["soc"], rng[port_source(pid, "soc")], f"{pid}.soc"),
+                  (row["measured_w"], rng[port_source(pid, "power_w")], f"{pid}.measured_w")]
     for v, (lo, hi), field in shown:
         v = float(v)
         assert math.isnan(v) or lo <= v <= hi, (field, v, lo, hi, where)

@@ -30,7 +30,7 @@ from helpers import S, ev, make_site
 from v2g_rt import Control, Controller, _core
 from v2g_rt.controller import BINDINGS
 from v2g_rt.faults import FaultWatch
-from v2g_rt.site import Frequency, Thermal, Upstream
+from v2g_rt.site import Thermal, Upstream, node_source, port_source
 
 PERIOD_NS = 1_000_000                      # make_site()'s period: 1 ms
 PORT_W = 11_000.0                          # every port's charge and discharge rating
@@ -101,7 +101,7 @@ class Rig:
         if self.gpio:
             closed = dict(zip(self.c.port_ids, self.c.snapshot().ports["contactor_closed"]))
             for pid in self.gpio:
-                self.put(f"port/{pid}/contactor", self.stuck.get(pid, 1.0 if closed[pid] else 0.0))
+                self.put(port_source(pid, "contactor"), self.stuck.get(pid, 1.0 if closed[pid] else 0.0))
         self.c.run_steps(1)
         return self.c.snapshot()
 
@@ -179,7 +179,7 @@ def contactor_welded(tmp_path, caplog):
 
     victim = "evse002.1"
     rig.stuck[victim] = 1.0                              # welded: it stays closed whatever it is told
-    rig.put(f"port/{victim}/connected", 0.0)             # the EV leaves: the contactor is commanded open
+    rig.put(port_source(victim, "connected"), 0.0)             # the EV leaves: the contactor is commanded open
     k_open, snap = rig.until(lambda s: not s.port(victim)["contactor_closed"], REACH, "contactor commanded open")
     assert port_at_zero(snap.port(victim)) and not snap.port(victim)["faults"]   # the relay may still be moving
     k, snap = rig.until(lambda s: s.port(victim)["faults"] & CONTACTOR, settle + REACH + 20, "weld detected")
@@ -222,7 +222,7 @@ def reset_and_resume(rig: Rig, victim: str, settle: int) -> None:
 def heatsink_rig(tmp_path, caplog, direction: str) -> tuple[Rig, float]:
     rig = Rig(build_site(evse=dict(heatsink_c=(70.0, 90.0))), tmp_path, caplog)
     for e in ("evse001", "evse002"):
-        rig.put(f"node/{e}/heatsink_c", 50.0)
+        rig.put(node_source(e, "heatsink_c"), 50.0)
     rig.plug()
     sign = 1.0 if direction == "charging" else -1.0
     if sign < 0:
@@ -309,22 +309,22 @@ def plc_loss_over_limit(tmp_path, caplog):
     rig = Rig(build_site(evse=dict(iso15118=True)), tmp_path, caplog)
     rig.plug()
     for pid in rig.c.port_ids:
-        rig.put(f"port/{pid}/plc_loss", 0.01)
+        rig.put(port_source(pid, "plc_loss"), 0.01)
     charging_everywhere(rig)
     victim = "evse002.1"
-    rig.put(f"port/{victim}/plc_loss", rig.c.site.control.plc_loss_limit)   # at the limit: not above it
+    rig.put(port_source(victim, "plc_loss"), rig.c.site.control.plc_loss_limit)   # at the limit: not above it
     snap = rig.run(5)
     assert snap.port(victim)["setpoint_w"] == PORT_W and not snap.port(victim)["faults"]
     assert not rig.logged("ERR_ISO_TIMEOUT")
 
-    rig.put(f"port/{victim}/plc_loss", 0.06)
+    rig.put(port_source(victim, "plc_loss"), 0.06)
     k, snap = rig.until(lambda s: s.port(victim)["faults"] & ISO_TIMEOUT, REACH + 20, "PLC loss stop")
     within(k, 1, REACH, "PLC loss > limit")
     row = snap.port(victim)
     assert port_at_zero(row) and not row["contactor_closed"] and BINDINGS[row["binding"]] == "fault"
     assert sum(snap.port(p)["setpoint_w"] for p in rig.c.port_ids if p != victim) == 3 * PORT_W
     assert rig.logged("ERR_ISO_TIMEOUT") == [f"ERR_ISO_TIMEOUT: port {victim}: iso timeout"]
-    rig.put(f"port/{victim}/plc_loss", 0.0)              # the link recovers: stopped for the session
+    rig.put(port_source(victim, "plc_loss"), 0.0)              # the link recovers: stopped for the session
     rig.run(50, lambda s: port_at_zero(s.port(victim)) or pytest.fail("restarted in the same session"))
     return dict(cycles=k, deadline=REACH)
 
@@ -336,15 +336,15 @@ def iso_session_timeout(tmp_path, caplog):
     victim = "evse001.1"
     rig.plug()
     for pid in rig.c.port_ids:
-        rig.put(f"port/{pid}/plc_loss", 0.0)
+        rig.put(port_source(pid, "plc_loss"), 0.0)
     charging_everywhere(rig)
-    rig.put(f"port/{victim}/plc_loss", 0.0)              # the victim's last PLC report
+    rig.put(port_source(victim, "plc_loss"), 0.0)              # the victim's last PLC report
     last = rig.now
     for _ in range(max_age // 100 - 1):                  # everything else keeps arriving
         rig.c.run_steps(100)
         rig.plug()
         for pid in set(rig.c.port_ids) - {victim}:
-            rig.put(f"port/{pid}/plc_loss", 0.0)
+            rig.put(port_source(pid, "plc_loss"), 0.0)
     rig.c.run_steps((last + max_age * PERIOD_NS - rig.now) // PERIOD_NS)
     assert rig.c.snapshot().port(victim)["setpoint_w"] == PORT_W, "stopped while the report was still fresh"
     k, snap = rig.until(lambda s: s.port(victim)["faults"] & ISO_TIMEOUT, REACH + 20, "ISO session timeout")

@@ -12,6 +12,7 @@ from helpers import S, ev, make_site
 from v2g_rt import Control, Controller
 from v2g_rt.faults import FaultWatch
 from v2g_rt.services.journal import JournalService
+from v2g_rt.site import port_source
 
 
 def site():
@@ -23,7 +24,7 @@ def site():
 def weld(c, t):
     for pid in c.port_ids:
         ev().publish(c, pid, t)
-        c.measure(f"port/{pid}/contactor", 1.0 if pid.endswith(".2") else 0.0, t)
+        c.measure(port_source(pid, "contactor"), 1.0 if pid.endswith(".2") else 0.0, t)
 
 
 def latched_weld(journal):

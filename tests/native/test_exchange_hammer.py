@@ -8,6 +8,7 @@ import numpy as np
 from helpers import make_site, plug_all
 from v2g_rt import Controller
 from v2g_rt.controller import _id_hash, _id_key
+from v2g_rt.site import port_source
 
 PRODUCERS = 4
 PER_PRODUCER = 1500
@@ -39,7 +40,7 @@ def test_commands_exactly_once_and_snapshots_consistent_under_load():
                 r = c.submit(cmd)
                 assert r.code == "ERR_CMD_REPLAYED", r
                 replays_rejected[k] += 1
-            c.measure(f"port/{c.port_ids[j % 256]}/soc", 0.4 + (j % 50) / 100)
+            c.measure(port_source(c.port_ids[j % 256], "soc"), 0.4 + (j % 50) / 100)
 
     def reader(k):
         last = 0

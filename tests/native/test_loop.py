@@ -10,6 +10,7 @@ import numpy as np
 
 from helpers import MS, make_site, plug_all
 from v2g_rt import Controller, Control
+from v2g_rt.site import port_source
 
 
 
@@ -81,7 +82,7 @@ def test_overruns_skip_whole_periods_and_never_burst():
 def test_stop_ends_within_one_more_cycle_once_current_has_fallen():
     c = _started()
     for pid in c.port_ids:             # every port reports it draws nothing: contactors may open
-        c.measure(f"port/{pid}/power_w", 0.0)
+        c.measure(port_source(pid, "power_w"), 0.0)
     time.sleep(0.1)
     c.stop()
     after = c.stats()["cycles"]

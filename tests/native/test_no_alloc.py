@@ -22,6 +22,7 @@ import ctypes, json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from helpers import make_site, plug_all
 from v2g_rt import Controller, Upstream
+from v2g_rt.site import port_source
 lib = ctypes.CDLL(None)
 lib.alloc_count.restype = ctypes.c_uint64
 site = make_site(256, upstreams=(Upstream("dms", 5.0),))
@@ -40,7 +41,7 @@ while time.monotonic() < deadline:    # drive every exchange path the loop serve
     c.measure("node/grid/power_w", 100_000.0 + k)
     c.measure("upstream/dms/heartbeat", 1.0)
     for pid in c.port_ids[:32]:
-        c.measure(f"port/{pid}/soc", 0.5 + (k % 10) / 100)
+        c.measure(port_source(pid, "soc"), 0.5 + (k % 10) / 100)
     c.snapshot()
     time.sleep(0.002)
 n = lib.alloc_count()

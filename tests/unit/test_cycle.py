@@ -7,6 +7,7 @@ import pytest
 from helpers import S, assert_within_limits, ev, make_site, node_sums, plug_all
 from v2g_rt import Control, Controller, Upstream
 from v2g_rt.controller import BINDINGS
+from v2g_rt.site import port_source
 
 BASE_LOAD = 50_000.0
 
@@ -154,7 +155,7 @@ def test_measured_non_ev_load_is_meter_minus_fleet():
     fleet = c.snapshot().site["fleet_w"]
     c.step(3 * S)
     for pid, w in zip(c.port_ids, c.snapshot().ports["setpoint_w"]):
-        assert c.measure(f"port/{pid}/power_w", w, 3 * S)
+        assert c.measure(port_source(pid, "power_w"), w, 3 * S)
     assert c.measure("node/grid/power_w", BASE_LOAD + fleet, 3 * S)
     settle(c, 3 * S)
     assert c.snapshot().node("grid")["non_ev_w"] == pytest.approx(BASE_LOAD)
@@ -238,7 +239,7 @@ def test_stale_session_stops_the_port_and_flags_it():
 def test_unplugged_port_gets_nothing():
     c = depot(ports=4, grid_import_w=1e6, transformer_w=1e6, group_w=1e6)
     settle(c, 2 * S)
-    c.measure(f"port/{c.port_ids[2]}/connected", 0.0, 2 * S + 2000)
+    c.measure(port_source(c.port_ids[2], "connected"), 0.0, 2 * S + 2000)
     settle(c, 3 * S)
     snap = c.snapshot()
     assert snap.ports["setpoint_w"][2] == 0.0 and not snap.ports["connected"][2]

@@ -9,7 +9,7 @@ from helpers import MS, S, ev, make_site
 from v2g_rt import Control, Controller
 from v2g_rt.controller import BINDINGS
 from v2g_rt import _core
-from v2g_rt.site import Frequency, Thermal
+from v2g_rt.site import Frequency, Thermal, node_source, port_source
 
 BIG = dict(grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6, group_w=1e6, meter=False)
 
@@ -43,7 +43,7 @@ def evse_with(**fields):
 def feed_contactors(c, t, closed=True, skip=()):
     for pid in c.port_ids:
         if pid not in skip:
-            assert c.measure(f"port/{pid}/contactor", 1.0 if closed else 0.0, t)
+            assert c.measure(port_source(pid, "contactor"), 1.0 if closed else 0.0, t)
 
 
 def test_contactor_mismatch_latches_within_two_cycles_after_settle():
@@ -109,7 +109,7 @@ def test_latched_faults_survive_a_restart():
 def test_plc_packet_loss_above_limit_stops_the_port_for_the_session():
     c = started(site_with(evse_with(iso15118=True)))
     for pid in c.port_ids:
-        c.measure(f"port/{pid}/plc_loss", 0.01, S)
+        c.measure(port_source(pid, "plc_loss"), 0.01, S)
     assert (two_cycles(c).ports["setpoint_w"] > 0).all()
     t = c.now_ns()
     c.measure("port/evse002.1/plc_loss", 0.06, t)       # above 5 %
@@ -133,7 +133,7 @@ def test_plc_packet_loss_above_limit_stops_the_port_for_the_session():
 def test_heatsink_derate_is_linear_between_start_and_trip(temp, expected_factor):
     c = started(site_with(evse_with(heatsink_c=(70.0, 90.0))))
     for e in ("evse001", "evse002"):
-        c.measure(f"node/{e}/heatsink_c", 50.0, S)
+        c.measure(node_source(e, "heatsink_c"), 50.0, S)
     c.measure("node/evse001/heatsink_c", temp, S)
     snap = two_cycles(c)
     evse = snap.node("evse001")
@@ -315,7 +315,7 @@ def test_a_v2g_vehicle_without_a_soc_is_never_discharged():
     session.publish(c, known, S)
     for name in ("connected", "capacity_wh", "energy_request_wh", "departure_in_s", "max_charge_w",
                  "max_discharge_w", "min_soc", "v2g"):                # everything but the SoC
-        assert c.measure(f"port/{unknown}/{name}", float(getattr(session, name)), S)
+        assert c.measure(port_source(unknown, name), float(getattr(session, name)), S)
     snap = discharging(c)
     assert snap.port(known)["setpoint_w"] == -RATING_W
     row = snap.port(unknown)
@@ -368,7 +368,7 @@ def test_a_vacant_port_publishes_no_vehicle():
     pid = c.port_ids[0]
     ev(departure_in_s=3600).publish(c, pid, S)
     assert two_cycles(c).port(pid)["v2g"]
-    assert c.measure(f"port/{pid}/connected", 0.0, c.now_ns())
+    assert c.measure(port_source(pid, "connected"), 0.0, c.now_ns())
     row = two_cycles(c).port(pid)
     assert not row["connected"] and not row["v2g"] and not row["contactor_closed"]
     assert math.isnan(row["soc"]) and row["laxity_s"] == 1e12

@@ -11,6 +11,7 @@ from helpers import S, node_sums
 from v2g_rt import Control, Controller, Frequency, Upstream, depot
 from v2g_rt.sim.session import Session
 from helpers import NORMAL_PRIORITY
+from v2g_rt.site import port_source
 
 PERIOD_S = 0.01
 SETTLE_CYCLES = 150          # 1.5 s: ramps of 50 kW/s settle any port of <= 50 kW
@@ -57,7 +58,7 @@ def run(site, base, sessions, setpoint=None, frequency=None, heartbeat=True):
         if s is not None:
             s.publish(c, pid, S)
         else:
-            c.measure(f"port/{pid}/connected", 0.0, S)
+            c.measure(port_source(pid, "connected"), 0.0, S)
     c.measure("node/grid/power_w", base, S)
     if frequency is not None:
         c.measure("grid/frequency_hz", frequency, S)

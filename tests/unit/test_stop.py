@@ -9,6 +9,7 @@ import pytest
 
 from helpers import MS, S, make_site, plug_all
 from v2g_rt import Controller
+from v2g_rt.site import port_source
 
 CHARGE = {"kind": "setpoint", "id": 1, "value_w": 20_000.0, "expires_in_s": 600}
 
@@ -56,7 +57,7 @@ def charging():
     assert ctrl.submit(CHARGE)
     ctrl.run_steps(3)
     for pid in ctrl.port_ids:                    # each EV draws 5 kW
-        ctrl.measure(f"port/{pid}/power_w", 5000.0, ctrl.now_ns())
+        ctrl.measure(port_source(pid, "power_w"), 5000.0, ctrl.now_ns())
     assert ctrl.snapshot().ports["contactor_closed"].all()
     return ctrl
 
@@ -69,12 +70,12 @@ def test_stop_sends_0_w_at_once_and_opens_each_contactor_when_its_current_has_fa
     assert (out["setpoint_w"] == 0).all() and out["contactor_closed"].all()     # still under load
     assert "stopped" in ctrl.snapshot().site["safe_state"]
     first = ctrl.port_ids[0]
-    ctrl.measure(f"port/{first}/power_w", 40.0, ctrl.now_ns())                  # below stop_open_below_w
+    ctrl.measure(port_source(first, "power_w"), 40.0, ctrl.now_ns())                  # below stop_open_below_w
     ctrl.run_steps(1)
     closed = ctrl.outputs()["contactor_closed"]
     assert not closed[0] and closed[1:].all()
     for pid in ctrl.port_ids[1:]:
-        ctrl.measure(f"port/{pid}/power_w", 0.0, ctrl.now_ns())
+        ctrl.measure(port_source(pid, "power_w"), 0.0, ctrl.now_ns())
     t = ctrl.now_ns()
     ctrl.stop()
     assert ctrl.snapshot().t_ns - t <= 2 * MS                                    # done in the next cycle

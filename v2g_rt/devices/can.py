@@ -18,6 +18,7 @@ from pathlib import Path
 import cantools
 
 from . import DeviceError
+from ..site import node_source
 
 SECTION = "can"          # [can]: one bus
 
@@ -113,7 +114,7 @@ def feeds(site) -> list:
     """The heat-sink sources the loop feeds from J1939 frames (EVSEs with can_address and a
     heat-sink derate; one without is reported by check_config)."""
     from . import Feed
-    return [Feed(f"node/{n.id}/heatsink_c", f"node.{n.id}", "can_address", ("heatsink_c",),
+    return [Feed(node_source(n.id, "heatsink_c"), f"node.{n.id}", "can_address", ("heatsink_c",),
                  f"the CAN signal {n.can_signal}") for n in thermal_evses(site)]
 
 
@@ -191,7 +192,7 @@ def attach(ctrl, site):
     for n in thermal_evses(site):
         msg_name, _, sig_name = n.can_signal.partition(".")
         msg = db.get_message_by_name(msg_name)
-        source = f"node/{n.id}/heatsink_c"
+        source = node_source(n.id, "heatsink_c")
         rows.append(signal_row(msg, msg.get_signal_by_name(sig_name), n.can_address, ctrl.source_index(source)))
         ctrl.claim_source(source, "can")
     far = None

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _core
 from ..config import _show, is_number
 from ..controller import Controller
-from ..site import Site
+from ..site import Site, node_source, port_source, upstream_heartbeat
 
 SECTION = "sim"          # [sim]: the simulated site's plant
 
@@ -191,13 +191,13 @@ class Plant:
         self.imp = np.array([nd.import_limit_w for nd in site.nodes])
         self.exp = np.array([nd.export_limit_w for nd in site.nodes])
         self.root = next(i for i, nd in enumerate(site.nodes) if nd.parent is None)
-        self.meter = next((f"node/{nd.id}/power_w" for nd in site.nodes if nd.parent is None and nd.meter_max_age_s), None)
-        self.heartbeat = f"upstream/{cfg.dms_upstream}/heartbeat"
+        self.meter = next((node_source(nd.id, "power_w") for nd in site.nodes if nd.parent is None and nd.meter_max_age_s), None)
+        self.heartbeat = upstream_heartbeat(cfg.dms_upstream)
         if self.heartbeat not in ctrl.sources:
             self.heartbeat = None
         self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
                         "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
-        self._idx = np.array([[ctrl.source_index(f"port/{p.id}/{f}") for p in site.ports] for f in self._fields],
+        self._idx = np.array([[ctrl.source_index(port_source(p.id, f)) for p in site.ports] for f in self._fields],
                              np.int32)
         self._last_setpoint = None
         self._next_refresh_ns = t0_ns
@@ -207,12 +207,12 @@ class Plant:
         self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.rating_charge_w for p in site.ports if p.evse == nd.id))
                           for nd in site.nodes if nd.kind == "evse" and nd.heatsink_c]
         self.heatsink = np.zeros(len(self.hot_evses))
-        self.contactor = [(j, ctrl.source_index(f"port/{p.id}/contactor")) for j, p in enumerate(site.ports)
-                          if f"port/{p.id}/contactor" in ctrl.sources]
-        self.plc = [(j, ctrl.source_index(f"port/{p.id}/plc_loss")) for j, p in enumerate(site.ports)
-                    if f"port/{p.id}/plc_loss" in ctrl.sources]
-        self.ambient_sources = [f"node/{nd.id}/ambient_c" for nd in site.nodes
-                                if f"node/{nd.id}/ambient_c" in ctrl.sources]
+        self.contactor = [(j, ctrl.source_index(port_source(p.id, "contactor"))) for j, p in enumerate(site.ports)
+                          if port_source(p.id, "contactor") in ctrl.sources]
+        self.plc = [(j, ctrl.source_index(port_source(p.id, "plc_loss"))) for j, p in enumerate(site.ports)
+                    if port_source(p.id, "plc_loss") in ctrl.sources]
+        self.ambient_sources = [node_source(nd.id, "ambient_c") for nd in site.nodes
+                                if node_source(nd.id, "ambient_c") in ctrl.sources]
         # EVSEs with link = "can": their power modules take the loop's J1939 setpoint frames
         self.can_ports = []
         for nd in site.nodes:
@@ -419,7 +419,7 @@ class Plant:
                     "HeatSinkTemp": self.heatsink[k], "Module1Temp": module, "Module2Temp": module,
                     "InletAirTemp": ambient, "CoolantPressure": 150.0})
             else:
-                self.ctrl.measure(f"node/{evse.id}/heatsink_c", self.heatsink[k], t_ns)
+                self.ctrl.measure(node_source(evse.id, "heatsink_c"), self.heatsink[k], t_ns)
         if self.contactor:
             ports, idx = zip(*self.contactor)
             self.ctrl.measure_many(np.array(idx), self.closed[list(ports)].astype(float), t_ns)

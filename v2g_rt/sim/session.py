@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..site import port_source
+
 
 @dataclass
 class Session:
@@ -26,12 +28,12 @@ class Session:
         if power_w is not None:
             fields["power_w"] = power_w
         for name, value in fields.items():
-            verdict = controller.measure(f"port/{port_id}/{name}", float(value), t_ns)
+            verdict = controller.measure(port_source(port_id, name), float(value), t_ns)
             if not verdict:
                 raise ValueError(f"port {port_id} {name}: {verdict.reason}")
 
 
 def unplug(controller, port_id: str, t_ns: int | None = None) -> None:
-    verdict = controller.measure(f"port/{port_id}/connected", 0.0, t_ns)
+    verdict = controller.measure(port_source(port_id, "connected"), 0.0, t_ns)
     if not verdict:
         raise ValueError(f"port {port_id}: {verdict.reason}")
