@@ -673,6 +673,14 @@ class _ServedIo(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception as e:       # the values go stale (the interlock's worst case); say why
+            log.error("ERR_SERVICE_FAILED: the reader of sensors served on the Python side stopped: %s: %s. "
+                      "Their sources go stale until the controller restarts", type(e).__name__, e)
+            raise
+
+    def _run(self) -> None:
         now = self.clock()
         for sensors in self.served:
             sensors.schedule(now)
