@@ -16,12 +16,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy, strlen
 from posix.unistd cimport write, close
 
-from image cimport *
-from syscalls cimport *
-
+# Declarations: _core.pxd (the control image, the kernel interfaces, what each unit offers).
+include "clock.pxi"
 include "exchange.pxi"
 include "io_can.pxi"
 include "io_i2c.pxi"
+include "interlock.pxi"
+include "arbitrate.pxi"
 include "cycle.pxi"
 include "scheduler.pxi"
 include "entry.pxi"

@@ -14,7 +14,7 @@
 # runs without the GIL, allocates nothing and does work bounded by the
 # configured number of ports, nodes and sources.
 
-from libc.math cimport fabs, copysign, NAN, INFINITY
+from libc.math cimport fabs, copysign, NAN
 
 cdef extern from *:
     """
@@ -28,9 +28,6 @@ cdef extern from *:
     #endif
     """
     void v2g_debug_alloc() nogil
-
-include "interlock.pxi"
-include "arbitrate.pxi"
 
 
 # ---------------------------------------------------------------- read

@@ -7,45 +7,11 @@
 # bursting to catch up. Asked to stop, it keeps cycling with 0 W everywhere until
 # every contactor is open (stop_begin), then publishes the stopped outputs.
 
-from posix.time cimport clock_gettime, clock_nanosleep, timespec, CLOCK_MONOTONIC, TIMER_ABSTIME
-from libc.errno cimport EINTR
-
 cdef extern from "<string.h>" nogil:
     void explicit_bzero(void* s, size_t n)   # a memset the compiler may not drop
 
 cdef enum:
-    LOOP_STACK_BYTES = 512 * 1024
     STACK_PREFAULT_BYTES = 128 * 1024
-
-
-cdef enum:  # Runner.stop
-    STOP_SOFT = 1                # 0 W, contactors open as current falls (stop_begin)
-    STOP_HARD = 2                # 0 W, contactors open at once
-
-
-cdef struct Runner:
-    Image* im
-    uint64_t stop
-    int64_t tid
-
-
-cdef inline int64_t mono_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef inline void sleep_until(int64_t t_ns) noexcept nogil:
-    cdef timespec ts
-    ts.tv_sec = t_ns // 1000000000
-    ts.tv_nsec = t_ns % 1000000000
-    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
-        pass
-
-
-cdef inline void bump(uint64_t* counter, uint64_t n) noexcept nogil:
-    # Single writer (the loop); readers load with relaxed atomics while it runs.
-    v2g_store_relaxed(counter, counter[0] + n)
 
 
 cdef inline void hist_add(uint64_t* hist, int64_t ns) noexcept nogil:
