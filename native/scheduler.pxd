@@ -9,6 +9,7 @@ cdef enum:  # Runner.stop
 
 cdef struct Runner:              # what the loop thread is started with
     Image* im
+    Io* io
     uint64_t stop
     int64_t tid
 

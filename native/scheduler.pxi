@@ -50,6 +50,7 @@ cdef void stats_record(Stats* st, int64_t planned, int64_t wake, int64_t end) no
 cdef void* loop_main(void* arg) noexcept nogil:
     cdef Runner* r = <Runner*>arg
     cdef Image* im = r.im
+    cdef Io* io = r.io
     cdef Stats* st = &im.stats
     cdef char stack_touch[STACK_PREFAULT_BYTES]
     cdef int64_t period = im.opt.period_ns
@@ -67,7 +68,7 @@ cdef void* loop_main(void* arg) noexcept nogil:
         stop = v2g_load_acquire(&r.stop)
         if stop:
             stop_begin(im, stop == STOP_HARD)
-        cycle_run(im, wake)
+        cycle_run(im, io, wake)
         end = mono_ns()
         stats_record(st, planned, wake, end)
         if stop_done(im):
@@ -81,5 +82,5 @@ cdef void* loop_main(void* arg) noexcept nogil:
             bump(&st.overrun_streak, 1)
         elif st.overrun_streak:
             v2g_store_relaxed(&st.overrun_streak, 0)
-    publish_stopped(im)
+    publish_stopped(im, io)
     return NULL
