@@ -16,12 +16,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy, strlen
 from posix.unistd cimport write, close
 
-from image cimport *
-from syscalls cimport *
-
+# Declarations: _core.pxd (the control image, the kernel interfaces, what each unit offers).
+include "clock.pxi"
 include "exchange.pxi"
 include "io_can.pxi"
 include "io_i2c.pxi"
+include "interlock.pxi"
+include "arbitrate.pxi"
 include "cycle.pxi"
 include "scheduler.pxi"
 include "entry.pxi"
@@ -200,7 +201,6 @@ cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     im.opt.period_ns = period_ns        # the control options come from site.Control (configure)
     im.opt.freq_mode = FREQ_OFF
     im.freq_input = -1
-    im.can.fd = -1
     im.stats.lat_min_ns = INT64_MAX
     im.stats.cmp_min_ns = INT64_MAX
     im.stats.lat_max_ns = INT64_MIN
@@ -215,6 +215,18 @@ cdef Image* new_image(int64_t period_ns) except NULL:
     memset(im, 0, size)      # also pre-faults every page before the loop runs
     image_defaults(im, period_ns)
     return im
+
+
+cdef Io* new_io(Image* im) except NULL:
+    """The device state beside the image im, pre-faulted like it."""
+    cdef size_t size = (sizeof(Io) + 4095) // 4096 * 4096
+    cdef Io* io = <Io*>aligned_alloc(4096, size)
+    if io == NULL:
+        raise MemoryError(f"cannot allocate the device state ({size} bytes)")
+    memset(io, 0, size)
+    io.can.fd = -1
+    io.i2c.ex = &im.ex
+    return io
 
 
 def i2c_decode(int32_t decode, const uint8_t[::1] data):
@@ -234,6 +246,7 @@ cdef class Core:
     virtual time (step, run_steps) or start the real-time loop (start, stop).
     """
     cdef Image* im
+    cdef Io* io                          # the devices: reached by the read and write stages, not the update
     cdef Runner runner
     cdef pthread_t thread
     cdef pthread_t io_thread
@@ -247,13 +260,14 @@ cdef class Core:
         if not 10_000 <= period_ns <= 10_000_000_000:
             raise ValueError(f"period {period_ns} ns is outside 10 us .. 10 s")
         self.im = new_image(period_ns)
+        self.im.outbox.efd = -1              # none yet: __dealloc__ closes only a real one
+        self.io = new_io(self.im)
         self.im.outbox.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.im.outbox.efd < 0:
-            free(self.im)
-            self.im = NULL
             raise OSError(errno, f"cannot create the output mailbox's eventfd: {os.strerror(errno)}")
         pthread_mutex_init(&self.reader_lock, NULL)
         self.runner.im = self.im
+        self.runner.io = self.io
         self.virtual = virtual
 
     def __dealloc__(self):
@@ -264,6 +278,8 @@ cdef class Core:
                 close(self.im.outbox.efd)
             free(self.im)
             self.im = NULL
+        free(self.io)
+        self.io = NULL
         pthread_mutex_destroy(&self.reader_lock)
 
     # ------------------------------------------------------------ building
@@ -449,7 +465,7 @@ cdef class Core:
         """Run one cycle at virtual time now_ns (must increase)."""
         self._before_step(now_ns)
         with nogil:
-            cycle_run(self.im, now_ns)
+            cycle_run(self.im, self.io, now_ns)
 
     def run_steps(self, int64_t n, int64_t dt_ns):
         """Run n cycles, advancing virtual time by dt_ns before each."""
@@ -463,7 +479,7 @@ cdef class Core:
         with nogil:
             for k in range(n):
                 t += dt_ns
-                cycle_run(self.im, t)
+                cycle_run(self.im, self.io, t)
 
     def now_ns(self):
         """The controller's clock: virtual time (the last step) or CLOCK_MONOTONIC."""
@@ -538,10 +554,10 @@ cdef class Core:
         cdef pthread_attr_t attr
         cdef sched_param sp
         cdef int rc
-        if self.im.i2c.n == 0:
+        if self.io.i2c.n == 0:
             return 0
-        i2c_schedule(&self.im.i2c, mono_ns())
-        self.im.i2c.stop = 0
+        i2c_schedule(&self.io.i2c, mono_ns())
+        self.io.i2c.stop = 0
         pthread_attr_init(&attr)
         pthread_attr_setstacksize(&attr, LOOP_STACK_BYTES)
         if priority > 0:
@@ -549,14 +565,14 @@ cdef class Core:
             pthread_attr_setschedpolicy(&attr, SCHED_FIFO)
             sp.sched_priority = priority
             pthread_attr_setschedparam(&attr, &sp)
-        rc = pthread_create(&self.io_thread, &attr, i2c_thread_main, self.im)
+        rc = pthread_create(&self.io_thread, &attr, i2c_thread_main, &self.io.i2c)
         pthread_attr_destroy(&attr)
         self.io_running = rc == 0
         return rc
 
     cdef void _join(self, bint hard) noexcept:
         v2g_store_release(&self.runner.stop, STOP_HARD if hard else STOP_SOFT)
-        v2g_store_release(&self.im.i2c.stop, 1)
+        v2g_store_release(&self.io.i2c.stop, 1)
         with nogil:
             pthread_join(self.thread, NULL)
             if self.io_running:
@@ -593,9 +609,9 @@ cdef class Core:
                 k = 0
                 while not stop_done(self.im) and k < n:
                     t += self.im.opt.period_ns
-                    cycle_run(self.im, t)
+                    cycle_run(self.im, self.io, t)
                     k += 1
-                publish_stopped(self.im)
+                publish_stopped(self.im, self.io)
 
     cdef void _claim(self, int32_t input, int32_t writer) except *:
         if not 0 <= input < self.im.n_inputs:
@@ -614,7 +630,7 @@ cdef class Core:
         self._check_open()
         if len(signals) > MAX_CAN_SIGNALS:
             raise ValueError(f"{len(signals)} CAN signals; at most {MAX_CAN_SIGNALS}")
-        cdef CanReader* r = &self.im.can
+        cdef CanReader* r = &self.io.can
         cdef CanSignal* g
         for k, (pgn, sa, shift, length, big, signed, min_dlc, raw_max, scale, offset, lo, hi, inp) in enumerate(signals):
             if not 0 <= inp < self.im.n_inputs or not 1 <= length <= 64 or not 0 <= shift <= 64 - length:
@@ -633,8 +649,8 @@ cdef class Core:
         its EVSE), ...]; timeout_s goes in every frame (the module's own dead-man); a port's
         frames at most every interval_s, but 0 W and an opening contactor go at once."""
         self._check_open()
-        cdef CanWriter* w = &self.im.canw
-        if self.im.can.fd < 0:
+        cdef CanWriter* w = &self.io.canw
+        if self.io.can.fd < 0:
             raise ValueError("attach_can first: setpoint frames go out through its socket")
         if not 0 <= address <= 253:
             raise ValueError(f"J1939 address {address}: expected 0..253")
@@ -655,7 +671,7 @@ cdef class Core:
         can_writer_attach(w)
 
     def can_writer_stats(self):
-        cdef CanWriter* w = &self.im.canw
+        cdef CanWriter* w = &self.io.canw
         return {"address": w.address, "claim": ("none", "waiting", "held", "lost")[w.claim_state],
                 "frames_sent": v2g_load_relaxed(&w.frames_sent),
                 "frames_refused": v2g_load_relaxed(&w.frames_refused),
@@ -664,7 +680,7 @@ cdef class Core:
                 "write_errors": v2g_load_relaxed(&w.write_errors), "last_errno": v2g_load_i64(&w.last_errno)}
 
     def can_stats(self):
-        cdef CanReader* r = &self.im.can
+        cdef CanReader* r = &self.io.can
         return {"frames": v2g_load_relaxed(&r.frames), "decoded": v2g_load_relaxed(&r.decoded),
                 "unknown_pgn": v2g_load_relaxed(&r.unknown_pgn), "error_frames": v2g_load_relaxed(&r.error_frames),
                 "bus_off": v2g_load_relaxed(&r.bus_off), "short_frames": v2g_load_relaxed(&r.short_frames),
@@ -679,7 +695,7 @@ cdef class Core:
         """A register read by the I/O thread every period_s and published to source `input`;
         a raw reading equal to invalid_raw (the register's "no value yet") is counted, not published."""
         self._check_open()
-        cdef I2cIo* io = &self.im.i2c
+        cdef I2cIo* io = &self.io.i2c
         if io.n >= MAX_I2C:
             raise ValueError(f"more than {MAX_I2C} I2C sensors")
         if not 0 <= input < self.im.n_inputs or not 1 <= nbytes <= 32 or period_s <= 0 \
@@ -706,14 +722,14 @@ cdef class Core:
     def i2c_stats(self):
         cdef I2cSensor* s
         out = []
-        for k in range(self.im.i2c.n):
-            s = &self.im.i2c.s[k]
+        for k in range(self.io.i2c.n):
+            s = &self.io.i2c.s[k]
             out.append({"reads": v2g_load_relaxed(&s.reads), "errors": v2g_load_relaxed(&s.errors),
                         "not_ready": v2g_load_relaxed(&s.not_ready),
                         "gate_rejected": v2g_load_relaxed(&s.gate_rejected),
                         "last_errno": v2g_load_i64(&s.last_errno), "period_s": s.period_ns / 1e9,
                         "mode": ("i2c_rdwr", "smbus")[s.mode], "address": s.addr})
-        return out, v2g_load_i64(&self.im.i2c.tid)
+        return out, v2g_load_i64(&self.io.i2c.tid)
 
     def poll_io(self):
         """Virtual time: run the I2C transfers due by now (the real-time I/O thread does this itself)."""
@@ -721,12 +737,12 @@ cdef class Core:
             raise RuntimeError("the I/O thread reads the sensors while the loop runs")
         cdef int64_t now = self.im.now_ns
         cdef int k
-        for k in range(self.im.i2c.n):
-            if self.im.i2c.s[k].next_ns == 0:
-                i2c_schedule(&self.im.i2c, now)
+        for k in range(self.io.i2c.n):
+            if self.io.i2c.s[k].next_ns == 0:
+                i2c_schedule(&self.io.i2c, now)
                 break
         with nogil:
-            i2c_poll(self.im, now)
+            i2c_poll(&self.io.i2c, now)
 
     # ------------------------------------------------------------ exchange
 
@@ -820,6 +836,7 @@ cdef class Core:
         if self.running:
             raise RuntimeError("the real-time loop is running")
         cdef Image* im = self.im
+        cdef Io* io = self.io
         cdef int64_t t = im.now_ns
         cdef int64_t k
         cdef int rc
@@ -830,7 +847,7 @@ cdef class Core:
                     t += im.opt.period_ns
                     cycle_begin(im, t)
                     if with_read:
-                        cycle_read(im)
+                        cycle_read(im, io)
                     cycle_update(im)
                 write(1, UPDATE_DONE, strlen(UPDATE_DONE))
                 syscall(SYS_exit, 0)

@@ -3,7 +3,8 @@
 # interlock. A greedy pass in priority order under the headroom of every node
 # on the port's path: exact for the tree's limits (a polymatroid), O(n log n).
 
-cdef double NEVER_S = 1e12          # "no deadline": departure unknown
+from libc.math cimport exp, fabs, fmin, fmax, INFINITY
+
 cdef double STICKY_S = 60.0         # ordering bonus that keeps a served port served
 
 

@@ -14,7 +14,7 @@
 # runs without the GIL, allocates nothing and does work bounded by the
 # configured number of ports, nodes and sources.
 
-from libc.math cimport fabs, copysign, NAN, INFINITY
+from libc.math cimport fabs, copysign, NAN
 
 cdef extern from *:
     """
@@ -28,9 +28,6 @@ cdef extern from *:
     #endif
     """
     void v2g_debug_alloc() nogil
-
-include "interlock.pxi"
-include "arbitrate.pxi"
 
 
 # ---------------------------------------------------------------- read
@@ -67,7 +64,7 @@ cdef void apply_command(Image* im, const Command* c) noexcept nogil:
         im.port[c.port].faults &= ~FAULT_OUT_OF_SERVICE
 
 
-cdef void cycle_read(Image* im) noexcept nogil:
+cdef void cycle_read(Image* im, Io* io) noexcept nogil:
     cdef Command c
     cdef int n = 0
     cdef int32_t w, i
@@ -75,7 +72,7 @@ cdef void cycle_read(Image* im) noexcept nogil:
     cdef uint64_t bits
     cdef double v
     cdef int64_t t
-    can_drain(im)
+    can_drain(im, &io.can, &io.canw)
     while n < CMD_RING and ring_pop(&im.ex.ring, &c):
         apply_command(im, &c)
         n += 1
@@ -172,7 +169,7 @@ cdef inline void outbox_signal(Outbox* ob) noexcept nogil:
         bump(&ob.signal_errors, 1)
 
 
-cdef void cycle_write(Image* im) noexcept nogil:
+cdef void cycle_write(Image* im, Io* io) noexcept nogil:
     """Hand a port's output over when it moved past the deadband, went to or from 0 W, its
     contactor command changed, or half its validity has passed (the keep-alive that keeps the
     far side's dead-man from firing while we run); wake the Python links once if any did."""
@@ -191,7 +188,7 @@ cdef void cycle_write(Image* im) noexcept nogil:
                 or v2g_sat_sub(valid, o.valid_until_ns) >= half):
             output_put(ob, i, p.setpoint_w, valid, p.contactor_closed, im.now_ns)
             moved = True
-    can_write(im)
+    can_write(im, &io.canw, io.can.fd)
     if moved:
         outbox_signal(ob)
 
@@ -270,7 +267,7 @@ cdef void cycle_publish(Image* im) noexcept nogil:
     snap_publish(&im.snap)
 
 
-cdef void publish_stopped(Image* im) noexcept nogil:
+cdef void publish_stopped(Image* im, Io* io) noexcept nogil:
     """After the last cycle: publish outputs that are safe to hold for ever (no power,
     contactors open, valid until now) so no reader acts on the last live setpoints."""
     cdef Snapshot* s = snap_back(&im.snap)
@@ -294,7 +291,7 @@ cdef void publish_stopped(Image* im) noexcept nogil:
         r.contactor_closed = 0
         output_put(&im.outbox, i, 0.0, im.now_ns, 0, im.now_ns)
     snap_publish(&im.snap)
-    can_write(im)
+    can_write(im, &io.canw, io.can.fd)
     outbox_signal(&im.outbox)
 
 
@@ -340,18 +337,18 @@ cdef inline void stage_record(Stats* st, int stage, int64_t ns) noexcept nogil:
     v2g_store_relaxed(&st.stage_hist[stage][b], st.stage_hist[stage][b] + 1)
 
 
-cdef void cycle_run(Image* im, int64_t now_ns) noexcept nogil:
+cdef void cycle_run(Image* im, Io* io, int64_t now_ns) noexcept nogil:
     """One cycle at now_ns; each stage's compute time (CLOCK_MONOTONIC, a vDSO call, no
     system call) goes to its histogram."""
     cdef int64_t t0, t1, t2, t3, t4
     cycle_begin(im, now_ns)
     v2g_debug_alloc()
     t0 = mono_ns()
-    cycle_read(im)
+    cycle_read(im, io)
     t1 = mono_ns()
     cycle_update(im)
     t2 = mono_ns()
-    cycle_write(im)
+    cycle_write(im, io)
     t3 = mono_ns()
     cycle_publish(im)
     t4 = mono_ns()

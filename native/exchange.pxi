@@ -10,6 +10,8 @@
 # snapshot      a triple buffer: the loop fills its back buffer and swaps it into
 #               the middle; a reader swaps the middle out when it is fresh. Neither
 #               side ever waits for the other and a reader never sees a torn copy.
+# counters      statistics one thread writes (the loop, or the I/O thread for its
+#               sensors) and Python reads while it runs: relaxed atomics, no lock.
 
 cdef inline void ring_init(CommandRing* r) noexcept nogil:
     cdef uint64_t k
@@ -138,3 +140,8 @@ cdef inline Snapshot* snap_latest(SnapshotBuffers* sb) noexcept nogil:
     if v2g_load_acquire(&sb.middle) & SNAP_FRESH:
         sb.front = v2g_exchange(&sb.middle, sb.front) & 3
     return &sb.buf[sb.front]
+
+
+cdef inline void bump(uint64_t* counter, uint64_t n) noexcept nogil:
+    # Single writer; readers load with relaxed atomics while it runs.
+    v2g_store_relaxed(counter, counter[0] + n)

@@ -1,9 +1,10 @@
-# The process image: every byte the control cycle reads or writes, in one
-# fixed-capacity block allocated and pre-faulted before the loop starts.
+# The control image: every byte the control law (interlock, arbitrate, shape)
+# reads or writes, with the exchange and the output mailbox around it, in one
+# fixed-capacity block allocated and pre-faulted before the loop starts. Device
+# state (CAN sockets, I2C sensors) is not here: Io, io.pxd.
 # Units: W, Wh, s, ns; positive power = into the vehicle (charging).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from syscalls cimport can_frame, iovec, mmsghdr
 
 cdef enum:
     MAX_PORTS = 256
@@ -17,10 +18,6 @@ cdef enum:
     TRACE_LEN = 8192         # recent cycles kept for inspection (power of two)
     SNAP_FRESH = 4           # flag in SnapshotBuffers.middle: not yet taken by a reader
     MAX_CURVE = 16           # points of the frequency-watt curve
-    MAX_CAN_SIGNALS = 128    # signals the loop decodes from J1939 frames
-    CAN_BATCH = 64           # frames taken per recvmmsg(); the per-cycle budget is at most this
-    MAX_I2C = 32             # sensors read by the I/O thread
-    CAN_TX_BATCH = 257       # frames per sendmmsg(): one per port and an address claim
     STAGE_BIN_NS = 100       # per-stage compute histograms: 100 ns bins
 
 cdef enum:  # Stage of a cycle
@@ -397,84 +394,6 @@ cdef struct Options:
     double curve_hz[MAX_CURVE]
     double curve_w[MAX_CURVE]
 
-cdef struct CanSignal:           # one signal of one PGN (and source address), from the DBC
-    uint32_t pgn
-    int32_t sa                   # -1: any source address
-    int32_t shift                # raw = (payload word >> shift) & mask
-    int32_t length
-    int32_t big_endian           # payload word loaded big-endian (Motorola signals)
-    int32_t is_signed
-    int32_t min_dlc              # frames shorter than this cannot carry the signal
-    uint64_t raw_max_valid       # above: J1939 "error" / "not available"
-    double scale
-    double offset
-    double minimum
-    double maximum
-    int32_t input                # the image input it feeds
-
-cdef struct CanReader:           # the loop drains this socket every cycle (read stage)
-    int32_t fd                   # -1: no CAN
-    int32_t budget               # frames per cycle
-    int32_t n_signals
-    CanSignal sig[MAX_CAN_SIGNALS]
-    can_frame rx[CAN_BATCH]
-    mmsghdr msgs[CAN_BATCH]
-    iovec iov[CAN_BATCH]
-    uint64_t cmsg[CAN_BATCH][8]  # control data per frame (SO_RXQ_OVFL), 8-byte aligned
-    uint64_t frames
-    uint64_t decoded
-    uint64_t unknown_pgn
-    uint64_t error_frames
-    uint64_t bus_off
-    uint64_t short_frames
-    uint64_t not_available
-    uint64_t out_of_range
-    uint64_t non_j1939
-    uint64_t read_errors
-    uint64_t budget_full         # cycles that left frames for the next one
-    uint64_t bad_dlc             # dlc > 8: malformed, not decoded
-    uint64_t kernel_dropped      # frames the kernel dropped on a full socket (SO_RXQ_OVFL)
-    uint64_t gate_rejected       # decoded values the measurement gate refused
-    uint32_t ovfl_last           # the kernel's cumulative drop counter last seen
-    int32_t ovfl_seen
-    int64_t last_errno
-
-cdef enum:  # I2cMode: how a sensor's register is read
-    I2C_MODE_RDWR = 0            # I2C_RDWR: register write + repeated-start read (plain I2C adapters)
-    I2C_MODE_SMBUS = 1           # I2C_SMBUS word / I2C-block read (SMBus-only adapters)
-
-cdef enum:  # I2cDecode: register bytes (MSB first) to a raw number
-    DECODE_BE16_SIGNED = 0       # TMP117 temperature, INA228 DIETEMP
-    DECODE_BE24_UNSIGNED = 1     # INA228 POWER
-    DECODE_BE24_SIGNED_SHIFT4 = 2    # INA228 CURRENT, VSHUNT (20 bits in the top of 24)
-    DECODE_BE24_UNSIGNED_SHIFT4 = 3  # INA228 VBUS
-
-cdef struct I2cSensor:
-    int32_t fd
-    int32_t addr
-    int32_t mode
-    int32_t reg
-    int32_t nbytes
-    int32_t decode
-    int32_t input                # the source it publishes (single writer: the I/O thread)
-    double scale
-    double offset
-    int64_t invalid_raw          # the register's "no value yet" code (TMP117: 0x8000), if any
-    int32_t has_invalid_raw
-    int64_t period_ns
-    int64_t next_ns
-    uint64_t reads
-    uint64_t errors
-    uint64_t not_ready           # reads that returned the register's "no value yet" code
-    uint64_t gate_rejected       # decoded values the measurement gate refused
-    int64_t last_errno
-
-cdef struct I2cIo:
-    int32_t n
-    I2cSensor s[MAX_I2C]
-    uint64_t stop
-    int64_t tid
-
 cdef enum:  # OutputLink: who takes a port's output from the write stage
     OUTPUT_PYTHON = 0            # a Python service, from the output mailbox
     OUTPUT_CAN = 1               # the write stage itself: a J1939 setpoint frame
@@ -497,48 +416,6 @@ cdef struct Outbox:              # the output mailbox for links served by Python
     PortOutput out[MAX_PORTS]    # also what was last handed over, for the deadband (the loop reads its own writes)
     uint8_t link[MAX_PORTS]      # OutputLink per port
     uint8_t link_down[MAX_PORTS] # set by the write stage: the link cannot deliver (the interlock reads it)
-
-cdef enum:  # J1939 (SAE J1939-21/-81) as the write stage speaks it
-    PGN_SETPOINT = 0xEF00        # proprietary A (destination specific): hw/j1939/v2g-setpoint.dbc
-    PGN_ADDRESS_CLAIMED = 0xEE00
-    PGN_REQUEST = 0xEA00
-    J1939_NULL_ADDRESS = 254     # "cannot claim"
-    J1939_GLOBAL = 255
-    SETPOINT_FUNCTION = 1        # first byte of a setpoint frame (proprietary A is shared)
-    CLAIM_WAIT_NS = 250000000    # J1939-81: 250 ms after a claim before other messages
-
-cdef enum:  # ClaimState
-    CLAIM_NONE = 0               # not yet sent
-    CLAIM_WAIT = 1               # sent; contending claims may still arrive
-    CLAIM_HELD = 2
-    CLAIM_LOST = 3               # a node with a lower NAME holds our address: we send nothing
-
-cdef struct CanWriter:           # setpoint frames sent by the write stage through the CanReader's socket
-    int32_t n_ports              # ports on the can link (0: no CAN output)
-    int32_t address              # our J1939 source address
-    uint64_t name                # our J1939 NAME (64 bits, little-endian on the wire)
-    int32_t claim_state
-    int32_t claim_due            # send a claim (or "cannot claim") in this cycle's write
-    int64_t claim_sent_ns
-    int32_t timeout_ds           # the module's own timeout, 0.1 s units, carried in every frame
-    int32_t port[MAX_PORTS]      # image port index per CAN port
-    uint8_t da[MAX_PORTS]        # destination (the EVSE's power module) per CAN port
-    uint8_t port_no[MAX_PORTS]   # the port's number on its EVSE
-    int64_t interval_ns          # a port's frames at most this often, but for 0 W or opening
-    uint64_t sent_seq[MAX_PORTS] # the output sequence last on the wire
-    int64_t sent_ns[MAX_PORTS]
-    uint8_t sent_power[MAX_PORTS]    # the last frame asked for power (not 0 W)
-    uint8_t sent_closed[MAX_PORTS]   # ... or a closed contactor
-    int32_t tx_port[CAN_TX_BATCH]   # -1: the address claim
-    can_frame tx[CAN_TX_BATCH]
-    mmsghdr tmsgs[CAN_TX_BATCH]
-    iovec tiov[CAN_TX_BATCH]
-    uint64_t frames_sent
-    uint64_t frames_refused      # ENOBUFS / EAGAIN: counted, retried next cycle, never waited for
-    uint64_t claims_sent
-    uint64_t claims_contested    # another claim for our address (we answered or lost)
-    uint64_t write_errors
-    int64_t last_errno
 
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
@@ -589,9 +466,6 @@ cdef struct Image:
     int32_t order[MAX_PORTS]
     int32_t order_tmp[MAX_PORTS]
     Stats stats
-    CanReader can
-    CanWriter canw
-    I2cIo i2c
     Exchange ex
     Outbox outbox
     SnapshotBuffers snap

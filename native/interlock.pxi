@@ -3,9 +3,10 @@
 # PLC loss), thermal derates (EVSE heat sink, transformer hot spot), stale data,
 # Safe State. Nothing here can be overridden by a command.
 
-from libc.math cimport exp, pow, fmin, fmax, isfinite
+from libc.math cimport exp, pow, fabs, fmin, NAN
 
 cdef double AMBIENT_WORST_C = 40.0   # assumed while a transformer's temperatures are stale
+cdef double NEVER_S = 1e12           # "no deadline": departure unknown (the laxity of such a port)
 
 
 cdef inline bint input_fresh(const Image* im, int32_t i) noexcept nogil:

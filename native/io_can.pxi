@@ -52,7 +52,7 @@ cdef bint claim_rx(CanWriter* w, Image* im, uint32_t pgn, int32_t sa, int32_t da
     return True
 
 
-cdef void can_decode(Image* im, CanReader* r, const can_frame* f) noexcept nogil:
+cdef void can_decode(Image* im, CanReader* r, CanWriter* w, const can_frame* f) noexcept nogil:
     cdef uint32_t id29 = f.can_id & CAN_EFF_MASK
     cdef uint32_t pf = (id29 >> 16) & 0xFF
     # PDU1 (PF < 240): PS is a destination address, not part of the PGN.
@@ -70,7 +70,7 @@ cdef void can_decode(Image* im, CanReader* r, const can_frame* f) noexcept nogil
     cdef CanSignal* s
     cdef Input* x
     cdef Gate* g
-    if pf < 240 and claim_rx(&im.canw, im, pgn, sa, (id29 >> 8) & 0xFF, f):
+    if pf < 240 and claim_rx(w, im, pgn, sa, (id29 >> 8) & 0xFF, f):
         return
     for i in range(r.n_signals):
         s = &r.sig[i]
@@ -109,8 +109,7 @@ cdef void can_decode(Image* im, CanReader* r, const can_frame* f) noexcept nogil
         bump(&r.unknown_pgn, 1)
 
 
-cdef void can_drain(Image* im) noexcept nogil:
-    cdef CanReader* r = &im.can
+cdef void can_drain(Image* im, CanReader* r, CanWriter* w) noexcept nogil:
     cdef int n, k
     cdef can_frame* f
     cdef uint32_t ovfl
@@ -144,7 +143,7 @@ cdef void can_drain(Image* im) noexcept nogil:
         elif not (f.can_id & CAN_EFF_FLAG) or f.can_id & CAN_RTR_FLAG:
             bump(&r.non_j1939, 1)          # 11-bit or remote frames carry no J1939 PGN
         else:
-            can_decode(im, r, f)
+            can_decode(im, r, w, f)
 
 
 cdef void can_attach(CanReader* r, int fd, int budget) noexcept nogil:
@@ -199,18 +198,16 @@ cdef void claim_frame(CanWriter* w, can_frame* f) noexcept nogil:
         f.data[k] = (w.name >> (8 * k)) & 0xFF
 
 
-cdef void can_write(Image* im) noexcept nogil:
+cdef void can_write(Image* im, CanWriter* w, int fd) noexcept nogil:
     """Send, in one sendmmsg(), our address claim when due and a setpoint frame for each CAN
     port whose output was handed over since its last frame: at most one per interval (a bus
     carries ~2000 frames/s at 250 kbit/s), at once when it goes to 0 W or opens the contactor.
     A frame the socket refuses (ENOBUFS: the interface queue is full) is counted on its port
     and tried again next cycle."""
-    cdef CanWriter* w = &im.canw
-    cdef CanReader* r = &im.can
     cdef Outbox* ob = &im.outbox
     cdef int32_t n = 0, sent, j, k
     cdef PortOutput* o
-    if w.n_ports == 0 or r.fd < 0:
+    if w.n_ports == 0 or fd < 0:
         return
     if w.claim_state == CLAIM_WAIT and v2g_sat_sub(im.now_ns, w.claim_sent_ns) >= CLAIM_WAIT_NS:
         w.claim_state = CLAIM_HELD
@@ -230,7 +227,7 @@ cdef void can_write(Image* im) noexcept nogil:
                 n += 1
     if n == 0:
         return
-    sent = sendmmsg(r.fd, w.tmsgs, n, MSG_DONTWAIT)
+    sent = sendmmsg(fd, w.tmsgs, n, MSG_DONTWAIT)
     if sent < 0:
         if errno != EAGAIN and errno != ENOBUFS:
             bump(&w.write_errors, 1)

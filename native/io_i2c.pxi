@@ -94,20 +94,19 @@ cdef int32_t i2c_due(I2cIo* io) noexcept nogil:
     return best
 
 
-cdef void i2c_poll(Image* im, int64_t now_ns) noexcept nogil:
+cdef void i2c_poll(I2cIo* io, int64_t now_ns) noexcept nogil:
     """Every transfer that is due by now_ns (virtual time: the stepping thread)."""
     cdef I2cSensor* s
     cdef int32_t k
-    for k in range(im.i2c.n):
-        s = &im.i2c.s[k]
+    for k in range(io.n):
+        s = &io.s[k]
         while s.next_ns <= now_ns:
-            i2c_read_sensor(&im.ex, s, now_ns)
+            i2c_read_sensor(io.ex, s, now_ns)
             s.next_ns += s.period_ns
 
 
 cdef void* i2c_thread_main(void* arg) noexcept nogil:
-    cdef Image* im = <Image*>arg
-    cdef I2cIo* io = &im.i2c
+    cdef I2cIo* io = <I2cIo*>arg
     cdef I2cSensor* s
     cdef int64_t now
     pthread_setname_np(pthread_self(), b"v2g-i2c")
@@ -119,7 +118,7 @@ cdef void* i2c_thread_main(void* arg) noexcept nogil:
             # Never sleep past a stop request by more than 50 ms.
             sleep_until(s.next_ns if s.next_ns - now < 50_000_000 else now + 50_000_000)
             continue
-        i2c_read_sensor(&im.ex, s, mono_ns())
+        i2c_read_sensor(io.ex, s, mono_ns())
         s.next_ns += s.period_ns
         if s.next_ns < now:                  # fell behind (a slow bus): skip, never burst
             s.next_ns = now + s.period_ns

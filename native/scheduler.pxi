@@ -7,45 +7,11 @@
 # bursting to catch up. Asked to stop, it keeps cycling with 0 W everywhere until
 # every contactor is open (stop_begin), then publishes the stopped outputs.
 
-from posix.time cimport clock_gettime, clock_nanosleep, timespec, CLOCK_MONOTONIC, TIMER_ABSTIME
-from libc.errno cimport EINTR
-
 cdef extern from "<string.h>" nogil:
     void explicit_bzero(void* s, size_t n)   # a memset the compiler may not drop
 
 cdef enum:
-    LOOP_STACK_BYTES = 512 * 1024
     STACK_PREFAULT_BYTES = 128 * 1024
-
-
-cdef enum:  # Runner.stop
-    STOP_SOFT = 1                # 0 W, contactors open as current falls (stop_begin)
-    STOP_HARD = 2                # 0 W, contactors open at once
-
-
-cdef struct Runner:
-    Image* im
-    uint64_t stop
-    int64_t tid
-
-
-cdef inline int64_t mono_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef inline void sleep_until(int64_t t_ns) noexcept nogil:
-    cdef timespec ts
-    ts.tv_sec = t_ns // 1000000000
-    ts.tv_nsec = t_ns % 1000000000
-    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
-        pass
-
-
-cdef inline void bump(uint64_t* counter, uint64_t n) noexcept nogil:
-    # Single writer (the loop); readers load with relaxed atomics while it runs.
-    v2g_store_relaxed(counter, counter[0] + n)
 
 
 cdef inline void hist_add(uint64_t* hist, int64_t ns) noexcept nogil:
@@ -84,6 +50,7 @@ cdef void stats_record(Stats* st, int64_t planned, int64_t wake, int64_t end) no
 cdef void* loop_main(void* arg) noexcept nogil:
     cdef Runner* r = <Runner*>arg
     cdef Image* im = r.im
+    cdef Io* io = r.io
     cdef Stats* st = &im.stats
     cdef char stack_touch[STACK_PREFAULT_BYTES]
     cdef int64_t period = im.opt.period_ns
@@ -101,7 +68,7 @@ cdef void* loop_main(void* arg) noexcept nogil:
         stop = v2g_load_acquire(&r.stop)
         if stop:
             stop_begin(im, stop == STOP_HARD)
-        cycle_run(im, wake)
+        cycle_run(im, io, wake)
         end = mono_ns()
         stats_record(st, planned, wake, end)
         if stop_done(im):
@@ -115,5 +82,5 @@ cdef void* loop_main(void* arg) noexcept nogil:
             bump(&st.overrun_streak, 1)
         elif st.overrun_streak:
             v2g_store_relaxed(&st.overrun_streak, 0)
-    publish_stopped(im)
+    publish_stopped(im, io)
     return NULL

@@ -4,7 +4,6 @@ Sim backend everywhere; in the kernel-test guest also SocketCAN on vcan0, with f
 sent by python-can and by can-utils' cansend.
 """
 import socket
-import struct
 import subprocess
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from helpers import BACKENDS, CAN_SITE as SITE, IN_GUEST
 from v2g_rt import Controller, config
 from v2g_rt.devices import DeviceError
-from v2g_rt.devices.can import CAN_EFF_FLAG
+from v2g_rt.devices.can import CAN_EFF_FLAG, FRAME
 from v2g_rt.sim.peers import attach
 
 S = 1_000_000_000
@@ -167,7 +166,7 @@ def test_motorola_signal_decodes_like_cantools():
     ctrl.step(S)
     data = msg.encode({"HeatSinkTemp": 20, "Module1Temp": 20, "Module2Temp": 20, "InletAirTemp": 20,
                        "CoolantPressure": 234.5})
-    far.send(struct.pack("=IB3x8s", 0x18FF1021 | CAN_EFF_FLAG, 8, data))
+    far.send(FRAME.pack(0x18FF1021 | CAN_EFF_FLAG, 8, data))
     ctrl.run_steps(1)
     assert ctrl.snapshot().node("e2")["temperature_c"] == msg.decode(data)["CoolantPressure"] == 234.5
     far.close()
@@ -206,7 +205,6 @@ def test_sim_peer_encodes_like_cantools():
 
 def test_dlc_above_8_is_malformed_not_decoded():
     """Sim only: vcan refuses such frames at send. A can_frame with can_dlc 12 was decoded as 8 bytes."""
-    from v2g_rt.devices.can import FRAME
     for ctrl, tx in make_rig("sim", 64):
         tx.send(0x18FF1021, temp_bytes(50.0) + [0] * 6)
         settle(ctrl)
@@ -230,7 +228,7 @@ def test_a_decoded_value_outside_the_sources_range_is_refused_by_the_gate():
     ctrl.step(S)
     values = {"HeatSinkTemp": 20, "Module1Temp": 20, "Module2Temp": 20, "InletAirTemp": 20}
     for kpa in (100.0, 1234.5):
-        far.send(struct.pack("=IB3x8s", 0x18FF1021 | CAN_EFF_FLAG, 8, msg.encode({**values, "CoolantPressure": kpa})))
+        far.send(FRAME.pack(0x18FF1021 | CAN_EFF_FLAG, 8, msg.encode({**values, "CoolantPressure": kpa})))
         ctrl.run_steps(1)
     assert ctrl.snapshot().node("e2")["temperature_c"] == 100.0
     assert ctrl.device_stats()["can"]["gate_rejected"] == 1

@@ -8,18 +8,17 @@ is malformed, never decoded; the heat-sink input holds the last decoded value,
 always inside the signal's minimum..maximum.
 """
 import math
-import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import CAN_SITE
 from v2g_rt import Controller, config
+from v2g_rt.devices.can import FRAME          # struct can_frame, as the kernel lays it out
 from v2g_rt.sim.peers import attach
 
 S = 1_000_000_000
 CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG, CAN_ERR_BUSOFF = 0x80000000, 0x40000000, 0x20000000, 0x40
-FRAME = struct.Struct("=IB3x8s")
 SITE = CAN_SITE.format(backend="sim", budget=64)
 
 

@@ -31,7 +31,7 @@ FRAME = struct.Struct("=IB3x8s")          # struct can_frame
 DEFAULT_DBC = "v2g-thermal.dbc"
 SETPOINT_DBC = "v2g-setpoint.dbc"
 DEFAULT_SIGNAL = "EVSE_Thermal.HeatSinkTemp"
-PGN_SETPOINT, PGN_ADDRESS_CLAIMED = 0xEF00, 0xEE00   # as native/image.pxd sends them
+PGN_SETPOINT, PGN_ADDRESS_CLAIMED = 0xEF00, 0xEE00   # as native/io_can.pxd sends them
 MODULE_TIMEOUT_MAX_S = 25.0               # a setpoint frame carries the timeout in 0.1 s, one byte
 
 
@@ -136,7 +136,7 @@ def load_dbc(path: str, config_file: str = ""):
 
 
 def signal_row(msg, sig, sa: int, input_index: int) -> tuple:
-    """The native table row for one DBC signal (see CanSignal in native/image.pxd)."""
+    """The native table row for one DBC signal (see CanSignal in native/io_can.pxd)."""
     pgn = cantools.j1939.pgn_from_frame_id(msg.frame_id)
     n = sig.length
     if sig.byte_order == "little_endian":
