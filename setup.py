@@ -15,14 +15,16 @@ from setuptools.command.build_py import build_py
 
 
 class build_py_with_hw(build_py):
-    """hw/j1939/*.dbc are hardware assets; the installed package needs them as data."""
+    """hw/j1939/*.dbc and hw/modbus/*.json are hardware assets; the installed package needs them
+    as data (v2g_rt/data/ and v2g_rt/data/modbus/)."""
 
     def run(self):
         super().run()
         data = Path(self.build_lib) / "v2g_rt" / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        for dbc in Path("hw/j1939").glob("*.dbc"):
-            shutil.copy(dbc, data / dbc.name)
+        for src, dst in (("hw/j1939", data), ("hw/modbus", data / "modbus")):
+            dst.mkdir(parents=True, exist_ok=True)
+            for asset in Path(src).glob("*.dbc" if src.endswith("j1939") else "*.json"):
+                shutil.copy(asset, dst / asset.name)
 
 debug = os.environ.get("V2G_RT_DEBUG") == "1"
 macros = []

@@ -11,6 +11,7 @@ from .faults import FaultWatch, audit_path, journal_path
 from .services import Supervisor
 from .services.control import AuditLog, ControlServer
 from .services.journal import JournalService
+from .services.modbus import ModbusService
 from .services.status import StatusServer, control_socket, default_socket
 from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
 from .sim.peers import PEERS
@@ -57,6 +58,8 @@ class App:
             self.supervisor.add(ControlServer(ctrl, self.journal, control_socket(site), AuditLog(audit_path(site))))
         except OSError as e:
             log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
+        if site.sections.get("modbus"):
+            self.supervisor.add(ModbusService(ctrl, site.sections["modbus"]))
         self.supervisor.start()
         if self.plant:
             self.plant.start()

@@ -1,4 +1,4 @@
-"""The `v2g-rt` command: run, simulate, check, status, explain, bench."""
+"""The `v2g-rt` command: run, simulate, check, status, explain, bench, modbus read."""
 from __future__ import annotations
 
 import argparse
@@ -294,6 +294,31 @@ def cmd_simulate(args) -> int:
     return 0 if summary["limit_violations"] == 0 else 3
 
 
+def cmd_modbus_read(args) -> int:
+    """Read a [modbus.NAME] device's map once: each value with its register and unit."""
+    import asyncio
+
+    from .services.modbus import Failure, read_once
+
+    site = _load(args.config)
+    devices = {cfg.name: cfg for cfg in site.sections.get("modbus") or ()}
+    cfg = devices.get(args.name)
+    if cfg is None:
+        print(f"ERR_CONFIG_VALUE: {site.source}: no [modbus.{args.name}]; Modbus devices of this site: "
+              f"{', '.join(devices) or 'none'}", file=sys.stderr)
+        return 2
+    try:
+        rmap, values = asyncio.run(read_once(cfg))
+    except Failure as f:
+        print(f"{f.code}: [modbus.{cfg.name}] {cfg.host}:{cfg.port} unit {cfg.unit}: {f}", file=sys.stderr)
+        return 1
+    print(f"[modbus.{cfg.name}] {cfg.host}:{cfg.port} unit {cfg.unit}: {rmap.source}")
+    for point, value, code in values:
+        shown = code if code else f"{value:.6g} {point.unit}".rstrip()
+        print(f"  {point.name:<20} {point.table} {point.register:<24} {shown}")
+    return 1 if any(code for _, _, code in values) else 0
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
@@ -361,6 +386,12 @@ def main(argv=None) -> int:
     so = sub.add_parser("safe-outputs", help="put every EVSE output in its safe state (systemd ExecStopPost)")
     so.add_argument("--config")
     so.set_defaults(func=cmd_safe_outputs)
+    mb = sub.add_parser("modbus", help="Modbus devices of a site: read one's map once (wiring check)")
+    mb_sub = mb.add_subparsers(dest="modbus_command", required=True)
+    mr = mb_sub.add_parser("read", help="read every value of [modbus.NAME] once and print it with register and unit")
+    mr.add_argument("--config", help="site config (TOML) with the [modbus.NAME] section")
+    mr.add_argument("name")
+    mr.set_defaults(func=cmd_modbus_read)
     b = sub.add_parser("bench", help="cycle jitter side by side with cyclictest and a Python loop")
     b.add_argument("--period-us", type=int, default=1000)
     b.add_argument("--duration", type=float, default=60.0, help="seconds per contender and load")

@@ -28,10 +28,18 @@ MAX_CONFIG_BYTES = 1 << 20                 # the 50-port depot is 7 KiB; a full 
 def section_owners() -> dict:
     """Sections owned by other parts of the controller: name -> check(cf, site), which reads the
     section with the same accessors ([i2c.NAME] style owners read cf.tables(name)) and returns the
-    parsed settings, kept in Site.sections[name]. Every device kind, and the simulated plant."""
-    from .devices import kinds
+    parsed settings, kept in Site.sections[name]. Every device kind, the Modbus service and the
+    simulated plant."""
     from .sim import plant
-    return {m.SECTION: m.check_config for m in (plant, *kinds())}
+    return {m.SECTION: m.check_config for m in (plant, *feeders())}
+
+
+def feeders() -> tuple:
+    """Owners of sections whose devices feed sources (feeds(site)): the kernel device kinds and
+    the Modbus service's meters."""
+    from .devices import kinds
+    from .services import modbus
+    return (*kinds(), modbus)
 
 
 # Names this version renamed. The old name is refused with the new one in the message, never
@@ -401,7 +409,7 @@ def parse(text: str, path: str = "<string>") -> Site:
     for problem in site.problems():
         if (problem.section, problem.option) not in reported:
             cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
-    for problem in check_feeds(site):
+    for problem in check_feeds(site, feeders()):
         cf.problems.append(ConfigProblem(path, problem.section, problem.option, problem.message, problem.code))
     for sec in cf.sections:
         sec.finish()

@@ -58,10 +58,10 @@ class Feed:
     what: str                  # the device's value, for messages ("a tmp117 temperature")
 
 
-def check_feeds(site: Site) -> list[Problem]:
-    """Each device feeds an existing source of its own kind, never an upstream heartbeat,
-    and no source has two devices writing it."""
-    feeds = [f for m in kinds() if site.sections.get(m.SECTION) for f in m.feeds(site)]
+def check_feeds(site: Site, feeders=None) -> list[Problem]:
+    """Each device (of the modules feeders, default every kind) feeds an existing source of its
+    own kind, never an upstream heartbeat, and no source has two devices writing it."""
+    feeds = [f for m in (feeders or kinds()) if site.sections.get(m.SECTION) for f in m.feeds(site)]
     kinds_of = site.source_kinds()
     writers: dict[str, Feed] = {}
     out = []

@@ -107,6 +107,10 @@ def render(doc: dict) -> str:
     if doc.get("services"):
         lines.append("services:")
     for name, h in doc.get("services", {}).items():
-        known = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in h.items() if k != "alive")
+        known = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in h.items() if k not in ("alive", "devices"))
         lines.append(f"  {name:<12} {'up' if h['alive'] else 'DOWN'}  {known}")
+        for device, d in h.get("devices", {}).items():       # per device of a service (Modbus)
+            errors = ", ".join(f"{code} {n}" for code, n in d.get("errors", {}).items()) or "no errors"
+            lines.append(f"    {device:<12} {'connected' if d['connected'] else 'NOT CONNECTED'}  polls {d['polls']}  "
+                         f"values {d['values']}  {errors}" + (f"  retry in {d['backoff_s']} s" if d.get("backoff_s") else ""))
     return "\n".join(lines)
