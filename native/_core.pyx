@@ -82,6 +82,7 @@ cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
 STAGES = ("read", "update", "write", "publish")    # a cycle's stages, in order
 assert len(STAGES) == N_STAGES
 STAGE_BIN_NS_ = STAGE_BIN_NS
+J1939_PGNS = {"setpoint": PGN_SETPOINT, "address_claimed": PGN_ADDRESS_CLAIMED}   # what the write stage sends
 SAFE_REASONS = {"upstream": SAFE_UPSTREAM, "overrun": SAFE_OVERRUN, "stopped": SAFE_STOPPED}
 
 

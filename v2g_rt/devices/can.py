@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cantools
 
+from .. import _core
 from . import DeviceError
 from ..site import node_source
 
@@ -31,7 +32,7 @@ FRAME = struct.Struct("=IB3x8s")          # struct can_frame
 DEFAULT_DBC = "v2g-thermal.dbc"
 SETPOINT_DBC = "v2g-setpoint.dbc"
 DEFAULT_SIGNAL = "EVSE_Thermal.HeatSinkTemp"
-PGN_SETPOINT, PGN_ADDRESS_CLAIMED = 0xEF00, 0xEE00   # as native/io_can.pxd sends them
+PGN_SETPOINT, PGN_ADDRESS_CLAIMED = _core.J1939_PGNS["setpoint"], _core.J1939_PGNS["address_claimed"]
 MODULE_TIMEOUT_MAX_S = 25.0               # a setpoint frame carries the timeout in 0.1 s, one byte
 
 
