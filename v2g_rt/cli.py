@@ -137,12 +137,13 @@ def cmd_port(args) -> int:
     return 0
 
 
-LINKS_AVAILABLE = ("sim", "can")
+LINKS_AVAILABLE = ("sim", "can", "modbus")
 
 
 def _unavailable_links(site) -> list[str]:
     return [f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r} is not available in this "
-            f"version; use link = \"sim\" or \"can\"" for n in site.nodes if n.link not in (None, *LINKS_AVAILABLE)]
+            f"version; use link = {' or '.join(repr(k) for k in LINKS_AVAILABLE)}"
+            for n in site.nodes if n.link not in (None, *LINKS_AVAILABLE)]
 
 
 def cmd_run(args) -> int:
@@ -239,12 +240,18 @@ def _safe_can(site) -> str:
     return safe_outputs(site)
 
 
+def _safe_modbus(site) -> str:
+    from .services.modbus import safe_outputs
+    return safe_outputs(site)
+
+
 # What puts an EVSE link's outputs in their safe state once the controller is gone
 # (systemd ExecStopPost), per link kind: site -> what was done (raises DeviceError). Every link's
 # far side also falls back by itself (its dead-man): this only makes it immediate.
 SAFE_OUTPUTS = {
     "sim": lambda site: "no physical output: the simulated EVs stop with the controller",
     "can": _safe_can,
+    "modbus": _safe_modbus,
 }
 
 
@@ -314,7 +321,7 @@ def cmd_modbus_read(args) -> int:
         return 1
     print(f"[modbus.{cfg.name}] {cfg.host}:{cfg.port} unit {cfg.unit}: {rmap.source}")
     for point, value, code in values:
-        shown = code if code else f"{value:.6g} {point.unit}".rstrip()
+        shown = code or ("no value" if value is None else f"{value:.6g} {point.unit}".rstrip())
         print(f"  {point.name:<20} {point.table} {point.register:<24} {shown}")
     return 1 if any(code for _, _, code in values) else 0
 

@@ -337,6 +337,13 @@ def check_devices(site: Site) -> list[Problem]:
             out.append(Problem(_section(n), "link", "link = \"can\" sends setpoints through the J1939 bus of the "
                                "[can] section, and this config has none; add [can] with backend, interface and address",
                                "ERR_CONFIG_DEVICE"))
+        if n.link == "modbus":
+            driven = {c.port_id for c in site.sections.get("modbus") or () if c.role == "evse"}
+            idle = [p.id for p in site.ports if p.evse == n.id and p.id not in driven]
+            if idle:
+                out.append(Problem(_section(n), "link", f"link = \"modbus\": no [modbus.NAME] with role = \"evse\", "
+                                   f"node = \"{n.id}\" drives port(s) {', '.join(idle)}; add one per port (connector "
+                                   f"= 1, 2, ... in the EVSE's port order)", "ERR_CONFIG_DEVICE"))
         if n.thermal and not RATED_W[0] <= n.thermal.rated_w <= RATED_W[1]:
             out.append(Problem(f"{_section(n)}.thermal", "rated_w", f"expected a rating from {RATED_W[0]:g} to "
                                f"{RATED_W[1]:g} W (it defaults to import_limit_w), found {n.thermal.rated_w:g}"))
