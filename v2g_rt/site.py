@@ -116,6 +116,10 @@ class Control:
     # at or below stop_open_below_w, or stop_timeout_s after the stop (never later)
     stop_timeout_s: float = option(2.0, minval=0, maxval=60, **_S)
     stop_open_below_w: float = option(100.0, minval=0, maxval=1e5, unit="W")
+    # closed loop: a port taking less than given for settle_s is capped near what it takes; the
+    # cap rises by probe_w_per_s until the port takes less again, or reaches its rating
+    settle_s: float = option(10.0, above=0, maxval=3600, **_S)
+    probe_w_per_s: float = option(200.0, above=0, unit="W/s", allow_inf=True)
 
 
 @dataclass(frozen=True)
