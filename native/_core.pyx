@@ -21,6 +21,7 @@ include "clock.pxi"
 include "exchange.pxi"
 include "io_can.pxi"
 include "io_i2c.pxi"
+include "pilot.pxi"
 include "interlock.pxi"
 include "arbitrate.pxi"
 include "cycle.pxi"
@@ -154,6 +155,23 @@ def _layout(name):
             ("cycle", "u8", _off(&_tr.cycle, b)), ("planned_ns", "i8", _off(&_tr.planned_ns, b)),
             ("wake_ns", "i8", _off(&_tr.wake_ns, b)), ("end_ns", "i8", _off(&_tr.end_ns, b))]
     raise KeyError(name)
+
+
+def pilot_duty(double amps):
+    """IEC 61851-1 control pilot: the duty (%) that offers amps (0 below 6 A)."""
+    return pilot_duty_pct(amps)
+
+
+def pilot_current(double duty_pct):
+    """IEC 61851-1 control pilot: the current (A) a duty (%) offers (0 outside 10-96 %)."""
+    return pilot_current_a(duty_pct)
+
+
+def pilot_floor(double amps, double step_pct):
+    """The most current a pilot with duty resolution step_pct offers without exceeding amps."""
+    if not step_pct > 0.0:
+        raise ValueError(f"step_pct must be > 0, not {step_pct}")
+    return pilot_floor_a(amps, step_pct)
 
 
 # The control options the core takes (the rest of site.Control configures sources): where each
@@ -378,7 +396,7 @@ cdef class Core:
         t.limit_c = limit_c
 
     def add_port(self, int32_t evse, double rating_charge_w, double rating_discharge_w,
-                 uint32_t phase_mask=7, double voltage_v=230.0):
+                 uint32_t phase_mask=7, double voltage_v=230.0, double pilot_step_pct=0.0):
         self._check_open()
         cdef int32_t i = self.im.n_ports
         cdef int32_t a, k
@@ -394,6 +412,9 @@ cdef class Core:
             raise ValueError("a port uses phases L1..L3 (mask 1..7) at a voltage > 0")
         p.phase_mask = phase_mask
         p.watts_per_amp = voltage_v * ((phase_mask & 1) + (phase_mask >> 1 & 1) + (phase_mask >> 2 & 1))
+        if not 0.0 <= pilot_step_pct <= 10.0:
+            raise ValueError("a pilot's duty step is 0 (no pilot) .. 10 %")
+        p.pilot_step_pct = pilot_step_pct
         p.binding_node = -1
         for k in range(N_PORT_SOURCES):
             p.src[k] = -1

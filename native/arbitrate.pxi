@@ -257,6 +257,8 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             give = remaining
             b = tbind
         give = port_room(im, p, charging, give, &b, &bn)
+        if p.pilot_step_pct > 0.0 and charging:  # 0 or >= 6 A, in steps the pilot expresses
+            give = pilot_floor_a(give / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp
         take_room(im, p, charging, give)          # the limits count what a port is given ...
         remaining -= expected_take(p, charging, give)   # ... the setpoint what it will take
         p.target_w = give if charging else (-give if give > 0.0 else 0.0)

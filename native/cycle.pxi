@@ -14,7 +14,7 @@
 # runs without the GIL, allocates nothing and does work bounded by the
 # configured number of ports, nodes and sources.
 
-from libc.math cimport fabs, copysign, NAN
+from libc.math cimport fabs, fmin, copysign, NAN
 
 cdef extern from *:
     """
@@ -132,6 +132,11 @@ cdef void cycle_shape(Image* im) noexcept nogil:
         if scale < 1.0 and fabs(p.setpoint_w) > fabs(p.ramp_base_w):
             p.setpoint_w = p.ramp_base_w + (p.setpoint_w - p.ramp_base_w) * scale
             p.binding = BIND_SITE_RAMP
+        if p.pilot_step_pct > 0.0:               # a ramp's steps too are currents a pilot offers,
+            p.setpoint_w = pilot_floor_a(p.setpoint_w / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp
+            if p.setpoint_w == 0.0 and p.target_w > 0.0:     # and the first is 6 A, none less
+                p.setpoint_w = pilot_floor_a(fmin(p.target_w / p.watts_per_amp, PILOT_MIN_A),
+                                             p.pilot_step_pct) * p.watts_per_amp
         im.fleet_w += p.setpoint_w
         if p.setpoint_w > 0.0:
             im.ports_charging += 1

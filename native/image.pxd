@@ -337,6 +337,7 @@ cdef struct Port:
     double rating_discharge_w
     uint32_t phase_mask          # site phases the port draws from (bits L1 L2 L3)
     double watts_per_amp         # W per A on each of its phases: voltage x number of phases
+    double pilot_step_pct        # an IEC 61851 pilot sets its current, in duty steps of this; 0: none
     # per cycle
     int32_t connected
     int32_t v2g

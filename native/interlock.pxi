@@ -241,7 +241,9 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     bmin = BIND_RATING
     v = port_value(im, p, SRC_PORT_V2G, &ok)
     p.v2g = ok and v > 0.5
-    if not p.v2g:
+    if p.pilot_step_pct > 0.0:                   # a PWM pilot offers a charging current only
+        lo = 0.0
+    elif not p.v2g:
         lo = 0.0
         bmin = BIND_NO_V2G
     elif im.safe_state:

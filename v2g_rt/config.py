@@ -392,6 +392,10 @@ def parse(text: str, path: str = "<string>") -> Site:
                 iso15118=sec.get_bool("iso15118", False),
                 can_address=sec.get_int("can_address", None, minval=0, maxval=253),
                 can_signal=sec.get_str("can_signal", "EVSE_Thermal.HeatSinkTemp"))
+            extra["pilot"] = sec.get_bool("pilot", extra["link"] == "pwm")
+            if extra["pilot"] and p_dis > 0:
+                sec.problem("port_max_discharge_w", f"{p_dis:g} W: a control pilot (pilot = true) offers a "
+                                                    "charging current only; set port_max_discharge_w = 0")
         elif sec.has("thermal"):
             sec.mark_read("thermal")       # a table, checked as its own section
             extra["thermal"] = thermal_section(cf.section(f"{sec.name}.thermal", sec.raw["thermal"]), imp)

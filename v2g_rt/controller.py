@@ -177,7 +177,7 @@ class Controller:
         for p in site.ports:
             evse = evses[p.evse]
             port_index[p.id] = core.add_port(index[p.evse], p.rating_charge_w, p.rating_discharge_w, PHASES[evse.phases],
-                                             evse.voltage_v)
+                                             evse.voltage_v, site.control.pilot_duty_step_pct if evse.pilot else 0.0)
         for name, kind, owner, max_age_s in source_specs(site):
             source(name, kind, port_index[owner] if name.startswith("port/") else index.get(owner, 0), max_age_s)
         self._source_by_index = {idx: (name, rng) for name, (idx, rng) in self._sources.items()}

@@ -63,6 +63,7 @@ class Node:
     can_address: int | None = None         # EVSEs: J1939 source address of its thermal frames
     can_signal: str = "EVSE_Thermal.HeatSinkTemp"   # DBC message.signal feeding heatsink_c
     thermal: Thermal | None = None          # transformers: hot-spot model
+    pilot: bool = False                     # EVSEs: an IEC 61851 control pilot sets its ports' current
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Control:
     # cap rises by probe_w_per_s until the port takes less again, or reaches its rating
     settle_s: float = option(10.0, above=0, maxval=3600, **_S)
     probe_w_per_s: float = option(200.0, above=0, unit="W/s", allow_inf=True)
+    # the duty resolution of the EVSEs' control pilots (pilot = true): their current steps
+    pilot_duty_step_pct: float = option(0.1, above=0, maxval=10, unit="%")
 
 
 @dataclass(frozen=True)

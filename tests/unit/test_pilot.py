@@ -1,0 +1,74 @@
+"""The one current <-> duty map (IEC 61851-1 Annex A) in both directions, its rounding, and the
+arbitration allocating pilot ports in currents the pilot expresses without breaking a limit."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from v2g_rt import Controller, config
+from v2g_rt.pilot import MAX_A, MIN_A, pilot_current, pilot_duty, pilot_floor
+
+
+@pytest.mark.parametrize("amps, duty", [(6, 10), (16, 16 / 0.6), (32, 32 / 0.6), (51, 85), (60, 88), (80, 96)])
+def test_the_standard_points(amps, duty):
+    assert pilot_duty(amps) == pytest.approx(duty)
+    assert pilot_current(duty) == pytest.approx(amps)
+
+
+def test_no_current_below_6_a_nor_outside_10_to_96_percent():
+    assert pilot_duty(5.99) == 0 and pilot_duty(0) == 0 and pilot_duty(math.nan) == 0
+    assert pilot_current(5.0) == 0 and pilot_current(9.9) == 0 and pilot_current(96.5) == 0
+    assert pilot_duty(120) == 96
+
+
+@given(st.floats(MIN_A, MAX_A))
+def test_duty_and_current_are_inverse_on_each_range(amps):
+    assert pilot_current(pilot_duty(amps)) == pytest.approx(amps, abs=1e-9)
+
+
+@given(st.floats(0, 100), st.sampled_from([0.1, 0.5, 1.0]))
+def test_floor_never_exceeds_and_is_the_most_the_pilot_expresses(amps, step):
+    a = pilot_floor(amps, step)
+    if amps < MIN_A:
+        assert a == 0
+        return
+    assert MIN_A - 1e-9 <= a <= min(amps, MAX_A) + 1e-9
+    duty = pilot_duty(a)
+    assert abs(duty / step - round(duty / step)) < 1e-6          # a duty the pilot can set
+    # the next step up would exceed amps (or 80 A), except across the seam 51 -> 52.5 A
+    up = pilot_current(duty + step)
+    assert up > min(amps, MAX_A) - 1e-9 or up == 0 or (duty + step > 85 and a == pytest.approx(51))
+
+
+def pilot_site(n, import_limit_w):
+    text = (f'[site]\nname = "pilot"\nperiod_ms = 10\n[control]\npilot_duty_step_pct = 1\n'
+            f'[node.grid]\nkind = "grid"\nimport_limit_w = {import_limit_w}\nexport_limit_w = 100000\n')
+    text += "".join(f'[node.e{i}]\nkind = "evse"\nparent = "grid"\npilot = true\nport_max_charge_w = 22080\n'
+                    for i in range(n))
+    return config.parse(text, "pilot.toml")
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.integers(1, 6), st.floats(0, 100_000), st.floats(0, 150_000))
+def test_pilot_ports_get_0_or_an_expressible_current_and_no_limit_breaks(n, limit_w, setpoint_w):
+    ctrl = Controller(pilot_site(n, limit_w), clock="virtual")
+    t = 10_000_000
+    ctrl.step(t)
+    for pid in ctrl.port_ids:
+        for kind, v in (("connected", 1), ("soc", 0.3), ("capacity_wh", 80_000), ("energy_request_wh", 40_000),
+                        ("departure_in_s", 8 * 3600), ("max_charge_w", 22_080), ("min_soc", 0.2), ("v2g", 0)):
+            assert ctrl.measure(f"port/{pid}/{kind}", v, t)
+    assert ctrl.submit({"id": "p", "kind": "setpoint", "value_w": setpoint_w, "expires_in_s": 600})
+    for _ in range(300):                                  # 3 s: every ramp done (50 kW/s)
+        t += 10_000_000
+        ctrl.step(t)
+        w = ctrl.outputs()["setpoint_w"]
+        assert w.sum() <= limit_w + 1e-6 and (w >= 0).all()
+        amps = w / (3 * 230.0)
+        assert all(a == 0 or (a >= MIN_A - 1e-9 and abs(pilot_duty(a) - round(pilot_duty(a))) < 1e-6) for a in amps)
+    # a setpoint the pilots can meet is met to within one port's step (at most 2.5 A x 690 W/A)
+    feasible = min(setpoint_w, limit_w, n * 22_080)
+    if feasible >= 6 * 690:
+        assert w.sum() >= feasible - max(6 * 690, 2.5 * 690) * n
