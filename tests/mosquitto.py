@@ -82,7 +82,7 @@ class Broker:
         # as root, mosquitto would drop to user "mosquitto", who cannot read pytest's private tmp_path
         user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(f"{user}per_listener_settings false\nallow_anonymous true\npersistence false\n"
-                             f"log_dest stderr\nlog_type error\nlog_type warning\n"
+                             f"log_dest stderr\nlog_type error\nlog_type warning\nset_tcp_nodelay true\n"
                              f"listener {self.port} 127.0.0.1\ncafile {self.ca.path}\ncertfile {self.cert}\n"
                              f"keyfile {self.key}\nrequire_certificate true\nuse_identity_as_username true\n")
         self.proc: subprocess.Popen | None = None

@@ -121,7 +121,7 @@ def send(client, cmd, retain=False):
 
 def test_commands_are_answered_applied_once_and_bad_ones_rejected(tmp_path, broker, aggregator):
     with Rig(tmp_path, mqtt_section(broker)) as rig:
-        until(lambda: rig.stats()["connected"], "the connection")
+        until(lambda: rig.stats()["subscribed"], "the subscription")
         send(aggregator, {"id": "sp-1", "kind": "setpoint", "value_w": 6000, "expires_in_s": 600})
         assert reply_to(aggregator, "sp-1") == {**reply_to(aggregator, "sp-1"), "accepted": True, "code": None,
                                                  "reason": None}
@@ -167,11 +167,11 @@ def test_commands_are_answered_applied_once_and_bad_ones_rejected(tmp_path, brok
 
 def test_a_replay_after_a_restart_gets_the_first_verdict_and_is_not_applied(tmp_path, broker, aggregator):
     with Rig(tmp_path, mqtt_section(broker)) as rig:
-        until(lambda: rig.stats()["connected"], "the connection")
+        until(lambda: rig.stats()["subscribed"], "the subscription")
         send(aggregator, {"id": 41, "kind": "export_limit", "value_w": 2000, "expires_in_s": 600})
         assert reply_to(aggregator, 41)["accepted"] is True
     with Rig(tmp_path, mqtt_section(broker)) as rig:      # a new controller: its own id memory is empty
-        until(lambda: rig.stats()["connected"], "the reconnection")
+        until(lambda: rig.stats()["subscribed"], "the subscription")
         send(aggregator, {"id": 41, "kind": "export_limit", "value_w": 2000, "expires_in_s": 600})
         assert reply_to(aggregator, 41, 2)["accepted"] is True
         rig.step(2)
@@ -180,7 +180,7 @@ def test_a_replay_after_a_restart_gets_the_first_verdict_and_is_not_applied(tmp_
 
 def test_heartbeats_feed_the_upstream_and_their_loss_is_safe_state(tmp_path, broker, aggregator):
     with Rig(tmp_path, mqtt_section(broker)) as rig:
-        until(lambda: rig.stats()["connected"], "the connection")
+        until(lambda: rig.stats()["subscribed"], "the subscription")
         site = lambda: rig.ctrl.snapshot().site  # noqa: E731
         assert "upstream" in site()["safe_state"]           # not heard yet since start
 
@@ -375,3 +375,16 @@ def test_a_controller_killed_while_offline_loses_nothing(tmp_path):
             assert seqs == sorted(seqs), topic
         agg.loop_stop()
         agg.disconnect()
+
+
+def test_a_full_outbox_drops_new_reports_with_its_code_and_counts_them(tmp_path, caplog):
+    nowhere = Broker(tmp_path / "broker")                # configured, never started
+    with Rig(tmp_path, mqtt_section(nowhere, extra="outbox_max_mb = 0.002\n")) as rig:
+        watch = FaultWatch(rig.ctrl)
+        end = time.monotonic() + HANG_S
+        while rig.stats().get("outbox_full_drops", 0) == 0:
+            assert time.monotonic() < end, "hung waiting for a full outbox"
+            rig.t = port_events(rig.ctrl, watch, 1, rig.t)
+            time.sleep(0.01)
+        assert rig.stats()["errors"]["ERR_MQTT_OUTBOX_FULL"] >= 1 and rig.stats()["queued_bytes"] <= 0.002 * 2**20
+        assert any(r.getMessage().startswith("ERR_MQTT_OUTBOX_FULL: [mqtt]") for r in caplog.records)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import logging
 import queue
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ class MqttService(Service):
         self.outbox: Outbox | None = None
         self.client = None
         self.connected = False
+        self.subscribed = False                   # commands and heartbeats reach us
         self.inflight: dict[int, int] = {}       # paho mid -> outbox row
         self.acked: list[int] = []
         self.sent_up_to = 0                       # the last row handed to the broker on this connection
@@ -240,18 +242,20 @@ class MqttService(Service):
                                                 f"the connection and never answered")
         if self.client is not None:
             client = self.client
-            if client.loop(timeout=TICK_S) != 0 and client is self.client:
-                self._lost("ERR_MQTT_DISCONNECTED", "connection lost")
+            rc = client.loop(timeout=TICK_S)
+            if rc != 0 and client is self.client:
+                self._gone(f"paho: {rc.name}")
             if self.acked:
                 self.outbox.remove(self.acked)
                 self.counts["delivered"] += len(self.acked)
                 self.acked.clear()
         else:
             self.stopping.wait(TICK_S)
-        self._take_events()
-        if now >= self.report_at:
-            self.report_at = now + REPORT_EVERY_S
-            self._report(now)
+        with self.outbox.transaction():             # one fsync for a tick's reports
+            self._take_events()
+            if now >= self.report_at:
+                self.report_at = now + REPORT_EVERY_S
+                self._report(now)
         self._send()
 
     def _close(self) -> None:
@@ -293,6 +297,7 @@ class MqttService(Service):
                         retain=True)
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_message, client.on_publish = self._on_message, self._on_publish
+        client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.MaximumPacketSize = MAX_PACKET_BYTES
         try:
@@ -305,6 +310,10 @@ class MqttService(Service):
             what = "no answer to the TLS handshake" if isinstance(e, TimeoutError) else "cannot connect"
             self._retry("ERR_MQTT_DISCONNECTED", f"{what}: {e}")
             return
+        # small messages (replies, acknowledgements) leave at once: Nagle would hold them for the peer's ACK
+        sock = client.socket()
+        if sock is not None:                        # None: closed already, the first loop() says why
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client, self.connect_started = client, now
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -330,11 +339,20 @@ class MqttService(Service):
         log.info("mqtt: connected to %s:%d as %s, %d reports to deliver", self.cfg.host, self.cfg.port,
                  self.cfg.client_id, self.outbox.rows)
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            self._failed("ERR_MQTT_CONN_REFUSED", f"the broker refused the subscription to {self.cfg.prefix}/cmd "
+                                                  f"or heartbeat: {', '.join(refused)}")
+        self.subscribed = not refused
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if client is not self.client:
-            return
+        if client is self.client:
+            self._gone(str(reason_code))
+
+    def _gone(self, reason: str) -> None:
         if self.connected:
-            self._lost("ERR_MQTT_DISCONNECTED", f"connection lost ({reason_code})")
+            self._lost("ERR_MQTT_DISCONNECTED", f"connection lost ({reason})")
         else:
             self._lost("ERR_MQTT_TLS", "the broker closed the TLS connection before its CONNACK: it did not "
                                        "accept this controller's client certificate ([mqtt] cert)")
@@ -349,7 +367,7 @@ class MqttService(Service):
         self._retry(code, message)
 
     def _drop(self) -> None:
-        self.client, self.connected = None, False
+        self.client, self.connected, self.subscribed = None, False, False
         self.inflight.clear()
         self.sent_up_to = 0
 
@@ -441,7 +459,7 @@ class MqttService(Service):
     # ------------------------------------------------------------ status
 
     def stats(self) -> dict:
-        out = {"connected": self.connected, "broker": f"{self.cfg.host}:{self.cfg.port}", **self.counts}
+        out = {"connected": self.connected, "subscribed": self.subscribed, "broker": f"{self.cfg.host}:{self.cfg.port}", **self.counts}
         if self.outbox is not None:
             out.update(queued=self.outbox.rows, queued_bytes=self.outbox.bytes, outbox_full_drops=self.outbox.dropped)
         if self.commands is not None and self.commands.counts:

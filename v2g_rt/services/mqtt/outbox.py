@@ -11,6 +11,7 @@ counted (the receiver sees the gap in `seq`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -49,6 +50,27 @@ class Outbox:
         self.bytes = self.db.execute("SELECT coalesce(sum(length(payload)), 0) FROM outbox").fetchone()[0]
         self.rows = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self.dropped = 0
+        self._open = False
+
+    @contextlib.contextmanager
+    def transaction(self, durable: bool = True):
+        """One commit for everything inside (a transaction already open takes it in). durable:
+        fsynced before it returns (synchronous=FULL); otherwise it survives a killed process, not
+        a power cut, until the next durable commit (WAL, synchronous=NORMAL)."""
+        if self._open:
+            yield
+            return
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.execute("BEGIN IMMEDIATE")
+        self._open = True
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self._open = False
 
     def close(self) -> None:
         self.db.close()
@@ -56,8 +78,9 @@ class Outbox:
     def next_seq(self, topic: str) -> int:
         """The topic's next seq, committed before it is used."""
         seq = self.seqs.get(topic, 0) + 1
-        self.db.execute("INSERT INTO seq VALUES (?, ?) ON CONFLICT(topic) DO UPDATE SET last = excluded.last",
-                        (topic, seq))
+        with self.transaction():
+            self.db.execute("INSERT INTO seq VALUES (?, ?) ON CONFLICT(topic) DO UPDATE SET last = excluded.last",
+                            (topic, seq))
         self.seqs[topic] = seq
         return seq
 
@@ -65,7 +88,7 @@ class Outbox:
         """Queue encode(seq, replaced) -> payload on topic; its row id, or None when the outbox is
         full (counted in `dropped`). sent_up_to: the rows up to this id are with the broker and
         are not coalesced."""
-        with self.db:
+        with self.transaction():
             seq = self.next_seq(topic)
             replaced, freed, removed = 0, 0, 0
             if topic in COALESCED:
@@ -95,7 +118,7 @@ class Outbox:
         if not ids:
             return
         marks = ",".join("?" * len(ids))
-        with self.db:
+        with self.transaction(durable=False):        # lost by a power cut: sent again, QoS 1 allows it
             size = self.db.execute(f"SELECT coalesce(sum(length(payload)), 0) FROM outbox WHERE id IN ({marks})",
                                    ids).fetchone()[0]
             gone = self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids).rowcount
@@ -117,8 +140,10 @@ class Outbox:
         return json.loads(row[0])
 
     def begin(self, key: str, keep_until: float, now: float) -> None:
-        """Note the id before the command reaches the controller (committed)."""
-        with self.db:
+        """Note the id before the command reaches the controller. Not durable against a power cut:
+        it is on the command's path to the loop, and after a power cut the loop has lost the
+        command as well, so a replay restores it rather than applying it twice."""
+        with self.transaction(durable=False):
             self.db.execute("DELETE FROM answered WHERE keep_until < ?", (now,))
             self.db.execute("INSERT OR REPLACE INTO answered VALUES (?, NULL, ?)", (key, keep_until))
             self.db.execute("DELETE FROM answered WHERE id IN (SELECT id FROM answered ORDER BY keep_until DESC "
@@ -126,7 +151,7 @@ class Outbox:
 
     def finish(self, key: str, verdict: dict | None) -> None:
         """The verdict given; None forgets the id (a transient refusal: the same id may come again)."""
-        with self.db:
+        with self.transaction(durable=False):
             if verdict is None:
                 self.db.execute("DELETE FROM answered WHERE id = ?", (key,))
             else:
