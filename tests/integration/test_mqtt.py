@@ -302,7 +302,7 @@ def test_refused_tls_is_named(tmp_path, broker):
         assert "client certificate" in rig.stats()["last_error"] and not rig.stats()["connected"]
 
 
-def test_a_silent_broker_holds_no_more_than_the_window(tmp_path):
+def test_a_peer_that_never_answers_the_handshake_is_a_named_timeout(tmp_path):
     import socket
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -388,3 +388,31 @@ def test_a_full_outbox_drops_new_reports_with_its_code_and_counts_them(tmp_path,
             time.sleep(0.01)
         assert rig.stats()["errors"]["ERR_MQTT_OUTBOX_FULL"] >= 1 and rig.stats()["queued_bytes"] <= 0.002 * 2**20
         assert any(r.getMessage().startswith("ERR_MQTT_OUTBOX_FULL: [mqtt]") for r in caplog.records)
+
+
+def test_a_flood_of_commands_is_bounded_by_the_rate_limit(tmp_path, broker, aggregator):
+    with Rig(tmp_path, mqtt_section(broker)) as rig:
+        until(lambda: rig.stats()["subscribed"], "the subscription")
+        for k in range(600):
+            aggregator.publish(f"{PREFIX}/cmd", json.dumps({"id": f"f{k}", "kind": "setpoint", "value_w": k,
+                                                            "expires_in_s": 60}), qos=0)
+        until(lambda: sum(rig.stats().get("commands", {}).values()) + rig.stats()["rate_limited"] >= 600, "the flood")
+        answered = sum(rig.stats()["commands"].values())
+        assert rig.stats()["rate_limited"] > 0 and answered < 600
+        assert rig.stats()["errors"]["ERR_MQTT_RATE_LIMITED"] == rig.stats()["rate_limited"]
+
+
+def test_a_frozen_broker_holds_only_the_window_in_flight_and_then_gets_everything(tmp_path, broker, aggregator):
+    from v2g_rt.services.mqtt import WINDOW
+    with Rig(tmp_path, mqtt_section(broker)) as rig:
+        until(lambda: rig.stats()["subscribed"] and messages(aggregator, "state"), "the connection")
+        watch = FaultWatch(rig.ctrl)
+        broker.proc.send_signal(signal.SIGSTOP)          # the connection stays, nothing is acknowledged
+        try:
+            rig.t = port_events(rig.ctrl, watch, 150, rig.t)
+            until(lambda: rig.stats()["queued"] >= 150, "the outbox")
+            assert rig.stats()["connected"] and rig.stats()["in_flight"] == WINDOW
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        until(lambda: rig.stats()["queued"] == 0, "the delivery")
+        until(lambda: len({e["seq"] for e in messages(aggregator, "events")}) >= 150, "every event")

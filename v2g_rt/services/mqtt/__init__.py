@@ -251,11 +251,12 @@ class MqttService(Service):
                 self.acked.clear()
         else:
             self.stopping.wait(TICK_S)
-        with self.outbox.transaction():             # one fsync for a tick's reports
-            self._take_events()
-            if now >= self.report_at:
-                self.report_at = now + REPORT_EVERY_S
-                self._report(now)
+        if now >= self.report_at or not self.tap.queue.empty():
+            with self.outbox.transaction():         # one fsync for a tick's reports
+                self._take_events()
+                if now >= self.report_at:
+                    self.report_at = now + REPORT_EVERY_S
+                    self._report(now)
         self._send()
 
     def _close(self) -> None:
@@ -459,7 +460,8 @@ class MqttService(Service):
     # ------------------------------------------------------------ status
 
     def stats(self) -> dict:
-        out = {"connected": self.connected, "subscribed": self.subscribed, "broker": f"{self.cfg.host}:{self.cfg.port}", **self.counts}
+        out = {"connected": self.connected, "subscribed": self.subscribed, "broker": f"{self.cfg.host}:{self.cfg.port}",
+               "in_flight": len(self.inflight), **self.counts}
         if self.outbox is not None:
             out.update(queued=self.outbox.rows, queued_bytes=self.outbox.bytes, outbox_full_drops=self.outbox.dropped)
         if self.commands is not None and self.commands.counts:
