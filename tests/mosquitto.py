@@ -4,6 +4,7 @@ port, started and stopped (or killed) by the test."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import shutil
 import socket
@@ -53,7 +54,7 @@ class CA:
                    .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days)))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = self.folder / f"{cn}.crt", self.folder / f"{cn}.key"
@@ -72,19 +73,23 @@ class Broker:
     """Mosquitto with one mutual-TLS listener on 127.0.0.1:port; start(), stop(), kill(), and
     start() again on the same port (a broker outage and its return)."""
 
-    def __init__(self, folder: Path, ca: CA | None = None, port: int | None = None):
+    def __init__(self, folder: Path, ca: CA | None = None, port: int | None = None, anonymous: bool = True):
+        """anonymous=False: no client is authorised (its certificate is not its identity and
+        there is no password file), so every CONNECT gets a refusing CONNACK."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.ca = ca or CA(folder / "pki")
         self.cert, self.key = self.ca.issue("localhost", server=True)
         self.port = port or free_port()
         self.conf = folder / "mosquitto.conf"
-        # as root, mosquitto would drop to user "mosquitto", who cannot read pytest's private tmp_path
-        user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf.write_text(f"{user}per_listener_settings false\nallow_anonymous true\npersistence false\n"
-                             f"log_dest stderr\nlog_type error\nlog_type warning\nset_tcp_nodelay true\n"
-                             f"listener {self.port} 127.0.0.1\ncafile {self.ca.path}\ncertfile {self.cert}\n"
-                             f"keyfile {self.key}\nrequire_certificate true\nuse_identity_as_username true\n")
+        flag = str(anonymous).lower()
+        lines = [f"allow_anonymous {flag}", "persistence false", "log_dest stderr", "log_type error",
+                 "log_type warning", "set_tcp_nodelay true", f"listener {self.port} 127.0.0.1",
+                 f"cafile {self.ca.path}", f"certfile {self.cert}", f"keyfile {self.key}", "require_certificate true",
+                 f"use_identity_as_username {flag}"]
+        if os.geteuid() == 0:      # else it drops to user "mosquitto", who cannot read pytest's private tmp_path
+            lines.insert(0, "user root")
+        self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Broker:

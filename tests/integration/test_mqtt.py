@@ -302,6 +302,12 @@ def test_refused_tls_is_named(tmp_path, broker):
         assert "client certificate" in rig.stats()["last_error"] and not rig.stats()["connected"]
 
 
+def test_a_refusing_connack_is_named_with_its_reason_code(tmp_path):
+    with Broker(tmp_path / "broker", anonymous=False) as broker, Rig(tmp_path, mqtt_section(broker)) as rig:
+        until(lambda: rig.stats().get("errors", {}).get("ERR_MQTT_CONN_REFUSED"), "the refusal")
+        assert "reason code 135 (Not authorized)" in rig.stats()["last_error"] and not rig.stats()["connected"]
+
+
 def test_a_peer_that_never_answers_the_handshake_is_a_named_timeout(tmp_path):
     import socket
     server = socket.socket()
