@@ -321,7 +321,7 @@ def test_a_peer_that_never_answers_the_handshake_is_a_named_timeout(tmp_path):
     try:
         with Rig(tmp_path, mqtt_section(Silent)) as rig:
             until(lambda: rig.stats().get("errors", {}).get("ERR_MQTT_DISCONNECTED"), "the handshake timeout")
-            assert "no answer to the TLS handshake" in rig.stats()["last_error"] and not rig.stats()["connected"]
+            assert "no answer within 5 s to the TCP connect or the TLS handshake" in rig.stats()["last_error"] and not rig.stats()["connected"]
     finally:
         server.close()
 

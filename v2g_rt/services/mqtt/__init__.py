@@ -196,7 +196,7 @@ class MqttService(Service):
         self.delay = BACKOFF_FIRST_S
         self.retry_at = 0.0
         self.connect_started = 0.0
-        self.will_seq = 0
+        self.online_seq = self.will_seq = 0      # availability's seqs for this connection
         self.last_state: dict | None = None
         self.state_at = -float("inf")
         self.last_evse: dict[str, dict] = {}
@@ -308,8 +308,10 @@ class MqttService(Service):
             self._retry("ERR_MQTT_TLS", f"TLS handshake failed: {e.reason}: {detail}")
             return
         except (OSError, ValueError) as e:
-            what = "no answer to the TLS handshake" if isinstance(e, TimeoutError) else "cannot connect"
-            self._retry("ERR_MQTT_DISCONNECTED", f"{what}: {e}")
+            what = (f"no answer within {CONNECT_TIMEOUT_S:g} s to the TCP connect or the TLS handshake (a firewall "
+                    f"dropping port {cfg.port}, or a peer that never speaks TLS)") if isinstance(e, TimeoutError) \
+                else f"cannot connect: {e}"
+            self._retry("ERR_MQTT_DISCONNECTED", what)
             return
         # small messages (replies, acknowledgements) leave at once: Nagle would hold them for the peer's ACK
         sock = client.socket()

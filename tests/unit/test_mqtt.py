@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers import make_site
-from v2g_rt import Controller, config
+from v2g_rt import Controller, cli, config
 from v2g_rt.config import ConfigError
 from v2g_rt.services.mqtt import expiry_warnings, reports
 from v2g_rt.services.mqtt.commands import Commands, RateLimit, keep_until
@@ -144,10 +144,12 @@ def pki(tmp_path):
     return {"ca": ca.path, "cert": cert, "key": key}
 
 
-def test_the_config_defaults_and_names_file_section_option(tmp_path, pki):
+def test_the_config_defaults_and_names_file_section_option(tmp_path, pki, capsys):
     path = tmp_path / "site.toml"
     path.write_text(MQTT.format(**pki))
     cfg = config.load(path).sections["mqtt"]
+    assert cli.main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(", MQTT broker.example:8883 under v2g/m/")
     assert (cfg.port, cfg.prefix, cfg.client_id, cfg.upstream, cfg.encoding) == (8883, "v2g/m", "v2g-rt-m", "", "json")
     assert (cfg.max_interval_s, cfg.state_deadband_w, cfg.outbox_max_mb) == (10.0, 1000.0, 64.0)
     path.write_text(MQTT.format(**pki) + 'encoding = "protobuf"\nupstream = "dms"\nprefix = "v2g/#"\nretain = 1\n')
