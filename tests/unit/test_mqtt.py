@@ -174,3 +174,10 @@ def test_certificates_near_their_expiry_are_warned_about(tmp_path, pki):
     assert len(lines) == 1 and lines[0].startswith(f"ERR_MQTT_CERT_EXPIRING: [mqtt] cert {pki['cert']} expires in")
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=20)
     assert "expired" in expiry_warnings(cfg, later)[0] and expiry_warnings(cfg, later)[0].startswith("ERR_MQTT_TLS")
+
+
+@pytest.mark.parametrize("bad", ["a\0b", "x" * 5000])
+def test_an_unusable_path_is_a_config_problem_not_a_crash(tmp_path, pki, bad):
+    with pytest.raises(ConfigError) as e:
+        config.parse(MQTT.format(**{**pki, "ca": bad.replace("\0", "\\u0000")}), str(tmp_path / "s.toml"))
+    assert "[mqtt] ca:" in str(e.value)

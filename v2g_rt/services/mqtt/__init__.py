@@ -107,10 +107,13 @@ def _file(sec, option: str, base: Path) -> Path | None:
     if not text:
         return None
     path = base / text
-    if not path.is_file():
+    try:
+        if path.is_file():
+            return path
         sec.problem(option, f"{path}: no such file")
-        return None
-    return path
+    except (OSError, ValueError) as e:          # a NUL byte, a name too long
+        sec.problem(option, f"{text[:80]!r}: not a usable path ({e})")
+    return None
 
 
 def _check_tls_files(sec, ca: Path | None, cert: Path | None, key: Path | None) -> None:
