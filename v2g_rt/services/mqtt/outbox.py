@@ -23,8 +23,10 @@ MAX_IDS = 16384                 # answered command ids remembered (as the contro
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
                                    payload BLOB NOT NULL, retain INTEGER NOT NULL, replaced INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_topic ON outbox (topic, id);
 CREATE TABLE IF NOT EXISTS seq (topic TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS answered (id TEXT PRIMARY KEY, verdict TEXT, keep_until REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS answered_keep ON answered (keep_until);
 """
 
 
