@@ -73,9 +73,11 @@ class Broker:
     """Mosquitto with one mutual-TLS listener on 127.0.0.1:port; start(), stop(), kill(), and
     start() again on the same port (a broker outage and its return)."""
 
-    def __init__(self, folder: Path, ca: CA | None = None, port: int | None = None, anonymous: bool = True):
+    def __init__(self, folder: Path, ca: CA | None = None, port: int | None = None, anonymous: bool = True,
+                 persistent: bool = False):
         """anonymous=False: no client is authorised (its certificate is not its identity and
-        there is no password file), so every CONNECT gets a refusing CONNACK."""
+        there is no password file), so every CONNECT gets a refusing CONNACK. persistent: sessions
+        are saved at every change, so a persistent subscriber's session outlives a kill -9."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.ca = ca or CA(folder / "pki")
@@ -83,7 +85,9 @@ class Broker:
         self.port = port or free_port()
         self.conf = folder / "mosquitto.conf"
         flag = str(anonymous).lower()
-        lines = [f"allow_anonymous {flag}", "persistence false", "log_dest stderr", "log_type error",
+        saved = [f"persistence_location {folder}/", "autosave_interval 1", "autosave_on_changes true"]
+        lines = [f"allow_anonymous {flag}", f"persistence {str(persistent).lower()}", *(saved if persistent else []),
+                 "log_dest stderr", "log_type error",
                  "log_type warning", "set_tcp_nodelay true", f"listener {self.port} 127.0.0.1",
                  f"cafile {self.ca.path}", f"certfile {self.cert}", f"keyfile {self.key}", "require_certificate true",
                  f"use_identity_as_username {flag}"]
@@ -122,17 +126,22 @@ class Broker:
     def __exit__(self, *exc) -> None:
         self.kill()
 
-    def client(self, name: str = "aggregator"):
+    def client(self, name: str = "aggregator", persistent: bool = False):
         """A connected paho client with its own certificate (the aggregator's side); messages it
-        receives land in .received as (topic, payload, retain)."""
+        receives land in .received as (topic, payload, retain). persistent: its session (its
+        subscriptions, the messages queued for it) lasts an hour after it goes away."""
         import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
         cert, key = self.ca.issue(name)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
         c.tls_set(ca_certs=str(self.ca.path), certfile=str(cert), keyfile=str(key))
         c.received = []
         c.on_message = lambda cl, ud, msg: c.received.append((msg.topic, msg.payload, msg.retain))
-        c.connect("127.0.0.1", self.port)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600 if persistent else 0
+        c.connect("127.0.0.1", self.port, clean_start=not persistent, properties=props)
         c.loop_start()
         end = time.monotonic() + 10
         while not c.is_connected():

@@ -226,9 +226,9 @@ def test_state_and_evse_reports_are_retained_and_follow_the_deadband(tmp_path, b
         rig.step()
         until(lambda: len(messages(aggregator, "state")) > n + 1, "two periodic states")   # every max_interval_s
         periodic = messages(aggregator, "state")[n - 1:]
-        # the 300 W move waited for the next periodic message: none came sooner than max_interval_s
+        # the 300 W move waited for the next periodic message (about max_interval_s), not the next tick (0.25 s)
         gaps = [(iso(b["ts"]) - iso(a["ts"])) for a, b in zip(periodic, periodic[1:])]
-        assert all(g >= 0.99 for g in gaps) and periodic[-1]["setpoint_w"] == 4300
+        assert all(g >= 0.9 for g in gaps) and periodic[-1]["setpoint_w"] == 4300
         seqs = [m["seq"] for m in messages(aggregator, "state")]
         assert seqs == sorted(set(seqs))
         late = broker.client("late-reader")                 # retained: a new reader gets the latest at once
@@ -252,15 +252,18 @@ def port_events(ctrl, watch, n, t):
 
 
 def test_a_broker_outage_loses_no_event_and_coalesces_state(tmp_path):
-    with Broker(tmp_path / "broker") as broker, Rig(tmp_path, mqtt_section(broker)) as rig:
-        agg = broker.client()
+    # the aggregator's persistent session outlives the broker's kill -9: what the controller
+    # replays before the aggregator is back is queued for it, as a real aggregator would have it
+    with Broker(tmp_path / "broker", persistent=True) as broker, Rig(tmp_path, mqtt_section(broker)) as rig:
+        agg = broker.client(persistent=True)
         agg.subscribe(f"{PREFIX}/#", qos=1)
-        until(lambda: rig.stats()["connected"] and messages(agg, "state"), "the connection")
+        until(lambda: rig.stats()["subscribed"] and messages(agg, "state"), "the connection")
         watch = FaultWatch(rig.ctrl)
         rig.t = port_events(rig.ctrl, watch, 3, rig.t)
         until(lambda: len(messages(agg, "events")) >= 3, "events before the outage")
 
         broker.kill()
+        agg.loop_stop()
         until(lambda: rig.stats().get("errors", {}).get("ERR_MQTT_DISCONNECTED", 0) >= 2, "two failed reconnects")
         rig.t = port_events(rig.ctrl, watch, 20, rig.t)
         for k in range(6):                                   # states pile up, and coalesce
@@ -271,20 +274,21 @@ def test_a_broker_outage_loses_no_event_and_coalesces_state(tmp_path):
         with sqlite3.connect(rig.outbox) as db:
             assert db.execute("SELECT count(*) FROM outbox WHERE topic = 'state'").fetchone()[0] == 1
 
-        broker.start()                                       # the service's next try is >= 2 s away
-        agg = broker.client("aggregator-2")
-        agg.subscribe(f"{PREFIX}/#", qos=1)
+        broker.start()
+        received = agg.received
+        agg = broker.client(persistent=True)                  # the same session
+        agg.received[:0] = received
         until(lambda: rig.stats()["queued"] == 0 and rig.stats()["connected"], "the replay")
         until(lambda: len([e for e in messages(agg, "events") if e["code"] == "ERR_PORT_OUT_OF_SERVICE"]) >= 20,
               "the events of the outage")
-        events = messages(agg, "events")
-        unique = {e["seq"]: e for e in events}                 # QoS 1 may deliver twice
-        seqs = [e["seq"] for e in events]
-        assert seqs == sorted(seqs), "in order"
-        assert sorted(unique) == list(range(min(unique), max(unique) + 1)), "no gap"
+        unique = {}
+        for e in messages(agg, "events"):                    # QoS 1 may deliver twice: the first counts
+            unique.setdefault(e["seq"], e)
+        seqs = list(unique)
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "in order, no gap"
         assert "ERR_MQTT_DISCONNECTED" in [e["code"] for e in unique.values()]
-        state = messages(agg, "state")[0]
-        assert state["replaced"] >= 1 and state["setpoint_w"] == 10000
+        coalesced = [m for m in messages(agg, "state") if "replaced" in m]
+        assert len(coalesced) == 1 and coalesced[0]["replaced"] >= 1 and coalesced[0]["setpoint_w"] == 10000
         assert messages(agg, "availability")[-1]["status"] == "online"
         agg.loop_stop()
         agg.disconnect()
@@ -416,7 +420,8 @@ def test_a_frozen_broker_holds_only_the_window_in_flight_and_then_gets_everythin
         broker.proc.send_signal(signal.SIGSTOP)          # the connection stays, nothing is acknowledged
         try:
             rig.t = port_events(rig.ctrl, watch, 150, rig.t)
-            until(lambda: rig.stats()["queued"] >= 150, "the outbox")
+            until(lambda: rig.stats()["queued"] >= 150 and rig.stats()["in_flight"] == WINDOW, "a full window")
+            time.sleep(0.3)                              # a dozen ticks later: still the window, no more
             assert rig.stats()["connected"] and rig.stats()["in_flight"] == WINDOW
         finally:
             broker.proc.send_signal(signal.SIGCONT)
