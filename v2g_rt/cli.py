@@ -32,8 +32,10 @@ def _load(path):
 def cmd_check(args) -> int:
     site = _load(args.file)
     links = sorted({n.link for n in site.nodes if n.link})
+    mqtt = site.sections.get("mqtt")
     print(f"OK: {args.file}: site {site.name!r}, {len(site.nodes)} nodes, {len(site.ports)} ports, "
-          f"period {site.period_s * 1e3:g} ms, links {', '.join(links)}")
+          f"period {site.period_s * 1e3:g} ms, links {', '.join(links)}"
+          + (f", MQTT {mqtt.host}:{mqtt.port} under {mqtt.prefix}/" if mqtt else ""))
     return 0
 
 

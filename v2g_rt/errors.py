@@ -177,11 +177,34 @@ _ENTRIES = [
     ("ERR_CONFIG_MODBUS_MAP", "A Modbus register map ([modbus.NAME] map) cannot be used.",
      "A missing file, invalid JSON, an unknown type or key, overlapping registers, or a register outside the "
      "address convention the map states.", "Fix the map at the file and register the message names."),
-    ("ERR_MQTT_CONN_REFUSED", "The MQTT broker refused the connection.",
-     "Wrong credentials or client certificate, or the client id is not authorised.",
-     "Check the broker's ACL and the client certificate; reports queue in the outbox meanwhile."),
-    ("ERR_MQTT_DISCONNECTED", "The MQTT broker connection was lost; reports queue in the persistent outbox.",
-     "Broker down or network loss.", "None needed; the outbox replays on reconnect."),
+    ("ERR_MQTT_CONN_REFUSED", "The MQTT broker refused the connection (its CONNACK carries the reason code), "
+     "or refused a message it acknowledged.",
+     "The broker's ACL does not allow this client id or certificate identity, or the client id is taken.",
+     "Check the broker's ACL for [mqtt] client_id and the certificate's identity; reports queue in the outbox "
+     "meanwhile."),
+    ("ERR_MQTT_TLS", "The TLS handshake with the MQTT broker failed: no CONNACK exists then.",
+     "[mqtt] ca did not sign the broker's certificate, the broker does not accept [mqtt] cert (another CA, "
+     "expired, none), or a middlebox intercepts port 8883.",
+     "Check [mqtt] ca, cert and key against the broker's cafile; `openssl s_client -connect HOST:8883 -CAfile CA "
+     "-cert CERT -key KEY` shows the refusal; reports queue in the outbox meanwhile."),
+    ("ERR_MQTT_CERT_EXPIRING", "An MQTT certificate ([mqtt] ca or cert) expires within 30 days.",
+     "The certificate was not renewed yet.", "Renew it and restart the controller before it expires."),
+    ("ERR_MQTT_DISCONNECTED", "The MQTT broker cannot be reached, never answered, or the connection was lost; "
+     "reports queue in the persistent outbox.",
+     "Broker down, network loss, or port 8883 dropped by a firewall.",
+     "Check the broker and the firewalls between; the outbox replays in order on reconnect."),
+    ("ERR_MQTT_OUTBOX_FULL", "The MQTT outbox reached [mqtt] outbox_max_mb; new reports are dropped (counted "
+     "in status, seen as a gap in seq).",
+     "A broker outage long enough to fill it.", "Restore the broker; raise outbox_max_mb if outages this long "
+     "are expected."),
+    ("ERR_MQTT_BAD_MESSAGE", "An MQTT command was not a JSON object of at most 4 KiB; rejected on cmd/reply.",
+     "A sender bug or the wrong topic.", "Send commands as one JSON object per message."),
+    ("ERR_MQTT_RETAINED_CMD", "A retained MQTT command was rejected: it may be any age.",
+     "The sender published the command with the retain flag.",
+     "Publish commands without retain, and clear the retained one (an empty retained message on the cmd topic)."),
+    ("ERR_MQTT_RATE_LIMITED", "More MQTT commands and heartbeats arrived than the controller takes (50 a second, "
+     "bursts of 200); the excess was dropped unanswered.",
+     "A flooding or looping sender.", "Find the sender; commands should come at most a few a second."),
     ("ERR_UPSTREAM_LOST", "An upstream (DMS, aggregator, CSMS) stopped sending heartbeats: Safe State.",
      "Network loss or the upstream system is down.",
      "Restore the connection to the upstream; Safe State ends after it has been healthy for the hysteresis period."),
