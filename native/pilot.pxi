@@ -5,7 +5,7 @@
 # 85 % is 51 A and the next duty up already means 52.5 A or more, so currents between are
 # expressed as 51 A (never more than asked).
 
-from libc.math cimport floor
+from libc.math cimport floor, fmax
 
 cdef double PILOT_MIN_A = 6.0
 cdef double PILOT_MAX_A = 80.0
@@ -13,14 +13,15 @@ cdef double PILOT_LOW_MAX_A = 51.0     # the top of the 0.6 A per % range (85 %)
 
 
 cdef double pilot_duty_pct(double amps) noexcept nogil:
-    """The duty (%) that offers amps; 0 below 6 A (no current may be offered), 96 % above 80 A."""
+    """The duty (%) that offers amps; 0 below 6 A (no current may be offered), 96 % above 80 A,
+    85 % (51 A) for 51-52.5 A, which no duty expresses."""
     if not amps >= PILOT_MIN_A:
         return 0.0
     if amps > PILOT_MAX_A:
         amps = PILOT_MAX_A
     if amps <= PILOT_LOW_MAX_A:
         return amps / 0.6
-    return amps / 2.5 + 64.0
+    return fmax(amps / 2.5 + 64.0, 85.0)          # the seam: 85 % (51 A), never a duty meaning less
 
 
 cdef double pilot_current_a(double duty_pct) noexcept nogil:

@@ -23,9 +23,14 @@ def test_no_current_below_6_a_nor_outside_10_to_96_percent():
     assert pilot_duty(120) == 96
 
 
-@given(st.floats(MIN_A, MAX_A))
+@given(st.one_of(st.floats(MIN_A, 51.0), st.floats(52.5 + 1e-6, MAX_A)))
 def test_duty_and_current_are_inverse_on_each_range(amps):
     assert pilot_current(pilot_duty(amps)) == pytest.approx(amps, abs=1e-9)
+
+
+@given(st.floats(51.0, 52.5, exclude_min=True))
+def test_between_the_ranges_the_duty_offers_51_a_never_more(amps):     # 85 % is 51 A, more is >= 52.5 A
+    assert pilot_duty(amps) == 85.0 and pilot_current(85.0) == pytest.approx(51.0)
 
 
 @given(st.floats(0, 100), st.sampled_from([0.1, 0.5, 1.0]))
