@@ -1,4 +1,4 @@
-"""The `v2g-rt` command: run, simulate, check, status, explain, bench, modbus read."""
+"""The `v2g-rt` command: run, simulate, check, status, explain, bench, modbus read, pki init."""
 from __future__ import annotations
 
 import argparse
@@ -319,6 +319,18 @@ def cmd_modbus_read(args) -> int:
     return 1 if any(code for _, _, code in values) else 0
 
 
+def cmd_pki_init(args) -> int:
+    """The site CA, the controller's server certificate and one client certificate per station."""
+    from . import pki
+
+    written = pki.init(args.dir, args.station, args.server_name)
+    for path in written:
+        print(path)
+    print(f"the CA's key {Path(args.dir) / 'ca.key'} signs new certificates: keep it offline once the stations "
+          f"are installed", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
@@ -392,6 +404,15 @@ def main(argv=None) -> int:
     mr.add_argument("--config", help="site config (TOML) with the [modbus.NAME] section")
     mr.add_argument("name")
     mr.set_defaults(func=cmd_modbus_read)
+    pk = sub.add_parser("pki", help="certificates for OCPP Security Profile 3")
+    pk_sub = pk.add_subparsers(dest="pki_command", required=True)
+    pi = pk_sub.add_parser("init", help="create a site CA, the controller's certificate and one per station")
+    pi.add_argument("dir")
+    pi.add_argument("--station", action="append", required=True, metavar="ID",
+                    help="a station (EVSE node) id; repeat for each station")
+    pi.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                    help="a DNS name or IP address of the controller (default: localhost and 127.0.0.1); repeat")
+    pi.set_defaults(func=cmd_pki_init)
     b = sub.add_parser("bench", help="cycle jitter side by side with cyclictest and a Python loop")
     b.add_argument("--period-us", type=int, default=1000)
     b.add_argument("--duration", type=float, default=60.0, help="seconds per contender and load")

@@ -173,6 +173,12 @@ _ENTRIES = [
     ("ERR_CONFIG_MODBUS_MAP", "A Modbus register map ([modbus.NAME] map) cannot be used.",
      "A missing file, invalid JSON, an unknown type or key, overlapping registers, or a register outside the "
      "address convention the map states.", "Fix the map at the file and register the message names."),
+    ("ERR_PKI_EXISTS", "`v2g-rt pki init` found one of the files it would write; it wrote nothing.",
+     "The PKI was initialised before in that directory.",
+     "Keep the existing PKI, or choose another directory; delete old files only once nothing uses them."),
+    ("ERR_PKI_STATION_ID", "A station id given to `v2g-rt pki init` cannot be an OCPP identity.",
+     "Empty, longer than 48 characters, or with characters that do not fit one URL path segment.",
+     "Use the EVSE node's id from the site config: letters, digits, '.', '_' or '-'."),
     ("ERR_MQTT_CONN_REFUSED", "The MQTT broker refused the connection.",
      "Wrong credentials or client certificate, or the client id is not authorised.",
      "Check the broker's ACL and the client certificate; reports queue in the outbox meanwhile."),
