@@ -7,6 +7,7 @@ about a far party, so it never feeds an upstream heartbeat.
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import threading
 import time
@@ -63,6 +64,47 @@ class Service(abc.ABC):
     def health(self) -> dict:
         """Alive, and what the service knows about its own work."""
         return {"alive": self.alive, **self.stats()}
+
+
+class AsyncService(Service):
+    """A service whose thread runs one asyncio loop: serve() sets self._ready once it serves (start()
+    waits for that, at most 5 s) and returns soon after self._done is set (by stop())."""
+
+    def __init__(self):
+        super().__init__()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        self._ready.clear()
+        super().start()
+        self._ready.wait(5.0)
+
+    def run(self) -> None:
+        asyncio.run(self._serve_until_done())
+
+    async def _serve_until_done(self) -> None:
+        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
+        if self.stopping.is_set():
+            self._done.set()
+        try:
+            await self.serve()
+        finally:
+            self._ready.set()
+
+    @abc.abstractmethod
+    async def serve(self) -> None:
+        """The service's work on the loop."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._loop is not None and self._done is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._done.set)
+            except RuntimeError:                     # the loop already closed
+                pass
+        self._join()
 
 
 class SocketService(Service):

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from .. import modbus_maps as maps
 from ..site import node_source
-from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, Service
+from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, AsyncService
 
 SECTION = "modbus"            # [modbus.NAME]: one table per device
 ROLES = ("meter", "evse")
@@ -343,7 +342,7 @@ class Device:
                 self.rejected[verdict.code] += 1
 
 
-class ModbusService(Service):
+class ModbusService(AsyncService):
     """The asyncio loop (its own thread) running every Modbus device of the site."""
 
     name = "modbus"
@@ -358,25 +357,14 @@ class ModbusService(Service):
             if feeds_frequency(cfg, site):
                 sources[maps.FREQUENCY] = FREQUENCY_SOURCE
             self.devices.append(Device(cfg, ctrl, sources))
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: asyncio.Event | None = None
-        self._ready = threading.Event()
-
-    def start(self) -> None:
-        self._ready.clear()
-        super().start()
-        self._ready.wait(5.0)
 
     def run(self) -> None:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)   # every failure is named and counted here
-        asyncio.run(self._serve())
+        super().run()
 
-    async def _serve(self) -> None:
-        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
+    async def serve(self) -> None:
         tasks = [asyncio.create_task(d.run(), name=f"modbus.{d.cfg.name}") for d in self.devices]
         self._ready.set()
-        if self.stopping.is_set():
-            self._done.set()
         stop = asyncio.create_task(self._done.wait())
         try:
             await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -389,15 +377,6 @@ class ModbusService(Service):
         died = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
         if died:                                     # a device task that died is the service's failure
             raise died[0]
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self._loop is not None and self._done is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._done.set)
-            except RuntimeError:                     # the loop already closed
-                pass
-        self._join()
 
     def stats(self) -> dict:
         return {"devices": {d.cfg.name: d.stats() for d in self.devices}}
