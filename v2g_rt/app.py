@@ -12,6 +12,7 @@ from .services import Supervisor
 from .services.control import AuditLog, ControlServer
 from .services.journal import JournalService
 from .services.modbus import ModbusService
+from .services.ocpp import OcppService
 from .services.status import StatusServer, control_socket, default_socket
 from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
 from .sim.peers import PEERS
@@ -60,6 +61,8 @@ class App:
             log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
         if site.sections.get("modbus"):
             self.supervisor.add(ModbusService(ctrl, site.sections["modbus"]))
+        if site.sections.get("ocpp"):
+            self.supervisor.add(OcppService(ctrl, site.sections["ocpp"]))
         self.supervisor.start()
         if self.plant:
             self.plant.start()

@@ -137,12 +137,20 @@ def cmd_port(args) -> int:
     return 0
 
 
-LINKS_AVAILABLE = ("sim", "can")
+LINKS_AVAILABLE = ("sim", "can", "ocpp")
+LINK_SECTIONS = {"ocpp": "[ocpp] with listen, ca, cert and key"}     # links served by a service section
 
 
 def _unavailable_links(site) -> list[str]:
-    return [f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r} is not available in this "
-            f"version; use link = \"sim\" or \"can\"" for n in site.nodes if n.link not in (None, *LINKS_AVAILABLE)]
+    out = []
+    for n in site.nodes:
+        where = f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r}"
+        if n.link in LINK_SECTIONS and not site.sections.get(n.link):
+            out.append(f"{where} is served by its service, which this config lacks; add {LINK_SECTIONS[n.link]}")
+        elif n.link not in (None, *LINKS_AVAILABLE):
+            out.append(f"{where} is not available in this version; use link = "
+                       f"{' or '.join(map(repr, LINKS_AVAILABLE))}")
+    return out
 
 
 def cmd_run(args) -> int:
@@ -245,6 +253,8 @@ def _safe_can(site) -> str:
 SAFE_OUTPUTS = {
     "sim": lambda site: "no physical output: the simulated EVs stop with the controller",
     "can": _safe_can,
+    "ocpp": lambda site: "nothing to send: each station falls back by itself to its stack-level-0 TxDefaultProfile "
+                         "(charge only) once our TxProfile's validity ends",
 }
 
 

@@ -1,0 +1,294 @@
+"""The OCPP service against stations built with the `ocpp` package (v2g_rt.sim.peers.ocpp) over
+real mutual TLS on loopback, with certificates from `v2g-rt pki init`. The controller runs in
+virtual time, stepped here; what the loop decides is asserted in cycles, and wall-clock time
+only bounds how long a network delivery may take."""
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import pytest
+
+from helpers import ServiceRig
+from v2g_rt import config
+from v2g_rt.services.ocpp import OcppService
+from v2g_rt.services.status import render
+from v2g_rt.sim.peers.ocpp import V21, V201, Fleet, SimStation, client_context
+from v2g_rt.site import port_source
+
+HANG_S = ServiceRig.HANG_S
+
+SITE = """
+[site]
+name = "ocpp-test"
+period_ms = 10
+[control]
+session_max_age_s = 60
+[node.grid]
+kind = "grid"
+import_limit_w = 100000
+export_limit_w = 100000
+base_load_w = [0, 20000]
+[node.cs01]
+kind = "evse"
+parent = "grid"
+link = "ocpp"
+ports = 2
+port_max_charge_w = 11000
+port_max_discharge_w = 11000
+[node.cs02]
+kind = "evse"
+parent = "grid"
+link = "ocpp"
+port_max_charge_w = 22000
+port_max_discharge_w = 22000
+[ocpp]
+listen = "127.0.0.1:9443"
+ca = "pki/ca.pem"
+cert = "pki/controller.pem"
+key = "pki/controller.key"
+"""
+
+
+def pki_init(directory, *stations):
+    args = [a for s in stations for a in ("--station", s)]
+    r = subprocess.run([sys.executable, "-P", "-m", "v2g_rt.cli", "pki", "init", str(directory), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ocpp")
+    pki_init(d / "pki", "cs01", "cs02", "cs09")
+    pki_init(d / "other", "cs01")                      # another CA's certificate for cs01
+    (d / "site.toml").write_text(SITE)
+    return d
+
+
+class Rig(ServiceRig):
+    """A virtual-time controller, its OCPP service on a free port, a fleet of stations."""
+
+    def __init__(self, site_dir):
+        super().__init__(config.load(site_dir / "site.toml"))
+        self.dir = site_dir
+        self.service = OcppService(self.ctrl, dataclasses.replace(self.site.sections["ocpp"], port=0))
+        self.fleet = Fleet()
+
+    def __enter__(self):
+        self.service.start()
+        assert self.service.failure is None, self.service.failure
+        return self
+
+    def __exit__(self, *exc):
+        self.fleet.close()
+        self.service.stop()
+
+    def station(self, sid="cs01", *, path=None, cert=None, ca=None, scheme="wss", **kw):
+        url = f"{scheme}://localhost:{self.service.port}/ocpp/{path or sid}"
+        ctx = None if scheme == "ws" else client_context(self.dir / "pki", None if cert is False else cert or sid, ca=ca)
+        kw.setdefault("evses", len([p for p in self.site.ports if p.evse == sid]) or 1)
+        return self.fleet.start(SimStation(sid, url, ctx, **kw))
+
+    def ready(self, station):
+        assert station.ready.wait(HANG_S), f"{station.id} never booted"
+        assert station.error is None, repr(station.error)
+        return station
+
+    def stats(self, sid="cs01"):
+        return self.service.stats()["stations"][sid]
+
+    def port(self, pid):
+        snap = self.ctrl.snapshot()
+        return snap.ports[snap.port_ids.index(pid)]
+
+    def output(self, pid):
+        return self.ctrl.outputs()[self.ctrl.port_ids.index(pid)]
+
+    def ev(self, pid, **values):
+        """Vehicle data the station does not send (an AC car's capacity, its V2G consent)."""
+        for kind, v in values.items():
+            assert self.ctrl.measure(port_source(pid, kind), v)
+
+
+def tx_limits(station, evse_id=1):
+    """Every TxProfile's power on an EVSE as the station received it, in order."""
+    out = []
+    for _, k, prof in station.received("TxProfile"):
+        if k == evse_id:
+            period = prof["charging_schedule"][0]["charging_schedule_period"][0]
+            out.append(period.get("setpoint", period.get("limit")))
+    return out
+
+
+@pytest.mark.parametrize("version", [V201, V21])
+def test_a_station_with_its_certificate_boots_and_gets_the_charge_only_fallback(site_dir, version):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs01", version=version))
+        assert st.heartbeat_s == 20                       # a third of session_max_age_s
+        rig.until(lambda: st.received("TxDefaultProfile"), "the fallback profile")
+        _, evse_id, prof = st.received("TxDefaultProfile")[0]
+        assert evse_id == 0 and prof["stack_level"] == 0 and "valid_to" not in prof
+        period = prof["charging_schedule"][0]["charging_schedule_period"][0]
+        assert period == {"start_period": 0, "limit": 22000.0}     # its own limit: the grid leaves room for all
+        s = rig.stats()
+        assert s["connected"] and s["booted"] and s["version"] == version and s["fallback_accepted"] == 1
+        assert rig.service.stats()["refused"] == {}
+        rig.until(lambda: rig.port("cs01.1")["connected"] and rig.port("cs01.2")["connected"], "both ports plugged")
+
+
+REFUSALS = {
+    "no certificate": (dict(cert=False), "ERR_OCPP_TLS_REFUSED"),
+    "another CA": (dict(ca=None, cert="cs01", other_ca=True), "ERR_OCPP_TLS_REFUSED"),
+    "plain ws": (dict(scheme="ws"), "ERR_OCPP_TLS_REFUSED"),
+    "unknown station": (dict(sid="cs09"), "ERR_OCPP_UNKNOWN_STATION"),
+    "another station's certificate": (dict(sid="cs01", path="cs02"), "ERR_OCPP_IDENTITY_MISMATCH"),
+    "no OCPP 2 subprotocol": (dict(version="ocpp1.6"), "ERR_OCPP_SUBPROTOCOL"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refused_connections_are_counted_with_their_code(site_dir, case):
+    kw, code = REFUSALS[case]
+    kw = dict(kw)
+    with Rig(site_dir) as rig:
+        if kw.pop("other_ca", False):
+            url = f"wss://localhost:{rig.service.port}/ocpp/cs01"
+            st = rig.fleet.start(SimStation("cs01", url, client_context(site_dir / "other", "cs01",
+                                                                        ca=site_dir / "pki" / "ca.pem")))
+        else:
+            st = rig.station(kw.pop("sid", "cs01"), **kw)
+        assert st.ready.wait(HANG_S) and st.error is not None
+        rig.until(lambda: rig.service.stats()["refused"].get(code), code)
+        assert rig.service.stats()["refused"] == {code: 1}
+        assert rig.service.stats()["connections"] == 0 and not rig.stats()["connected"]
+
+
+def test_meter_values_become_the_ports_measured_power_and_soc(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02", ev_max_charge_w=4000.0, soc=0.42))
+        rig.until(lambda: rig.port("cs02.1")["measured_w"] == 4000.0, "the vehicle's 4 kW as measured power")
+        port = rig.port("cs02.1")
+        assert port["soc"] == pytest.approx(0.42)
+        assert port["max_w"] == pytest.approx(16 * 3 * 230)     # NotifyEVChargingNeeds: 16 A on 3 phases at 230 V
+        assert st.power[1] == 4000.0 and rig.stats("cs02")["values"] > 0
+
+
+def test_a_station_that_never_reports_power_is_run_open_loop(site_dir):
+    with Rig(site_dir) as rig:
+        rig.ready(rig.station("cs02", report_power=False))
+        rig.until(lambda: rig.port("cs02.1")["setpoint_w"] == 16 * 3 * 230, "the ramp to the vehicle's limit")
+        rig.step(2)
+        port = rig.port("cs02.1")
+        assert port["measured_w"] == port["setpoint_w"]             # no measurement: it takes what it is given
+        assert rig.stats("cs02")["values"] > 0
+
+
+def test_a_setpoint_change_reaches_the_station_as_a_txprofile(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02"))
+        rig.until(lambda: tx_limits(st) and tx_limits(st)[-1] == pytest.approx(16 * 3 * 230),
+                  "a TxProfile at the vehicle's limit")
+        assert rig.ctrl.submit({"kind": "setpoint", "id": "sp1", "value_w": 5000.0, "expires_in_s": 600})
+        rig.until(lambda: tx_limits(st)[-1] == 5000.0, "the 5 kW setpoint at the station")
+        _, _, prof = st.received("TxProfile")[-1]
+        assert prof["stack_level"] == 1 and prof["transaction_id"] == st.transactions[1] and prof["valid_to"]
+        rig.until(lambda: rig.port("cs02.1")["measured_w"] == 5000.0, "the station following it")
+        assert rig.stats("cs02")["setpoint_accepted"] == len(tx_limits(st))
+
+
+@pytest.mark.parametrize("version", [V201, V21])
+def test_a_discharge_setpoint_goes_out_signed_in_21_and_as_zero_in_201(site_dir, version):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02", version=version, needs=False, ev_max_discharge_w=11000.0, soc=0.8))
+        rig.ev("cs02.1", v2g=1.0, capacity_wh=60000.0, min_soc=0.2, max_discharge_w=11000.0, max_charge_w=11000.0)
+        assert rig.ctrl.submit({"kind": "setpoint", "id": "sp-dis", "value_w": -6000.0, "expires_in_s": 600})
+        rig.until(lambda: rig.output("cs02.1")["setpoint_w"] == -6000.0, "the loop discharging the port")
+        want = -6000.0 if version == V21 else 0.0
+        rig.until(lambda: tx_limits(st) and tx_limits(st)[-1] == want, f"a TxProfile at {want} W")
+        if version == V201:
+            assert min(tx_limits(st)) >= 0.0                     # never a discharge
+        else:
+            period = st.received("TxProfile")[-1][2]["charging_schedule"][0]["charging_schedule_period"][0]
+            assert period["operation_mode"] == "CentralSetpoint" and period["discharge_limit"] == -6000.0
+            rig.until(lambda: rig.port("cs02.1")["measured_w"] == -6000.0, "the station discharging")
+
+
+def test_rejected_profiles_are_counted_per_station_and_shown_in_status(site_dir):
+    with Rig(site_dir) as rig:
+        rig.ready(rig.station("cs02", answer="Rejected"))
+        rig.until(lambda: rig.stats("cs02")["errors"].get("ERR_OCPP_REJECTED", 0) >= 2, "two refusals")
+        s = rig.stats("cs02")
+        assert s["errors"]["ERR_OCPP_REJECTED"] == s["fallback_sent"] + s["setpoint_sent"]
+        assert s.get("setpoint_accepted", 0) == 0
+        doc = {"site_name": "t", "site": {"cycle": 0, "binding": "-", "safe_state": [], "fleet_w": 0, "setpoint_w": None,
+                                          "import_limit_w": 0, "export_limit_w": 0, "ports_charging": 0,
+                                          "ports_discharging": 0, "frequency_hz": None},
+               "nodes": [], "ports": [], "faults": [],
+               "stats": {"cycles": 0, "overruns": 0, "wake_latency": {}, "compute": {}},
+               "services": {"ocpp": rig.service.health()}}
+        line = next(l for l in render(doc).splitlines() if l.strip().startswith("cs02"))
+        assert "ocpp2.0.1 connected" in line and "ERR_OCPP_REJECTED" in line
+
+
+def test_a_station_that_disconnects_unplugs_its_ports_at_once(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs01"))
+        rig.until(lambda: rig.port("cs01.1")["connected"] and rig.port("cs01.2")["connected"], "both ports plugged")
+        rig.fleet.call(st.cp._connection.close())
+        deadline = time.monotonic() + HANG_S
+        while rig.stats()["connected"]:                   # the network's part: the close reaching the service
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        rig.step()                                        # the loop's part: one cycle
+        assert not rig.port("cs01.1")["connected"] and not rig.port("cs01.2")["connected"]
+        assert rig.port("cs01.1")["setpoint_w"] == 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_serves_the_packaged_ocpp_depot_to_a_station(tmp_path):
+    """`v2g-rt run` on the example: the real-time loop, the service under the supervisor, status."""
+    text = resources.files("v2g_rt.data").joinpath("examples/ocpp-depot.toml").read_text()
+    port = free_port()
+    text = text.replace('listen = "0.0.0.0:9443"', f'listen = "127.0.0.1:{port}"')
+    text = text.replace('period_ms = 1.0', f'period_ms = 1.0\nstatus_socket = "{tmp_path}/status.sock"')
+    text += "\n[rt]\npriority = 0\nlock_memory = false\n"
+    (tmp_path / "depot.toml").write_text(text)
+    pki_init(tmp_path / "pki", "cs01", "cs02", "cs03", "cs04")
+    cli = [sys.executable, "-P", "-m", "v2g_rt.cli"]
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    proc = subprocess.Popen([*cli, "run", "--config", str(tmp_path / "depot.toml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with Fleet() as fleet:
+            st = None
+            deadline = time.monotonic() + 30
+            while st is None or st.error is not None:            # until the controller listens
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                time.sleep(0.2)
+                st = fleet.start(SimStation("cs03", f"wss://localhost:{port}/ocpp/cs03",
+                                            client_context(tmp_path / "pki", "cs03"), version=V21))
+                st.ready.wait(HANG_S)
+            deadline = time.monotonic() + HANG_S
+            while not (tx_limits(st) and tx_limits(st)[-1] > 0):  # the loop's output through the eventfd
+                assert time.monotonic() < deadline, st.profiles
+                time.sleep(0.05)
+            r = subprocess.run([*cli, "status", "--socket", str(tmp_path / "status.sock")], capture_output=True,
+                               text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            line = next(l for l in r.stdout.splitlines() if l.startswith("    cs03 "))   # the station, not the node
+            assert "ocpp2.1 connected" in line and "no errors" in line
+            assert "  ocpp " in r.stdout and "NOT CONNECTED" in r.stdout            # cs01, cs02, cs04 are not
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
