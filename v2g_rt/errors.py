@@ -201,6 +201,10 @@ _ENTRIES = [
     ("ERR_OCPP_CERT_EXPIRING", "A certificate of the OCPP link expires within 30 days (or did).",
      "Certificates from `v2g-rt pki init` last 825 days (the CA 10 years).",
      "Issue new certificates from the site CA and install them before the date the message gives."),
+    ("ERR_OCPP_BAD_MESSAGE", "A station sent what the controller could not accept: malformed JSON, an unknown "
+     "action, a payload against the schema; it was answered with a CALLERROR and the connection kept.",
+     "A station firmware bug, or an OCPP feature this controller does not implement.",
+     "Check the logged message against the station's OCPP version; `v2g-rt status` counts them per station."),
     ("ERR_OCPP_REJECTED", "A station answered Rejected (or another refusal) to a request of the controller.",
      "The station does not support the profile (its purpose, rate unit or stack level), or holds a "
      "limit set by another party.", "Check the station's smart-charging settings; `v2g-rt status` counts them."),

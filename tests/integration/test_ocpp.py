@@ -3,6 +3,7 @@ real mutual TLS on loopback, with certificates from `v2g-rt pki init`. The contr
 virtual time, stepped here; what the loop decides is asserted in cycles, and wall-clock time
 only bounds how long a network delivery may take."""
 import dataclasses
+import datetime as dt
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from importlib import resources
+from unittest import mock
 
 import pytest
 
@@ -292,3 +294,101 @@ def test_run_serves_the_packaged_ocpp_depot_to_a_station(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+def test_a_station_that_never_answers_counts_timeouts_and_delays_no_other(site_dir):
+    with Rig(site_dir) as rig:
+        rig.service.call_timeout_s = 0.3
+        hung = rig.ready(rig.station("cs01", answer=None))
+        st = rig.ready(rig.station("cs02"))
+        rig.until(lambda: rig.stats("cs01")["errors"].get("ERR_OCPP_TIMEOUT", 0) >= 2, "two timeouts")
+        rig.until(lambda: tx_limits(st), "cs02's TxProfile")
+        assert hung.received("TxDefaultProfile") and rig.stats("cs02")["errors"] == {}
+        assert rig.stats("cs01")["connected"]            # a slow station is not a lost one
+
+
+def test_bad_frames_get_callerrors_and_keep_the_connection(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02"))
+        for frame in ('{not json', '[2,"u1","NoSuchAction",{}]', '[2,"u2","Heartbeat",{"bogus":1}]',
+                      '[2,"u3","GetDisplayMessages",{"requestId":1}]', '["x"]'):
+            rig.fleet.call(st.send_raw(frame))
+        rig.until(lambda: len(st.callerrors) == 5, "five CALLERRORs")
+        assert [(e[1], e[2]) for e in st.callerrors] == [
+            ("-1", "FormatViolation"), ("u1", "NotImplemented"), ("u2", "FormatViolation"),
+            ("u3", "NotSupported"),                       # an OCPP action, but one a station never sends us
+            ("-1", "PropertyConstraintViolation")]
+        assert rig.stats("cs02")["errors"] == {"ERR_OCPP_BAD_MESSAGE": 5}
+        values = rig.stats("cs02")["values"]
+        rig.until(lambda: rig.stats("cs02")["values"] > values, "reports after the bad frames")
+        assert rig.stats("cs02")["connected"] and rig.service.stats()["connections"] == 1
+
+
+def test_values_out_of_range_are_refused_by_the_gate_and_counted(site_dir):
+    with Rig(site_dir) as rig:
+        rig.ready(rig.station("cs02", soc=1.4))           # SoC 140 %
+        rig.until(lambda: rig.stats("cs02").get("rejected"), "the gate's refusal")
+        (code,) = rig.stats("cs02")["rejected"]
+        assert code.startswith("ERR_MEAS_")
+        assert rig.ctrl.stats()["rejected_by_source"][port_source("cs02.1", "soc")] == {code: mock.ANY}
+        assert rig.port("cs02.1")["soc"] != pytest.approx(1.4)
+
+
+def test_a_station_that_reconnects_without_booting_gets_its_profile_again(site_dir):
+    with Rig(site_dir) as rig:
+        first = rig.ready(rig.station("cs02"))
+        rig.until(lambda: tx_limits(first), "the first TxProfile")
+        rig.fleet.call(first.cp._connection.close())
+        rig.until(lambda: not rig.stats("cs02")["connected"], "the disconnect")
+        again = rig.ready(rig.station("cs02", boot=False))
+        rig.until(lambda: tx_limits(again) and rig.port("cs02.1")["connected"], "a TxProfile after the reconnect")
+        assert not again.received("TxDefaultProfile") and rig.stats("cs02")["boots"] == 1
+
+
+def test_a_station_falls_back_to_the_default_when_our_profile_expires(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02"))
+        assert rig.ctrl.submit({"kind": "setpoint", "id": "sp", "value_w": 5000.0, "expires_in_s": 600})
+        rig.until(lambda: tx_limits(st) and tx_limits(st)[-1] == 5000.0, "the 5 kW TxProfile")
+        valid_to = dt.datetime.fromisoformat(st.received("TxProfile")[-1][2]["valid_to"].replace("Z", "+00:00"))
+        assert valid_to - dt.datetime.now(dt.timezone.utc) > dt.timedelta(seconds=25)   # at least 30 s (skew)
+        assert st.limit_w(1, now=valid_to - dt.timedelta(seconds=1)) == 5000.0
+        assert st.limit_w(1, now=valid_to + dt.timedelta(seconds=1)) == 22000.0         # the stack-level-0 default
+
+
+FLEET_SIZE = 50
+
+
+def test_fifty_stations_connecting_at_once(tmp_path):
+    ids = [f"cs{k:02d}" for k in range(1, FLEET_SIZE + 1)]
+    pki_init(tmp_path / "pki", *ids)
+    text = SITE[:SITE.index("[node.cs01]")] + "".join(
+        f'[node.{sid}]\nkind = "evse"\nparent = "grid"\nlink = "ocpp"\nport_max_charge_w = 11000\n' for sid in ids)
+    (tmp_path / "site.toml").write_text(text + SITE[SITE.index("[ocpp]"):])
+    with Rig(tmp_path) as rig:
+        stations = [rig.station(sid, report_s=1.0) for sid in ids]
+        cycle = rig.ctrl.snapshot().cycle
+        rig.until(lambda: all(s.ready.is_set() for s in stations) and
+                  all(rig.stats(sid)["booted"] for sid in ids), "every station booted")
+        assert [s.error for s in stations] == [None] * FLEET_SIZE
+        rig.until(lambda: all(s.received("TxDefaultProfile") and tx_limits(s) for s in stations), "every profile")
+        assert sum(rig.service.stats()["stations"][sid]["errors"] != {} for sid in ids) == 0
+        assert rig.ctrl.snapshot().cycle > cycle                           # the loop was stepped throughout
+        snap = rig.ctrl.snapshot()
+        assert snap.ports["connected"].all() and snap.site["fleet_w"] > 0
+
+
+def test_a_flooding_station_is_throttled_and_the_others_are_served(site_dir):
+    with Rig(site_dir) as rig:
+        flood = rig.ready(rig.station("cs01"))
+        other = rig.ready(rig.station("cs02"))
+
+        async def burst(n):
+            for i in range(n):
+                await flood.send_raw(f'[2,"f{i}","Heartbeat",{{}}]')
+
+        rig.fleet.call(burst(150))                        # 50 past the burst allowance
+        rig.until(lambda: rig.stats()["throttled"] >= 1 and rig.stats()["heartbeats"] == 150, "the flood handled")
+        values = rig.stats("cs02")["values"]
+        rig.until(lambda: rig.stats("cs02")["values"] > values, "the other station's reports")
+        assert other.error is None and rig.stats("cs02").get("throttled", 0) == 0

@@ -10,7 +10,8 @@ What a station reports becomes port measurements stamped with their own time, th
 Every message refreshes the port's `connected`, so a station that goes quiet goes stale after the
 site's session_max_age_s (the heartbeat interval it is given is a third of that); a station that
 never reports power leaves the port open loop (the loop assumes it takes its setpoint). A closed
-connection unplugs its ports at once.
+connection unplugs its ports at once, and so does one whose WebSocket pings (every heartbeat
+interval) go unanswered: a station whose network died is gone within two heartbeat intervals.
 
 What it is told: see ocpp_payloads for the profile scheme. Profiles go out when the loop hands
 over an output (it signals the output eventfd), at most once per MIN_INTERVAL_S per station;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -44,7 +46,9 @@ LISTEN = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.%a-z]+)\]:(?P<p6>\d+)|(?P<host>[^\[\]
 MIN_INTERVAL_S = 0.5          # between two profile pushes to one station
 PROFILE_MIN_VALID_S = 30      # a TxProfile's validity at least (station clocks drift)
 CALL_TIMEOUT_S = 10.0
+FLOOD_RATE, FLOOD_BURST = 50.0, 100.0     # messages a station may send a second, and at once
 HANDSHAKE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0         # a stop waits this long for a station that vanished without a word
 EXPIRY_CHECK_S = 86400.0
 LOG_EVERY_S = 60.0
 
@@ -178,7 +182,8 @@ class Station:
 
     def stats(self) -> dict:
         out = {"connected": self.session is not None, "version": self.version, "booted": self.booted,
-               "transactions": len(self.transactions), **self.counts, "errors": dict(self.failures.counts)}
+               "transactions": len(self.transactions), "throttled": 0, "heartbeats": 0, **self.counts,
+               "errors": dict(self.failures.counts)}
         if self.rejected:
             out["rejected"] = dict(self.rejected)
         return out
@@ -186,14 +191,56 @@ class Station:
 
 def _session_class(version: str):
     """The station's side of the connection, for its OCPP version (imported when first served)."""
+    from ocpp.exceptions import OCPPError
+    from ocpp.messages import MessageType, unpack
     from ocpp.routing import after, on
     from ocpp.v201 import ChargePoint as CP201
+    from ocpp.v201.enums import Action as Actions201
     from ocpp.v21 import ChargePoint as CP21
+    from ocpp.v21.enums import Action as Actions21
+
+    known = {a.value for a in (Actions21 if version == pay.V21 else Actions201)}
 
     class Session:
         def __init__(self, service, station, connection):
-            super().__init__(station.id, connection, response_timeout=CALL_TIMEOUT_S)
+            super().__init__(station.id, connection, response_timeout=service.call_timeout_s)
             self.service, self.station = service, station
+
+        async def start(self):
+            """The station's messages in order, at most FLOOD_RATE a second: a flooding station
+            waits (and TCP pushes back on it), the others are served meanwhile."""
+            bucket = Bucket(FLOOD_RATE, FLOOD_BURST)
+            while True:
+                message = await self._connection.recv()
+                delay = bucket.take(time.monotonic())
+                if delay:
+                    self.station.counts["throttled"] += 1
+                    await asyncio.sleep(delay)
+                await self.route_message(message)
+
+        async def route_message(self, raw):
+            """The package drops what it cannot unpack, and swaps OCPP-J's NotImplemented (an
+            action not known) and NotSupported (known, not served): both answered here."""
+            try:
+                msg = unpack(raw)
+            except OCPPError as e:
+                await self._error(_message_id(raw), e.code, e.description)
+                return
+            if msg.message_type_id == MessageType.Call and msg.action not in self.route_map:
+                known_action = msg.action in known
+                await self._error(msg.unique_id, "NotSupported" if known_action else "NotImplemented",
+                                  f"{str(msg.action)[:60]} is {'not served' if known_action else 'no action'} "
+                                  f"of {self._ocpp_version} here")
+                return
+            await super().route_message(raw)
+
+        async def _error(self, unique_id: str, code: str, description: str):
+            await self._send(json.dumps([4, unique_id, code, description, {}], separators=(",", ":")))
+
+        async def _send(self, message):
+            if message.startswith("[4,"):
+                self.station.failures("ERR_OCPP_BAD_MESSAGE", f"answered with a CALLERROR: {message[:200]}")
+            await super()._send(message)
 
         @on("BootNotification")
         def on_boot(self, charging_station, reason, **_):
@@ -228,6 +275,27 @@ def _session_class(version: str):
             self.service.meter_values(self.station, evse_id, meter_value)
             return self._call_result.MeterValues()
 
+        @on("Authorize")
+        def on_authorize(self, id_token, **_):
+            self.service.heard(self.station)     # a local controller: the operator's CSMS authorises, not us
+            return self._call_result.Authorize(id_token_info={"status": "Accepted"})
+
+        @on("SecurityEventNotification")
+        def on_security_event(self, type, timestamp, **_):
+            log.warning("OCPP station %s: security event %s at %s", self.station.id, str(type)[:80], timestamp)
+            self.service.heard(self.station)
+            return self._call_result.SecurityEventNotification()
+
+        @on("NotifyEvent")
+        def on_event(self, **_):
+            self.service.heard(self.station)
+            return self._call_result.NotifyEvent()
+
+        @on("FirmwareStatusNotification")
+        def on_firmware_status(self, **_):
+            self.service.heard(self.station)
+            return self._call_result.FirmwareStatusNotification()
+
         @on("NotifyEVChargingNeeds")
         def on_needs(self, charging_needs, evse_id, **_):
             self.service.needs(self.station, evse_id, charging_needs)
@@ -235,6 +303,29 @@ def _session_class(version: str):
 
     base = CP21 if version == pay.V21 else CP201
     return type(f"Session{base._ocpp_version.replace('.', '')}", (Session, base), {})
+
+
+def _message_id(raw) -> str:
+    try:
+        msg = json.loads(raw)
+        return str(msg[1]) if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else "-1"
+    except (ValueError, TypeError):
+        return "-1"
+
+
+class Bucket:
+    """A token bucket: take() is how long to wait before the next message may be handled."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, None
+
+    def take(self, now: float) -> float:
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 def _utcnow() -> dt.datetime:
@@ -258,6 +349,7 @@ class OcppService(AsyncService):
         self.heartbeat_s = max(1, int(site.control.session_max_age_s / 3))
         self.valid_s = max(PROFILE_MIN_VALID_S, int(site.control.output_hold_s + 0.999))
         self.deadband_w = max(site.control.deadband_w, 1.0)
+        self.call_timeout_s = CALL_TIMEOUT_S
         self.refused = Tally(f"[ocpp] {cfg.listen}")
         self.accepted = 0
         self.port = cfg.port                    # the bound port once serving (cfg.port 0: any free one)
@@ -283,7 +375,8 @@ class OcppService(AsyncService):
         try:
             server = await serve(self._connected, self.cfg.host, self.cfg.port, ssl=ctx, subprotocols=list(SUBPROTOCOLS),
                                  process_request=self._admit, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-                                 open_timeout=HANDSHAKE_TIMEOUT_S, ping_interval=None)
+                                 open_timeout=HANDSHAKE_TIMEOUT_S, close_timeout=CLOSE_TIMEOUT_S,
+                                 ping_interval=self.heartbeat_s, ping_timeout=self.heartbeat_s)
         except OSError as e:
             raise OSError(f"ERR_OCPP_LISTEN: cannot listen on {self.cfg.listen}: {e.strerror}") from e
         self.port = server.sockets[0].getsockname()[1]
@@ -508,7 +601,7 @@ class OcppService(AsyncService):
         try:
             answer = await session.call(request, suppress=False)
         except asyncio.TimeoutError:
-            station.failures("ERR_OCPP_TIMEOUT", f"no answer to {action} ({what}) within {CALL_TIMEOUT_S:g} s")
+            station.failures("ERR_OCPP_TIMEOUT", f"no answer to {action} ({what}) within {self.call_timeout_s:g} s")
             return False
         except asyncio.CancelledError:
             raise

@@ -3,17 +3,19 @@ controller over mutual TLS on loopback as a real station would (its own client c
 site CA to check the server), all run by one asyncio loop in a Fleet's thread.
 
 A SimStation boots, reports each EVSE occupied and a transaction started, its vehicle's charging
-needs, then meter values every report_s: the power its profiles allow. It applies what it is
+needs, then meter values every report_s (boot=False: a reconnect, straight to meter values): the power its profiles allow. It applies what it is
 sent as a station does: the TxProfile of a transaction while valid, else the TxDefaultProfile
 (the stack-level-0 fallback), else unlimited, always within the vehicle's own limits. OCPP 2.1
 CentralSetpoint profiles are followed to their signed setpoint. Tests set how it answers
-SetChargingProfile (answer = "Rejected"), and read what it received (`profiles`).
+SetChargingProfile (answer = "Rejected", or None: never), send raw frames (send_raw) and read what
+it received (`profiles`, `callerrors`).
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import itertools
+import json
 import ssl
 import threading
 import time
@@ -48,13 +50,15 @@ class SimStation:
     def __init__(self, station_id: str, url: str, ssl_context: ssl.SSLContext | None, *,
                  version: str = V201, evses: int = 1, ev_max_charge_w: float = 11_000.0,
                  ev_max_discharge_w: float = 0.0, soc: float = 0.5, report_s: float = 0.2,
-                 report_power: bool = True, answer: str = "Accepted", needs: bool = True):
+                 report_power: bool = True, answer: str | None = "Accepted", needs: bool = True,
+                 boot: bool = True):
         self.id, self.url, self.ssl, self.version = station_id, url, ssl_context, version
         self.evses = evses
         self.ev_max_charge_w, self.ev_max_discharge_w = ev_max_charge_w, ev_max_discharge_w
         self.soc, self.report_s, self.report_power = soc, report_s, report_power
-        self.answer, self.send_needs = answer, needs
+        self.answer, self.send_needs, self.boot = answer, needs, boot
         self.profiles: list[tuple[float, int, dict]] = []     # (monotonic arrival, evseId, profile)
+        self.callerrors: list[list] = []                      # CALLERRORs the controller answered with
         self.installed: dict[tuple[int, str], dict] = {}      # (evseId, purpose) -> profile
         self.power: dict[int, float] = {}
         self.transactions = {k: f"{station_id}-tx{k}" for k in range(1, evses + 1)}
@@ -63,6 +67,7 @@ class SimStation:
         self.error: BaseException | None = None
         self._seq = itertools.count()
         self.cp = None
+        self.closing = False
 
     # ---------------------------------------------------------------- the station's behaviour
 
@@ -94,7 +99,12 @@ class SimStation:
 
     # ---------------------------------------------------------------- the connection
 
+    async def send_raw(self, text: str) -> None:
+        """A frame as it is, for the controller's handling of bad input."""
+        await self.cp._send(text)
+
     def _charge_point(self, ws):
+        from ocpp.charge_point import camel_to_snake_case
         from ocpp.routing import on
         from ocpp.v201 import ChargePoint as CP201
         from ocpp.v21 import ChargePoint as CP21
@@ -102,6 +112,16 @@ class SimStation:
         station = self
 
         class Station(CP21 if self.version == V21 else CP201):
+            async def route_message(self, raw):
+                msg = json.loads(raw)
+                if msg[0] == 4:
+                    station.callerrors.append(msg)
+                if station.answer is None and msg[0] == 2 and msg[2] == "SetChargingProfile":
+                    payload = camel_to_snake_case(msg[3])          # a hung station: never answered
+                    station.profiles.append((time.monotonic(), payload["evse_id"], payload["charging_profile"]))
+                    return
+                await super().route_message(raw)
+
             @on("SetChargingProfile")
             def on_set_charging_profile(self, evse_id, charging_profile, **_):
                 station.profiles.append((time.monotonic(), evse_id, charging_profile))
@@ -120,7 +140,8 @@ class SimStation:
                 self.cp = cp = self._charge_point(ws)
                 listener = asyncio.create_task(cp.start())
                 try:
-                    await self._boot()
+                    if self.boot:
+                        await self._boot()
                     self.ready.set()
                     while True:
                         await self.report()
@@ -130,8 +151,15 @@ class SimStation:
         except asyncio.CancelledError:
             raise
         except Exception as e:                      # refused or dropped: the test reads why
-            self.error = e
+            if not self.closing:
+                self.error = e
             self.ready.set()
+
+    async def close(self) -> None:
+        """Leave as a station does: a WebSocket close, answered by the controller."""
+        self.closing = True
+        if self.cp is not None:
+            await self.cp._connection.close()
 
     async def _boot(self) -> None:
         c = self.cp._call
@@ -177,10 +205,12 @@ class Fleet:
     def __init__(self):
         self.loop = asyncio.new_event_loop()
         self._tasks: list[asyncio.Future] = []
+        self.stations: list[SimStation] = []
         self._thread = threading.Thread(target=self.loop.run_forever, name="sim-ocpp-fleet", daemon=True)
         self._thread.start()
 
     def start(self, station: SimStation) -> SimStation:
+        self.stations.append(station)
         self._tasks.append(asyncio.run_coroutine_threadsafe(station.run(), self.loop))
         return station
 
@@ -189,6 +219,9 @@ class Fleet:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        """Every station closes its connection (a cancelled close would leave the controller
+        waiting out its close timeout), then whatever still runs is cancelled."""
+        self.call(self._close_stations())
         for t in self._tasks:
             t.cancel()
         self.call(self._settle())
@@ -196,11 +229,18 @@ class Fleet:
         self._thread.join(5.0)
         self.loop.close()
 
+    async def _close_stations(self) -> None:
+        closing = asyncio.gather(*(s.close() for s in self.stations), return_exceptions=True)
+        await asyncio.wait_for(closing, 10)
+
     @staticmethod
     async def _settle() -> None:
-        """Every other task of the loop run to its end: cancelled stations close their connections."""
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        await asyncio.gather(*others, return_exceptions=True)
+        """Every other task of the loop run to its end, cancelled again while it lasts: Python
+        3.11's wait_for (inside the ocpp package's call) can swallow a cancellation (gh-86296)."""
+        while others := asyncio.all_tasks() - {asyncio.current_task()}:
+            for t in others:
+                t.cancel()
+            await asyncio.wait(others, timeout=0.1)
 
     def __enter__(self):
         return self
