@@ -392,3 +392,16 @@ def test_a_flooding_station_is_throttled_and_the_others_are_served(site_dir):
         values = rig.stats("cs02")["values"]
         rig.until(lambda: rig.stats("cs02")["values"] > values, "the other station's reports")
         assert other.error is None and rig.stats("cs02").get("throttled", 0) == 0
+
+
+def test_certificates_near_their_expiry_are_warned_about_at_start_and_connect(tmp_path, caplog, monkeypatch):
+    from v2g_rt import pki
+
+    monkeypatch.setattr(pki, "LEAF_DAYS", 20)
+    pki.init(tmp_path / "pki", ["cs02"])
+    (tmp_path / "site.toml").write_text(SITE)
+    with caplog.at_level("WARNING", "v2g_rt"), Rig(tmp_path) as rig:
+        assert [r.message for r in caplog.records if "ERR_OCPP_CERT_EXPIRING" in r.message] == [
+            f"ERR_OCPP_CERT_EXPIRING: {tmp_path / 'pki' / 'controller.pem'} expires in 19 days"]
+        rig.ready(rig.station("cs02"))
+        assert rig.stats("cs02")["errors"] == {"ERR_OCPP_CERT_EXPIRING": 1}

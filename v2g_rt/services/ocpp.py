@@ -23,14 +23,11 @@ PROFILE_MIN_VALID_S to bear clock skew) ends, then runs the stack-level-0 TxDefa
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
 import logging
 import os
 import re
 import ssl
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -39,6 +36,7 @@ from .. import pki
 from ..site import port_source
 from . import AsyncService
 from . import ocpp_payloads as pay
+from .ocpp_session import Station, Tally, session_class, utcnow
 
 SECTION = "ocpp"
 SUBPROTOCOLS = (pay.V21, pay.V201)      # the newest both sides speak
@@ -46,11 +44,9 @@ LISTEN = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.%a-z]+)\]:(?P<p6>\d+)|(?P<host>[^\[\]
 MIN_INTERVAL_S = 0.5          # between two profile pushes to one station
 PROFILE_MIN_VALID_S = 30      # a TxProfile's validity at least (station clocks drift)
 CALL_TIMEOUT_S = 10.0
-FLOOD_RATE, FLOOD_BURST = 50.0, 100.0     # messages a station may send a second, and at once
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0         # a stop waits this long for a station that vanished without a word
 EXPIRY_CHECK_S = 86400.0
-LOG_EVERY_S = 60.0
 
 log = logging.getLogger("v2g_rt")
 
@@ -140,198 +136,6 @@ def common_name(peercert: dict | None) -> str | None:
     return None
 
 
-class Tally:
-    """Counts by ERR code; logs a code once, then once a minute with how many came meanwhile."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.counts: Counter[str] = Counter()
-        self._logged: dict[str, tuple[float, int]] = {}
-
-    def __call__(self, code: str, message: str) -> None:
-        self.counts[code] += 1
-        now = time.monotonic()
-        at, more = self._logged.get(code, (-LOG_EVERY_S, 0))
-        if now - at >= LOG_EVERY_S:
-            log.warning("%s: %s: %s%s", code, self.what, message, f" ({more} more since the last report)" if more else "")
-            self._logged[code] = (now, 0)
-        else:
-            self._logged[code] = (at, more + 1)
-
-
-class Station:
-    """One EVSE node served over OCPP: its ports by evseId, what it last said, what it was sent."""
-
-    def __init__(self, node, port_ids: list[str], fallback_w: float):
-        self.node, self.port_ids, self.fallback_w = node, port_ids, fallback_w
-        self.session = None                       # the connected ChargePoint, if any
-        self.version = ""
-        self.booted = False
-        self.occupied: dict[int, float] = {}      # evseId -> connected (1.0/0.0) as last reported
-        self.transactions: dict[int, str] = {}    # evseId -> transactionId
-        self.sent: dict[int, tuple[float, float]] = {}   # evseId -> (setpoint, monotonic time to refresh)
-        self.next_push = 0.0
-        self.pushing: asyncio.Task | None = None
-        self.failures = Tally(f"station {node.id}")
-        self.counts: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()   # measurements refused by the gate, by code
-
-    @property
-    def id(self) -> str:
-        return self.node.id
-
-    def stats(self) -> dict:
-        out = {"connected": self.session is not None, "version": self.version, "booted": self.booted,
-               "transactions": len(self.transactions), "throttled": 0, "heartbeats": 0, **self.counts,
-               "errors": dict(self.failures.counts)}
-        if self.rejected:
-            out["rejected"] = dict(self.rejected)
-        return out
-
-
-def _session_class(version: str):
-    """The station's side of the connection, for its OCPP version (imported when first served)."""
-    from ocpp.exceptions import OCPPError
-    from ocpp.messages import MessageType, unpack
-    from ocpp.routing import after, on
-    from ocpp.v201 import ChargePoint as CP201
-    from ocpp.v201.enums import Action as Actions201
-    from ocpp.v21 import ChargePoint as CP21
-    from ocpp.v21.enums import Action as Actions21
-
-    known = {a.value for a in (Actions21 if version == pay.V21 else Actions201)}
-
-    class Session:
-        def __init__(self, service, station, connection):
-            super().__init__(station.id, connection, response_timeout=service.call_timeout_s)
-            self.service, self.station = service, station
-
-        async def start(self):
-            """The station's messages in order, at most FLOOD_RATE a second: a flooding station
-            waits (and TCP pushes back on it), the others are served meanwhile."""
-            bucket = Bucket(FLOOD_RATE, FLOOD_BURST)
-            while True:
-                message = await self._connection.recv()
-                delay = bucket.take(time.monotonic())
-                if delay:
-                    self.station.counts["throttled"] += 1
-                    await asyncio.sleep(delay)
-                await self.route_message(message)
-
-        async def route_message(self, raw):
-            """The package drops what it cannot unpack, and swaps OCPP-J's NotImplemented (an
-            action not known) and NotSupported (known, not served): both answered here."""
-            try:
-                msg = unpack(raw)
-            except OCPPError as e:
-                await self._error(_message_id(raw), e.code, e.description)
-                return
-            if msg.message_type_id == MessageType.Call and msg.action not in self.route_map:
-                known_action = msg.action in known
-                await self._error(msg.unique_id, "NotSupported" if known_action else "NotImplemented",
-                                  f"{str(msg.action)[:60]} is {'not served' if known_action else 'no action'} "
-                                  f"of {self._ocpp_version} here")
-                return
-            await super().route_message(raw)
-
-        async def _error(self, unique_id: str, code: str, description: str):
-            await self._send(json.dumps([4, unique_id, code, description, {}], separators=(",", ":")))
-
-        async def _send(self, message):
-            if message.startswith("[4,"):
-                self.station.failures("ERR_OCPP_BAD_MESSAGE", f"answered with a CALLERROR: {message[:200]}")
-            await super()._send(message)
-
-        @on("BootNotification")
-        def on_boot(self, charging_station, reason, **_):
-            self.service.heard(self.station)
-            self.station.counts["boots"] += 1
-            return self._call_result.BootNotification(current_time=pay.iso(_utcnow()), status="Accepted",
-                                                      interval=self.service.heartbeat_s)
-
-        @after("BootNotification")
-        def after_boot(self, **_):
-            self.service.boot(self.station)         # no request before the station has its boot answer
-
-        @on("Heartbeat")
-        def on_heartbeat(self, **_):
-            self.service.heard(self.station)
-            self.station.counts["heartbeats"] += 1
-            return self._call_result.Heartbeat(current_time=pay.iso(_utcnow()))
-
-        @on("StatusNotification")
-        def on_status(self, timestamp, connector_status, evse_id, connector_id, **_):
-            self.service.status(self.station, evse_id, connector_status in pay.OCCUPIED, timestamp)
-            return self._call_result.StatusNotification()
-
-        @on("TransactionEvent")
-        def on_transaction(self, event_type, timestamp, transaction_info, evse=None, meter_value=None, **_):
-            self.service.transaction(self.station, event_type, transaction_info["transaction_id"],
-                                     (evse or {}).get("id"), timestamp, meter_value)
-            return self._call_result.TransactionEvent()
-
-        @on("MeterValues")
-        def on_meter_values(self, evse_id, meter_value, **_):
-            self.service.meter_values(self.station, evse_id, meter_value)
-            return self._call_result.MeterValues()
-
-        @on("Authorize")
-        def on_authorize(self, id_token, **_):
-            self.service.heard(self.station)     # a local controller: the operator's CSMS authorises, not us
-            return self._call_result.Authorize(id_token_info={"status": "Accepted"})
-
-        @on("SecurityEventNotification")
-        def on_security_event(self, type, timestamp, **_):
-            log.warning("OCPP station %s: security event %s at %s", self.station.id, str(type)[:80], timestamp)
-            self.service.heard(self.station)
-            return self._call_result.SecurityEventNotification()
-
-        @on("NotifyEvent")
-        def on_event(self, **_):
-            self.service.heard(self.station)
-            return self._call_result.NotifyEvent()
-
-        @on("FirmwareStatusNotification")
-        def on_firmware_status(self, **_):
-            self.service.heard(self.station)
-            return self._call_result.FirmwareStatusNotification()
-
-        @on("NotifyEVChargingNeeds")
-        def on_needs(self, charging_needs, evse_id, **_):
-            self.service.needs(self.station, evse_id, charging_needs)
-            return self._call_result.NotifyEVChargingNeeds(status="Accepted")
-
-    base = CP21 if version == pay.V21 else CP201
-    return type(f"Session{base._ocpp_version.replace('.', '')}", (Session, base), {})
-
-
-def _message_id(raw) -> str:
-    try:
-        msg = json.loads(raw)
-        return str(msg[1]) if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else "-1"
-    except (ValueError, TypeError):
-        return "-1"
-
-
-class Bucket:
-    """A token bucket: take() is how long to wait before the next message may be handled."""
-
-    def __init__(self, rate: float, burst: float):
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = burst, None
-
-    def take(self, now: float) -> float:
-        if self.at is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        self.tokens -= 1.0
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 class OcppService(AsyncService):
     """The OCPP server and every station's session, in one asyncio loop on the service's thread."""
 
@@ -350,6 +154,7 @@ class OcppService(AsyncService):
         self.valid_s = max(PROFILE_MIN_VALID_S, int(site.control.output_hold_s + 0.999))
         self.deadband_w = max(site.control.deadband_w, 1.0)
         self.call_timeout_s = CALL_TIMEOUT_S
+        self.min_interval_s = MIN_INTERVAL_S
         self.refused = Tally(f"[ocpp] {cfg.listen}")
         self.accepted = 0
         self.port = cfg.port                    # the bound port once serving (cfg.port 0: any free one)
@@ -368,7 +173,7 @@ class OcppService(AsyncService):
     async def serve(self) -> None:
         from websockets.asyncio.server import serve
 
-        self._session_classes = {v: _session_class(v) for v in SUBPROTOCOLS}
+        self._session_classes = {v: session_class(v) for v in SUBPROTOCOLS}
         self.check_expiry()
         ctx = server_context(self.cfg, self._tls_refused)
         fd = self.ctrl.output_fd()
@@ -414,7 +219,8 @@ class OcppService(AsyncService):
             self.refused("ERR_OCPP_UNKNOWN_STATION", f"{peer} asked for station {station_id[:60]!r}; "
                                                      f"stations: {', '.join(self.stations) or 'none'}")
             return connection.respond(404, "unknown station\n")
-        cn = common_name(connection.transport.get_extra_info("peercert"))
+        peercert = connection.transport.get_extra_info("peercert")
+        cn = common_name(peercert)
         if cn != station_id:
             self.refused("ERR_OCPP_IDENTITY_MISMATCH", f"{peer} connected as {station_id!r} with the "
                                                        f"certificate of {cn!r}")
@@ -424,6 +230,9 @@ class OcppService(AsyncService):
             self.refused("ERR_OCPP_SUBPROTOCOL", f"station {station_id} ({peer}) offered {offered}, "
                                                  f"expected one of {', '.join(SUBPROTOCOLS)}")
             return connection.respond(400, "no OCPP version in common\n")
+        days = (ssl.cert_time_to_seconds(peercert["notAfter"]) - time.time()) / 86400
+        if days < pki.EXPIRY_WARNING_DAYS:
+            station.failures("ERR_OCPP_CERT_EXPIRING", f"its client certificate expires in {days:.0f} days")
         return None
 
     async def _connected(self, connection) -> None:
@@ -478,7 +287,7 @@ class OcppService(AsyncService):
         t = pay.parse_time(timestamp) if timestamp else None
         if t is None:
             return now
-        age_s = (_utcnow() - t).total_seconds()
+        age_s = (utcnow() - t).total_seconds()
         return now - int(max(age_s, 0.0) * 1e9)
 
     def heard(self, station: Station) -> None:
@@ -528,7 +337,7 @@ class OcppService(AsyncService):
     def needs(self, station: Station, evse_id: int, charging_needs: dict) -> None:
         station.counts["charging_needs"] += 1
         t = self.ctrl.now_ns()
-        for kind, value in pay.charging_needs(charging_needs, station.node, _utcnow()):
+        for kind, value in pay.charging_needs(charging_needs, station.node, utcnow()):
             self._measure(station, evse_id, kind, value, t)
         self.heard(station)
 
@@ -565,7 +374,7 @@ class OcppService(AsyncService):
             if now < station.next_push:
                 wait = min(wait if wait is not None else station.next_push - now, station.next_push - now)
                 continue
-            station.next_push = now + MIN_INTERVAL_S
+            station.next_push = now + self.min_interval_s
             station.pushing = self._loop.create_task(self._push(station, due))
         if wait is not None and self._push_timer is None:
             self._push_timer = self._loop.call_later(wait, self._timer_push)
@@ -580,7 +389,7 @@ class OcppService(AsyncService):
                 tx = station.transactions.get(evse_id)
                 if tx is None:
                     continue
-                payload = pay.tx_profile(station.version, evse_id, tx, w, _utcnow(), self.valid_s)
+                payload = pay.tx_profile(station.version, evse_id, tx, w, utcnow(), self.valid_s)
                 if await self._request(station, "SetChargingProfile", payload, "setpoint"):
                     station.sent[evse_id] = (w, time.monotonic() + self.valid_s / 2)
         finally:
