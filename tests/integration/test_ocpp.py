@@ -13,6 +13,7 @@ import time
 from importlib import resources
 from unittest import mock
 
+import numpy as np
 import pytest
 
 from helpers import ServiceRig
@@ -405,3 +406,11 @@ def test_certificates_near_their_expiry_are_warned_about_at_start_and_connect(tm
             f"ERR_OCPP_CERT_EXPIRING: {tmp_path / 'pki' / 'controller.pem'} expires in 19 days"]
         rig.ready(rig.station("cs02"))
         assert rig.stats("cs02")["errors"] == {"ERR_OCPP_CERT_EXPIRING": 1}
+
+
+def test_an_ac_vehicle_without_soc_or_capacity_still_gets_power(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02", soc=None))
+        rig.until(lambda: rig.port("cs02.1")["measured_w"] == 11000.0, "the vehicle's 11 kW, with no SoC reported")
+        port = rig.port("cs02.1")
+        assert np.isnan(port["soc"]) and port["setpoint_w"] >= 11000.0 and st.power[1] == 11000.0

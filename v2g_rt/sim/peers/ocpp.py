@@ -49,7 +49,7 @@ def client_context(pki_dir, station_id: str | None, ca: str | Path | None = None
 class SimStation:
     def __init__(self, station_id: str, url: str, ssl_context: ssl.SSLContext | None, *,
                  version: str = V201, evses: int = 1, ev_max_charge_w: float = 11_000.0,
-                 ev_max_discharge_w: float = 0.0, soc: float = 0.5, report_s: float = 0.2,
+                 ev_max_discharge_w: float = 0.0, soc: float | None = 0.5, report_s: float = 0.2,
                  report_power: bool = True, answer: str | None = "Accepted", needs: bool = True,
                  boot: bool = True):
         self.id, self.url, self.ssl, self.version = station_id, url, ssl_context, version
@@ -182,8 +182,8 @@ class SimStation:
 
     def _meter_value(self, evse_id: int) -> dict:
         w = self.power[evse_id] = self.power_w(evse_id)
-        sampled = [{"value": soc, "measurand": "SoC", "unit_of_measure": {"unit": "Percent"}}
-                   for soc in (round(self.soc * 100, 1),)]
+        sampled = [] if self.soc is None else [   # an AC vehicle often tells its station no SoC
+            {"value": round(self.soc * 100, 1), "measurand": "SoC", "unit_of_measure": {"unit": "Percent"}}]
         if self.report_power:
             measurand = "Power.Active.Import" if w >= 0 else "Power.Active.Export"
             sampled.append({"value": abs(w), "measurand": measurand, "unit_of_measure": {"unit": "W"}})
