@@ -42,6 +42,7 @@ class App:
         self.faults = FaultWatch(self.ctrl)
         self.plant = RealtimePlant(site, self.ctrl, self.devices) if simulated(site) else None
         self.watchdog: Watchdog | None = None
+        self.ocpp_depot = None                 # simulated OCPP stations ([sim] ocpp_stations)
 
     def start(self, logfile) -> dict:
         """Start the loop, then the services and the plant; the loop's RT report."""
@@ -61,11 +62,14 @@ class App:
             log.warning("ERR_CONTROL_UNAVAILABLE: control socket not served (no operator resets): %s", e)
         if site.sections.get("modbus"):
             self.supervisor.add(ModbusService(ctrl, site.sections["modbus"]))
-        if site.sections.get("ocpp"):
-            self.supervisor.add(OcppService(ctrl, site.sections["ocpp"]))
+        ocpp = self.supervisor.add(OcppService(ctrl, site.sections["ocpp"])) if site.sections.get("ocpp") else None
         self.supervisor.start()
         if self.plant:
             self.plant.start()
+        sim = site.sections.get("sim")
+        if ocpp is not None and sim is not None and sim.ocpp_stations:
+            from .sim.peers.ocpp import SimDepot
+            self.ocpp_depot = SimDepot(site, ocpp.port)
         interval = watchdog_interval_s()
         if interval or site.rt.watchdog_device:
             hardware = None
@@ -102,3 +106,5 @@ class App:
         self.supervisor.stop(self.journal)     # the last write, after the loop's last latch
         self.devices.close()
         self.supervisor.stop()
+        if self.ocpp_depot:                    # simulated stations outlive us, as real ones do
+            self.ocpp_depot.stop()

@@ -4,6 +4,7 @@ virtual time, stepped here; what the loop decides is asserted in cycles, and wal
 only bounds how long a network delivery may take."""
 import dataclasses
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -258,11 +259,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_run_serves_the_packaged_ocpp_depot_to_a_station(tmp_path):
-    """`v2g-rt run` on the example: the real-time loop, the service under the supervisor, status."""
+def test_run_serves_the_packaged_ocpp_depot_to_its_simulated_stations(tmp_path):
+    """`v2g-rt run` on the example, as the README shows: the real-time loop, the service under the
+    supervisor, a simulated station per EVSE over mutual TLS, `status` showing them."""
     text = resources.files("v2g_rt.data").joinpath("examples/ocpp-depot.toml").read_text()
-    port = free_port()
-    text = text.replace('listen = "0.0.0.0:9443"', f'listen = "127.0.0.1:{port}"')
+    text = text.replace('listen = "0.0.0.0:9443"', f'listen = "127.0.0.1:{free_port()}"')
     text = text.replace('period_ms = 1.0', f'period_ms = 1.0\nstatus_socket = "{tmp_path}/status.sock"')
     text += "\n[rt]\npriority = 0\nlock_memory = false\n"
     (tmp_path / "depot.toml").write_text(text)
@@ -272,25 +273,25 @@ def test_run_serves_the_packaged_ocpp_depot_to_a_station(tmp_path):
     proc = subprocess.Popen([*cli, "run", "--config", str(tmp_path / "depot.toml")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        with Fleet() as fleet:
-            st = None
-            deadline = time.monotonic() + 30
-            while st is None or st.error is not None:            # until the controller listens
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-                time.sleep(0.2)
-                st = fleet.start(SimStation("cs03", f"wss://localhost:{port}/ocpp/cs03",
-                                            client_context(tmp_path / "pki", "cs03"), version=V21))
-                st.ready.wait(HANG_S)
-            deadline = time.monotonic() + HANG_S
-            while not (tx_limits(st) and tx_limits(st)[-1] > 0):  # the loop's output through the eventfd
-                assert time.monotonic() < deadline, st.profiles
-                time.sleep(0.05)
-            r = subprocess.run([*cli, "status", "--socket", str(tmp_path / "status.sock")], capture_output=True,
-                               text=True, timeout=30)
-            assert r.returncode == 0, r.stderr
-            line = next(l for l in r.stdout.splitlines() if l.startswith("    cs03 "))   # the station, not the node
-            assert "ocpp2.1 connected" in line and "no errors" in line
-            assert "  ocpp " in r.stdout and "NOT CONNECTED" in r.stdout            # cs01, cs02, cs04 are not
+        deadline = time.monotonic() + 60
+        while True:                                        # until every station charges under the loop's profiles
+            assert time.monotonic() < deadline and proc.poll() is None, "no depot within 60 s"
+            time.sleep(0.3)
+            r = subprocess.run([*cli, "status", "--json", "--socket", str(tmp_path / "status.sock")],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                continue
+            doc = json.loads(r.stdout)
+            stations = doc["services"].get("ocpp", {}).get("stations", {})
+            if stations and all(s["connected"] and s.get("setpoint_accepted") for s in stations.values()):
+                break
+        assert doc["site"]["fleet_w"] > 0 and all(p["connected"] for p in doc["ports"])
+        assert {sid: s["version"] for sid, s in stations.items()} == {
+            "cs01": "ocpp2.0.1", "cs02": "ocpp2.0.1", "cs03": "ocpp2.1", "cs04": "ocpp2.1"}
+        assert all(s["errors"] == {} for s in stations.values())
+        text = subprocess.run([*cli, "status", "--socket", str(tmp_path / "status.sock")], capture_output=True,
+                              text=True, timeout=30).stdout
+        assert "    cs03         ocpp2.1 connected" in text
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -414,3 +415,12 @@ def test_an_ac_vehicle_without_soc_or_capacity_still_gets_power(site_dir):
         rig.until(lambda: rig.port("cs02.1")["measured_w"] == 11000.0, "the vehicle's 11 kW, with no SoC reported")
         port = rig.port("cs02.1")
         assert np.isnan(port["soc"]) and port["setpoint_w"] >= 11000.0 and st.power[1] == 11000.0
+
+
+def test_a_stop_goes_out_at_once_past_the_rate_limit(site_dir):
+    with Rig(site_dir) as rig:
+        st = rig.ready(rig.station("cs02"))
+        rig.until(lambda: tx_limits(st) and tx_limits(st)[-1] > 0, "a TxProfile that charges")
+        rig.service.min_interval_s = 3600.0              # nothing but a stop may go out now
+        assert rig.ctrl.submit({"kind": "load_shed", "id": "shed", "value_w": 0.0, "expires_in_s": 600})
+        rig.until(lambda: tx_limits(st)[-1] == 0.0, "the 0 W TxProfile")

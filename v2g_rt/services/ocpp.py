@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import ssl
@@ -190,11 +191,19 @@ class OcppService(AsyncService):
         self._ready.set()
         try:
             await self._done.wait()
+            await self._flush()
         finally:
             self._expiry_timer.cancel()
             self._loop.remove_reader(fd)
             server.close()
             await server.wait_closed()
+
+    async def _flush(self) -> None:
+        """At a stop, the loop's last outputs (0 W) to every station, waiting at most CLOSE_TIMEOUT_S."""
+        self.push()
+        pushing = [st.pushing for st in self.stations.values() if st.pushing is not None]
+        if pushing:
+            await asyncio.wait(pushing, timeout=CLOSE_TIMEOUT_S)
 
     def check_expiry(self) -> list[tuple[str, int]]:
         soon = pki.expiring([self.cfg.ca, self.cfg.cert])
@@ -352,11 +361,12 @@ class OcppService(AsyncService):
 
     def push(self) -> None:
         """Start a push for every booted station with a port whose output moved past the deadband
-        or whose profile is due a refresh; a station pushed less than MIN_INTERVAL_S ago waits."""
+        or whose profile is due a refresh; a station pushed less than min_interval_s ago waits,
+        unless a port must stop (0 W goes at once, as on CAN)."""
         out = self.ctrl.outputs(take=[pid for st in self.stations.values() if st.session is not None
                                       for pid in st.port_ids])
         now = time.monotonic()
-        wait = None
+        wait = math.inf
         for station in self.stations.values():
             if station.session is None or not station.booted or not station.transactions or station.pushing is not None:
                 continue
@@ -371,12 +381,13 @@ class OcppService(AsyncService):
                     due[evse_id] = w
             if not due:
                 continue
-            if now < station.next_push:
-                wait = min(wait if wait is not None else station.next_push - now, station.next_push - now)
+            stop = any(w == 0.0 and station.sent.get(k, (0.0,))[0] != 0.0 for k, w in due.items())
+            if now < station.next_push and not stop:
+                wait = min(wait, station.next_push - now)
                 continue
             station.next_push = now + self.min_interval_s
             station.pushing = self._loop.create_task(self._push(station, due))
-        if wait is not None and self._push_timer is None:
+        if wait < math.inf and self._push_timer is None:
             self._push_timer = self._loop.call_later(wait, self._timer_push)
 
     def _timer_push(self) -> None:

@@ -247,3 +247,30 @@ class Fleet:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SimDepot:
+    """`v2g-rt run` with [sim] ocpp_stations: one simulated station per EVSE with link = "ocpp",
+    connecting to the controller's [ocpp] server with the certificates `pki init` wrote next to the
+    site CA (stations/ID.pem). A station whose ports may discharge speaks OCPP 2.1 (V2X setpoints),
+    the others 2.0.1; each vehicle takes at most its port's rating."""
+
+    def __init__(self, site, port: int):
+        cfg = site.sections["ocpp"]
+        pki_dir = Path(cfg.ca).parent
+        host = "localhost" if cfg.host in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost") else cfg.host
+        self.fleet = Fleet()
+        self.stations = []
+        for node in site.nodes:
+            if node.link != "ocpp":
+                continue
+            ports = [p for p in site.ports if p.evse == node.id]
+            discharge = max(p.rating_discharge_w for p in ports)
+            self.stations.append(self.fleet.start(SimStation(
+                node.id, f"wss://{host}:{port}/ocpp/{node.id}", client_context(pki_dir, node.id),
+                version=V21 if discharge > 0 else V201, evses=len(ports),
+                ev_max_charge_w=max(p.rating_charge_w for p in ports), ev_max_discharge_w=discharge, report_s=1.0)))
+
+    def stop(self) -> None:
+        self.fleet.close()
+
