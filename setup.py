@@ -15,13 +15,13 @@ from setuptools.command.build_py import build_py
 
 
 class build_py_with_hw(build_py):
-    """hw/j1939/*.dbc and hw/modbus/*.json are hardware assets; the installed package needs them
-    as data (v2g_rt/data/ and v2g_rt/data/modbus/)."""
+    """hw/j1939/*.dbc and hw/modbus/**.json are hardware assets; the installed package needs them
+    as data (v2g_rt/data/, v2g_rt/data/modbus/ and v2g_rt/data/modbus/evse/)."""
 
     def run(self):
         super().run()
         data = Path(self.build_lib) / "v2g_rt" / "data"
-        for src, dst in (("hw/j1939", data), ("hw/modbus", data / "modbus")):
+        for src, dst in (("hw/j1939", data), ("hw/modbus", data / "modbus"), ("hw/modbus/evse", data / "modbus" / "evse")):
             dst.mkdir(parents=True, exist_ok=True)
             for asset in Path(src).glob("*.dbc" if src.endswith("j1939") else "*.json"):
                 shutil.copy(asset, dst / asset.name)

@@ -37,6 +37,24 @@ def percentile_us(hist: np.ndarray, q: float) -> float:
     return float(np.searchsorted(np.cumsum(hist), q * n) + 1)     # upper edge of the 1 us bin
 
 
+def summarize(rows: list[dict], busy: str) -> tuple[dict, float | None]:
+    """Median p99 / p99.9 wake latency of the idle windows and of the `busy` ones, and their p99
+    ratio (busy over idle)."""
+    summary = {}
+    for load in ("idle", busy):
+        sel = [r for r in rows if r["load"] == load]
+        summary[load] = {"p99_us_median": float(np.median([r["p99_us"] for r in sel])) if sel else None,
+                         "p999_us_median": float(np.median([r["p999_us"] for r in sel])) if sel else None}
+    idle, loaded = summary["idle"]["p99_us_median"], summary[busy]["p99_us_median"]
+    return summary, (loaded / idle if idle and loaded else None)
+
+
+def write_json(path: str | None, result) -> None:
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+
+
 class Hammer:
     def __init__(self, ctrl: Controller, sock: Path, clients: int, commanders: int):
         self.ctrl, self.sock = ctrl, sock
@@ -125,13 +143,8 @@ def run(windows: int, window_s: float, clients: int, commanders: int, priority: 
         hammer.stop()
         server.stop()
         ctrl.stop()
-    summary = {}
-    for load in ("idle", "hammer"):
-        sel = [r for r in rows if r["load"] == load]
-        summary[load] = {"p99_us_median": float(np.median([r["p99_us"] for r in sel])) if sel else None,
-                         "p999_us_median": float(np.median([r["p999_us"] for r in sel])) if sel else None}
+    summary, ratio = summarize(rows, "hammer")
     idle, busy = summary["idle"]["p99_us_median"], summary["hammer"]["p99_us_median"]
-    ratio = busy / idle if idle and busy else None
     print(f"p99 wake latency: idle {idle} us, hammered {busy} us, ratio {ratio and round(ratio, 2)}")
     return {"rt": {k: v for k, v in rt.items() if k != "loop_tid"}, "clients": clients, "commanders": commanders,
             "window_s": window_s, "windows": rows, "summary": summary, "p99_ratio_hammer_over_idle": ratio,
@@ -148,9 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     result = run(args.windows, args.window_s, args.clients, args.commanders, args.priority)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(args.json, result)
     return 0
 
 

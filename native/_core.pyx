@@ -65,8 +65,8 @@ GRID_COMMANDS = N_GRID_COMMANDS
 BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
             "safe_state", "stale_meter", "base_load", "children", "parent", "ev_limit",
             "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband", "thermal",
-            "phase_current", "site_ramp", "frequency")
-assert len(BINDINGS) == BIND_FREQUENCY + 1
+            "phase_current", "site_ramp", "frequency", "measured")
+assert len(BINDINGS) == BIND_MEASURED + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
           "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,
@@ -174,6 +174,8 @@ _OPTION_FIELDS = {
     "contactor_settle_s": (_off(&_op.contactor_settle_ns, &_op), "ns"),
     "stop_timeout_s": (_off(&_op.stop_timeout_ns, &_op), "ns"),
     "stop_open_below_w": (_off(&_op.stop_open_below_w, &_op), "f8"),
+    "settle_s": (_off(&_op.settle_ns, &_op), "ns"),
+    "probe_w_per_s": (_off(&_op.probe_w_per_s, &_op), "f8"),
 }
 CONTROL_OPTIONS = tuple(_OPTION_FIELDS)
 

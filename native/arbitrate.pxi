@@ -211,6 +211,16 @@ cdef void take_room(Image* im, Port* p, bint charging, double give) noexcept nog
                     n.rem_phase_a[ph] -= give / p.watts_per_amp
 
 
+cdef inline double expected_take(const Port* p, bint charging, double give) noexcept nogil:
+    """What a port will take of give: a port capped by the closed loop takes what it was seen
+    to take (its cap has a margin above that), any other all of it."""
+    if charging and p.cap_charge_w > 0.0 and 0.0 <= p.measured_w < give:
+        return p.measured_w
+    if not charging and p.cap_discharge_w > 0.0 and 0.0 <= -p.measured_w < give:
+        return -p.measured_w
+    return give
+
+
 cdef void cycle_arbitrate(Image* im) noexcept nogil:
     cdef double target, remaining, give, room
     cdef int32_t tbind, b, bn, i, k
@@ -247,8 +257,8 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             give = remaining
             b = tbind
         give = port_room(im, p, charging, give, &b, &bn)
-        take_room(im, p, charging, give)
-        remaining -= give
+        take_room(im, p, charging, give)          # the limits count what a port is given ...
+        remaining -= expected_take(p, charging, give)   # ... the setpoint what it will take
         p.target_w = give if charging else (-give if give > 0.0 else 0.0)
         p.binding = b
         p.binding_node = bn

@@ -107,6 +107,7 @@ cdef enum:  # Binding
     BIND_PHASE_CURRENT = 19  # a per-phase current limit
     BIND_SITE_RAMP = 20      # the site's ramp limit
     BIND_FREQUENCY = 21      # frequency response moved the fleet target
+    BIND_MEASURED = 22       # the port takes less than it was given (closed loop)
 
 cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
             # clear when the vehicle leaves, latched bits only on a reset command
@@ -359,6 +360,11 @@ cdef struct Port:
     int64_t contactor_since_ns   # when the command last changed (feedback settles after it)
     uint64_t latch_seq
     double ramp_base_w           # where this cycle's output change starts
+    # closed loop: what the port was seen to take caps what it is given (0: no cap; a cap is
+    # never below CL_MARGIN_W, and a zeroed port is uncapped)
+    double cap_charge_w
+    double cap_discharge_w
+    int64_t short_since_ns       # since when it takes less than given (0: it does not)
 
 cdef struct Upstream:
     int32_t input
@@ -382,6 +388,8 @@ cdef struct Options:
     int64_t contactor_settle_ns
     int64_t stop_timeout_ns
     double stop_open_below_w
+    int64_t settle_ns             # taking less than given this long caps a port near what it takes
+    double probe_w_per_s          # a capped port's cap rises this fast
     int32_t freq_mode
     double freq_nominal_hz
     double freq_db_under_hz

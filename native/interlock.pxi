@@ -3,7 +3,7 @@
 # PLC loss), thermal derates (EVSE heat sink, transformer hot spot), stale data,
 # Safe State. Nothing here can be overridden by a command.
 
-from libc.math cimport exp, pow, fabs, fmin, NAN
+from libc.math cimport exp, pow, fabs, fmin, fmax, NAN
 
 cdef double AMBIENT_WORST_C = 40.0   # assumed while a transformer's temperatures are stale
 cdef double NEVER_S = 1e12           # "no deadline": departure unknown (the laxity of such a port)
@@ -126,12 +126,59 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
             p.contactor_since_ns = im.now_ns
 
 
+cdef double CL_TOLERANCE_W = 250.0    # taking less than given by more than this (or 5 %) is short
+cdef double CL_TOLERANCE = 0.05
+cdef double CL_MARGIN_W = 500.0       # a cap is what the port takes plus this (or 10 %)
+cdef double CL_MARGIN = 0.10
+
+
+cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
+    """Compare what the port takes (fresh: its power_w this cycle) with what it was given (last
+    cycle's setpoint). Short by more than the tolerance for settle_ns (counted from the contactor
+    closing at the earliest, so a vehicle may take its time to start): capped at what it takes
+    plus a margin, in that direction. A cap rises by probe_w_per_s while the port is not short,
+    and goes once it reaches the rating. A port that never reported power is never capped (open
+    loop); one whose power went stale keeps its caps and does not probe."""
+    cdef double given = p.setpoint_w
+    cdef double got = p.measured_w
+    cdef double step
+    cdef bint short
+    if not fresh:
+        p.short_since_ns = 0
+        return
+    short = p.contactor_closed and ((given > 0.0 and got < given - fmax(CL_TOLERANCE_W, CL_TOLERANCE * given)) or
+                                    (given < 0.0 and got > given + fmax(CL_TOLERANCE_W, -CL_TOLERANCE * given)))
+    if short:
+        if p.short_since_ns == 0:
+            p.short_since_ns = im.now_ns if im.now_ns > p.contactor_since_ns else p.contactor_since_ns
+        elif v2g_sat_sub(im.now_ns, p.short_since_ns) >= im.opt.settle_ns:
+            if given > 0.0:
+                p.cap_charge_w = fmax(got, 0.0) + fmax(CL_MARGIN_W, CL_MARGIN * fmax(got, 0.0))
+            else:
+                p.cap_discharge_w = fmax(-got, 0.0) + fmax(CL_MARGIN_W, CL_MARGIN * fmax(-got, 0.0))
+            p.short_since_ns = im.now_ns         # judged again one settle time later
+        return
+    p.short_since_ns = 0
+    step = im.opt.probe_w_per_s * cycle_dt_s(im)
+    if p.cap_charge_w > 0.0:
+        p.cap_charge_w += step
+        if p.cap_charge_w >= p.rating_charge_w:
+            p.cap_charge_w = 0.0
+    if p.cap_discharge_w > 0.0:
+        p.cap_discharge_w += step
+        if p.cap_discharge_w >= p.rating_discharge_w:
+            p.cap_discharge_w = 0.0
+
+
 cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     cdef bint ok, soc_ok, cap_ok, req_ok, dep_ok, min_ok
-    cdef double v, hi, lo, min_soc, e_avail
+    cdef double v, hi, lo, min_soc, e_avail, hold_s
     cdef int32_t bmax, bmin
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
-    if not ok:
+    if ok:
+        closed_loop(im, p, True)
+    else:
+        closed_loop(im, p, False)
         p.measured_w = p.setpoint_w
     port_faults(im, p)
     # The EVSE's heat-sink faults are the port's own: a trip or a stale temperature holds it at
@@ -148,6 +195,9 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
         p.min_w = 0.0
         p.bind_max = BIND_FAULT if p.faults else (BIND_SAFE_STATE if im.stopping else BIND_NOT_CONNECTED)
         p.bind_min = p.bind_max
+        p.cap_charge_w = 0.0                 # the next vehicle starts uncapped
+        p.cap_discharge_w = 0.0
+        p.short_since_ns = 0
         return
 
     p.soc = port_value(im, p, SRC_PORT_SOC, &soc_ok)
@@ -166,6 +216,17 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     if soc_ok and p.soc >= 1.0:
         hi = 0.0
         bmax = BIND_SOC
+    # No more than it can still absorb before its request is met, over the time an output holds
+    # at the EV (not the cycle: at 1 ms such a cap would mean nothing), or until it leaves.
+    hold_s = im.opt.output_hold_ns * 1e-9
+    if dep_ok and 0.0 < p.departure_in_s < hold_s:
+        hold_s = p.departure_in_s
+    if req_ok and p.energy_request_wh >= 0.0 and p.energy_request_wh * 3600.0 / hold_s < hi:
+        hi = p.energy_request_wh * 3600.0 / hold_s
+        bmax = BIND_SOC
+    if p.cap_charge_w > 0.0 and p.cap_charge_w < hi:
+        hi = p.cap_charge_w
+        bmax = BIND_MEASURED
 
     p.laxity_s = NEVER_S
     if dep_ok and req_ok:
@@ -196,8 +257,8 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
             lo = 0.0
             bmin = BIND_SOC
         else:
-            # Never below the minimum SoC, not even within one period.
-            e_avail = (p.soc - min_soc) * p.capacity_wh * 3600.0 / (im.opt.period_ns * 1e-9)
+            # Never below the minimum SoC while an output holds at the EV.
+            e_avail = (p.soc - min_soc) * p.capacity_wh * 3600.0 / hold_s
             if e_avail < lo:
                 lo = e_avail if e_avail > 0.0 else 0.0
                 bmin = BIND_SOC
@@ -208,6 +269,9 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
             elif p.laxity_s < im.opt.discharge_reserve_s + im.opt.discharge_taper_s:
                 lo *= (p.laxity_s - im.opt.discharge_reserve_s) / im.opt.discharge_taper_s
                 bmin = BIND_SOC
+    if p.cap_discharge_w > 0.0 and p.cap_discharge_w < lo:
+        lo = p.cap_discharge_w
+        bmin = BIND_MEASURED
     p.max_w = hi
     p.min_w = -lo if lo > 0.0 else 0.0
     p.bind_max = bmax

@@ -119,9 +119,9 @@ class ServiceRig:
             self.t += self.STEP_NS
             self.ctrl.step(self.t)
 
-    def until(self, pred, what):
+    def until(self, pred, what, hang_s=None):
         """Step the controller (one cycle per 2 ms of wall time) until pred() holds."""
-        end = time.monotonic() + self.HANG_S
+        end = time.monotonic() + (hang_s or self.HANG_S)
         while not pred():
             assert time.monotonic() < end, f"hung waiting for {what}: {self.service.stats()}"
             time.sleep(0.002)

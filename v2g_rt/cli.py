@@ -137,7 +137,7 @@ def cmd_port(args) -> int:
     return 0
 
 
-LINKS_AVAILABLE = ("sim", "can", "ocpp")
+LINKS_AVAILABLE = ("sim", "can", "modbus", "ocpp")
 LINK_SECTIONS = {"ocpp": "[ocpp] with listen, ca, cert and key"}     # links served by a service section
 
 
@@ -247,12 +247,18 @@ def _safe_can(site) -> str:
     return safe_outputs(site)
 
 
+def _safe_modbus(site) -> str:
+    from .services.modbus import safe_outputs
+    return safe_outputs(site)
+
+
 # What puts an EVSE link's outputs in their safe state once the controller is gone
 # (systemd ExecStopPost), per link kind: site -> what was done (raises DeviceError). Every link's
 # far side also falls back by itself (its dead-man): this only makes it immediate.
 SAFE_OUTPUTS = {
     "sim": lambda site: "no physical output: the simulated EVs stop with the controller",
     "can": _safe_can,
+    "modbus": _safe_modbus,
     "ocpp": lambda site: "nothing to send: each station falls back by itself to its stack-level-0 TxDefaultProfile "
                          "(charge only) once our TxProfile's validity ends",
 }
@@ -324,7 +330,7 @@ def cmd_modbus_read(args) -> int:
         return 1
     print(f"[modbus.{cfg.name}] {cfg.host}:{cfg.port} unit {cfg.unit}: {rmap.source}")
     for point, value, code in values:
-        shown = code if code else f"{value:.6g} {point.unit}".rstrip()
+        shown = code or ("no value" if value is None else f"{value:.6g} {point.unit}".rstrip())
         print(f"  {point.name:<20} {point.table} {point.register:<24} {shown}")
     return 1 if any(code for _, _, code in values) else 0
 

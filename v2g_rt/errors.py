@@ -170,6 +170,10 @@ _ENTRIES = [
      "(201-204, 211-214) before the end marker.",
      "The device is not SunSpec, or its meter sits under another unit id.",
      "Use a JSON map (hw/modbus/) for a device without SunSpec, or the meter's unit id."),
+    ("ERR_MODBUS_SETPOINT_RANGE", "A port's setpoint does not fit its charger's setpoint register (its type and "
+     "scale in the EVSE map); the value written was clamped to what the register holds.",
+     "The map's setpoint type or scale is wrong for this charger, or the port's ratings exceed what it takes.",
+     "Check the map's control.setpoint (type, scale) against the vendor's register list, and the port's ratings."),
     ("ERR_CONFIG_MODBUS_MAP", "A Modbus register map ([modbus.NAME] map) cannot be used.",
      "A missing file, invalid JSON, an unknown type or key, overlapping registers, or a register outside the "
      "address convention the map states.", "Fix the map at the file and register the message names."),

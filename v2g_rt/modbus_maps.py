@@ -5,6 +5,10 @@ hw/modbus/sunspec-meter.json says where each value sits in it) or a JSON file (h
 its address convention, and per value a register, type, word order, scale, sign and unit). Both
 become the same list of Points, read in Blocks: each value with the scale-factor register it needs
 in one request, so a value is never decoded with another moment's scale factor.
+
+An EVSE's map (hw/modbus/evse/*.json) adds "control": what the controller writes (registers set
+once at connect, the charger's own communication timeout, the setpoint, the enable register) and
+which read values say that a vehicle is connected.
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from pathlib import Path
 
 SUNSPEC = "sunspec"
 SUNSPEC_LAYOUT = "sunspec-meter.json"
+EVSE_MAPS = "evse"                           # hw/modbus/evse/: EVSE register maps
 SUNSPEC_BASES = (0, 40000, 50000)            # PDU addresses where 'SunS' may start
 SUNSPEC_MARKER = (0x5375, 0x6E53)            # "SunS"
 SUNSPEC_END = 0xFFFF
 SUNSPEC_SF_RANGE = (-10, 10)                 # sunssf: a power of ten; outside is not a scale factor
 MAX_REGISTERS = 125                          # per read request (Modbus application protocol 6.3)
-BLOCK_GAP = 8                                # registers read across rather than starting a new request
+BLOCK_GAP = 16                               # registers read across rather than starting a new request
 
 # type -> (registers, struct format of the big-endian word sequence, "not implemented" raw value)
 TYPES = {
@@ -41,8 +46,9 @@ ADDRESSING = ("pdu", "modicon")
 WORD_ORDERS = ("big", "little")
 NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
 # Values with a meaning for the controller; others are read and shown (`v2g-rt modbus read`) only.
-POWER, FREQUENCY = "power_w", "frequency_hz"
-UNIT_OF = {POWER: "W", FREQUENCY: "Hz"}
+POWER, FREQUENCY, SOC, STATE = "power_w", "frequency_hz", "soc", "state"
+UNIT_OF = {POWER: "W", FREQUENCY: "Hz", SOC: "%"}
+WRITABLE = ("int16", "uint16", "int32", "uint32")     # setpoint and timeout registers
 
 
 class MapError(ValueError):
@@ -62,6 +68,7 @@ class Point:
     sign: float = 1.0
     word_order: str = "big"
     priority: str = "high"
+    invalid: tuple[int, ...] = ()   # raw values the device uses for "no value" besides the type's own
 
     @property
     def words(self) -> int:
@@ -77,11 +84,54 @@ class Block:
     points: tuple[Point, ...]
 
 
+def raw_range(typ: str) -> tuple[int, int]:
+    """The integers a writable type holds, less its "not implemented" mark (-0x8000, 0xFFFF, ...):
+    a device may read that as no value at all."""
+    bits = 16 * TYPES[typ][0]
+    return (-(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1) if TYPES[typ][1][1].islower() else (0, (1 << bits) - 2)
+
+
+@dataclass(frozen=True)
+class Register:
+    """A register the controller writes."""
+    address: int                  # PDU address (holding), 0-based
+    type: str
+    register: str                 # as the map wrote it
+    scale: float = 1.0            # engineering value = raw * scale
+    word_order: str = "big"
+
+    def encode(self, value: float) -> tuple[list[int], bool]:
+        """The words for value, and whether it fit the type (a value outside is clamped)."""
+        n, fmt, _ = TYPES[self.type]
+        lo, hi = raw_range(self.type)
+        raw = round(value / self.scale)
+        fits = lo <= raw <= hi
+        raw = min(max(raw, lo), hi)
+        words = list(struct.unpack(f">{n}H", struct.pack(fmt, raw)))
+        return (words[::-1] if self.word_order == "little" else words), fits
+
+    def limits(self) -> tuple[float, float]:
+        """The engineering values the register can hold."""
+        lo, hi = raw_range(self.type)
+        return lo * self.scale, hi * self.scale
+
+
+@dataclass(frozen=True)
+class Control:
+    """What an EVSE's map says the controller writes, and how a read value says "connected"."""
+    setpoint: Register            # active power, W, + = charge (import)
+    setup: tuple[tuple[Register, int], ...] = ()      # written once at each connect
+    timeout: Register | None = None                   # the charger's own dead-man, in s
+    enable: tuple[Register, int, int] | None = None   # register, value on, value off
+    connected_when: tuple[int, ...] = ()              # raw values of "state" meaning a vehicle is there
+
+
 @dataclass(frozen=True)
 class RegisterMap:
     source: str                   # "sunspec model 203 at 40000", or the JSON file
     points: tuple[Point, ...]
     blocks: tuple[Block, ...] = field(default=())
+    control: Control | None = None
 
     def point(self, name: str) -> Point | None:
         return next((p for p in self.points if p.name == name), None)
@@ -97,7 +147,8 @@ class RegisterMap:
 
 def decode(p: Point, words: dict[int, int]) -> tuple[float | None, str | None]:
     """The point's value in its unit (sign: + = import), or None and the ERR code saying why not:
-    the type's "not implemented" value (0x8000, 0xFFFF, 0x80000000, NaN, ...) is never data."""
+    the type's "not implemented" value (0x8000, 0xFFFF, 0x80000000, NaN, ...) is never data. A
+    value the map lists as the device's "no value" (invalid_values) is None without a code."""
     regs = [words[p.address + i] for i in range(p.words)]
     if p.word_order == "little":
         regs.reverse()
@@ -105,6 +156,8 @@ def decode(p: Point, words: dict[int, int]) -> tuple[float | None, str | None]:
     raw = struct.unpack(fmt, struct.pack(f">{n}H", *regs))[0]
     if raw == sentinel or not math.isfinite(raw):
         return None, "ERR_MODBUS_NOT_IMPLEMENTED"
+    if raw in p.invalid:                         # the device's own "no value now": not a failure
+        return None, None
     scale = p.scale
     if p.sf_address is not None:
         sf = struct.unpack(">h", struct.pack(">H", words[p.sf_address]))[0]
@@ -144,7 +197,7 @@ def plan(source: str, points: list[Point]) -> RegisterMap:
 # ------------------------------------------------------------------ JSON maps
 
 def packaged(name: str) -> str:
-    """The text of a map shipped with the package (hw/modbus/NAME)."""
+    """The text of a map shipped with the package (hw/modbus/NAME, or hw/modbus/evse/NAME)."""
     return resources.files("v2g_rt.data").joinpath("modbus").joinpath(name).read_text()
 
 
@@ -159,20 +212,26 @@ def resolve(map_option: str, config_file: str = "") -> Path | str:
     if path.exists():
         return path
     name = map_option if map_option.endswith(".json") else f"{map_option}.json"
-    try:
-        packaged(name)
-        return f"<packaged {name}>"
-    except (FileNotFoundError, OSError):
-        raise MapError(f"{map_option}: no such map file (looked at {path}) and no packaged map of that name; "
-                       f"use \"sunspec\", a JSON map's path, or one of: {', '.join(packaged_maps())}") from None
+    for candidate in (name, f"{EVSE_MAPS}/{name}"):
+        try:
+            packaged(candidate)
+            return f"<packaged {candidate}>"
+        except (FileNotFoundError, OSError):
+            pass
+    raise MapError(f"{map_option}: no such map file (looked at {path}) and no packaged map of that name; "
+                   f"use \"sunspec\", a JSON map's path, or one of: {', '.join(packaged_maps())}")
 
 
 def packaged_maps() -> list[str]:
-    try:
-        return sorted(f.name[:-5] for f in resources.files("v2g_rt.data").joinpath("modbus").iterdir()
-                      if f.name.endswith(".json") and f.name != SUNSPEC_LAYOUT)
-    except (FileNotFoundError, OSError):
-        return []
+    out = []
+    for sub in ("", EVSE_MAPS):
+        try:
+            folder = resources.files("v2g_rt.data").joinpath("modbus")
+            out += [f.name[:-5] for f in (folder.joinpath(sub) if sub else folder).iterdir()
+                    if f.name.endswith(".json") and f.name != SUNSPEC_LAYOUT]
+        except (FileNotFoundError, OSError):
+            pass
+    return sorted(out)
 
 
 def load(where: Path | str) -> RegisterMap:
@@ -201,7 +260,7 @@ def _known(d: dict, allowed: set, label: str, where: str) -> None:
 
 def parse(doc, label: str) -> RegisterMap:
     _expect(isinstance(doc, dict), label, "top level", "expected a JSON object with \"addressing\" and \"values\"")
-    _known(doc, {"description", "addressing", "word_order", "values", "source"}, label, "top level")
+    _known(doc, {"description", "addressing", "word_order", "values", "source", "control"}, label, "top level")
     addressing = doc.get("addressing")
     _expect(addressing in ADDRESSING, label, "addressing", f"expected one of {', '.join(ADDRESSING)} (0-based PDU "
             f"addresses, or Modicon 3xxxx/4xxxx references), found {addressing!r}")
@@ -216,12 +275,78 @@ def parse(doc, label: str) -> RegisterMap:
         where = f"register {reg}" if isinstance(reg, int) and not isinstance(reg, bool) else f"values[{i}]"
         points.append(_point(v, addressing, order, label, where))
     _check_overlaps(points, label)
-    return plan(label, points)
+    rmap = plan(label, points)
+    if "control" in doc:
+        rmap = RegisterMap(rmap.source, rmap.points, rmap.blocks, _control(doc["control"], addressing, order, rmap, label))
+    return rmap
+
+
+def _control(c, addressing: str, order: str, rmap: RegisterMap, label: str) -> Control:
+    _expect(isinstance(c, dict), label, "control", "expected an object with at least \"setpoint\"")
+    _known(c, {"setup", "timeout", "setpoint", "enable", "connected_when", "note"}, label, "control")
+    _expect("setpoint" in c, label, "control", "an EVSE map needs a \"setpoint\" register (active power, W)")
+    setpoint = _register(c["setpoint"], addressing, order, label, "control.setpoint", "W")
+    timeout = _register(c["timeout"], addressing, order, label, "control.timeout", "s") if "timeout" in c else None
+    setup = []
+    for i, w in enumerate(c.get("setup", [])):
+        where = f"control.setup[{i}]"
+        _expect(isinstance(w, dict), label, where, "expected {\"register\", \"value\"}")
+        _known(w, {"register", "value", "type", "note"}, label, where)
+        reg = _register({k: v for k, v in w.items() if k not in ("value", "note")} | {"unit": ""}, addressing, order,
+                        label, where, "")
+        value = w.get("value")
+        _expect(isinstance(value, int) and not isinstance(value, bool) and reg.encode(value)[1], label, where,
+                f"value: expected an integer a {reg.type} holds, found {value!r}")
+        setup.append((reg, value))
+    enable = None
+    if "enable" in c:
+        e = c["enable"]
+        _expect(isinstance(e, dict), label, "control.enable", "expected {\"register\", \"on\", \"off\"}")
+        _known(e, {"register", "on", "off", "type", "note"}, label, "control.enable")
+        reg = _register({k: v for k, v in e.items() if k in ("register", "type")} | {"unit": ""}, addressing, order,
+                        label, "control.enable", "")
+        for key in ("on", "off"):
+            v = e.get(key)
+            _expect(isinstance(v, int) and not isinstance(v, bool) and reg.encode(v)[1], label, "control.enable",
+                    f"{key}: expected an integer a {reg.type} holds, found {v!r}")
+        enable = (reg, e["on"], e["off"])
+    when = c.get("connected_when", [])
+    _expect(isinstance(when, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in when), label,
+            "control.connected_when", f"expected a list of integers (raw values of {STATE!r}), found {when!r}")
+    _expect(not when or rmap.point(STATE) is not None, label, "control.connected_when",
+            f"needs a value named {STATE!r} among the values")
+    written = [r for r, _ in setup] + [r for r in (setpoint, timeout) if r] + ([enable[0]] if enable else [])
+    seen: dict[int, Register] = {}
+    for r in written:
+        for a in range(r.address, r.address + TYPES[r.type][0]):
+            _expect(a not in seen or seen[a] is r, label, f"register {r.register}",
+                    f"written twice in control (also as register {seen.get(a, r).register})")
+            seen[a] = r
+    return Control(setpoint, tuple(setup), timeout, enable, tuple(when))
+
+
+def _register(r, addressing: str, order: str, label: str, where: str, unit: str) -> Register:
+    _expect(isinstance(r, dict), label, where, "expected an object with \"register\" and \"type\"")
+    _known(r, {"register", "type", "scale", "unit", "word_order", "note"}, label, where)
+    reg = r.get("register")
+    _expect(isinstance(reg, int) and not isinstance(reg, bool), label, where, "register: expected an integer")
+    typ = r.get("type", "uint16")
+    _expect(typ in WRITABLE, label, where, f"type {typ!r}: a written register is one of {', '.join(WRITABLE)}")
+    table, address = _address(reg, None, addressing, label, where)
+    _expect(table == "holding", label, where, f"{reg} is an input register; only holding registers can be written")
+    _expect(address + TYPES[typ][0] <= 0x10000, label, where, f"a {typ} at {reg} runs past the last register")
+    _expect(r.get("unit", unit) == unit, label, where, f"unit: expected {unit!r}, found {r.get('unit')!r}")
+    scale = r.get("scale", 1)
+    _expect(isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0,
+            label, where, f"scale: expected a positive number, found {scale!r}")
+    wo = r.get("word_order", order)
+    _expect(wo in WORD_ORDERS, label, where, f"word_order: expected big or little, found {wo!r}")
+    return Register(address, typ, str(reg), float(scale), wo)
 
 
 def _point(v: dict, addressing: str, order: str, label: str, where: str) -> Point:
     _known(v, {"name", "register", "table", "type", "scale", "scale_factor_register", "sign", "unit", "priority",
-               "word_order", "note"}, label, where)
+               "word_order", "invalid_values", "note"}, label, where)
     name = v.get("name")
     _expect(isinstance(name, str) and NAME.fullmatch(name), label, where, f"name: expected lower_case_words, found {name!r}")
     typ = v.get("type")
@@ -248,7 +373,11 @@ def _point(v: dict, addressing: str, order: str, label: str, where: str) -> Poin
     _expect(prio in PRIORITIES, label, where, f"priority: expected high or low, found {prio!r}")
     wo = v.get("word_order", order)
     _expect(wo in WORD_ORDERS, label, where, f"word_order: expected big or little, found {wo!r}")
-    return Point(name, table, address, typ, unit, str(reg), float(scale), sf_address, SIGNS[sign], wo, prio)
+    invalid = v.get("invalid_values", [])
+    _expect(isinstance(invalid, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in invalid),
+            label, where, f"invalid_values: expected a list of raw integers, found {invalid!r}")
+    return Point(name, table, address, typ, unit, str(reg), float(scale), sf_address, SIGNS[sign], wo, prio,
+                 tuple(invalid))
 
 
 def _address(reg: int, table, addressing: str, label: str, where: str) -> tuple[str, int]:

@@ -116,6 +116,10 @@ class Control:
     # at or below stop_open_below_w, or stop_timeout_s after the stop (never later)
     stop_timeout_s: float = option(2.0, minval=0, maxval=60, **_S)
     stop_open_below_w: float = option(100.0, minval=0, maxval=1e5, unit="W")
+    # closed loop: a port taking less than given for settle_s is capped near what it takes; the
+    # cap rises by probe_w_per_s until the port takes less again, or reaches its rating
+    settle_s: float = option(10.0, above=0, maxval=3600, **_S)
+    probe_w_per_s: float = option(200.0, above=0, unit="W/s", allow_inf=True)
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,13 @@ def check_devices(site: Site) -> list[Problem]:
             out.append(Problem(_section(n), "link", "link = \"can\" sends setpoints through the J1939 bus of the "
                                "[can] section, and this config has none; add [can] with backend, interface and address",
                                "ERR_CONFIG_DEVICE"))
+        if n.link == "modbus":
+            driven = {c.port_id for c in site.sections.get("modbus") or () if c.role == "evse"}
+            idle = [p.id for p in site.ports if p.evse == n.id and p.id not in driven]
+            if idle:
+                out.append(Problem(_section(n), "link", f"link = \"modbus\": no [modbus.NAME] with role = \"evse\", "
+                                   f"node = \"{n.id}\" drives port(s) {', '.join(idle)}; add one per port (connector "
+                                   f"= 1, 2, ... in the EVSE's port order)", "ERR_CONFIG_DEVICE"))
         if n.thermal and not RATED_W[0] <= n.thermal.rated_w <= RATED_W[1]:
             out.append(Problem(f"{_section(n)}.thermal", "rated_w", f"expected a rating from {RATED_W[0]:g} to "
                                f"{RATED_W[1]:g} W (it defaults to import_limit_w), found {n.thermal.rated_w:g}"))

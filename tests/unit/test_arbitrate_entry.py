@@ -40,7 +40,8 @@ def test_urgent_first_then_the_smallest_reachable_energy():
     # the last one misses its 10 kWh (3273 s at 11 kW) unless served now: laxity 127 s
     p["departure_s"] = [1000 + 10 * 3600, 1000 + 10 * 3600, 1000 + 3400]
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=15_000)
-    assert list(w) == [0.0, 4_000.0, 11_000.0]       # then the 30 kWh car before the 100 kWh one
+    # no more than its 10 kWh over the 3400 s until it leaves; then the 30 kWh car before the 100 kWh one
+    assert list(w) == pytest.approx([0.0, 15_000 - 10_000 / 3400 * 3600, 10_000 / 3400 * 3600])
 
 
 def test_no_history_between_calls():
@@ -78,7 +79,7 @@ def test_departure_in_the_past_ranks_by_what_it_has_and_never_discharges():
     p["departure_s"][2] = 500.0                            # already late: it can reach only what it has,
     p["soc"][2] = 0.25                                     # 15 kWh: less than the others can reach
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=11_000)
-    assert w[2] == 11_000.0
+    assert w[2] == 10_000.0                                # its 10 kWh within the hour the answer holds
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=-30_000)
     assert w[2] == 0.0
 
@@ -91,6 +92,15 @@ def test_bad_limits_or_setpoint_are_refused(kw):
         v2g_rt.arbitrate(fleet(), 0.0, **kw)
 
 
+def test_no_port_gets_more_than_it_absorbs_before_its_request_is_met_within_dt():
+    p = fleet(2)
+    p["energy_request_wh"] = [50, 20_000]                  # one nearly full: 50 Wh
+    w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=12_000, dt_s=60)
+    assert w[0] == pytest.approx(50 * 3600 / 60) and w[1] == pytest.approx(12_000 - 3_000)
+    with pytest.raises(ValueError, match="dt_s"):
+        v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, dt_s=0)
+
+
 def test_contradictory_limits_give_zero():
     w = v2g_rt.arbitrate(fleet(), 1000.0, import_limit_w=0.0, export_limit_w=0.0, setpoint_w=40_000)
     assert (w == 0).all()
@@ -99,3 +109,23 @@ def test_contradictory_limits_give_zero():
 def test_wrong_array_is_refused():
     with pytest.raises(ValueError, match="new_ports"):
         v2g_rt.arbitrate(np.zeros(3), 0.0, import_limit_w=1.0, export_limit_w=1.0)
+
+
+def test_calls_in_sequence_close_the_loop_through_measured_w():
+    p = fleet(2)
+    p["soc"] = 0.3
+    taper = np.array([30.0, 11_000.0])                   # the first EV takes 30 W whatever it is given
+    w = np.zeros(2)
+    for k in range(13):                                  # one call a second, past settle_s (10 s)
+        w = v2g_rt.arbitrate(p, 5000.0 + k, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=3_400, dt_s=5)
+        p["measured_w"] = np.minimum(w, taper)
+    assert w[0] < 30 + 600 and w[1] == pytest.approx(3_400 - 30)
+    fresh = v2g_rt.arbitrate(p, 1.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=3_400, dt_s=5)
+    assert fresh[0] == 3_400                             # time went back: a new sequence, no history
+
+
+def test_arrays_without_measured_w_keep_working():
+    p = np.zeros(2, arbitration.PORT_FIELDS)
+    p["connected"], p["soc"], p["capacity_wh"], p["min_soc"] = True, 0.5, 60_000, 0.2
+    p["energy_request_wh"], p["departure_s"], p["max_charge_w"] = 10_000, 1e9, 11_000
+    assert v2g_rt.arbitrate(p, 0.0, import_limit_w=1e6, export_limit_w=1e6).sum() == pytest.approx(20_000)

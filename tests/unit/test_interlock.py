@@ -322,16 +322,16 @@ def test_a_v2g_vehicle_without_a_soc_is_never_discharged():
     assert row["min_w"] == 0.0 and row["setpoint_w"] == 0.0 and BINDINGS[row["binding"]] == "soc"
 
 
-def test_discharge_is_cut_to_the_energy_above_min_soc_within_one_period():
+def test_discharge_is_cut_to_the_energy_above_min_soc_while_an_output_holds():
     c = Controller(envelope_site(), clock="virtual")
     c.step(S)
     near, below = c.port_ids
-    margin = 2.5e-8                                     # of a 60 kWh battery: 5.4 kW for one 1 ms period
+    margin = 1e-4                                       # of a 60 kWh battery: 4.3 kW for output_hold_s (5 s)
     ev(soc=0.2 + margin, min_soc=0.2, energy_request_wh=0, departure_in_s=10 * 3600).publish(c, near, S)
     ev(soc=0.1, min_soc=0.2, energy_request_wh=0, departure_in_s=10 * 3600).publish(c, below, S)
     snap = discharging(c)
     soc = snap.port(near)["soc"]
-    allowed = (soc - 0.2) * 60_000 * 3600 / 1e-3
+    allowed = (soc - 0.2) * 60_000 * 3600 / c.site.control.output_hold_s
     assert 1_000.0 < allowed < RATING_W
     assert snap.port(near)["min_w"] == pytest.approx(-allowed, rel=1e-9)
     assert snap.port(near)["setpoint_w"] == pytest.approx(-allowed, rel=1e-9)

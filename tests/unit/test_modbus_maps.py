@@ -2,6 +2,10 @@
 read plan (blocks per table and priority, a value with its scale factor in one request)."""
 import math
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from v2g_rt import modbus_maps as maps
 
 
@@ -41,3 +45,68 @@ def test_packaged_maps_load():
     assert "simple-meter" in maps.packaged_maps()
     rmap = maps.load(maps.resolve("simple-meter"))
     assert rmap.point("power_w").address == 0 and rmap.point("reactive_power_var").address == 1
+
+
+def test_the_packaged_evse_map_has_its_control_part():
+    rmap = maps.load(maps.resolve("wallbox-quasar"))
+    c = rmap.control
+    assert (c.setpoint.address, c.setpoint.type) == (260, "int16") and c.timeout.address == 88
+    assert [(r.address, v) for r, v in c.setup] == [(81, 1), (82, 0), (83, 1)]
+    assert (c.enable[0].address, c.enable[1], c.enable[2]) == (257, 1, 2)
+    assert maps.decode(rmap.point("soc"), {538: 0}) == (None, None)        # the Quasar's "no SoC now"
+    assert maps.decode(rmap.point("soc"), {538: 57}) == (57.0, None)
+
+
+@given(st.sampled_from(maps.WRITABLE), st.sampled_from([1.0, 0.1, 10.0]), st.sampled_from(["big", "little"]),
+       st.floats(-3e9, 3e9, allow_nan=False))
+def test_a_written_value_reads_back_as_itself_or_is_clamped_and_said_so(typ, scale, order, value):
+    reg = maps.Register(0, typ, "0", scale, order)
+    words, fits = reg.encode(value)
+    lo, hi = reg.limits()
+    back = maps.decode(maps.Point("v", "holding", 0, typ, "W", "0", scale=scale, word_order=order),
+                       dict(enumerate(words)))[0]
+    if fits:
+        assert abs(back - value) <= scale / 2 + 1e-6 * abs(value)
+    else:
+        assert back in (lo, hi) and not lo <= round(value / scale) * scale <= hi
+
+
+def _evse_doc(**control):
+    doc = {"addressing": "pdu", "values": [{"name": "power_w", "register": 10, "type": "int16", "unit": "W"},
+                                           {"name": "state", "register": 11, "type": "uint16", "unit": ""}],
+           "control": {"setpoint": {"register": 20, "type": "int16", "unit": "W"}}}
+    doc["control"].update(control)
+    return doc
+
+
+@pytest.mark.parametrize("control, words", [
+    ({"setpoint": None}, "expected an object"),
+    ({"setpoint": {"register": 70000, "type": "int16"}}, "a PDU address is 0-65535"),
+    ({"setpoint": {"register": 20, "type": "float32"}}, "a written register is one of"),
+    ({"setpoint": {"register": 20, "type": "int16", "unit": "A"}}, "unit: expected 'W'"),
+    ({"timeout": {"register": 20, "unit": "s"}}, "written twice"),
+    ({"setup": [{"register": 21, "value": 70000}]}, "value: expected an integer a uint16 holds"),
+    ({"enable": {"register": 22, "on": 1}}, "off: expected an integer"),
+    ({"connected_when": ["1"]}, "expected a list of integers"),
+    ({"frobnicate": 1}, "unknown key 'frobnicate'"),
+])
+def test_evse_control_errors_name_the_map_and_the_register(control, words):
+    with pytest.raises(maps.MapError) as e:
+        maps.parse(_evse_doc(**control), "my-evse.json")
+    assert str(e.value).startswith("my-evse.json: ") and words in str(e.value)
+
+
+def test_modicon_input_registers_cannot_be_written():
+    doc = _evse_doc(setpoint={"register": 30021, "type": "int16"})
+    doc["addressing"] = "modicon"
+    for v in doc["values"]:
+        v["register"] += 40001
+    with pytest.raises(maps.MapError, match="only holding registers can be written"):
+        maps.parse(doc, "my-evse.json")
+
+
+def test_connected_when_needs_a_state_value():
+    doc = _evse_doc(connected_when=[1])
+    doc["values"].pop()
+    with pytest.raises(maps.MapError, match="needs a value named 'state'"):
+        maps.parse(doc, "my-evse.json")

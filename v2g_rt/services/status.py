@@ -115,10 +115,18 @@ def render(doc: dict) -> str:
         for device, d in h.get("devices", {}).items():       # per device of a service (Modbus)
             errors = ", ".join(f"{code} {n}" for code, n in d.get("errors", {}).items()) or "no errors"
             lines.append(f"    {device:<12} {'connected' if d['connected'] else 'NOT CONNECTED'}  polls {d['polls']}  "
-                         f"values {d['values']}  {errors}" + (f"  retry in {d['backoff_s']} s" if d.get("backoff_s") else ""))
+                         f"values {d['values']}  {errors}" + (f"  retry in {d['backoff_s']} s" if d.get("backoff_s") else "")
+                         + (f"  port {d['port']}: {_setpoint(d)}, {d['writes']} writes" if "port" in d else ""))
         for station, d in h.get("stations", {}).items():     # per station of a service (OCPP)
             errors = ", ".join(f"{code} {n}" for code, n in d.get("errors", {}).items()) or "no errors"
             lines.append(f"    {station:<12} {d['version'] + ' connected' if d['connected'] else 'NOT CONNECTED'}  "
                          f"transactions {d['transactions']}  values {d.get('values', 0)}  profiles accepted "
                          f"{d.get('setpoint_accepted', 0)} of {d.get('setpoint_sent', 0)}  {errors}")
     return "\n".join(lines)
+
+
+def _setpoint(d: dict) -> str:
+    """What a Modbus-driven charger was last told."""
+    if d["setpoint_w"] is None:
+        return "nothing written yet"
+    return f"{d['setpoint_w'] / 1e3:.1f} kW" + ("" if d["enabled"] else ", stopped")

@@ -201,8 +201,10 @@ class Plant:
             self.heartbeat = None
         self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
                         "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
+        # ports whose far side is a real peer (a Modbus charger) are that peer's to report, not the plant's
+        self.mine = np.array([site.node(p.evse).link != "modbus" for p in site.ports], bool)
         self._idx = np.array([[ctrl.source_index(port_source(p.id, f)) for p in site.ports] for f in self._fields],
-                             np.int32)
+                             np.int32)[:, self.mine]
         self._last_setpoint = None
         self._next_refresh_ns = t0_ns
         self._cmd_seq = 0
@@ -229,7 +231,7 @@ class Plant:
         self.welded = {port_index[pid]: h for pid, h in cfg.contactor_welds}
         self.closed = np.zeros(n, bool)
         self.faults_seen: dict[str, set] = {}
-        occupied = self.rng.random(n) < cfg.occupancy
+        occupied = (self.rng.random(n) < cfg.occupancy) & self.mine
         for j in np.flatnonzero(occupied):
             self._arrive(j, t0_ns)
 
@@ -347,7 +349,7 @@ class Plant:
                 b.unmet_energy_wh += short
         self.occupied &= ~leaving
         self.power[leaving] = 0.0
-        free = np.flatnonzero(~self.occupied)
+        free = np.flatnonzero(~self.occupied & self.mine)
         rate = self.cfg.arrivals_per_port_h * self.cfg.step_s / 3600.0
         for j in free[self.rng.random(free.size) < rate]:
             self._arrive(j, t_ns)
@@ -382,6 +384,7 @@ class Plant:
             np.where(occ, self.ev_max_charge(), 0.0), np.where(occ, self.ev_max_discharge(), 0.0),
             np.full(self.n, self.cfg.min_soc), self.v2g.astype(float), self.power])
         values[4] = np.clip(values[4], -1e7, 1e8)
+        values = values[:, self.mine]
         accepted = self.ctrl.measure_many(self._idx.ravel(), values.ravel(), t_ns)
         if accepted != values.size:
             raise RuntimeError(f"the controller rejected {values.size - accepted} plant measurements")
