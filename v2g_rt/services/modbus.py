@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .. import modbus_maps as maps
 from ..site import node_source, port_source
-from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, AsyncService
+from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, AsyncService, output_events
 
 SECTION = "modbus"            # [modbus.NAME]: one table per device
 ROLES = ("meter", "evse")
@@ -595,8 +595,9 @@ class ModbusService(AsyncService):
     async def serve(self) -> None:
         for d in self.evses:
             d.wake = asyncio.Event()          # of this loop (the service may be restarted)
-        if self.evses:
-            fd = self.ctrl.output_fd()
+        events = output_events(self.ctrl) if self.evses else None
+        if events:
+            fd = events.subscribe()
             self._loop.add_reader(fd, self._outputs, fd)
             self._outputs(None)
         tasks = [asyncio.create_task(d.run(), name=f"modbus.{d.cfg.name}") for d in self.devices]
@@ -605,8 +606,9 @@ class ModbusService(AsyncService):
         try:
             await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if self.evses:
-                self._loop.remove_reader(self.ctrl.output_fd())
+            if events:
+                self._loop.remove_reader(fd)
+                events.unsubscribe(fd)
             self._outputs(None)               # the loop's last outputs (0 W, open) ...
             for d in self.devices:
                 d.running = False

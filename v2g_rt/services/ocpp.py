@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import pki
 from ..site import port_source
-from . import AsyncService
+from . import AsyncService, output_events
 from . import ocpp_payloads as pay
 from .ocpp_session import Station, Tally, session_class, utcnow
 
@@ -177,7 +177,6 @@ class OcppService(AsyncService):
         self._session_classes = {v: session_class(v) for v in SUBPROTOCOLS}
         self.check_expiry()
         ctx = server_context(self.cfg, self._tls_refused)
-        fd = self.ctrl.output_fd()
         try:
             server = await serve(self._connected, self.cfg.host, self.cfg.port, ssl=ctx, subprotocols=list(SUBPROTOCOLS),
                                  process_request=self._admit, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
@@ -186,6 +185,8 @@ class OcppService(AsyncService):
         except OSError as e:
             raise OSError(f"ERR_OCPP_LISTEN: cannot listen on {self.cfg.listen}: {e.strerror}") from e
         self.port = server.sockets[0].getsockname()[1]
+        events = output_events(self.ctrl)
+        fd = events.subscribe()
         self._loop.add_reader(fd, self._outputs_ready, fd)
         self._expiry_timer = self._loop.call_later(EXPIRY_CHECK_S, self._daily_expiry)
         self._ready.set()
@@ -195,6 +196,7 @@ class OcppService(AsyncService):
         finally:
             self._expiry_timer.cancel()
             self._loop.remove_reader(fd)
+            events.unsubscribe(fd)
             server.close()
             await server.wait_closed()
 
