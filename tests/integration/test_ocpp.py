@@ -17,8 +17,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from helpers import ServiceRig
-from v2g_rt import config
+from helpers import S, ServiceRig
+from v2g_rt import Controller, config
 from v2g_rt.services.ocpp import OcppService
 from v2g_rt.services.status import render
 from v2g_rt.sim.peers.ocpp import V21, V201, Fleet, SimStation, client_context
@@ -424,3 +424,20 @@ def test_a_stop_goes_out_at_once_past_the_rate_limit(site_dir):
         rig.service.min_interval_s = 3600.0              # nothing but a stop may go out now
         assert rig.ctrl.submit({"kind": "load_shed", "id": "shed", "value_w": 0.0, "expires_in_s": 600})
         rig.until(lambda: tx_limits(st)[-1] == 0.0, "the 0 W TxProfile")
+
+
+def test_the_simulated_plant_leaves_ocpp_ports_to_their_stations(site_dir):
+    from v2g_rt.sim.plant import Plant, PlantConfig
+
+    text = SITE.replace('[node.cs02]\nkind = "evse"\nparent = "grid"\nlink = "ocpp"',
+                        '[node.cs02]\nkind = "evse"\nparent = "grid"\nlink = "sim"')
+    path = site_dir / "mixed.toml"
+    path.write_text(text)
+    site = config.load(path)
+    ctrl = Controller(site, clock="virtual")
+    ctrl.step(S)
+    plant = Plant(site, ctrl, PlantConfig(occupancy=1.0), S)
+    assert plant.mine.tolist() == [False, False, True]            # cs01.1, cs01.2 are OCPP; cs02.1 simulated
+    plant.publish(S)
+    ctrl.step(2 * S)
+    assert ctrl.snapshot().ports["connected"].tolist() == [False, False, True]
