@@ -11,11 +11,7 @@ one cycle. Prints p50/p99 per period and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from v2g_rt import Controller, config
+from v2g_rt.bench import machine, write_results
 from v2g_rt.services.modbus import ModbusService
 from v2g_rt.sim.peers.modbus import MeterPeer
 
@@ -93,15 +90,12 @@ def main(argv=None) -> dict:
     p.add_argument("--periods", default="100,10", help="poll periods in ms, comma separated")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    results = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
-                          f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+    results = {"machine": machine(),
                "runs": [measure(float(ms), args.changes) for ms in args.periods.split(",")]}
     for r in results["runs"]:
         print(f"period {r['period_ms']:g} ms: change -> image p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
               f"max {r['max_ms']} ms ({r['changes']} changes, {r['polls']} polls, {r['late_polls']} late)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_results(args.json, results)
     return results
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from v2g_rt import Control, Controller, RealTime, depot
 from v2g_rt.sim.session import Session
@@ -97,3 +98,31 @@ can_signal = "{signal}"
 """ for evse, address, signal in (("e1", 0x21, "EVSE_Thermal.HeatSinkTemp"), ("e2", 0x22, "ET1.EngCoolantTemp"),
                                   ("e3", 0x23, "EVSE_ThermalP2P.HeatSinkTemp")))
 
+
+
+class ServiceRig:
+    """A virtual-time controller stepped by the test, around the service under test (self.service,
+    set by the subclass): deadlines in cycles, wall-clock time only as a guard against a hang."""
+
+    STEP_NS = 10 * MS
+    HANG_S = 30.0
+
+    def __init__(self, site):
+        self.site = site
+        self.ctrl = Controller(site, clock="virtual")
+        self.t = self.STEP_NS
+        self.ctrl.step(self.t)
+        self.service = None
+
+    def step(self, n=1):
+        for _ in range(n):
+            self.t += self.STEP_NS
+            self.ctrl.step(self.t)
+
+    def until(self, pred, what, hang_s=None):
+        """Step the controller (one cycle per 2 ms of wall time) until pred() holds."""
+        end = time.monotonic() + (hang_s or self.HANG_S)
+        while not pred():
+            assert time.monotonic() < end, f"hung waiting for {what}: {self.service.stats()}"
+            time.sleep(0.002)
+            self.step()

@@ -13,6 +13,7 @@ from .services.control import AuditLog, ControlServer
 from .services.journal import JournalService
 from .services.modbus import ModbusService
 from .services.mqtt import MqttService
+from .services.ocpp import OcppService
 from .services.status import StatusServer, control_socket, default_socket
 from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
 from .sim.peers import PEERS
@@ -42,6 +43,7 @@ class App:
         self.faults = FaultWatch(self.ctrl)
         self.plant = RealtimePlant(site, self.ctrl, self.devices) if simulated(site) else None
         self.watchdog: Watchdog | None = None
+        self.ocpp_depot = None                 # simulated OCPP stations ([sim] ocpp_stations)
 
     def start(self, logfile) -> dict:
         """Start the loop, then the services and the plant; the loop's RT report."""
@@ -63,9 +65,14 @@ class App:
             self.supervisor.add(ModbusService(ctrl, site.sections["modbus"]))
         if site.sections.get("mqtt"):
             self.supervisor.add(MqttService(ctrl, site.sections["mqtt"]))
+        ocpp = self.supervisor.add(OcppService(ctrl, site.sections["ocpp"])) if site.sections.get("ocpp") else None
         self.supervisor.start()
         if self.plant:
             self.plant.start()
+        sim = site.sections.get("sim")
+        if ocpp is not None and sim is not None and sim.ocpp_stations:
+            from .sim.peers.ocpp import SimDepot
+            self.ocpp_depot = SimDepot(site, ocpp.port)
         interval = watchdog_interval_s()
         if interval or site.rt.watchdog_device:
             hardware = None
@@ -102,3 +109,5 @@ class App:
         self.supervisor.stop(self.journal)     # the last write, after the loop's last latch
         self.devices.close()
         self.supervisor.stop()
+        if self.ocpp_depot:                    # simulated stations outlive us, as real ones do
+            self.ocpp_depot.stop()

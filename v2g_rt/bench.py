@@ -34,6 +34,19 @@ HIST_US = 10_000           # 1 us bins; one more bin counts the overflow, as in 
 S = 1_000_000_000
 
 
+def machine() -> str:
+    """The machine a benchmark ran on, for its results file."""
+    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def write_results(path, results: dict) -> None:
+    """A benchmark's results as JSON at path (if given), said on stderr."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+
+
 @dataclass
 class Window:
     contender: str

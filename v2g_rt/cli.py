@@ -1,4 +1,4 @@
-"""The `v2g-rt` command: run, simulate, check, status, explain, bench, modbus read."""
+"""The `v2g-rt` command: run, simulate, check, status, explain, bench, modbus read, pki init."""
 from __future__ import annotations
 
 import argparse
@@ -139,13 +139,20 @@ def cmd_port(args) -> int:
     return 0
 
 
-LINKS_AVAILABLE = ("sim", "can", "modbus")
+LINKS_AVAILABLE = ("sim", "can", "modbus", "ocpp")
+LINK_SECTIONS = {"ocpp": "[ocpp] with listen, ca, cert and key"}     # links served by a service section
 
 
 def _unavailable_links(site) -> list[str]:
-    return [f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r} is not available in this "
-            f"version; use link = {' or '.join(repr(k) for k in LINKS_AVAILABLE)}"
-            for n in site.nodes if n.link not in (None, *LINKS_AVAILABLE)]
+    out = []
+    for n in site.nodes:
+        where = f"ERR_LINK_UNAVAILABLE: {site.source}: [node.{n.id}] link: {n.link!r}"
+        if n.link in LINK_SECTIONS and not site.sections.get(n.link):
+            out.append(f"{where} is served by its service, which this config lacks; add {LINK_SECTIONS[n.link]}")
+        elif n.link not in (None, *LINKS_AVAILABLE):
+            out.append(f"{where} is not available in this version; use link = "
+                       f"{' or '.join(map(repr, LINKS_AVAILABLE))}")
+    return out
 
 
 def cmd_run(args) -> int:
@@ -254,6 +261,8 @@ SAFE_OUTPUTS = {
     "sim": lambda site: "no physical output: the simulated EVs stop with the controller",
     "can": _safe_can,
     "modbus": _safe_modbus,
+    "ocpp": lambda site: "nothing to send: each station falls back by itself to its stack-level-0 TxDefaultProfile "
+                         "(charge only) once our TxProfile's validity ends",
 }
 
 
@@ -326,6 +335,18 @@ def cmd_modbus_read(args) -> int:
         shown = code or ("no value" if value is None else f"{value:.6g} {point.unit}".rstrip())
         print(f"  {point.name:<20} {point.table} {point.register:<24} {shown}")
     return 1 if any(code for _, _, code in values) else 0
+
+
+def cmd_pki_init(args) -> int:
+    """The site CA, the controller's server certificate and one client certificate per station."""
+    from . import pki
+
+    written = pki.init(args.dir, args.station, args.server_name)
+    for path in written:
+        print(path)
+    print(f"the CA's key {Path(args.dir) / 'ca.key'} signs new certificates: keep it offline once the stations "
+          f"are installed", file=sys.stderr)
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -401,6 +422,15 @@ def main(argv=None) -> int:
     mr.add_argument("--config", help="site config (TOML) with the [modbus.NAME] section")
     mr.add_argument("name")
     mr.set_defaults(func=cmd_modbus_read)
+    pk = sub.add_parser("pki", help="certificates for OCPP Security Profile 3")
+    pk_sub = pk.add_subparsers(dest="pki_command", required=True)
+    pi = pk_sub.add_parser("init", help="create a site CA, the controller's certificate and one per station")
+    pi.add_argument("dir")
+    pi.add_argument("--station", action="append", required=True, metavar="ID",
+                    help="a station (EVSE node) id; repeat for each station")
+    pi.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                    help="a DNS name or IP address of the controller (default: localhost and 127.0.0.1); repeat")
+    pi.set_defaults(func=cmd_pki_init)
     b = sub.add_parser("bench", help="cycle jitter side by side with cyclictest and a Python loop")
     b.add_argument("--period-us", type=int, default=1000)
     b.add_argument("--duration", type=float, default=60.0, help="seconds per contender and load")

@@ -28,11 +28,11 @@ MAX_CONFIG_BYTES = 1 << 20                 # the 50-port depot is 7 KiB; a full 
 def section_owners() -> dict:
     """Sections owned by other parts of the controller: name -> check(cf, site), which reads the
     section with the same accessors ([i2c.NAME] style owners read cf.tables(name)) and returns the
-    parsed settings, kept in Site.sections[name]. Every device kind, the Modbus and MQTT services
-    and the simulated plant."""
-    from .services import mqtt
+    parsed settings, kept in Site.sections[name]. Every device kind, the Modbus, MQTT and OCPP
+    services and the simulated plant."""
+    from .services import mqtt, ocpp
     from .sim import plant
-    return {m.SECTION: m.check_config for m in (plant, mqtt, *feeders())}
+    return {m.SECTION: m.check_config for m in (plant, mqtt, ocpp, *feeders())}
 
 
 def feeders() -> tuple:

@@ -10,15 +10,16 @@ import time
 
 import pytest
 
-from v2g_rt import Controller, config
+from helpers import ServiceRig
+from v2g_rt import config
 from v2g_rt.config import ConfigError
 from v2g_rt.services.modbus import ModbusService
 from v2g_rt.services.status import render
 from v2g_rt import modbus_maps
 from v2g_rt.sim.peers.modbus import Charger, ChargerFleet, MeterPeer
 
-STEP_NS = 10_000_000          # one cycle of the test sites
-HANG_S = 30.0
+STEP_NS = ServiceRig.STEP_NS          # one cycle of the test sites
+HANG_S = ServiceRig.HANG_S
 
 SITE = """
 [site]
@@ -48,16 +49,13 @@ def meter(name, port, map_="sunspec", node="grid", period_ms=50, extra=""):
             f'period_ms = {period_ms}\nnode = "{node}"\n{extra}')
 
 
-class Rig:
-    """A virtual-time controller, its Modbus service, and a stepping helper."""
+class Rig(ServiceRig):
+    """A virtual-time controller and its Modbus service."""
 
     def __init__(self, tmp_path, *sections, site=SITE):
         path = tmp_path / "site.toml"
         path.write_text(site + "\n".join(sections))
-        self.site = config.load(path)
-        self.ctrl = Controller(self.site, clock="virtual")
-        self.t = STEP_NS
-        self.ctrl.step(self.t)
+        super().__init__(config.load(path))
         self.service = ModbusService(self.ctrl, self.site.sections["modbus"])
 
     def __enter__(self):
@@ -69,19 +67,6 @@ class Rig:
 
     def dev(self, name):
         return self.service.stats()["devices"][name]
-
-    def step(self, n=1):
-        for _ in range(n):
-            self.t += STEP_NS
-            self.ctrl.step(self.t)
-
-    def until(self, pred, what, hang_s=HANG_S):
-        """Step the controller (one cycle per 2 ms of wall time) until pred() holds."""
-        end = time.monotonic() + hang_s
-        while not pred():
-            assert time.monotonic() < end, f"hung waiting for {what}: {self.service.stats()}"
-            time.sleep(0.002)
-            self.step()
 
     def measured(self, node="grid"):
         return float(self.ctrl.snapshot().node(node)["measured_w"])

@@ -7,9 +7,13 @@ about a far party, so it never feeds an upstream heartbeat.
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
+import os
+import select
 import threading
 import time
+import weakref
 
 log = logging.getLogger("v2g_rt")
 
@@ -63,6 +67,47 @@ class Service(abc.ABC):
     def health(self) -> dict:
         """Alive, and what the service knows about its own work."""
         return {"alive": self.alive, **self.stats()}
+
+
+class AsyncService(Service):
+    """A service whose thread runs one asyncio loop: serve() sets self._ready once it serves (start()
+    waits for that, at most 5 s) and returns soon after self._done is set (by stop())."""
+
+    def __init__(self):
+        super().__init__()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        self._ready.clear()
+        super().start()
+        self._ready.wait(5.0)
+
+    def run(self) -> None:
+        asyncio.run(self._serve_until_done())
+
+    async def _serve_until_done(self) -> None:
+        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
+        if self.stopping.is_set():
+            self._done.set()
+        try:
+            await self.serve()
+        finally:
+            self._ready.set()
+
+    @abc.abstractmethod
+    async def serve(self) -> None:
+        """The service's work on the loop."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._loop is not None and self._done is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._done.set)
+            except RuntimeError:                     # the loop already closed
+                pass
+        self._join()
 
 
 class SocketService(Service):
@@ -155,3 +200,71 @@ class Supervisor:
                 h["retry_in_s"] = round(max(0.0, self.retry_at[name] - now), 1)
             out[name] = h
         return out
+
+
+class OutputEvents:
+    """The loop's output eventfd has one reader, this relay thread; each Python link subscribes
+    and gets an eventfd of its own, made readable whenever the loop hands outputs over. Links
+    reading the loop's eventfd themselves would steal each other's wakeups (one read re-arms it)."""
+
+    def __init__(self, source_fd: int):
+        self.source = source_fd
+        self.control = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)    # wakes the relay to re-read fds
+        self.fds: list[int] = []
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def subscribe(self) -> int:
+        """A nonblocking eventfd of the caller's own; read it to re-arm it, unsubscribe() to close it."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        with self.lock:
+            self.fds.append(fd)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._relay, name="v2g-outputs", daemon=True)
+                self.thread.start()
+        return fd
+
+    def unsubscribe(self, fd: int) -> None:
+        with self.lock:
+            self.fds.remove(fd)
+        os.close(fd)
+        os.eventfd_write(self.control, 1)
+
+    def _relay(self) -> None:
+        poller = select.poll()
+        poller.register(self.source, select.POLLIN)
+        poller.register(self.control, select.POLLIN)
+        while True:
+            handed_over = False
+            for fd, events in poller.poll():
+                if events & (select.POLLERR | select.POLLNVAL):
+                    log.error("ERR_INTERNAL: the loop's output eventfd failed (poll events 0x%x); Python links "
+                              "are no longer woken by output changes", events)
+                    with self.lock:
+                        self.thread = None
+                    return
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    continue
+                handed_over |= fd == self.source
+            with self.lock:
+                if not self.fds:
+                    self.thread = None
+                    return
+                if handed_over:
+                    for fd in self.fds:
+                        os.eventfd_write(fd, 1)
+
+
+_output_events: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_output_events_lock = threading.Lock()
+
+
+def output_events(ctrl) -> OutputEvents:
+    """The relay of a controller's output eventfd, one per controller."""
+    with _output_events_lock:
+        if ctrl not in _output_events:
+            _output_events[ctrl] = OutputEvents(ctrl.output_fd())
+        return _output_events[ctrl]
+

@@ -23,14 +23,13 @@ import asyncio
 import logging
 import math
 import os
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from .. import modbus_maps as maps
 from ..site import node_source, port_source
-from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, Service
+from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, AsyncService, output_events
 
 SECTION = "modbus"            # [modbus.NAME]: one table per device
 ROLES = ("meter", "evse")
@@ -564,7 +563,7 @@ def safe_outputs(site) -> str:
     return f"{len(evses)} chargers told 0 W" + (" and stop" if any(c.register_map.control.enable for c in evses) else "")
 
 
-class ModbusService(Service):
+class ModbusService(AsyncService):
     """The asyncio loop (its own thread) running every Modbus device of the site."""
 
     name = "modbus"
@@ -588,37 +587,28 @@ class ModbusService(Service):
         for d in self.devices:
             for source in d.sources.values():
                 ctrl.claim_source(source, f"{SECTION}.{d.cfg.name}")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: asyncio.Event | None = None
-        self._ready = threading.Event()
-
-    def start(self) -> None:
-        self._ready.clear()
-        super().start()
-        self._ready.wait(5.0)
 
     def run(self) -> None:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)   # every failure is named and counted here
-        asyncio.run(self._serve())
+        super().run()
 
-    async def _serve(self) -> None:
-        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
+    async def serve(self) -> None:
         for d in self.evses:
             d.wake = asyncio.Event()          # of this loop (the service may be restarted)
-        if self.evses:
-            fd = self.ctrl.output_fd()
+        events = output_events(self.ctrl) if self.evses else None
+        if events:
+            fd = events.subscribe()
             self._loop.add_reader(fd, self._outputs, fd)
             self._outputs(None)
         tasks = [asyncio.create_task(d.run(), name=f"modbus.{d.cfg.name}") for d in self.devices]
         self._ready.set()
-        if self.stopping.is_set():
-            self._done.set()
         stop = asyncio.create_task(self._done.wait())
         try:
             await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if self.evses:
-                self._loop.remove_reader(self.ctrl.output_fd())
+            if events:
+                self._loop.remove_reader(fd)
+                events.unsubscribe(fd)
             self._outputs(None)               # the loop's last outputs (0 W, open) ...
             for d in self.devices:
                 d.running = False
@@ -644,15 +634,6 @@ class ModbusService(Service):
         rows = self.ctrl.outputs(take=self.port_ids)
         for d, j in zip(self.evses, self._rows):
             d.offer(rows[j])
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self._loop is not None and self._done is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._done.set)
-            except RuntimeError:                     # the loop already closed
-                pass
-        self._join()
 
     def stats(self) -> dict:
         return {"devices": {d.cfg.name: d.stats() for d in self.devices}}

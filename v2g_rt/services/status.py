@@ -107,13 +107,21 @@ def render(doc: dict) -> str:
     if doc.get("services"):
         lines.append("services:")
     for name, h in doc.get("services", {}).items():
-        known = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in h.items() if k not in ("alive", "devices"))
+        known = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in h.items()
+                          if k not in ("alive", "devices", "stations", "refused"))
+        if h.get("refused"):                                  # connections a service turned away (OCPP)
+            known += "  refused " + ", ".join(f"{code} {n}" for code, n in h["refused"].items())
         lines.append(f"  {name:<12} {'up' if h['alive'] else 'DOWN'}  {known}")
         for device, d in h.get("devices", {}).items():       # per device of a service (Modbus)
             errors = ", ".join(f"{code} {n}" for code, n in d.get("errors", {}).items()) or "no errors"
             lines.append(f"    {device:<12} {'connected' if d['connected'] else 'NOT CONNECTED'}  polls {d['polls']}  "
                          f"values {d['values']}  {errors}" + (f"  retry in {d['backoff_s']} s" if d.get("backoff_s") else "")
                          + (f"  port {d['port']}: {_setpoint(d)}, {d['writes']} writes" if "port" in d else ""))
+        for station, d in h.get("stations", {}).items():     # per station of a service (OCPP)
+            errors = ", ".join(f"{code} {n}" for code, n in d.get("errors", {}).items()) or "no errors"
+            lines.append(f"    {station:<12} {d['version'] + ' connected' if d['connected'] else 'NOT CONNECTED'}  "
+                         f"transactions {d['transactions']}  values {d.get('values', 0)}  profiles accepted "
+                         f"{d.get('setpoint_accepted', 0)} of {d.get('setpoint_sent', 0)}  {errors}")
     return "\n".join(lines)
 
 

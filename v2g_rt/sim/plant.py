@@ -56,6 +56,7 @@ class PlantConfig:
     heatsink_faults: tuple = ()               # (("evse07", hour, seconds), ...): a fan fails, +35 C
     contactor_welds: tuple = ()               # (("evse03.1", hour), ...): the contactor stays closed
     plc_noise: tuple = ()                     # (("evse05.2", hour, seconds), ...): 12 % PLC packet loss
+    ocpp_stations: bool = False               # `run`: simulated stations connect to [ocpp] (sim/peers/ocpp.py)
 
 
 def check_config(cf, site: Site) -> PlantConfig:
@@ -85,7 +86,10 @@ def check_config(cf, site: Site) -> PlantConfig:
         heatsink_faults=_events(sec, "heatsink_faults", 2, {n.id for n in site.nodes if n.kind == "evse"}),
         contactor_welds=_events(sec, "contactor_welds", 1, {p.id for p in site.ports}),
         plc_noise=_events(sec, "plc_noise", 2, {p.id for p in site.ports}),
+        ocpp_stations=sec.get_bool("ocpp_stations", d.ocpp_stations),
     )
+    if cfg.ocpp_stations and "ocpp" not in cf.data:
+        sec.problem("ocpp_stations", "simulated OCPP stations connect to the [ocpp] server; this config has none")
     for name in ("arrival_soc", "target_soc"):
         lo, hi = getattr(cfg, name)
         if lo < 0 or hi > 1:
@@ -197,8 +201,9 @@ class Plant:
             self.heartbeat = None
         self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
                         "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
-        # ports whose far side is a real peer (a Modbus charger) are that peer's to report, not the plant's
-        self.mine = np.array([site.node(p.evse).link != "modbus" for p in site.ports], bool)
+        # ports whose far side is a real peer (a Modbus charger, an OCPP station) are that peer's to
+        # report, not the plant's
+        self.mine = np.array([site.node(p.evse).link not in ("modbus", "ocpp") for p in site.ports], bool)
         self._idx = np.array([[ctrl.source_index(port_source(p.id, f)) for p in site.ports] for f in self._fields],
                              np.int32)[:, self.mine]
         self._last_setpoint = None
