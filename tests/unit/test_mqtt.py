@@ -152,11 +152,13 @@ def test_the_config_defaults_and_names_file_section_option(tmp_path, pki, capsys
     assert capsys.readouterr().out.rstrip().endswith(", MQTT broker.example:8883 under v2g/m/")
     assert (cfg.port, cfg.prefix, cfg.client_id, cfg.upstream, cfg.encoding) == (8883, "v2g/m", "v2g-rt-m", "", "json")
     assert (cfg.max_interval_s, cfg.state_deadband_w, cfg.outbox_max_mb) == (10.0, 1000.0, 64.0)
-    path.write_text(MQTT.format(**pki) + 'encoding = "protobuf"\nupstream = "dms"\nprefix = "v2g/#"\nretain = 1\n')
+    path.write_text(MQTT.format(**pki) + 'encoding = "protobuf"\n')
+    assert config.load(path).sections["mqtt"].encoding == "protobuf"
+    path.write_text(MQTT.format(**pki) + 'encoding = "cbor"\nupstream = "dms"\nprefix = "v2g/#"\nretain = 1\n')
     with pytest.raises(ConfigError) as e:
         config.load(path)
     text = str(e.value)
-    assert f"{path}: [mqtt] encoding: \"protobuf\" is not in this version" in text
+    assert f"{path}: [mqtt] encoding:" in text and "cbor" in text
     assert f"{path}: [mqtt] upstream: 'dms' is not an [upstream.NAME] of this site; upstreams: agg" in text
     assert "[mqtt] prefix: expected a topic without wildcards" in text and "[mqtt] retain: option 'retain'" in text
     path.write_text(MQTT.format(ca=pki["ca"], cert=pki["key"], key=pki["cert"]).replace(f'"{pki["ca"]}"', '"nope.pem"'))

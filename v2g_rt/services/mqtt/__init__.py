@@ -29,7 +29,7 @@ from ...faults import state_dir
 from ...site import upstream_heartbeat
 from .. import BACKOFF_FIRST_S, BACKOFF_MAX_S, Service
 from . import reports
-from .commands import Commands, RateLimit
+from .commands import Commands, RateLimit, from_json
 from .outbox import Outbox
 
 SECTION = "mqtt"
@@ -93,9 +93,6 @@ def check_config(cf, site) -> MqttConfig:
         sec.problem("upstream", f"{upstream!r} is not an [upstream.NAME] of this site; "
                                 f"upstreams: {', '.join(names) or 'none (add [upstream.NAME] with timeout_s)'}")
     encoding = sec.get_str("encoding", "json", choices=ENCODINGS)
-    if encoding == "protobuf":
-        sec.problem("encoding", "\"protobuf\" is not in this version: no schema is shipped with it yet; "
-                                "use \"json\"")
     return MqttConfig(host, port, *files.values(), client_id, prefix, upstream, encoding,
                       sec.get_float("max_interval_s", 10.0, above=0, maxval=3600, unit="s"),
                       sec.get_float("state_deadband_w", 1000.0, minval=0, maxval=1e9, unit="W"),
@@ -211,6 +208,11 @@ class MqttService(Service):
         self.last_error = ""
         self._logged: dict[str, tuple[float, int]] = {}
         self.commands: Commands | None = None
+        if cfg.encoding == "protobuf":
+            from . import protobuf
+            self.encoder, self.decoder = protobuf.encode, protobuf.command
+        else:
+            self.encoder, self.decoder = (lambda topic, *message: reports.encode(*message)), from_json
 
     # ------------------------------------------------------------ lifecycle
 
@@ -225,7 +227,7 @@ class MqttService(Service):
 
     def run(self) -> None:
         self.outbox = Outbox(self.path, int(self.cfg.outbox_max_mb * 2**20))
-        self.commands = Commands(self.ctrl, self.outbox, "mqtt", self.wall)
+        self.commands = Commands(self.ctrl, self.outbox, "mqtt", self.wall, self.decoder)
         try:
             while not self.stopping.is_set():
                 self._tick()
@@ -265,8 +267,8 @@ class MqttService(Service):
     def _close(self) -> None:
         client = self.client
         if client is not None and self.connected:
-            info = client.publish(self._topic("availability"), self._encode({"status": "offline"}, self.will_seq),
-                                  qos=1, retain=True)
+            info = client.publish(self._topic("availability"),
+                                  self._availability("offline", self.will_seq), qos=1, retain=True)
             end = time.monotonic() + 1.0
             while not info.is_published() and time.monotonic() < end and client.loop(timeout=0.05) == 0:
                 pass
@@ -281,8 +283,11 @@ class MqttService(Service):
     def _topic(self, topic: str) -> str:
         return f"{self.cfg.prefix}/{topic}"
 
-    def _encode(self, body: dict, seq: int, replaced: int = 0) -> bytes:
-        return reports.encode(body, seq, self.wall(), replaced)
+    def _encode(self, topic: str, body: dict, seq: int, replaced: int = 0) -> bytes:
+        return self.encoder(topic, body, seq, self.wall(), replaced)
+
+    def _availability(self, status: str, seq: int) -> bytes:
+        return self._encode("availability", {"status": status}, seq)
 
     def _connect(self, now: float) -> None:
         import paho.mqtt.client as mqtt
@@ -297,8 +302,8 @@ class MqttService(Service):
         client.max_queued_messages_set(WINDOW + 2)
         self.online_seq = self.outbox.next_seq("availability")
         self.will_seq = self.outbox.next_seq("availability")
-        client.will_set(self._topic("availability"), self._encode({"status": "offline"}, self.will_seq), qos=1,
-                        retain=True)
+        client.will_set(self._topic("availability"), self._availability("offline", self.will_seq),
+                        qos=1, retain=True)
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_message, client.on_publish = self._on_message, self._on_publish
         client.on_subscribe = self._on_subscribe
@@ -340,8 +345,8 @@ class MqttService(Service):
         if self.heartbeat:
             topics.append((self._topic("heartbeat"), options))
         client.subscribe(topics)
-        client.publish(self._topic("availability"), self._encode({"status": "online"}, self.online_seq), qos=1,
-                       retain=True)
+        client.publish(self._topic("availability"), self._availability("online", self.online_seq),
+                       qos=1, retain=True)
         log.info("mqtt: connected to %s:%d as %s, %d reports to deliver", self.cfg.host, self.cfg.port,
                  self.cfg.client_id, self.outbox.rows)
 
@@ -425,7 +430,8 @@ class MqttService(Service):
     # ------------------------------------------------------------ out
 
     def _queue(self, topic: str, body: dict, retain: bool = False) -> None:
-        row = self.outbox.add(topic, lambda seq, replaced: self._encode(body, seq, replaced), retain, self.sent_up_to)
+        row = self.outbox.add(topic, lambda seq, replaced: self._encode(topic, body, seq, replaced), retain,
+                              self.sent_up_to)
         if row is None:
             self._failed("ERR_MQTT_OUTBOX_FULL", f"the outbox holds {self.cfg.outbox_max_mb:g} MiB; a {topic} "
                                                  f"message was dropped ({self.outbox.dropped} so far)")

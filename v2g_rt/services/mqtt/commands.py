@@ -1,6 +1,6 @@
 """The aggregator's grid commands over MQTT: each `cmd` message is checked for what only MQTT can
-get wrong (retained, oversized, not a JSON object, replayed across a restart), then handed to
-Controller.submit, which alone validates commands; every one gets a verdict for `cmd/reply`."""
+get wrong (retained, oversized, empty, not a JSON object or Command protobuf, replayed across a
+restart), then handed to Controller.submit, which alone validates commands; every one gets a verdict for `cmd/reply`."""
 from __future__ import annotations
 
 import json
@@ -58,17 +58,30 @@ def keep_until(cmd: dict, now: float) -> float:
     return expiry + ID_RETENTION_S
 
 
-def parse(payload: bytes, retained: bool) -> tuple[dict | None, dict | None]:
-    """(command, None), or (what could be read of it, the rejection)."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        return None, verdict(False, "ERR_MQTT_BAD_MESSAGE", f"{len(payload)} bytes; a command is at most "
-                                                            f"{MAX_COMMAND_BYTES} bytes")
+def from_json(payload: bytes) -> dict:
+    """A JSON `cmd` payload as the command's dict, or ValueError with the reason."""
     try:
         cmd = json.loads(payload)
     except (ValueError, RecursionError) as e:
-        return None, verdict(False, "ERR_MQTT_BAD_MESSAGE", f"not JSON: {str(e)[:80]}")
+        raise ValueError(f"not JSON: {str(e)[:80]}") from None
     if not isinstance(cmd, dict):
-        return None, verdict(False, "ERR_MQTT_BAD_MESSAGE", f"a command is a JSON object, not {type(cmd).__name__}")
+        raise ValueError(f"a command is a JSON object, not {type(cmd).__name__}")
+    return cmd
+
+
+def parse(payload: bytes, retained: bool, decode=from_json) -> tuple[dict | None, dict | None]:
+    """(command, None), or (what could be read of it, the rejection). decode: the encoding's
+    payload -> dict (from_json, protobuf.command), ValueError with the reason."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return None, verdict(False, "ERR_MQTT_BAD_MESSAGE", f"{len(payload)} bytes; a command is at most "
+                                                            f"{MAX_COMMAND_BYTES} bytes")
+    if not payload:
+        return None, verdict(False, "ERR_MQTT_BAD_MESSAGE", "an empty message (clearing a retained one?) is "
+                                                            "not a command")
+    try:
+        cmd = decode(payload)
+    except ValueError as e:
+        return None, verdict(False, "ERR_MQTT_BAD_MESSAGE", str(e))
     if retained:
         return cmd, verdict(False, "ERR_MQTT_RETAINED_CMD", "a retained command is never executed: it may be "
                                                             "any age; publish commands without the retain flag")
@@ -89,13 +102,13 @@ def shown_id(cmd: dict | None):
 class Commands:
     """Runs commands through the controller, once per id, across restarts (the outbox's table)."""
 
-    def __init__(self, ctrl, outbox, source: str, wall=time.time):
-        self.ctrl, self.outbox, self.source, self.wall = ctrl, outbox, source, wall
+    def __init__(self, ctrl, outbox, source: str, wall=time.time, decode=from_json):
+        self.ctrl, self.outbox, self.source, self.wall, self.decode = ctrl, outbox, source, wall, decode
         self.counts: dict[str, int] = {}
 
     def handle(self, payload: bytes, retained: bool) -> dict:
         """The reply to one `cmd` message."""
-        cmd, refusal = parse(payload, retained)
+        cmd, refusal = parse(payload, retained, self.decode)
         answer = refusal or self._run(cmd)
         code = answer["code"] or "accepted"
         self.counts[code] = self.counts.get(code, 0) + 1

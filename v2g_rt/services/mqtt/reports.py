@@ -10,18 +10,33 @@ import math
 from ... import _core
 from ...controller import Snapshot
 
-def timestamp(epoch_s: float) -> str:
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def epoch_ms(epoch_s: float) -> int:
+    """The message's time in whole ms since the epoch: protobuf's ts, and what JSON's ts shows."""
+    return round(epoch_s * 1_000_000) // 1000        # to the µs first, as datetime does: 0.043 is not 0.042999
+
+
+def timestamp_ms(ms: int) -> str:
     """UTC, ISO 8601 with milliseconds."""
-    t = datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc)
+    t = EPOCH + datetime.timedelta(milliseconds=ms)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+def timestamp(epoch_s: float) -> str:
+    return timestamp_ms(epoch_ms(epoch_s))
+
+
+def message(body: dict, seq: int, ts, replaced: int = 0) -> dict:
+    """seq and ts first, `replaced` when it stands for older unsent ones, then the body."""
+    return {"seq": seq, "ts": ts, **({"replaced": replaced} if replaced else {}), **body}
+
+
 def encode(body: dict, seq: int, epoch_s: float, replaced: int = 0) -> bytes:
-    """The JSON message: seq and ts first, `replaced` when it stands for older unsent ones."""
-    head = {"seq": seq, "ts": timestamp(epoch_s)}
-    if replaced:
-        head["replaced"] = replaced
-    return json.dumps({**head, **body}, separators=(",", ":"), allow_nan=False).encode()
+    """The JSON message."""
+    return json.dumps(message(body, seq, timestamp(epoch_s), replaced), separators=(",", ":"),
+                      allow_nan=False).encode()
 
 
 def _w(x: float) -> float | None:
