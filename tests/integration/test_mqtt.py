@@ -165,6 +165,45 @@ def test_commands_are_answered_applied_once_and_bad_ones_rejected(tmp_path, brok
         assert seqs == sorted(set(seqs))
 
 
+def test_with_protobuf_commands_replies_and_reports_are_the_schemas_messages(tmp_path, broker, aggregator):
+    from v2g_rt.services.mqtt import v2g_rt_pb2 as pb
+
+    def received(topic, cls):
+        return [cls.FromString(p) for t, p, _ in list(aggregator.received) if t == f"{PREFIX}/{topic}" and p]
+
+    def answer(cmd_id):
+        until(lambda: any(r.id == cmd_id for r in received("cmd/reply", pb.CommandReply)), f"reply to {cmd_id}")
+        return next(r for r in received("cmd/reply", pb.CommandReply) if r.id == cmd_id)
+
+    with Rig(tmp_path, mqtt_section(broker, extra='encoding = "protobuf"\n')) as rig:
+        until(lambda: rig.stats()["subscribed"] and received("state", pb.State), "the connection and a state")
+        first = received("state", pb.State)[0]
+        assert first.ports.unplugged == 2 and list(first.safe_state) == ["upstream"] and not first.HasField("soc")
+        assert abs(first.ts / 1e3 - time.time()) < 60 and first.seq >= 1
+        assert received("availability", pb.Availability)[-1].status == "online"
+        evse = received("evse/evse01", pb.Evse)
+        assert evse and set(evse[0].ports) == {"evse01.1", "evse01.2"} and not evse[0].ports["evse01.1"].connected
+
+        send(aggregator, pb.Command(id="pb-1", kind="setpoint", value_w=5000, expires_in_s=600).SerializeToString())
+        reply = answer("pb-1")
+        assert reply.accepted and not reply.HasField("code") and reply.seq >= 1
+        rig.step()
+        assert rig.ctrl.snapshot().site["setpoint_w"] == 5000
+        until(lambda: any(m.HasField("setpoint_w") and m.setpoint_w == 5000 for m in received("state", pb.State)),
+              "the state with the new setpoint")
+        send(aggregator, pb.Command(id="pb-2", kind="setpoint", value_w=1).SerializeToString())
+        assert answer("pb-2").code == "ERR_CMD_BAD_FIELD"          # no expiry: the controller's own check
+        send(aggregator, json.dumps({"id": "pb-3", "kind": "setpoint", "value_w": 1, "expires_in_s": 60}))
+        until(lambda: any(r.code == "ERR_MQTT_BAD_MESSAGE" for r in received("cmd/reply", pb.CommandReply)),
+              "the JSON command's rejection")
+        bad = next(r for r in received("cmd/reply", pb.CommandReply) if r.code == "ERR_MQTT_BAD_MESSAGE")
+        assert not bad.accepted and not bad.HasField("id") and "not a Command protobuf" in bad.reason
+        assert rig.stats()["commands"] == {"accepted": 1, "ERR_CMD_BAD_FIELD": 1, "ERR_MQTT_BAD_MESSAGE": 1}
+        rig.step(2)
+        assert rig.ctrl.snapshot().site["setpoint_w"] == 5000 and rig.ctrl.snapshot().site["commands_applied"] == 1
+    until(lambda: received("availability", pb.Availability)[-1].status == "offline", "offline at the stop")
+
+
 def test_a_replay_after_a_restart_gets_the_first_verdict_and_is_not_applied(tmp_path, broker, aggregator):
     with Rig(tmp_path, mqtt_section(broker)) as rig:
         until(lambda: rig.stats()["subscribed"], "the subscription")
