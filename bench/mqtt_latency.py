@@ -5,8 +5,9 @@ A real Mosquitto on loopback (mutual TLS, tests/mosquitto.py); the controller's 
 we note when the loop's snapshot shows the new setpoint in force, against the publish time (both
 CLOCK_MONOTONIC), in ms and in cycles. (2) An outbox filled as a 10-minute outage would fill it
 (events and evse messages, one coalesced state) is replayed after the connection: messages a second
-until the broker has acknowledged them all. (3) The size of one `state` message (JSON; protobuf
-is not in this version).
+until the broker has acknowledged them all. (3) The size of one `state` and one `evse/<id>` message
+in each encoding, JSON and protobuf ([mqtt] encoding: for sites that count bytes), with both ports'
+EVs plugged and with none.
 
     python -P bench/mqtt_latency.py [--commands 1000] [--backlog 20000] [--json out.json]
 """
@@ -27,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mosquitto import Broker  # noqa: E402
 
 from v2g_rt import Controller, config  # noqa: E402
-from v2g_rt.services.mqtt import MqttService, reports  # noqa: E402
+from v2g_rt.services.mqtt import MqttService, protobuf, reports  # noqa: E402
 from v2g_rt.services.mqtt.outbox import Outbox  # noqa: E402
+from v2g_rt.sim.session import Session  # noqa: E402
 
 PREFIX = "v2g/mqtt-bench"
 SITE = """
@@ -99,6 +101,16 @@ def backlog(path: Path, n: int) -> int:
     return n
 
 
+def message_bytes(ctrl) -> dict:
+    """Bytes of the latest state and evse message in each encoding (seq 123456, the time now)."""
+    snap, now = ctrl.snapshot(), time.time()
+    bodies = {"state": ("state", reports.state(snap)),
+              "evse": ("evse/evse01", reports.evses(snap, ctrl.site)["evse01"])}
+    return {f"{name}_bytes": {"json": len(reports.encode(body, 123456, now)),
+                              "protobuf": len(protobuf.encode(topic, body, 123456, now))}
+            for name, (topic, body) in bodies.items()}
+
+
 def run(commands: int, backlog_n: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
         cert, key = broker.ca.issue("controller")
@@ -117,7 +129,12 @@ def run(commands: int, backlog_n: int) -> dict:
             wait(lambda: service.stats().get("queued", 1) == 0 and service.stats()["subscribed"], "the replay", 600)
             replay_s = time.monotonic() - t0
             latency = command_latency(ctrl, agg, commands)
-            state = reports.encode(reports.state(ctrl.snapshot()), 123456, time.time())
+            idle = message_bytes(ctrl)                # nothing plugged: no SoC, the nulls JSON spells out
+            for k, port in enumerate(ctrl.port_ids):
+                Session(soc=0.4 + 0.2 * k, capacity_wh=60_000, energy_request_wh=20_000, departure_in_s=3600,
+                        max_charge_w=11_000, max_discharge_w=11_000, v2g=True).publish(ctrl, port)
+            wait(lambda: ctrl.snapshot().ports["connected"].all(), "the EVs plugged")
+            plugged = message_bytes(ctrl)
         finally:
             agg.loop_stop()
             agg.disconnect()
@@ -125,7 +142,7 @@ def run(commands: int, backlog_n: int) -> dict:
             ctrl.stop()
     return {"command_to_image": latency,
             "replay": {"messages": queued, "seconds": round(replay_s, 2), "per_s": round(queued / replay_s)},
-            "state_bytes": {"json": len(state), "protobuf": None}}
+            **plugged, "idle": idle}
 
 
 def main(argv=None) -> dict:
@@ -141,7 +158,10 @@ def main(argv=None) -> dict:
     print(f"command -> image: p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms ({c['p99_cycles']} cycles), "
           f"max {c['max_ms']} ms over {c['commands']} commands")
     print(f"outbox replay: {b['messages']} messages in {b['seconds']} s, {b['per_s']} a second")
-    print(f"state message: {r['state_bytes']['json']} bytes of JSON (protobuf: not in this version)")
+    for name in ("state", "evse"):
+        size, idle = r[f"{name}_bytes"], r["idle"][f"{name}_bytes"]
+        print(f"{name} message, EVs plugged: {size['json']} bytes of JSON, {size['protobuf']} bytes of protobuf "
+              f"(nothing plugged: {idle['json']} and {idle['protobuf']})")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
