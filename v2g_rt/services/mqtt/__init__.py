@@ -5,7 +5,9 @@ callback runs here and nothing is shared with paho's threads. Topics under [mqtt
 `cmd` (-> Controller.submit, answered on `cmd/reply`), `heartbeat` (-> the configured upstream's
 heartbeat), `state` (retained; on a move past the deadband, at least every max_interval_s),
 `evse/<id>` (retained; on change), `events` (every ERR code logged at warning or above) and
-`availability` (retained online/offline, offline also as the last will).
+`availability` (retained online/offline, offline also as the last will). Payloads are JSON, or with
+[mqtt] encoding = "protobuf" the messages of hw/mqtt/v2g_rt.proto (protobuf.py): the same bodies,
+encoded when they enter the outbox.
 
 Every report goes through the outbox (SQLite, see outbox.py) and leaves it in order with QoS 1 once
 the broker acknowledges it; at most WINDOW messages are with the broker unacknowledged, so a
