@@ -80,6 +80,14 @@ def test_every_other_report_round_trips(topic, body):
     assert as_pb == as_json
 
 
+def test_text_protobuf_cannot_carry_is_escaped_not_fatal():
+    body = {"code": "ERR_X", "level": "error", "message": "open /var/lib/v2g-rt/\udcff.toml"}
+    got = protobuf.decode("events", protobuf.encode("events", body, 1, T))
+    assert got["message"] == "open /var/lib/v2g-rt/\\udcff.toml"
+    state = {"safe_state": ["upstream\udcff"], "binding": "none"}
+    assert protobuf.decode("state", protobuf.encode("state", state, 1, T))["safe_state"] == ["upstream\\udcff"]
+
+
 def test_ts_is_the_json_instant_in_ms():
     for epoch_s in (0.0, T, 1_764_720_000.043, 1_764_720_000.9995, 4_102_444_800.001):
         msg = pb.Availability.FromString(protobuf.encode("availability", {"status": "online"}, 1, epoch_s))

@@ -60,7 +60,7 @@ def _fill(msg, body: dict):
     for key, value in body.items():
         if value is None:
             continue
-        field = fields[key]                          # KeyError: a body key the schema lacks, a bug here
+        field = fields[key]     # KeyError: a body key the schema lacks (the round-trip tests catch it)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             target = getattr(msg, key)
             for k, v in value.items():
@@ -69,10 +69,16 @@ def _fill(msg, body: dict):
             _fill(getattr(msg, key), value)
             getattr(msg, key).SetInParent()          # an empty sub-message is still present
         elif field.is_repeated:
-            getattr(msg, key).extend(value)
+            getattr(msg, key).extend(map(_text, value) if field.type == field.TYPE_STRING else value)
         else:
-            setattr(msg, key, value)
+            setattr(msg, key, _text(value) if field.type == field.TYPE_STRING else value)
     return msg
+
+
+def _text(value: str) -> str:
+    """A string protobuf can carry: a lone surrogate (a file name's undecodable byte in a logged
+    message) is written as JSON escapes it, \\udcff, instead of failing the whole message."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _dict(msg) -> dict:
