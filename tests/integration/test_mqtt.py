@@ -175,8 +175,16 @@ def test_with_protobuf_commands_replies_and_reports_are_the_schemas_messages(tmp
         until(lambda: any(r.id == cmd_id for r in received("cmd/reply", pb.CommandReply)), f"reply to {cmd_id}")
         return next(r for r in received("cmd/reply", pb.CommandReply) if r.id == cmd_id)
 
+    from v2g_rt.services.mqtt import reports
+    from v2g_rt.services.mqtt.outbox import Outbox
+
+    box = Outbox(tmp_path / "outbox.sqlite", 1 << 20)      # queued by the site while it spoke JSON
+    box.add("events", lambda seq, _: reports.encode({"code": "ERR_OLD", "level": "error", "message": "m"}, seq, 0.0))
+    box.close()
     with Rig(tmp_path, mqtt_section(broker, extra='encoding = "protobuf"\n')) as rig:
         until(lambda: rig.stats()["subscribed"] and received("state", pb.State), "the connection and a state")
+        until(lambda: received("events", pb.Event), "the queued event")
+        assert (received("events", pb.Event)[0].code, received("events", pb.Event)[0].seq) == ("ERR_OLD", 1)
         first = received("state", pb.State)[0]
         assert first.ports.unplugged == 2 and list(first.safe_state) == ["upstream"] and not first.HasField("soc")
         assert abs(first.ts / 1e3 - time.time()) < 60 and first.seq >= 1

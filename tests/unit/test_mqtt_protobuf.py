@@ -135,3 +135,28 @@ def test_commands_decode_to_the_json_command_and_are_judged_by_the_controller(tm
         assert (answer["id"], answer["accepted"], answer["code"]) == (None, False, "ERR_MQTT_BAD_MESSAGE"), bad
         assert why in answer["reason"], answer
     assert cmds.counts["ERR_MQTT_BAD_MESSAGE"] == 6 and cmds.counts["accepted"] == 2
+
+
+def test_reports_queued_before_a_change_of_encoding_leave_in_the_new_one(tmp_path):
+    state, evses = reports_of_a_busy_site()
+    queued = [("state", state, 3), ("evse/e1", next(iter(evses.values())), 0),
+              ("cmd/reply", {"id": 7, "accepted": True, "code": None, "reason": None}, 0),
+              ("events", {"code": "ERR_X", "level": "error", "message": "m"}, 0)]
+    box = Outbox(tmp_path / "o.sqlite", 1 << 20)
+    for topic, body, replaced in queued:                    # JSON, in a file older than the encoding note
+        box.add(topic, lambda seq, _, b=body, r=replaced: reports.encode(b, seq, T + seq, r))
+    box.db.execute("DELETE FROM meta")
+    box.db.execute("INSERT INTO outbox (topic, payload, retain, replaced) VALUES ('events', x'7b7b', 0, 0)")
+    before = [json.loads(r.payload) for r in box.after(0, 4)]
+
+    assert box.recode("protobuf", lambda t, p: protobuf.recode(t, p, "protobuf")) == (4, 1)
+    rows = box.after(0, 10)
+    as_pb = [protobuf.decode(r.topic, r.payload) for r in rows[:4]]
+    assert as_pb == [{**m, "id": "7"} if "id" in m else m for m in before] and rows[4].payload == b"{{"
+    assert box.bytes == sum(len(r.payload) for r in rows) and box.bytes < sum(len(json.dumps(m)) for m in before)
+    assert box.recode("protobuf", None) == (0, 0)          # noted: nothing to do on the next start
+
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", 1 << 20)           # and back, after a restart
+    assert box.recode("json", lambda t, p: protobuf.recode(t, p, "json")) == (4, 1)
+    assert [json.loads(r.payload) for r in box.after(0, 4)] == [{**m, "id": "7"} if "id" in m else m for m in before]

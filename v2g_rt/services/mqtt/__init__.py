@@ -7,7 +7,7 @@ heartbeat), `state` (retained; on a move past the deadband, at least every max_i
 `evse/<id>` (retained; on change), `events` (every ERR code logged at warning or above) and
 `availability` (retained online/offline, offline also as the last will). Payloads are JSON, or with
 [mqtt] encoding = "protobuf" the messages of hw/mqtt/v2g_rt.proto (protobuf.py): the same bodies,
-encoded when they enter the outbox.
+encoded when they enter the outbox (and re-encoded there when the encoding changes).
 
 Every report goes through the outbox (SQLite, see outbox.py) and leaves it in order with QoS 1 once
 the broker acknowledges it; at most WINDOW messages are with the broker unacknowledged, so a
@@ -230,11 +230,24 @@ class MqttService(Service):
     def run(self) -> None:
         self.outbox = Outbox(self.path, int(self.cfg.outbox_max_mb * 2**20))
         self.commands = Commands(self.ctrl, self.outbox, "mqtt", self.wall, self.decoder)
+        self._recode_outbox()
         try:
             while not self.stopping.is_set():
                 self._tick()
         finally:
             self._close()
+
+    def _recode_outbox(self) -> None:
+        """Reports queued before a change of [mqtt] encoding leave in the new one."""
+        def convert(topic: str, payload: bytes) -> bytes:
+            from . import protobuf
+            return protobuf.recode(topic, payload, self.cfg.encoding)
+
+        done, failed = self.outbox.recode(self.cfg.encoding, convert)
+        if done or failed:
+            log.log(logging.WARNING if failed else logging.INFO, "mqtt: [mqtt] encoding is now %s: %d queued reports "
+                    "re-encoded%s", self.cfg.encoding, done, f", {failed} unreadable ones left as they were" if failed
+                    else "")
 
     def _tick(self) -> None:
         now = self.clock()

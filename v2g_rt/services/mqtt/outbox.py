@@ -7,7 +7,8 @@ already answered (a replay after a restart is answered, never applied again).
 
 Rows leave in id order; `state` rows not yet handed to the broker are coalesced into the newest,
 which counts how many it replaced. Past `max_bytes` of payload, new messages are dropped and
-counted (the receiver sees the gap in `seq`).
+counted (the receiver sees the gap in `seq`). Payloads are bytes in the site's [mqtt] encoding; the
+file notes which, and rows queued in another are re-encoded when it is opened with a new one.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ CREATE INDEX IF NOT EXISTS outbox_topic ON outbox (topic, id);
 CREATE TABLE IF NOT EXISTS seq (topic TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS answered (id TEXT PRIMARY KEY, verdict TEXT, keep_until REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS answered_keep ON answered (keep_until);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -76,6 +78,29 @@ class Outbox:
 
     def close(self) -> None:
         self.db.close()
+
+    def recode(self, encoding: str, convert) -> tuple[int, int]:
+        """Rows queued in an encoding other than `encoding` (the site changed [mqtt] encoding while
+        they waited) become convert(topic, payload) -> payload; (rows converted, rows left as they
+        were because convert raised ValueError, TypeError or KeyError). A file without the note is
+        older than the protobuf encoding: its rows are JSON."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'encoding'").fetchone()
+        if row is not None and row[0] == encoding:
+            return 0, 0
+        done = failed = 0
+        with self.transaction():
+            if (row[0] if row else "json") != encoding:
+                for i, topic, payload in self.db.execute("SELECT id, topic, payload FROM outbox").fetchall():
+                    try:
+                        new = convert(topic, bytes(payload))
+                    except (ValueError, TypeError, KeyError):
+                        failed += 1
+                        continue
+                    self.db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (new, i))
+                    done += 1
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('encoding', ?)", (encoding,))
+        self.bytes = self.db.execute("SELECT coalesce(sum(length(payload)), 0) FROM outbox").fetchone()[0]
+        return done, failed
 
     def next_seq(self, topic: str) -> int:
         """The topic's next seq, committed before it is used."""

@@ -6,6 +6,8 @@ None (JSON null) is an absent field; ts is int64 ms since the epoch. decode() gi
 encoding's dict exactly (ts as its ISO string), which is what the tests compare."""
 from __future__ import annotations
 
+import json
+
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -34,6 +36,20 @@ def decode(topic: str, payload: bytes) -> dict:
     if not out.get("replaced"):
         out.pop("replaced", None)
     return out
+
+
+def recode(topic: str, payload: bytes, to: str) -> bytes:
+    """A queued report in the other encoding, `to` ("json" or "protobuf"): the same seq, ts and
+    replaced. JSON's integer command ids become strings (the schema's)."""
+    msg = json.loads(payload) if to == "protobuf" else decode(topic, payload)
+    if not isinstance(msg, dict):
+        raise ValueError(f"not a {topic} message")
+    seq, epoch_s, replaced = msg.pop("seq"), reports.ms_of(msg.pop("ts")) / 1000, msg.pop("replaced", 0)
+    if to == "json":
+        return reports.encode(msg, seq, epoch_s, replaced)
+    if isinstance(msg.get("id"), int) and topic == "cmd/reply":
+        msg["id"] = str(msg["id"])
+    return encode(topic, msg, seq, epoch_s, replaced)
 
 
 def command(payload: bytes) -> dict:

@@ -28,6 +28,11 @@ def timestamp(epoch_s: float) -> str:
     return timestamp_ms(epoch_ms(epoch_s))
 
 
+def ms_of(ts: str) -> int:
+    """timestamp_ms's inverse."""
+    return (datetime.datetime.fromisoformat(ts) - EPOCH) // datetime.timedelta(milliseconds=1)
+
+
 def message(body: dict, seq: int, ts, replaced: int = 0) -> dict:
     """seq and ts first, `replaced` when it stands for older unsent ones, then the body."""
     return {"seq": seq, "ts": ts, **({"replaced": replaced} if replaced else {}), **body}
