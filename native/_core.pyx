@@ -134,6 +134,8 @@ def _layout(name):
             ("load_shed_w", "f8", _off(&_sr.load_shed_w, b)), ("frequency_hz", "f8", _off(&_sr.frequency_hz, b)),
             ("frequency_response_w", "f8", _off(&_sr.frequency_response_w, b)),
             ("fleet_max_w", "f8", _off(&_sr.fleet_max_w, b)), ("fleet_min_w", "f8", _off(&_sr.fleet_min_w, b)),
+            ("flex_charge_wh", "f8", _off(&_sr.flex_charge_wh, b)),
+            ("flex_discharge_wh", "f8", _off(&_sr.flex_discharge_wh, b)),
             ("commands_applied", "u8", _off(&_sr.commands_applied, b)),
             ("commands_expired", "u8", _off(&_sr.commands_expired, b)),
             ("command_digest", "u8", _off(&_sr.command_digest, b)),

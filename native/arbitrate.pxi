@@ -34,28 +34,72 @@ cdef double frequency_response_raw(const Image* im, double f) noexcept nogil:
     return 0.0
 
 
+cdef void clear_sums(Image* im) noexcept nogil:
+    cdef int32_t i
+    for i in range(im.n_nodes):
+        im.node[i].rem_import_w = 0.0      # used as the children's sums until the arbitration
+        im.node[i].rem_export_w = 0.0
+
+
+cdef void pass_up(Image* im, double hours, double* up, double* down) noexcept nogil:
+    """Each node passes up the smaller of its children's sums and its headroom (for hours: an
+    energy), the root's are the fleet's."""
+    cdef int32_t i
+    cdef Node* n
+    for i in range(im.n_nodes - 1, -1, -1):   # children come after their parents
+        n = &im.node[i]
+        n.rem_import_w = fmin(n.rem_import_w, n.import_headroom_w * hours)
+        n.rem_export_w = fmin(n.rem_export_w, n.export_headroom_w * hours)
+        if n.parent >= 0:
+            im.node[n.parent].rem_import_w += n.rem_import_w
+            im.node[n.parent].rem_export_w += n.rem_export_w
+    up[0] = im.node[0].rem_import_w
+    down[0] = im.node[0].rem_export_w
+
+
 cdef void fleet_capability(Image* im, double* most_charge, double* most_discharge) noexcept nogil:
-    """The most the fleet can charge and discharge now: each node passes up the
-    smaller of its headroom and what its children can do."""
+    """The most the fleet can charge and discharge now."""
     cdef int32_t i
     cdef Port* p
-    cdef Node* n
-    for i in range(im.n_nodes):
-        im.node[i].rem_import_w = 0.0      # used here as the children's sums
-        im.node[i].rem_export_w = 0.0
+    clear_sums(im)
     for i in range(im.n_ports):
         p = &im.port[i]
         im.node[p.evse].rem_import_w += p.max_w
         im.node[p.evse].rem_export_w -= p.min_w
-    for i in range(im.n_nodes - 1, -1, -1):   # children come after their parents
-        n = &im.node[i]
-        n.rem_import_w = fmin(n.rem_import_w, n.import_headroom_w)
-        n.rem_export_w = fmin(n.rem_export_w, n.export_headroom_w)
-        if n.parent >= 0:
-            im.node[n.parent].rem_import_w += n.rem_import_w
-            im.node[n.parent].rem_export_w += n.rem_export_w
-    most_charge[0] = im.node[0].rem_import_w
-    most_discharge[0] = im.node[0].rem_export_w
+    pass_up(im, 1.0, most_charge, most_discharge)
+
+
+cdef double FLEX_HORIZON_S = 3600.0
+
+
+cdef void fleet_energy(Image* im) noexcept nogil:
+    """The flexibility envelope: the energy the fleet can take and give over the next hour at
+    today's limits. A port takes at most its power for the hour, capped by its energy request
+    (or the room left in its battery when it sends none). It gives at most its discharge power for
+    the hour, capped by the energy above its minimum SoC and by what its departure allows: giving E
+    costs E / discharge power + E / charge power of its slack beyond discharge_reserve_s."""
+    cdef int32_t i
+    cdef Port* p
+    cdef double take, give, slack
+    clear_sums(im)
+    for i in range(im.n_ports):
+        p = &im.port[i]
+        take = p.max_w * FLEX_HORIZON_S / 3600.0
+        if p.energy_request_wh == p.energy_request_wh:
+            take = fmin(take, fmax(p.energy_request_wh, 0.0))
+        elif p.soc == p.soc and p.capacity_wh == p.capacity_wh:
+            take = fmin(take, fmax((1.0 - p.soc) * p.capacity_wh, 0.0))
+        give = -p.min_w * FLEX_HORIZON_S / 3600.0
+        if give > 0.0:
+            give = fmin(give, fmax((p.soc - p.min_soc) * p.capacity_wh, 0.0))
+            slack = p.laxity_s - im.opt.discharge_reserve_s
+            if p.max_w > 0.0 and slack < NEVER_S:
+                give = fmin(give, fmax(slack, 0.0) / (3600.0 / -p.min_w + 3600.0 / p.max_w))
+            elif p.max_w <= 0.0 and p.energy_request_wh > 0.0:
+                give = 0.0
+        im.node[p.evse].rem_import_w += take
+        im.node[p.evse].rem_export_w += give
+    pass_up(im, FLEX_HORIZON_S / 3600.0, &im.flex_charge_wh, &im.flex_discharge_wh)
 
 
 cdef double fleet_target(Image* im, int32_t* tbind, bint* capped) noexcept nogil:
@@ -73,6 +117,7 @@ cdef double fleet_target(Image* im, int32_t* tbind, bint* capped) noexcept nogil
     if im.safe_state and target < 0.0:
         target = 0.0
         tbind[0] = BIND_SAFE_STATE
+    fleet_energy(im)
     fleet_capability(im, &up, &down)
     im.fleet_max_w = up
     im.fleet_min_w = -down

@@ -220,6 +220,8 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     s.site.frequency_response_w = im.frequency_response_w
     s.site.fleet_max_w = im.fleet_max_w
     s.site.fleet_min_w = im.fleet_min_w
+    s.site.flex_charge_wh = im.flex_charge_wh
+    s.site.flex_discharge_wh = im.flex_discharge_wh
     s.site.commands_applied = im.commands_applied
     s.site.commands_expired = im.commands_expired
     s.site.command_digest = im.command_digest
@@ -284,6 +286,8 @@ cdef void publish_stopped(Image* im, Io* io) noexcept nogil:
     s.site.fleet_w = 0.0
     s.site.fleet_max_w = 0.0
     s.site.fleet_min_w = 0.0
+    s.site.flex_charge_wh = 0.0
+    s.site.flex_discharge_wh = 0.0
     s.site.ports_charging = 0
     s.site.ports_discharging = 0
     for i in range(im.n_ports):

@@ -231,6 +231,8 @@ cdef struct SiteRow:
     double frequency_response_w
     double fleet_max_w
     double fleet_min_w
+    double flex_charge_wh          # the energy the fleet can take over the next hour ...
+    double flex_discharge_wh       # ... and give, no EV missing its departure energy
     uint64_t commands_applied
     uint64_t commands_expired
     uint64_t command_digest
@@ -346,6 +348,7 @@ cdef struct Port:
     double energy_request_wh
     double departure_in_s
     double laxity_s
+    double min_soc
     double measured_w
     double min_w
     double max_w
@@ -455,6 +458,8 @@ cdef struct Image:
     double frequency_response_w   # lagged
     double fleet_max_w            # what the fleet could charge now
     double fleet_min_w            # ... and discharge (negative)
+    double flex_charge_wh         # what it could take over the next hour
+    double flex_discharge_wh      # ... and give, no EV missing its departure energy
     double fleet_target_w
     double fleet_w
     double fleet_measured_w

@@ -255,6 +255,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
             lo = v if ok and v > 0.0 else 0.0
             bmin = BIND_EV_LIMIT
         min_soc = port_value(im, p, SRC_PORT_MIN_SOC, &min_ok)
+        p.min_soc = min_soc
         if not (soc_ok and cap_ok and min_ok):
             lo = 0.0
             bmin = BIND_SOC

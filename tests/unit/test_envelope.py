@@ -1,0 +1,62 @@
+"""The flexibility envelope in the snapshot: the energy the fleet can take and give over the
+next hour at today's limits, no EV missing its departure energy."""
+import pytest
+
+from v2g_rt import Controller, config
+
+S = 1_000_000_000
+
+
+def fleet(import_limit_w=100_000):
+    text = (f'[site]\nname = "flex"\nperiod_ms = 10\n[node.grid]\nkind = "grid"\nimport_limit_w = {import_limit_w}\n'
+            'export_limit_w = 100000\n')
+    text += "".join(f'[node.e{i}]\nkind = "evse"\nparent = "grid"\nport_max_charge_w = 11000\n'
+                    'port_max_discharge_w = 11000\n' for i in range(2))
+    ctrl = Controller(config.parse(text, "flex.toml"), clock="virtual")
+    ctrl.step(S)
+    return ctrl
+
+
+def plug(ctrl, pid, **ev):
+    values = dict(connected=1, soc=0.5, capacity_wh=60_000, max_charge_w=11_000, max_discharge_w=11_000,
+                  min_soc=0.2, v2g=1) | ev
+    for kind, v in values.items():
+        assert ctrl.measure(f"port/{pid}/{kind}", v, S)
+
+
+def site_after_a_cycle(ctrl):
+    ctrl.step(S + 10_000_000)
+    return ctrl.snapshot().site
+
+
+def test_charge_energy_is_capped_by_requests_batteries_and_the_grid():
+    ctrl = fleet()
+    a, b = ctrl.port_ids
+    plug(ctrl, a, energy_request_wh=10_000, departure_in_s=8 * 3600)
+    plug(ctrl, b, soc=0.9)                                   # no request: the room in its battery, 6 kWh
+    assert site_after_a_cycle(ctrl)["flex_charge_wh"] == pytest.approx(10_000 + 6_000)
+    ctrl = fleet(import_limit_w=12_000)
+    a, b = ctrl.port_ids
+    plug(ctrl, a, energy_request_wh=10_000, departure_in_s=8 * 3600)
+    plug(ctrl, b, soc=0.9)
+    assert site_after_a_cycle(ctrl)["flex_charge_wh"] == pytest.approx(12_000)     # the grid's hour
+
+
+def test_discharge_energy_keeps_every_departure():
+    ctrl = fleet()
+    a, b = ctrl.port_ids
+    plug(ctrl, a, soc=0.6, energy_request_wh=20_000, departure_in_s=8 * 3600)      # plenty of slack
+    # leaves in 3 h needing 20 kWh: 6,545 s of charging, laxity 4,255 s, 2,455 s beyond the reserve;
+    # giving E costs E/11 kW + E/11 kW of it
+    plug(ctrl, b, soc=0.6, energy_request_wh=20_000, departure_in_s=3 * 3600)
+    site = site_after_a_cycle(ctrl)
+    slack = 3 * 3600 - 20_000 * 3600 / 11_000 - 1800
+    assert site["flex_discharge_wh"] == pytest.approx(11_000 + slack / (2 * 3600 / 11_000), rel=1e-3)
+
+
+def test_discharge_energy_only_from_v2g_evs_and_only_above_their_floor():
+    ctrl = fleet()
+    a, b = ctrl.port_ids
+    plug(ctrl, a, v2g=0, energy_request_wh=0, departure_in_s=8 * 3600)
+    plug(ctrl, b, soc=0.21, energy_request_wh=0, departure_in_s=8 * 3600)          # 600 Wh above its floor
+    assert site_after_a_cycle(ctrl)["flex_discharge_wh"] == pytest.approx(600)
