@@ -60,3 +60,16 @@ def test_discharge_energy_only_from_v2g_evs_and_only_above_their_floor():
     plug(ctrl, a, v2g=0, energy_request_wh=0, departure_in_s=8 * 3600)
     plug(ctrl, b, soc=0.21, energy_request_wh=0, departure_in_s=8 * 3600)          # 600 Wh above its floor
     assert site_after_a_cycle(ctrl)["flex_discharge_wh"] == pytest.approx(600)
+
+
+def test_the_aggregator_gets_the_envelope_in_state():
+    from v2g_rt.services.mqtt import reports
+    ctrl = fleet()
+    a, b = ctrl.port_ids
+    plug(ctrl, a, energy_request_wh=10_000, departure_in_s=8 * 3600)
+    plug(ctrl, b, soc=0.9)
+    site_after_a_cycle(ctrl)
+    body = reports.state(ctrl.snapshot())
+    assert body["flex_charge_wh"] == pytest.approx(16_000) and body["flex_discharge_wh"] > 0
+    assert not reports.moved(body, body | {"flex_charge_wh": 16_500.0}, 1000)    # within the deadband
+    assert reports.moved(body, body | {"flex_charge_wh": 17_500.0}, 1000)

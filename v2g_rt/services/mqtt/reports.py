@@ -61,6 +61,7 @@ def state(snap: Snapshot) -> dict:
         "fleet_w": _w(s["fleet_w"]), "fleet_target_w": _w(s["fleet_target_w"]),
         "setpoint_w": setpoint, "setpoint_source": "grid" if setpoint is not None else "default",
         "fleet_min_w": _w(s["fleet_min_w"]), "fleet_max_w": _w(s["fleet_max_w"]),
+        "flex_charge_wh": _w(s["flex_charge_wh"]), "flex_discharge_wh": _w(s["flex_discharge_wh"]),
         "import_limit_w": _w(s["import_limit_w"]), "export_limit_w": _w(s["export_limit_w"]),
         "load_shed_w": _w(s["load_shed_w"]),
         "soc": {"min": round(min(socs), 2), "mean": round(sum(socs) / len(socs), 2), "max": round(max(socs), 2)}
@@ -89,8 +90,8 @@ def evses(snap: Snapshot, site) -> dict[str, dict]:
 
 
 def moved(old: dict | None, new: dict, deadband_w: float) -> bool:
-    """new differs from old: a power (a *_w field, at any depth) by more than the deadband, or
-    appearing or vanishing; anything else at all."""
+    """new differs from old: a power (a *_w field, at any depth) or an energy over the hour (*_wh)
+    by more than the deadband, or appearing or vanishing; anything else at all."""
     if old is None or new.keys() != old.keys():
         return True
     return any(_field_moved(key, old[key], value, deadband_w) for key, value in new.items())
@@ -99,6 +100,6 @@ def moved(old: dict | None, new: dict, deadband_w: float) -> bool:
 def _field_moved(key: str, before, value, deadband_w: float) -> bool:
     if isinstance(value, dict) and isinstance(before, dict):
         return moved(before, value, deadband_w)
-    if key.endswith("_w") and value is not None and before is not None:
-        return abs(value - before) > deadband_w
+    if key.endswith(("_w", "_wh")) and value is not None and before is not None:
+        return abs(value - before) > deadband_w     # an energy over the hour: the same number in Wh
     return value != before
