@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from v2g_rt import Controller, config
+from v2g_rt.bench import write_results
 from v2g_rt.localsock import ClientError
 from v2g_rt.services.status import StatusServer, query
 
@@ -47,12 +47,6 @@ def summarize(rows: list[dict], busy: str) -> tuple[dict, float | None]:
                          "p999_us_median": float(np.median([r["p999_us"] for r in sel])) if sel else None}
     idle, loaded = summary["idle"]["p99_us_median"], summary[busy]["p99_us_median"]
     return summary, (loaded / idle if idle and loaded else None)
-
-
-def write_json(path: str | None, result) -> None:
-    if path:
-        Path(path).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
 
 
 class Hammer:
@@ -161,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     result = run(args.windows, args.window_s, args.clients, args.commanders, args.priority)
-    write_json(args.json, result)
+    write_results(args.json, result)
     return 0
 
 

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hammer import percentile_us, summarize, write_json  # noqa: E402
+from hammer import percentile_us, summarize  # noqa: E402
 
 from v2g_rt import Controller, config  # noqa: E402
+from v2g_rt.bench import write_results  # noqa: E402
 from v2g_rt.services.modbus import ModbusService  # noqa: E402
 
 SITE = """
@@ -143,7 +144,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     result = run(args.chargers, args.windows, args.window_s, args.priority, args.keepalive_ms, args.period_ms)
-    write_json(args.json, result)
+    write_results(args.json, result)
     return result
 
 

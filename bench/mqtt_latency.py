@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mosquitto import Broker  # noqa: E402
 
 from v2g_rt import Controller, config  # noqa: E402
+from v2g_rt.bench import machine, write_results  # noqa: E402
 from v2g_rt.services.mqtt import MqttService, protobuf, reports  # noqa: E402
 from v2g_rt.services.mqtt.outbox import Outbox  # noqa: E402
 from v2g_rt.sim.session import Session  # noqa: E402
@@ -152,8 +151,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     r = run(args.commands, args.backlog)
-    r["machine"] = (f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-                    f"Python {platform.python_version()}")
+    r["machine"] = machine()
     c, b = r["command_to_image"], r["replay"]
     print(f"command -> image: p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms ({c['p99_cycles']} cycles), "
           f"max {c['max_ms']} ms over {c['commands']} commands")
@@ -162,9 +160,7 @@ def main(argv=None) -> dict:
         size, idle = r[f"{name}_bytes"], r["idle"][f"{name}_bytes"]
         print(f"{name} message, EVs plugged: {size['json']} bytes of JSON, {size['protobuf']} bytes of protobuf "
               f"(nothing plugged: {idle['json']} and {idle['protobuf']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_results(args.json, r)
     return r
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from v2g_rt import Controller, config
-from v2g_rt.bench import machine, write_results
+from v2g_rt.bench import machine, percentiles, write_results
 from v2g_rt.services.ocpp import OcppService
 from v2g_rt.sim.peers.ocpp import Fleet, SimStation, client_context
 
@@ -137,7 +138,7 @@ def _wake_p99(ctrl: Controller, seconds: float) -> float:
     before = ctrl.histograms()["wake_latency"].astype(np.int64)
     time.sleep(seconds)
     h = ctrl.histograms()["wake_latency"].astype(np.int64) - before
-    return float(np.searchsorted(np.cumsum(h), 0.99 * h.sum()))
+    return percentiles(h, math.inf)["p99_us"]
 
 
 def fleet(n: int, seconds: float, priority: int = 0) -> dict:

@@ -175,10 +175,8 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     cdef double v, hi, lo, min_soc, e_avail, hold_s
     cdef int32_t bmax, bmin
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
-    if ok:
-        closed_loop(im, p, True)
-    else:
-        closed_loop(im, p, False)
+    closed_loop(im, p, ok)
+    if not ok:
         p.measured_w = p.setpoint_w
     port_faults(im, p)
     # The EVSE's heat-sink faults are the port's own: a trip or a stale temperature holds it at

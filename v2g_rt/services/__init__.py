@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import os
 import select
@@ -259,6 +260,28 @@ class OutputEvents:
 
 _output_events: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _output_events_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def outputs_watched(ctrl, loop: asyncio.AbstractEventLoop, callback):
+    """Within the block, callback() runs in loop each time the controller hands outputs over
+    (a Python link's way to wait on the output mailbox)."""
+    events = output_events(ctrl)
+    fd = events.subscribe()
+
+    def ready():
+        try:
+            os.read(fd, 8)                  # re-arm
+        except BlockingIOError:
+            pass
+        callback()
+
+    loop.add_reader(fd, ready)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        events.unsubscribe(fd)
 
 
 def output_events(ctrl) -> OutputEvents:

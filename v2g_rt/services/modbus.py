@@ -20,16 +20,16 @@ SoC and state back into port/<port>/power_w, soc and connected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from .. import modbus_maps as maps
 from ..site import node_source, port_source
-from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, AsyncService, output_events
+from . import BACKOFF_FIRST_S, BACKOFF_MAX_S, AsyncService, outputs_watched
 
 SECTION = "modbus"            # [modbus.NAME]: one table per device
 ROLES = ("meter", "evse")
@@ -172,7 +172,7 @@ def feeds(site) -> list:
         if cfg.role != "meter" or not cfg.node:
             continue
         out.append(Feed(node_source(cfg.node, "power_w"), f"{SECTION}.{cfg.name}", "node", ("node_power_w",),
-                        f"a meter's active power (a metered node has meter_max_age_s)"))
+                        "a meter's active power (a metered node has meter_max_age_s)"))
         if feeds_frequency(cfg, site):
             out.append(Feed(FREQUENCY_SOURCE, f"{SECTION}.{cfg.name}", "map", ("frequency_hz",), "a meter's frequency"))
     return out
@@ -595,42 +595,34 @@ class ModbusService(AsyncService):
     async def serve(self) -> None:
         for d in self.evses:
             d.wake = asyncio.Event()          # of this loop (the service may be restarted)
-        events = output_events(self.ctrl) if self.evses else None
-        if events:
-            fd = events.subscribe()
-            self._loop.add_reader(fd, self._outputs, fd)
-            self._outputs(None)
-        tasks = [asyncio.create_task(d.run(), name=f"modbus.{d.cfg.name}") for d in self.devices]
-        self._ready.set()
-        stop = asyncio.create_task(self._done.wait())
-        try:
-            await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if events:
-                self._loop.remove_reader(fd)
-                events.unsubscribe(fd)
-            self._outputs(None)               # the loop's last outputs (0 W, open) ...
-            for d in self.devices:
-                d.running = False
-            for d in self.evses:
-                d.wake.set()
-            writing = [t for t, d in zip(tasks, self.devices) if d in self.evses and d.connected]
-            if writing:                       # ... reach the chargers still connected, in bounded time
-                await asyncio.wait(writing, timeout=STOP_WRITE_S)
-            for t in (stop, *tasks):
-                t.cancel()
-            await asyncio.gather(stop, *tasks, return_exceptions=True)
+        watched = outputs_watched(self.ctrl, self._loop, self._outputs) if self.evses else contextlib.nullcontext()
+        with watched:
+            self._outputs()
+            tasks = [asyncio.create_task(d.run(), name=f"modbus.{d.cfg.name}") for d in self.devices]
+            self._ready.set()
+            stop = asyncio.create_task(self._done.wait())
+            try:
+                await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._outputs()               # the loop's last outputs (0 W, open) ...
+                for d in self.devices:
+                    d.running = False
+                for d in self.evses:
+                    d.wake.set()
+                writing = [t for t, d in zip(tasks, self.devices) if d in self.evses and d.connected]
+                if writing:                   # ... reach the chargers still connected, in bounded time
+                    await asyncio.wait(writing, timeout=STOP_WRITE_S)
+                for t in (stop, *tasks):
+                    t.cancel()
+                await asyncio.gather(stop, *tasks, return_exceptions=True)
         died = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
         if died:                                     # a device task that died is the service's failure
             raise died[0]
 
-    def _outputs(self, fd: int | None) -> None:
-        """The mailbox changed (fd readable), or read it anyway (fd None)."""
-        if fd is not None:
-            try:
-                os.read(fd, 8)
-            except BlockingIOError:
-                pass
+    def _outputs(self) -> None:
+        """Each charger's port's row of the output mailbox."""
+        if not self.evses:
+            return
         rows = self.ctrl.outputs(take=self.port_ids)
         for d, j in zip(self.evses, self._rows):
             d.offer(rows[j])

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
 import ssl
 import time
@@ -35,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import pki
 from ..site import port_source
-from . import AsyncService, output_events
+from . import AsyncService, outputs_watched
 from . import ocpp_payloads as pay
 from .ocpp_session import Station, Tally, session_class, utcnow
 
@@ -185,18 +184,14 @@ class OcppService(AsyncService):
         except OSError as e:
             raise OSError(f"ERR_OCPP_LISTEN: cannot listen on {self.cfg.listen}: {e.strerror}") from e
         self.port = server.sockets[0].getsockname()[1]
-        events = output_events(self.ctrl)
-        fd = events.subscribe()
-        self._loop.add_reader(fd, self._outputs_ready, fd)
         self._expiry_timer = self._loop.call_later(EXPIRY_CHECK_S, self._daily_expiry)
         self._ready.set()
         try:
-            await self._done.wait()
-            await self._flush()
+            with outputs_watched(self.ctrl, self._loop, self.push):
+                await self._done.wait()
+                await self._flush()
         finally:
             self._expiry_timer.cancel()
-            self._loop.remove_reader(fd)
-            events.unsubscribe(fd)
             server.close()
             await server.wait_closed()
 
@@ -353,13 +348,6 @@ class OcppService(AsyncService):
         self.heard(station)
 
     # ------------------------------------------------------------ what we tell stations
-
-    def _outputs_ready(self, fd: int) -> None:
-        try:
-            os.read(fd, 8)
-        except BlockingIOError:
-            pass
-        self.push()
 
     def push(self) -> None:
         """Start a push for every booted station with a port whose output moved past the deadband

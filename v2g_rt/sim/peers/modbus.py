@@ -14,6 +14,7 @@ came within the timeout the controller wrote (its dead-man).
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import struct
 import threading
@@ -27,7 +28,7 @@ COMMON_LENGTH = 66
 MODEL_LENGTH = {203: 105, 213: 124}
 
 
-class _ServerThread:
+class _ServerThread(abc.ABC):
     """pymodbus servers on 127.0.0.1 (ephemeral ports) in one thread with its own event loop."""
 
     thread_name = "modbus-peer"
@@ -84,9 +85,9 @@ class _ServerThread:
         for server in servers:
             await server.shutdown()
 
+    @abc.abstractmethod
     def _devices(self) -> list:
         """(SimDevice, trace_packet or None) per server."""
-        raise NotImplementedError
 
     def _serving(self, ports: list[int]) -> None:
         """The servers listen at these ports."""
