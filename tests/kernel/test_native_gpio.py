@@ -223,3 +223,26 @@ if IN_GUEST:                 # gpio-sim exists only in the kernel-test guest
                 request_line(missing.sections["gpio"][0])
         finally:
             chip.remove()
+
+    def test_safe_outputs_request_each_drive_line_open_and_name_the_ones_not_reached(tmp_path):
+        import subprocess
+        import sys
+        from v2g_rt.devices.gpio import safe_outputs
+        chip = GpioSimChip()
+        try:
+            text = SITE.format(backend="chardev", chip=chip.label)
+            site = config.parse(text, "gpio-test.toml")
+            coils = [cfg for cfg in site.sections["gpio"] if not cfg.feedback]
+            held = [request_line(cfg)[0] for cfg in coils]          # what safe_outputs requests
+            assert chip.value(DRIVE) == 0 and chip.value(DRIVE2) == 1     # open; k2 is active low
+            (tmp_path / "site.toml").write_text(text)
+            r = subprocess.run([sys.executable, "-P", "-m", "v2g_rt.cli", "safe-outputs", "--config",
+                                str(tmp_path / "site.toml")], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1
+            assert "ERR_GPIO_LINE" in r.stderr and "[gpio.k1_coil]" in r.stderr and "[gpio.k2_coil]" in r.stderr
+            assert "busy" in r.stderr
+            for fd in held:
+                os.close(fd)
+            assert safe_outputs(site) == "2 contactor drive lines opened: k1_coil (e1.1), k2_coil (e1.2)"
+        finally:
+            chip.remove()

@@ -153,3 +153,25 @@ def test_the_simulated_contactor_follows_its_coil_and_can_weld():
         contactor.poll(ctrl.now_ns())
     assert not contactor.coil and contactor.closed and latched(ctrl)
     devices.close()
+
+
+def test_safe_outputs_on_the_sim_backend_name_each_drive_line():
+    from v2g_rt.devices.gpio import safe_outputs
+    site = config.parse(BASE + LINES.format(debounce=0), "gpio-unit.toml")
+    assert safe_outputs(site) == "1 contactor drive lines opened: k1_coil (sim: opens with the simulated contactor)"
+
+
+def test_bounces_are_logged_with_their_code(caplog):
+    from v2g_rt.faults import FaultWatch
+    ctrl, devices, contactor = rig(debounce=3)
+    watch = FaultWatch(ctrl)
+    closed_and_settled(ctrl, contactor)
+    watch.poll()
+    assert "ERR_GPIO_BOUNCE" not in caplog.text
+    contactor.edge(False, 0)
+    contactor.edge(True, 0)
+    ctrl.run_steps(1)
+    watch.poll()
+    watch.poll()
+    assert caplog.text.count("ERR_GPIO_BOUNCE: [gpio.k1_aux]: 1 bounces so far") == 1
+    devices.close()
