@@ -14,12 +14,13 @@ from libc.errno cimport errno, EPERM, EINVAL
 from libc.math cimport INFINITY
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy, strlen
-from posix.unistd cimport write, close
+from posix.unistd cimport write, close, read
 
 # Declarations: _core.pxd (the control image, the kernel interfaces, what each unit offers).
 include "clock.pxi"
 include "exchange.pxi"
 include "io_can.pxi"
+include "io_gpio.pxi"
 include "io_i2c.pxi"
 include "pilot.pxi"
 include "interlock.pxi"
@@ -77,7 +78,9 @@ PERSISTENT_FAULTS = FAULT_PERSISTENT
 GATE_CODES = ("accepted", "ERR_MEAS_BAD_VALUE", "ERR_MEAS_FUTURE", "ERR_MEAS_TOO_OLD",
               "ERR_MEAS_DEVICE_OWNED", "ERR_MEAS_OUT_OF_ORDER")
 assert len(GATE_CODES) == N_GATE
-WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C}
+WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C, "gpio": WRITER_GPIO}
+GPIO_FD_KINDS = {"chardev": GPIO_FD_CHARDEV, "sim": GPIO_FD_SIM}
+GPIO_DRIVES = {"loop": GPIO_DRIVE_LOOP, "io-thread": GPIO_DRIVE_THREAD}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
 cdef char* UPDATE_DONE = b"UPDATE_DONE\n"
 STAGES = ("read", "update", "write", "publish")    # a cycle's stages, in order
@@ -249,6 +252,8 @@ cdef Io* new_io(Image* im) except NULL:
     memset(io, 0, size)
     io.can.fd = -1
     io.i2c.ex = &im.ex
+    io.i2c.gpio = &io.gpio
+    io.gpio.epfd = -1
     return io
 
 
@@ -301,6 +306,8 @@ cdef class Core:
                 close(self.im.outbox.efd)
             free(self.im)
             self.im = NULL
+        if self.io != NULL and self.io.gpio.epfd >= 0:
+            close(self.io.gpio.epfd)
         free(self.io)
         self.io = NULL
         pthread_mutex_destroy(&self.reader_lock)
@@ -580,7 +587,7 @@ cdef class Core:
         cdef pthread_attr_t attr
         cdef sched_param sp
         cdef int rc
-        if self.io.i2c.n == 0:
+        if self.io.i2c.n == 0 and self.io.gpio.n_thread_out == 0:
             return 0
         i2c_schedule(&self.io.i2c, mono_ns())
         self.io.i2c.stop = 0
@@ -757,6 +764,75 @@ cdef class Core:
                         "mode": ("i2c_rdwr", "smbus")[s.mode], "address": s.addr})
         return out, v2g_load_i64(&self.io.i2c.tid)
 
+    def attach_gpio_input(self, int fd, kind, int input, int debounce_cycles, int initial):
+        """The read stage drains fd's edge events (struct gpio_v2_line_event) each cycle and
+        publishes the debounced level (initial: the level read at start-up, -1 unknown) into
+        source `input`, whose one writer it becomes."""
+        self._check_open()
+        cdef GpioIo* g = &self.io.gpio
+        cdef GpioIn* l
+        cdef epoll_event ev
+        if g.n_in >= MAX_GPIO:
+            raise ValueError(f"more than {MAX_GPIO} GPIO feedback lines")
+        if not 0 <= input < self.im.n_inputs or debounce_cycles < 0 or initial not in (-1, 0, 1):
+            raise ValueError("bad GPIO feedback line")
+        if g.epfd < 0:
+            g.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if g.epfd < 0:
+                raise OSError(errno, os.strerror(errno))
+        ev.events = EPOLLIN
+        ev.data.u32 = g.n_in
+        if epoll_ctl(g.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            raise OSError(errno, f"GPIO line fd {fd}: {os.strerror(errno)}")
+        self._claim(input, WRITER_GPIO)
+        l = &g.inp[g.n_in]
+        memset(l, 0, sizeof(GpioIn))
+        l.fd, l.kind, l.input, l.debounce_cycles = fd, GPIO_FD_KINDS[kind], input, debounce_cycles
+        if initial >= 0:
+            l.known, l.raw, l.stable = 1, initial, initial
+        g.n_in += 1
+        return g.n_in - 1
+
+    def attach_gpio_output(self, int fd, kind, int port, drive, int initial):
+        """The write stage (drive "loop") or the I/O thread ("io-thread") sets fd's line to the
+        contactor command handed over for `port` whenever it changes; `initial` is the value the
+        line was requested with (its safe one, open)."""
+        self._check_open()
+        cdef GpioIo* g = &self.io.gpio
+        cdef GpioOut* o
+        if g.n_out >= MAX_GPIO:
+            raise ValueError(f"more than {MAX_GPIO} GPIO drive lines")
+        if not 0 <= port < self.im.n_ports or initial not in (0, 1):
+            raise ValueError("bad GPIO drive line")
+        o = &g.out[g.n_out]
+        memset(o, 0, sizeof(GpioOut))
+        o.fd, o.kind, o.port, o.drive, o.driven = fd, GPIO_FD_KINDS[kind], port, GPIO_DRIVES[drive], initial
+        o.want = initial
+        if o.drive == GPIO_DRIVE_THREAD:
+            g.n_thread_out += 1
+        g.n_out += 1
+        return g.n_out - 1
+
+    def gpio_stats(self):
+        cdef GpioIn* l
+        cdef GpioOut* o
+        inputs, outputs = [], []
+        for k in range(self.io.gpio.n_in):
+            l = &self.io.gpio.inp[k]
+            inputs.append({"events": v2g_load_relaxed(&l.events), "bounces": v2g_load_relaxed(&l.bounces),
+                           "lost": v2g_load_relaxed(&l.lost), "bad_events": v2g_load_relaxed(&l.bad_events),
+                           "budget_full": v2g_load_relaxed(&l.budget_full),
+                           "read_errors": v2g_load_relaxed(&l.read_errors),
+                           "gate_rejected": v2g_load_relaxed(&l.gate_rejected),
+                           "level": l.stable if l.known and not l.failed else None,
+                           "last_errno": v2g_load_i64(&l.last_errno)})
+        for k in range(self.io.gpio.n_out):
+            o = &self.io.gpio.out[k]
+            outputs.append({"sets": v2g_load_relaxed(&o.sets), "write_errors": v2g_load_relaxed(&o.write_errors),
+                            "driven": o.driven, "last_errno": v2g_load_i64(&o.last_errno),
+                            "drive": ("loop", "io-thread")[o.drive]})
+        return {"inputs": inputs, "outputs": outputs, "poll_errors": v2g_load_relaxed(&self.io.gpio.poll_errors)}
+
     def poll_io(self):
         """Virtual time: run the I2C transfers due by now (the real-time I/O thread does this itself)."""
         if self.running:
@@ -769,6 +845,7 @@ cdef class Core:
                 break
         with nogil:
             i2c_poll(&self.io.i2c, now)
+            gpio_thread_drive(&self.io.gpio)
 
     # ------------------------------------------------------------ exchange
 

@@ -1,11 +1,12 @@
 # cycle: read -> update (interlock, arbitrate, shape) -> publish over the image.
 #
-# read     drains every input: CAN frames (the only system call of a cycle),
-#          commands, measurements
+# read     drains every input: CAN frames and GPIO edges (the only system calls
+#          of a cycle), commands, measurements
 # update   the control law: interlock, arbitration, ramps; no system call (a
 #          test runs it alone under seccomp strict mode)
 # write    hands each port's output to its link: the output mailbox (and its
-#          eventfd) for links served by Python, a J1939 setpoint frame for CAN
+#          eventfd) for links served by Python, a J1939 setpoint frame for CAN,
+#          a GPIO contactor drive line
 # publish  the snapshot readers take
 #
 # One function, cycle_run(), is the whole control law. The real-time scheduler,
@@ -73,6 +74,7 @@ cdef void cycle_read(Image* im, Io* io) noexcept nogil:
     cdef double v
     cdef int64_t t
     can_drain(im, &io.can, &io.canw)
+    gpio_drain(im, &io.gpio)
     while n < CMD_RING and ring_pop(&im.ex.ring, &c):
         apply_command(im, &c)
         n += 1
@@ -194,6 +196,7 @@ cdef void cycle_write(Image* im, Io* io) noexcept nogil:
             output_put(ob, i, p.setpoint_w, valid, p.contactor_closed, im.now_ns)
             moved = True
     can_write(im, &io.canw, io.can.fd)
+    gpio_write(im, &io.gpio)
     if moved:
         outbox_signal(ob)
 
@@ -301,6 +304,7 @@ cdef void publish_stopped(Image* im, Io* io) noexcept nogil:
         output_put(&im.outbox, i, 0.0, im.now_ns, 0, im.now_ns)
     snap_publish(&im.snap)
     can_write(im, &io.canw, io.can.fd)
+    gpio_write(im, &io.gpio)
     outbox_signal(&im.outbox)
 
 

@@ -40,6 +40,7 @@ cdef struct I2cIo:               # the I/O thread's sensors (the loop never read
     I2cSensor s[MAX_I2C]
     uint64_t stop
     int64_t tid
+    GpioIo* gpio                 # drive lines of chips that sleep: set here too (gpio_thread_drive)
 
 cdef int64_t i2c_raw(int32_t decode, const uint8_t* b) noexcept nogil   # register bytes to a number
 cdef void i2c_schedule(I2cIo* io, int64_t start_ns) noexcept nogil

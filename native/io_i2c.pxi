@@ -111,12 +111,17 @@ cdef void* i2c_thread_main(void* arg) noexcept nogil:
     cdef int64_t now
     pthread_setname_np(pthread_self(), b"v2g-i2c")
     v2g_store_i64(&io.tid, gettid())
+    cdef int64_t nap = 1_000_000 if io.gpio.n_thread_out else 50_000_000
     while not v2g_load_acquire(&io.stop):
-        s = &io.s[i2c_due(io)]
+        gpio_thread_drive(io.gpio)
         now = mono_ns()
+        if io.n == 0:
+            sleep_until(now + nap)
+            continue
+        s = &io.s[i2c_due(io)]
         if s.next_ns > now:
-            # Never sleep past a stop request by more than 50 ms.
-            sleep_until(s.next_ns if s.next_ns - now < 50_000_000 else now + 50_000_000)
+            # Never sleep past a stop request (or a GPIO drive's change) by more than the nap.
+            sleep_until(s.next_ns if s.next_ns - now < nap else now + nap)
             continue
         i2c_read_sensor(io.ex, s, mono_ns())
         s.next_ns += s.period_ns

@@ -165,3 +165,30 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     int EFD_NONBLOCK
     int EFD_CLOEXEC
+
+cdef extern from "<linux/gpio.h>" nogil:
+    unsigned long GPIO_V2_LINE_SET_VALUES_IOCTL
+    int GPIO_V2_LINE_EVENT_RISING_EDGE
+    int GPIO_V2_LINE_EVENT_FALLING_EDGE
+    struct gpio_v2_line_values:
+        uint64_t bits
+        uint64_t mask
+    struct gpio_v2_line_event:      # 48 bytes, as read() from a line request with edge detection
+        uint64_t timestamp_ns
+        uint32_t id
+        uint32_t offset
+        uint32_t seqno
+        uint32_t line_seqno
+
+cdef extern from "<sys/epoll.h>" nogil:
+    int EPOLLIN
+    union epoll_data_t "epoll_data":
+        uint32_t u32
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+    int EPOLL_CTL_ADD
+    int EPOLL_CLOEXEC

@@ -11,7 +11,8 @@ S = 1_000_000_000
 MS = 1_000_000
 IN_GUEST = os.environ.get("V2G_KERNEL_GUEST") == "1"     # inside hw/vm/kernel-tests' guest
 # device backends the kernel tests cover: the real ones only where the guest provides them
-BACKENDS = {"can": ["socketcan", "sim"] if IN_GUEST else ["sim"], "i2c": ["dev", "sim"] if IN_GUEST else ["sim"]}
+BACKENDS = {"can": ["socketcan", "sim"] if IN_GUEST else ["sim"], "i2c": ["dev", "sim"] if IN_GUEST else ["sim"],
+            "gpio": ["chardev", "sim"] if IN_GUEST else ["sim"]}
 NORMAL_PRIORITY = RealTime(priority=0, cpu=None, lock_memory=False, cpu_dma_latency_us=None)
 
 
@@ -126,3 +127,28 @@ class ServiceRig:
             assert time.monotonic() < end, f"hung waiting for {what}: {self.service.stats()}"
             time.sleep(0.002)
             self.step()
+
+
+# A grid and one EVSE of 2 ports whose contactors report feedback: the GPIO tests add [gpio.*] lines.
+GPIO_SITE = """
+[site]
+name = "gpio-test"
+period_ms = 1
+[rt]
+priority = 0
+lock_memory = false
+cpu_dma_latency_us = -1
+[control]
+contactor_settle_s = 0.01
+contactor_max_age_s = 0.05
+[node.grid]
+kind = "grid"
+import_limit_w = 1e6
+export_limit_w = 1e6
+[node.e1]
+kind = "evse"
+parent = "grid"
+ports = 2
+port_max_charge_w = 11000
+contactor_feedback = true
+"""

@@ -287,6 +287,13 @@ def cmd_safe_outputs(args) -> int:
         except DeviceError as e:
             print(f"{len(evses)} EVSEs on link {link!r}: {e}", file=sys.stderr)
             code = 1
+    if site.sections.get("gpio"):              # contactors wired to GPIO, whatever the link
+        from .devices.gpio import safe_outputs
+        try:
+            print(f"GPIO: {safe_outputs(site)}")
+        except DeviceError as e:
+            print(f"GPIO: {e}", file=sys.stderr)
+            code = 1
     return code
 
 

@@ -548,9 +548,21 @@ class Controller:
         return self._core.add_i2c_sensor(fd, address, mode, reg, nbytes, decode, self.source_index(source),
                                          scale, 0.0, period_s, invalid_raw=invalid_raw)
 
+    def attach_gpio_input(self, fd: int, kind: str, source: str, debounce_cycles: int, initial: int) -> int:
+        """The read stage drains fd's edge events into source (a port's contactor); kind "chardev"
+        or "sim"; initial: the level read at start-up (-1: unknown until the first edge)."""
+        self.claim_source(source, "gpio")
+        return self._core.attach_gpio_input(fd, kind, self.source_index(source), debounce_cycles, initial)
+
+    def attach_gpio_output(self, fd: int, kind: str, port: str, drive: str) -> int:
+        """fd's line carries port's contactor command (requested open), set by the write stage
+        (drive "loop") or by the I/O thread ("io-thread") when it changes."""
+        return self._core.attach_gpio_output(fd, kind, self._port_index[port], drive, 0)
+
     def poll_io(self) -> None:
-        """Virtual time: the I2C reads due by now, native and served on the Python side (the
-        I/O thread and the served sensors' thread do this while running in real time)."""
+        """Virtual time: the I2C reads due by now, native and served on the Python side, and the
+        GPIO drive lines of sleeping chips (the I/O thread and the served sensors' thread do this
+        while running in real time)."""
         self._core.poll_io()
         now = self._core.now_ns()
         for sensors in self._served.values():
@@ -560,7 +572,7 @@ class Controller:
         i2c, tid = self._core.i2c_stats()
         can = self._core.can_stats()
         can["setpoints"] = self._core.can_writer_stats()
-        out = {"can": can, "i2c": i2c, "io_thread_tid": tid}
+        out = {"can": can, "i2c": i2c, "gpio": self._core.gpio_stats(), "io_thread_tid": tid}
         for device, sensors in self._served.items():
             out[device] = out[device] + sensors.stats()
         return out

@@ -89,6 +89,16 @@ _ENTRIES = [
     ("ERR_DEVICE_MISSING", "A device (CAN interface, /dev/i2c-N, a sensor) cannot be opened or does not answer.",
      "Kernel module not loaded, device tree, udev permissions, wiring or address.",
      "Follow the remedy in the message (modprobe, udev rule in hw/udev, group membership, i2cdetect)."),
+    ("ERR_GPIO_LINE", "A GPIO contactor line cannot be requested, or its line request failed while running.",
+     "No such chip or line (label, offset or name), the line is held by another consumer (gpioinfo shows "
+     "which), no permission on /dev/gpiochipN, a feedback line without an interrupt, or the chip went away.",
+     "Check [gpio.NAME] chip and line against `gpioinfo`; release the line (a sysfs export, another "
+     "service); add the service user to group gpio (hw/udev/90-v2g-rt.rules); wire feedback to an "
+     "interrupt-capable line. A feedback line that fails goes stale and a closed contactor is latched off."),
+    ("ERR_GPIO_BOUNCE", "A contactor feedback edge was undone within debounce_ms: counted as a bounce, never data.",
+     "Auxiliary contact bounce longer than debounce_ms, a loose wire, or interference on the feedback line.",
+     "Raise [gpio.NAME] debounce_ms a little above the contact's bounce time (datasheet, 1-10 ms typical); "
+     "a count that keeps rising with a steady contactor means wiring to check."),
     ("ERR_CAN_BUS_OFF", "The CAN controller went bus-off; J1939 temperatures are stale and the interlock derates.",
      "Wiring, termination or bitrate mismatch.", "Check termination (120 ohm at both ends) and the bitrate."),
     # real time

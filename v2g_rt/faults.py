@@ -39,6 +39,8 @@ class FaultWatch:
         self.stale_meters: set[str] = set()
         self.hot: set[str] = set()
         self.bus_off = 0
+        self.feedback_lines = [c.name for c in ctrl.site.sections.get("gpio") or () if c.feedback]
+        self.gpio: list[dict] = [{} for _ in self.feedback_lines]
 
     def poll(self) -> None:
         snap = self.ctrl.snapshot()
@@ -81,6 +83,18 @@ class FaultWatch:
             log.error("ERR_CAN_BUS_OFF: the CAN controller went bus-off (%d times so far); J1939 temperatures "
                       "go stale and the interlock derates", bus_off)
         self.bus_off = bus_off
+        self._gpio(self.ctrl.device_stats()["gpio"]["inputs"])
+
+    def _gpio(self, inputs: list[dict]) -> None:
+        """Feedback lines: bounces (a warning at most once a poll) and a line that failed."""
+        for name, now, old in zip(self.feedback_lines, inputs, self.gpio):
+            if now["bounces"] > old.get("bounces", 0):
+                log.warning("ERR_GPIO_BOUNCE: [gpio.%s]: %d bounces so far (edges undone within debounce_ms)",
+                            name, now["bounces"])
+            if now["read_errors"] > old.get("read_errors", 0):
+                log.error("ERR_GPIO_LINE: [gpio.%s]: the line request failed (%s); its contactor feedback goes "
+                          "stale", name, os.strerror(now["last_errno"]))
+        self.gpio = inputs
 
     def _upstreams(self, waiting: int, lost: int) -> None:
         """An upstream not heard since start is waited for (INFO); one heard and then lost is an ERROR."""

@@ -1,4 +1,5 @@
-"""No allocation in a warmed cycle: proven by counting the loop thread's malloc/mmap calls.
+"""No allocation in a warmed cycle: proven by counting the loop thread's malloc/mmap calls
+(also with GPIO contactor lines draining and driving).
 
 An LD_PRELOAD interposer (alloc_counter.c) counts allocation calls made by the
 loop thread while Python threads drive every exchange path. A build with
@@ -57,11 +58,11 @@ def _build_interposer(tmp_path) -> pathlib.Path:
     return lib
 
 
-def _probe(lib: pathlib.Path, extra_path: str | None = None) -> dict:
+def _probe(lib: pathlib.Path, extra_path: str | None = None, probe: str = PROBE) -> dict:
     env = dict(os.environ, LD_PRELOAD=str(lib))
     if extra_path:
         env["PYTHONPATH"] = extra_path
-    out = subprocess.run([sys.executable, "-P", "-c", PROBE, str(HERE.parent)], env=env,
+    out = subprocess.run([sys.executable, "-P", "-c", probe, str(HERE.parent)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,6 +73,62 @@ def test_warm_cycle_makes_no_allocation_call(tmp_path):
     assert result["cycles"] > 500, result      # the window really ran the loop
     assert result["commands"] > 100, result
     assert result["allocs"] == 0, result
+
+
+GPIO_PROBE = r"""
+import ctypes, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from helpers import GPIO_SITE as BASE
+from v2g_rt import Controller, config
+from v2g_rt.sim.peers import attach
+from v2g_rt.sim.peers.gpio import EVENT
+lib = ctypes.CDLL(None)
+lib.alloc_count.restype = ctypes.c_uint64
+lines = "".join(f'[gpio.fb{k}]\nbackend = "sim"\nline = {k}\nrole = "contactor_feedback"\nport = "e1.{k + 1}"\n'
+                f'debounce_ms = 2\n[gpio.coil{k}]\nbackend = "sim"\nline = {k}\nrole = "contactor_drive"\n'
+                f'port = "e1.{k + 1}"\ndrive = "{("loop", "io-thread")[k]}"\n' for k in range(2))
+site = config.parse(BASE.replace("contactor_settle_s = 0.01", "contactor_settle_s = 0.5") + lines, "probe.toml")
+c = Controller(site)
+devices = attach(c, site)
+far = devices.gpio_peer.contactors
+c.start()
+time.sleep(0.3)
+lib.alloc_watch(c.rt_report["loop_tid"])
+c0 = c.stats()["cycles"]
+for pid in ("e1.1", "e1.2"):
+    c.measure(f"port/{pid}/connected", 1.0)
+time.sleep(0.1)
+for contactor in far.values():                # the coils pulled in: the contacts close
+    contactor.poll(0)
+    contactor.edge(True, 0)
+seq = 10
+deadline = time.monotonic() + 1.0
+while time.monotonic() < deadline:            # then they ring: open and back inside one read
+    seq += 2
+    for contactor in far.values():
+        os.write(contactor.feedback_fd, EVENT.pack(0, 2, 0, seq - 1, seq - 1) + EVENT.pack(0, 1, 0, seq, seq))
+    time.sleep(0.001)
+time.sleep(0.05)
+n = lib.alloc_count()
+cycles = c.stats()["cycles"] - c0
+stats = c.device_stats()["gpio"]
+coils = [far[p].coil for p in ("e1.1", "e1.2")]
+c.stop()
+devices.close()
+print(json.dumps({"allocs": n, "cycles": cycles, "stats": stats, "coils": coils}))
+"""
+
+
+def test_gpio_paths_make_no_allocation_and_the_io_thread_drives(tmp_path):
+    """Edges drained and drives set by the running loop (bouncing sim contacts), and a sleeping
+    chip's drive line set by the I/O thread."""
+    result = _probe(_build_interposer(tmp_path), probe=GPIO_PROBE)
+    assert result["cycles"] > 300, result
+    assert result["allocs"] == 0, result
+    assert result["coils"] == [True, True], result              # the loop's drive and the I/O thread's
+    inputs = result["stats"]["inputs"]
+    assert all(i["events"] > 100 and i["bounces"] > 10 and i["level"] == 1 for i in inputs), inputs
+    assert [o["drive"] for o in result["stats"]["outputs"]] == ["loop", "io-thread"]
 
 
 def test_probe_catches_a_build_that_allocates_in_the_cycle(tmp_path, repo_root):

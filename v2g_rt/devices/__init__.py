@@ -1,6 +1,6 @@
 """Devices: open and configure kernel devices with the Python libraries, then hand their fds
-to the native core, which does the reads (the loop for CAN, the I/O thread for I2C); a sim I2C
-sensor is served on the Python side instead."""
+to the native core, which does the reads (the loop for CAN and GPIO, the I/O thread for I2C); a
+sim I2C sensor is served on the Python side instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +21,8 @@ def kinds() -> tuple:
     table prefix), check_config(cf, site), feeds(site) and attach(ctrl, site) -> (handles, the
     end of a sim backend the far side takes (a socket pair's far end, the bus of I2C sensors
     served on the Python side) or None, what the far side needs to play it)."""
-    from . import can, i2c
-    return (can, i2c)
+    from . import can, gpio, i2c
+    return (can, i2c, gpio)
 
 
 @dataclass

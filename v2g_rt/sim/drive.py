@@ -12,7 +12,7 @@ from pathlib import Path
 from ..controller import Controller
 from .peers import attach
 from ..site import Site
-from .plant import Plant, PlantConfig
+from .plant import CONTACTOR_POLL_S, Plant, PlantConfig
 
 S = 1_000_000_000
 
@@ -40,8 +40,11 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
     next_sample = t
     rows = []
     wall0 = time.perf_counter()
+    chunk = max(1, round(CONTACTOR_POLL_S * S) // site.period_ns) if plant.gpio_ports else cycles
     while t < end:
-        ctrl.run_steps(cycles)
+        for k in range(0, cycles, chunk):
+            ctrl.run_steps(min(chunk, cycles - k))
+            plant.poll_contactors(ctrl.now_ns())
         plant.advance(t, step_ns / S)
         t += step_ns
         plant.events(t)
@@ -84,10 +87,14 @@ class RealtimePlant(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        step = self.plant.cfg.step_s
+        step_ns = round(self.plant.cfg.step_s * S)
+        wait = min(self.plant.cfg.step_s, CONTACTOR_POLL_S) if self.plant.gpio_ports else self.plant.cfg.step_s
         try:
-            while not self.stopping.wait(step):
+            while not self.stopping.wait(wait):
                 now = self.ctrl.now_ns()
+                self.plant.poll_contactors(now)
+                if now - self.t < step_ns:
+                    continue
                 self.plant.advance(self.t, (now - self.t) / S)
                 self.t = now
                 self.plant.events(now)

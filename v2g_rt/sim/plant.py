@@ -160,6 +160,9 @@ class Books:
     violations_by_node: dict = field(default_factory=dict)
 
 
+CONTACTOR_POLL_S = 0.01          # how often the drivers let GPIO-wired contactors follow their coils
+
+
 class Plant:
     """Vectorised EV fleet, base load, DMS and grid for one site."""
 
@@ -167,6 +170,7 @@ class Plant:
         self.site, self.ctrl, self.cfg = site, ctrl, cfg
         self.can_peer = devices.can_peer if devices else None      # far sides of sim device backends
         self.i2c_peer = devices.i2c_peer if devices else None
+        self.gpio_peer = devices.gpio_peer if devices else None
         self.rng = np.random.default_rng(cfg.seed)
         self.t0_ns = t0_ns
         n = len(site.ports)
@@ -214,8 +218,11 @@ class Plant:
         self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.rating_charge_w for p in site.ports if p.evse == nd.id))
                           for nd in site.nodes if nd.kind == "evse" and nd.heatsink_c]
         self.heatsink = np.zeros(len(self.hot_evses))
+        # contactors wired to GPIO lines are the GPIO far side's: it moves them and reports them
+        wired = set(self.gpio_peer.contactors) if self.gpio_peer else set()
+        self.gpio_ports = [(j, p.id) for j, p in enumerate(site.ports) if p.id in wired]
         self.contactor = [(j, ctrl.source_index(port_source(p.id, "contactor"))) for j, p in enumerate(site.ports)
-                          if port_source(p.id, "contactor") in ctrl.sources]
+                          if port_source(p.id, "contactor") in ctrl.sources and p.id not in wired]
         self.plc = [(j, ctrl.source_index(port_source(p.id, "plc_loss"))) for j, p in enumerate(site.ports)
                     if port_source(p.id, "plc_loss") in ctrl.sources]
         self.ambient_sources = [node_source(nd.id, "ambient_c") for nd in site.nodes
@@ -304,6 +311,12 @@ class Plant:
         for j, hour in self.welded.items():
             if self.hour(t_ns) >= hour:
                 self.closed[j] = True                          # welded: closed whatever the command
+                if self.gpio_peer and self.site.ports[j].id in self.gpio_peer.contactors:
+                    self.gpio_peer.contactors[self.site.ports[j].id].weld()
+        if self.gpio_ports:                                    # what the GPIO-wired contactors did
+            self.poll_contactors(t_ns)
+            for j, pid in self.gpio_ports:
+                self.closed[j] = self.gpio_peer.closed(pid)
         want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), setpoint, 0.0)
         p = np.clip(want, -self.ev_max_discharge(), self.ev_max_charge())
         # never beyond full or below the minimum within the step
@@ -397,9 +410,15 @@ class Plant:
             self.ctrl.measure(self.heartbeat, 1.0, t_ns)
         self._publish_sensors(t_ns)
 
+    def poll_contactors(self, t_ns: int) -> None:
+        """GPIO-wired contactors follow their coils within their settle time, much shorter than a
+        plant step: the drivers call this every CONTACTOR_POLL_S between steps."""
+        if self.gpio_ports:
+            self.gpio_peer.poll(t_ns)
+
     def _has_contactor(self) -> np.ndarray:
         has = np.zeros(self.n, bool)
-        has[[j for j, _ in self.contactor]] = True
+        has[[j for j, _ in self.contactor] + [j for j, _ in self.gpio_ports]] = True
         return has
 
     def _active(self, start_h: float, seconds: float, t_ns: int) -> bool:
