@@ -67,7 +67,8 @@ class ConfigError(V2GError):
 
     def __init__(self, problems: list[ConfigProblem]):
         self.problems = problems
-        super().__init__(problems[0].code, "\n".join(str(p) for p in problems))
+        super().__init__(problems[0].code, "")
+        self.args = ("\n".join(str(p) for p in problems),)   # each line carries its own code
 
 
 def _kind(value) -> str:

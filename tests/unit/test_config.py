@@ -372,3 +372,11 @@ def test_plc_is_a_sensor_of_link_quality_not_a_link():
         config.parse(text, "t.toml")
     (p,) = [p for p in e.value.problems if p.option == "link"]
     assert "iso15118" in p.message and "sim, can, ocpp, modbus, pwm" in p.message
+
+
+def test_an_error_names_each_code_once():
+    with pytest.raises(ConfigError) as e:
+        config.parse(BASE.replace("import_limit_w = 100000", "import_limit_w = -5"), "site.toml")
+    text = str(e.value)
+    assert text.startswith("ERR_CONFIG_VALUE: site.toml: [node.grid] import_limit_w")
+    assert text.count("ERR_CONFIG_VALUE") == 1
