@@ -20,6 +20,7 @@ include "io.pxd"
 include "pilot.pxd"
 include "interlock.pxd"
 include "arbitrate.pxd"
+include "schedule.pxd"
 include "cycle.pxd"
 include "scheduler.pxd"
 

@@ -25,6 +25,7 @@ include "io_i2c.pxi"
 include "pilot.pxi"
 include "interlock.pxi"
 include "arbitrate.pxi"
+include "schedule.pxi"
 include "cycle.pxi"
 include "scheduler.pxi"
 include "entry.pxi"
@@ -33,7 +34,7 @@ import os
 
 CAPACITY = {"ports": MAX_PORTS, "nodes": MAX_NODES, "sources": MAX_SOURCES,
             "upstreams": MAX_UPSTREAMS, "depth": MAX_DEPTH, "command_ring": CMD_RING,
-            "hist_bins": HIST_BINS, "trace": TRACE_LEN}
+            "hist_bins": HIST_BINS, "trace": TRACE_LEN, "scheduled_per_kind": MAX_SCHEDULED}
 
 NODE_KINDS = {"grid": NODE_GRID, "transformer": NODE_TRANSFORMER,
               "group": NODE_GROUP, "evse": NODE_EVSE}
@@ -97,6 +98,8 @@ cdef NodeRow _nr
 cdef SiteRow _sr
 cdef Trace _tr
 cdef PortOutput _po
+cdef ActiveCommand _ac
+cdef ScheduledCommand _sc
 
 cdef size_t _off(void* field, void* base):
     return <size_t>field - <size_t>base
@@ -147,7 +150,21 @@ def _layout(name):
             ("ports_charging", "i4", _off(&_sr.ports_charging, b)),
             ("ports_discharging", "i4", _off(&_sr.ports_discharging, b)),
             ("latch_counter", "u8", _off(&_sr.latch_counter, b)),
-            ("upstreams_waiting", "u4", _off(&_sr.upstreams_waiting, b)), ("upstreams_lost", "u4", _off(&_sr.upstreams_lost, b))]
+            ("upstreams_waiting", "u4", _off(&_sr.upstreams_waiting, b)), ("upstreams_lost", "u4", _off(&_sr.upstreams_lost, b)),
+            ("schedule_version", "u8", _off(&_sr.schedule_version, b)),
+            ("schedule_refused", "u8", _off(&_sr.schedule_refused, b))]
+    if name == "active":
+        b = <void*>&_ac
+        return sizeof(ActiveCommand), [
+            ("value", "f8", _off(&_ac.value, b)), ("starts_ns", "i8", _off(&_ac.starts_ns, b)),
+            ("expires_ns", "i8", _off(&_ac.expires_ns, b)), ("id_hash", "u8", _off(&_ac.id_hash, b)),
+            ("seq", "u8", _off(&_ac.seq, b)), ("active", "i4", _off(&_ac.active, b))]
+    if name == "scheduled":
+        b = <void*>&_sc
+        return sizeof(ScheduledCommand), [
+            ("value", "f8", _off(&_sc.value, b)), ("starts_ns", "i8", _off(&_sc.starts_ns, b)),
+            ("expires_ns", "i8", _off(&_sc.expires_ns, b)), ("id_hash", "u8", _off(&_sc.id_hash, b)),
+            ("seq", "u8", _off(&_sc.seq, b)), ("gen", "u4", _off(&_sc.gen, b)), ("used", "i4", _off(&_sc.used, b))]
     if name == "output":
         b = <void*>&_po
         return sizeof(PortOutput), [
@@ -227,6 +244,7 @@ cdef void image_defaults(Image* im, int64_t period_ns) noexcept nogil:
     im.opt.period_ns = period_ns        # the control options come from site.Control (configure)
     im.opt.freq_mode = FREQ_OFF
     im.freq_input = -1
+    im.sched_next_ns = INT64_MAX
     im.stats.lat_min_ns = INT64_MAX
     im.stats.cmp_min_ns = INT64_MAX
     im.stats.lat_max_ns = INT64_MIN
@@ -282,6 +300,7 @@ cdef class Core:
     cdef readonly bint running
     cdef readonly bint frozen
     cdef readonly bint virtual
+    cdef readonly uint64_t pushed        # commands pushed so far (the loop's commands_applied follows)
     cdef pthread_mutex_t reader_lock     # taken only without the GIL (read_snapshot)
 
     def __cinit__(self, int64_t period_ns, bint virtual=False):
@@ -850,16 +869,48 @@ cdef class Core:
     # ------------------------------------------------------------ exchange
 
     def push_command(self, int32_t kind, int32_t port, double value, int64_t expires_ns,
-                     uint64_t id_hash, uint64_t latch_seq=0):
-        """Queue a validated command; False if the ring is full. Lock-free."""
+                     uint64_t id_hash, uint64_t latch_seq=0, *, int64_t starts_ns=0, bint now=True,
+                     int slot=-1, uint32_t gen=0, uint64_t of_hash=0, bint reanchor=False):
+        """Queue a validated command; False if the ring is full. Lock-free. A grid command
+        opens its window when the loop takes it (now) or at starts_ns, waiting in its kind's
+        queue at `slot` (generation `gen`, see schedule.pxi)."""
         cdef Command c
+        if not -1 <= slot < MAX_SCHEDULED:
+            raise ValueError(f"slot {slot} outside -1..{MAX_SCHEDULED - 1}")
         c.kind = kind
         c.port = port
         c.value = value
+        c.starts_ns = starts_ns
         c.expires_ns = expires_ns
         c.id_hash = id_hash
         c.latch_seq = latch_seq
-        return ring_push(&self.im.ex.ring, &c)
+        c.of_hash = of_hash
+        c.gen = gen
+        c.slot = slot
+        c.flags = (CMD_NOW if now else 0) | (CMD_REANCHOR if reanchor else 0)
+        if not ring_push(&self.im.ex.ring, &c):
+            return False
+        self.pushed += 1                     # with the GIL: pushes are counted in ring order
+        return True
+
+    def read_schedule(self):
+        """Copies of the latest published active command and queue of each grid kind (bytes of
+        ActiveCommand rows, then ScheduledCommand rows, kind by kind) and how many commands the
+        loop had taken by then (compare `pushed`)."""
+        active = PyBytes_FromStringAndSize(NULL, sizeof(ActiveCommand) * N_GRID_COMMANDS)
+        queued = PyBytes_FromStringAndSize(NULL, sizeof(ScheduledCommand) * N_GRID_COMMANDS * MAX_SCHEDULED)
+        cdef char* da = PyBytes_AS_STRING(active)
+        cdef char* dq = PyBytes_AS_STRING(queued)
+        cdef Snapshot* s
+        cdef uint64_t applied
+        with nogil:
+            pthread_mutex_lock(&self.reader_lock)
+            s = snap_latest(&self.im.snap)
+            memcpy(da, s.active, sizeof(s.active))
+            memcpy(dq, s.sched, sizeof(s.sched))
+            applied = s.site.commands_applied
+            pthread_mutex_unlock(&self.reader_lock)
+        return active, queued, applied
 
     cdef int64_t _now(self) noexcept nogil:
         return self.im.now_ns if self.virtual else mono_ns()

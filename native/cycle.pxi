@@ -34,26 +34,16 @@ cdef extern from *:
 # ---------------------------------------------------------------- read
 
 cdef void apply_command(Image* im, const Command* c) noexcept nogil:
-    cdef ActiveCommand* a
-    cdef int k
     im.commands_applied += 1
     im.command_digest += c.id_hash
+    if c.kind < N_GRID_COMMANDS:
+        grid_command(im, c)                  # its window: now, or queued (schedule.pxi)
+        return
     if c.expires_ns <= im.now_ns:
         im.commands_expired += 1
-        # A re-anchored command (the wall clock stepped) that is already over ends now.
-        if c.kind < N_GRID_COMMANDS and im.grid_cmd[c.kind].id_hash == c.id_hash:
-            im.grid_cmd[c.kind].active = 0
         return
-    if c.kind < N_GRID_COMMANDS:
-        a = &im.grid_cmd[c.kind]
-        a.value = c.value
-        a.expires_ns = c.expires_ns
-        a.id_hash = c.id_hash
-        a.active = 1
-    elif c.kind == CMD_CANCEL:
-        k = <int>c.value
-        if 0 <= k < N_GRID_COMMANDS:
-            im.grid_cmd[k].active = 0
+    if c.kind == CMD_CANCEL:
+        grid_cancel(im, c)
     elif c.kind == CMD_RESET_FAULT:
         if im.port[c.port].latch_seq <= c.latch_seq:
             im.port[c.port].faults &= ~(FAULT_LATCHED | FAULT_SESSION)
@@ -78,6 +68,7 @@ cdef void cycle_read(Image* im, Io* io) noexcept nogil:
     while n < CMD_RING and ring_pop(&im.ex.ring, &c):
         apply_command(im, &c)
         n += 1
+    schedule_due(im)
     for w in range(nwords):
         if v2g_load_relaxed(&im.ex.dirty[w]) == 0:
             continue
@@ -270,6 +261,12 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     s.site.latch_counter = im.latch_counter
     s.site.upstreams_waiting = im.upstreams_waiting
     s.site.upstreams_lost = im.upstreams_lost
+    for i in range(N_GRID_COMMANDS):
+        s.active[i] = im.grid_cmd[i]
+    if s.site.schedule_version != im.sched_version:     # this buffer's copy is older: the queue changed
+        memcpy(s.sched, im.sched, sizeof(im.sched))
+        s.site.schedule_version = im.sched_version
+    s.site.schedule_refused = im.sched_refused
 
 
 cdef void cycle_publish(Image* im) noexcept nogil:

@@ -19,6 +19,7 @@ cdef enum:
     SNAP_FRESH = 4           # flag in SnapshotBuffers.middle: not yet taken by a reader
     MAX_CURVE = 16           # points of the frequency-watt curve
     STAGE_BIN_NS = 100       # per-stage compute histograms: 100 ns bins
+    MAX_SCHEDULED = 16       # future grid commands held per kind (schedule.pxi)
 
 cdef enum:  # Stage of a cycle
     STAGE_READ = 0
@@ -67,6 +68,10 @@ cdef enum:  # CommandKind
     CMD_LATCH_FAULT = 12     # port, value = fault bits: restore latched faults after a restart
     CMD_DISABLE_PORT = 13    # port: out of service (operator), until CMD_ENABLE_PORT
     CMD_ENABLE_PORT = 14
+
+cdef enum:  # CommandFlag
+    CMD_NOW = 1              # a grid command whose window opens when the loop takes it
+    CMD_REANCHOR = 2         # the wall clock stepped: new start/expiry for a command held, never a new one
 
 # Why the measurement gate refused a value (counted per source).
 cdef enum:  # GateCode
@@ -163,9 +168,14 @@ cdef struct Command:
     int32_t kind
     int32_t port
     double value
+    int64_t starts_ns            # grid command: its window opens (flags CMD_NOW: when taken)
     int64_t expires_ns
     uint64_t id_hash
     uint64_t latch_seq           # reset: clears only latches with a sequence up to this
+    uint64_t of_hash             # cancel: the id hash of the command it ends (0: every one of its kind)
+    uint32_t gen                 # scheduled: the slot's generation, chosen by the submitter
+    int32_t slot                 # scheduled: its slot in the kind's queue, -1 none
+    int32_t flags                # CommandFlag bits
 
 cdef struct CommandCell:
     uint64_t seq                 # Vyukov's turn counter: whose turn the cell is
@@ -180,9 +190,21 @@ cdef struct CommandRing:     # bounded lock-free MPSC queue: any thread pushes, 
 
 cdef struct ActiveCommand:
     double value
+    int64_t starts_ns
     int64_t expires_ns
     uint64_t id_hash
+    uint64_t seq                 # submission order: breaks ties between equal starts
     int32_t active
+    int32_t _pad
+
+cdef struct ScheduledCommand:    # a grid command waiting for its window (schedule.pxi)
+    double value
+    int64_t starts_ns
+    int64_t expires_ns
+    uint64_t id_hash
+    uint64_t seq
+    uint32_t gen                 # the submitter's generation of this slot: it sees the loop took it
+    int32_t used
 
 cdef struct PortRow:
     uint64_t cycle
@@ -245,9 +267,13 @@ cdef struct SiteRow:
     uint64_t latch_counter         # latches so far (the journal watches it)
     uint32_t upstreams_waiting     # upstreams not heard since start (bit per upstream)
     uint32_t upstreams_lost        # heard once, now lost
+    uint64_t schedule_version      # +1 whenever the queue of scheduled commands changed
+    uint64_t schedule_refused      # scheduled commands the loop had no slot for (never, if submit works)
 
 cdef struct Snapshot:
     SiteRow site
+    ActiveCommand active[N_GRID_COMMANDS]
+    ScheduledCommand sched[N_GRID_COMMANDS][MAX_SCHEDULED]
     NodeRow node[MAX_NODES]
     PortRow port[MAX_PORTS]
 
@@ -474,6 +500,11 @@ cdef struct Image:
     int64_t stop_deadline_ns      # every contactor is open by then
     uint64_t stop_cycle           # the last cycle before the stop began
     ActiveCommand grid_cmd[N_GRID_COMMANDS]
+    ScheduledCommand sched[N_GRID_COMMANDS][MAX_SCHEDULED]
+    int64_t sched_next_ns         # the earliest start queued (INT64_MAX: none)
+    uint64_t sched_version
+    uint64_t sched_seq
+    uint64_t sched_refused
     Node node[MAX_NODES]
     Port port[MAX_PORTS]
     Input input[MAX_SOURCES]

@@ -7,11 +7,12 @@ import logging
 
 from .controller import Controller
 from .devices import attach
-from .faults import FaultWatch, audit_path, journal_path
+from .faults import FaultWatch, audit_path, journal_path, schedule_path
 from .services import Supervisor
 from .services.control import AuditLog, ControlServer
 from .services.journal import JournalService
 from .services.modbus import ModbusService
+from .services.schedule import ScheduleService
 from .services.mqtt import MqttService
 from .services.ocpp import OcppService
 from .services.status import StatusServer, control_socket, default_socket
@@ -40,6 +41,7 @@ class App:
         self.devices = attach(self.ctrl, site, peers=PEERS)             # DeviceError: nothing else was opened
         self.supervisor = Supervisor()
         self.journal = self.supervisor.add(JournalService(self.ctrl, journal_path(site)))   # restores now
+        self.schedule = self.supervisor.add(ScheduleService(self.ctrl, schedule_path(site)))  # submits again now
         self.faults = FaultWatch(self.ctrl)
         self.plant = RealtimePlant(site, self.ctrl, self.devices) if simulated(site) else None
         self.watchdog: Watchdog | None = None
@@ -107,6 +109,7 @@ class App:
         if self.plant:
             self.plant.stop()
         self.supervisor.stop(self.journal)     # the last write, after the loop's last latch
+        self.supervisor.stop(self.schedule)
         self.devices.close()
         self.supervisor.stop()
         if self.ocpp_depot:                    # simulated stations outlive us, as real ones do

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _core
 from .errors import V2GError
+from .schedule import Book, Held
 from .site import PHASES, RealTime, Site, source_specs
 from .wallclock import SystemClock, WallClock
 
@@ -48,7 +49,9 @@ PORT_COMMANDS = ("reset_fault", "disable_port", "enable_port")
 # Never locked out by a table full of other commands: they have their own pool.
 EXEMPT_COMMANDS = frozenset(("reset_fault", "cancel", "disable_port", "enable_port"))
 
-COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "latch_seq", "expires_ns", "expires_in_s", "expires_at"}
+COMMAND_FIELDS = {"kind", "id", "value_w", "port", "of", "of_id", "latch_seq", "expires_ns", "expires_in_s",
+                  "expires_at", "starts_ns", "starts_in_s", "starts_at"}
+STARTS = ("starts_ns", "starts_in_s", "starts_at")
 MAX_COMMAND_HORIZON_S = 7 * 86400
 MAX_REMEMBERED_IDS = 16384      # unexpired ids per command source and pool
 CLOCK_STEP_NS = 1_000_000_000   # a wall-clock jump past this re-anchors wall-clock expiries
@@ -190,7 +193,8 @@ class Controller:
         self.wall = wall if wall is not None else SystemClock()
         self._wall_anchor = None          # wall - monotonic when wall-clock expiries were last anchored
         self._wall_synced = None
-        self._wall_cmds: dict[int, tuple[float, float, int]] = {}   # grid kind -> (expires_at, value, id hash)
+        self._book = Book(core)           # grid commands the loop holds: slots, names (under _lock)
+        self.schedule_listeners: list = []    # called after a scheduled command or a cancel was accepted
         self._meas_counts: Counter[str] = Counter()
         self.rt_report: dict | None = None
         self._pm_qos = None
@@ -279,8 +283,11 @@ class Controller:
     def submit(self, command: Mapping, source: str = "local") -> Submission:
         """Validate a command and queue it for the loop, which applies it exactly once.
 
-        command: {"kind", "id", "value_w", "port", "of", "latch_seq", and one expiry:
+        command: {"kind", "id", "value_w", "port", "of", "of_id", "latch_seq", and one expiry:
         "expires_ns" (controller clock), "expires_in_s" or "expires_at" (wall clock, epoch s)}.
+        A grid command may also carry one start, "starts_ns", "starts_in_s" or "starts_at": it
+        waits in its kind's queue until then (native/schedule.pxi: the window opened last wins).
+        cancel names a kind ("of") or the id of one command from the same source ("of_id").
         source names who sent it (an upstream, the control socket): ids are replay-checked
         and bounded per source, so one flooding source cannot lock out the others.
         Never raises: every bad input is a rejected Submission with its code.
@@ -313,6 +320,16 @@ class Controller:
         value, port = _command_value(cmd, kind, self._port_index)
         if isinstance(value, Submission):
             return value
+        code = _core.COMMAND_KINDS[kind]
+        starts = self._start_ns(cmd, code, now, expires)
+        if isinstance(starts, Submission):
+            return starts
+        of_hash = 0
+        if "of_id" in cmd:
+            of_key = _id_key(cmd["of_id"])
+            if of_key is None:
+                return _reject("ERR_CMD_BAD_FIELD", f"of_id {_short(cmd['of_id'])}: expected the id of a command")
+            of_hash = _id_hash((source, of_key))
         latch_seq = 0
         if kind == "reset_fault":
             latch_seq = self._latch_seq(cmd, port)
@@ -330,11 +347,33 @@ class Controller:
                 return _reject("ERR_CMD_TOO_MANY_IDS", f"{len(seen)} unexpired ids remembered for {source} "
                                f"(limit {MAX_REMEMBERED_IDS}); use shorter expiries")
             h = _id_hash((source, key))
-            if not self._core.push_command(_core.COMMAND_KINDS[kind], port, value, expires, h, latch_seq):
+            slot, gen = -1, 0
+            if code < _core.GRID_COMMANDS:
+                active, queued, applied = self._book.view()
+                self._book.prune(active, queued, applied)
+                if starts is not None and starts > now:
+                    slot = self._book.free_slot(code, queued)
+                    if slot is None:
+                        return _reject("ERR_CMD_SCHEDULE_FULL", f"{kind}: {_core.CAPACITY['scheduled_per_kind']} "
+                                       f"commands already wait for their start")
+            if slot >= 0:
+                gen = int(self._book.gen[code, slot]) + 1
+            if not self._core.push_command(code, port, value, expires, h, latch_seq, starts_ns=starts or 0,
+                                           now=starts is None, slot=slot, gen=gen, of_hash=of_hash):
                 return _reject("ERR_CMD_QUEUE_FULL", f"command ring of {_core.CAPACITY['command_ring']} is full")
+            if slot >= 0:
+                self._book.take_slot(code, slot)
             seen[key] = expires
             heapq.heappush(self._seen_heap, (expires + ID_RETENTION_NS, table, key))
-            self._note_wall_command(cmd, kind, value, h)
+            if code < _core.GRID_COMMANDS:
+                wall_now = self.wall.now()
+                at = [_wall(cmd, name) if name in cmd else wall_now + (ns - now) / 1e9 if ns is not None else None
+                      for name, ns in (("starts_at", starts), ("expires_at", expires))]
+                self._book.note(h, Held(kind, source, key[1], value, starts, expires, _wall(cmd, "starts_at"),
+                                        _wall(cmd, "expires_at"), self._core.pushed, slot, *at))
+        if starts is not None or kind == "cancel":
+            for listener in self.schedule_listeners:
+                listener()
         if kind in PORT_COMMANDS:
             log.info("port %s: %s by command %r from %s%s", self.port_ids[port], _PORT_ACTIONS[kind], key[1], source,
                      f" (latches up to #{latch_seq})" if kind == "reset_fault" else "")
@@ -356,40 +395,59 @@ class Controller:
         given = [k for k in ("expires_ns", "expires_in_s", "expires_at") if k in cmd]
         if len(given) != 1:
             return _reject("ERR_CMD_BAD_FIELD", "a command needs exactly one of expires_ns, expires_in_s, expires_at")
-        name, raw = given[0], cmd[given[0]]
+        name = given[0]
+        ahead_s = self._ahead_s(name, cmd[name], now)
+        if isinstance(ahead_s, Submission):
+            return ahead_s
+        if ahead_s > MAX_COMMAND_HORIZON_S:
+            return _reject("ERR_CMD_BAD_FIELD", f"{name}: expiry {ahead_s:.0f} s ahead; at most {MAX_COMMAND_HORIZON_S} s")
+        if ahead_s < -MAX_COMMAND_HORIZON_S:
+            return now - 1          # long past: rejected as expired
+        return int(cmd[name]) if name == "expires_ns" else now + int(ahead_s * 1e9)
+
+    def _start_ns(self, cmd: Mapping, code: int, now: int, expires: int) -> int | None | Submission:
+        """The window's start on the controller clock; None: when the loop takes it."""
+        given = [k for k in STARTS if k in cmd]
+        if not given:
+            return None
+        if code >= _core.GRID_COMMANDS:
+            return _reject("ERR_CMD_BAD_FIELD", f"{given[0]}: only grid commands (setpoint, export_limit, "
+                           f"import_limit, load_shed) start later; this one applies when received")
+        if len(given) > 1:
+            return _reject("ERR_CMD_BAD_FIELD", "a command has at most one of starts_ns, starts_in_s, starts_at")
+        name = given[0]
+        ahead_s = self._ahead_s(name, cmd[name], now)
+        if isinstance(ahead_s, Submission):
+            return ahead_s
+        if ahead_s > MAX_COMMAND_HORIZON_S:
+            return _reject("ERR_CMD_BAD_FIELD", f"{name}: start {ahead_s:.0f} s ahead; at most {MAX_COMMAND_HORIZON_S} s")
+        starts = now + int(max(ahead_s, -MAX_COMMAND_HORIZON_S) * 1e9)
+        if name == "starts_ns" and ahead_s >= -MAX_COMMAND_HORIZON_S:
+            starts = int(cmd[name])
+        if starts >= expires:
+            return _reject("ERR_CMD_BAD_FIELD", f"{name}: the window starts {(starts - expires) / 1e9:.3f} s after "
+                           f"its expiry; a command starts before it expires")
+        return starts
+
+    def _ahead_s(self, name: str, raw, now: int) -> float | Submission:
+        """How far ahead of now a time field (*_ns, *_in_s, *_at) lies, in s."""
         number = _finite(raw)
         if number is None:
             return _reject("ERR_CMD_BAD_FIELD", f"{name} {_short(raw)}: expected a finite number")
-        horizon = MAX_COMMAND_HORIZON_S
-        if name == "expires_ns":
-            ahead_s = (number - now) / 1e9
-        elif name == "expires_in_s":
-            ahead_s = number
-        else:
-            if not self.wall.synchronized():
-                return _reject("ERR_CLOCK_UNSYNCED", "expires_at needs a synchronised system clock and this one "
-                               "is not (yet); use expires_in_s, or wait for NTP (timedatectl)")
-            self._anchor_wall(now)
-            ahead_s = number - self.wall.now()
-        if ahead_s > horizon:
-            return _reject("ERR_CMD_BAD_FIELD", f"{name}: expiry {ahead_s:.0f} s ahead; at most {horizon} s")
-        if ahead_s < -horizon:
-            return now - 1          # long past: rejected as expired
-        return int(raw) if name == "expires_ns" else now + int(ahead_s * 1e9)
+        if name.endswith("_ns"):
+            return (number - now) / 1e9
+        if name.endswith("_in_s"):
+            return number
+        if not self.wall.synchronized():
+            base = name[:-3]
+            return _reject("ERR_CLOCK_UNSYNCED", f"{name} needs a synchronised system clock and this one is not "
+                           f"(yet); use {base}_in_s, or wait for NTP (timedatectl)")
+        self._anchor_wall(now)
+        return number - self.wall.now()
 
     def _anchor_wall(self, now: int) -> None:
         if self._wall_anchor is None:
             self._wall_anchor = self.wall.now() * 1e9 - now
-
-    def _note_wall_command(self, cmd: Mapping, kind: str, value: float, h: int) -> None:
-        code = _core.COMMAND_KINDS[kind]
-        if code < _core.GRID_COMMANDS:
-            if "expires_at" in cmd:
-                self._wall_cmds[code] = (float(cmd["expires_at"]), value, h)
-            else:
-                self._wall_cmds.pop(code, None)
-        elif kind == "cancel":
-            self._wall_cmds.pop(int(value), None)
 
     def check_wall_clock(self) -> float | None:
         """Call about once a second: when the wall clock has stepped, wall-clock expiries are
@@ -409,15 +467,28 @@ class Controller:
         if abs(step) < CLOCK_STEP_NS:
             return None
         self._wall_anchor = offset
+        wall_now, moved = self.wall.now(), 0
         with self._lock:
-            for code, (expires_at, value, h) in self._wall_cmds.items():
-                expires = now + int((expires_at - self.wall.now()) * 1e9)
-                self._core.push_command(code, -1, value, expires, h, 0)
-        log.warning("ERR_CLOCK_STEPPED: the system clock stepped by %+.3f s; %d wall-clock expiries re-anchored",
-                    step / 1e9, len(self._wall_cmds))
+            for h, c in self._book.held.items():
+                if c.starts_at is None and c.expires_at is None:
+                    continue
+                starts = c.starts_ns if c.starts_at is None else now + int((c.starts_at - wall_now) * 1e9)
+                expires = c.expires_ns if c.expires_at is None else now + int((c.expires_at - wall_now) * 1e9)
+                c.starts_ns, c.expires_ns = (None if c.starts_ns is None else starts), expires
+                moved += self._core.push_command(_core.COMMAND_KINDS[c.kind], -1, c.value_w, expires, h,
+                                                 starts_ns=starts or 0, now=c.starts_ns is None, reanchor=True)
+        log.warning("ERR_CLOCK_STEPPED: the system clock stepped by %+.3f s; %d wall-clock starts and expiries "
+                    "re-anchored", step / 1e9, moved)
         return step / 1e9
 
     # ------------------------------------------------------------ latched faults
+
+    def scheduled(self) -> list[dict]:
+        """The grid commands the loop holds, active and queued (see Book.listing)."""
+        with self._lock:
+            active, queued, applied = self._book.view()
+            self._book.prune(active, queued, applied)
+            return self._book.listing(active, queued, applied, self._core.now_ns(), self.wall.now())
 
     def latched_faults(self, snap: Snapshot | None = None) -> dict[str, int]:
         """Ports with faults that only an operator clears (latched or out of service): the journal."""
@@ -758,6 +829,10 @@ def _gate_reason(code, name, v, lo, hi, t, now, owner) -> str:
     return f"{name}: older than the value it already holds"
 
 
+def _wall(cmd: Mapping, name: str) -> float | None:
+    return float(cmd[name]) if name in cmd else None
+
+
 def _command_value(cmd: Mapping, kind: str, ports: dict[str, int]) -> tuple[float | Submission, int]:
     port = -1
     if kind in PORT_COMMANDS:
@@ -774,11 +849,18 @@ def _command_value(cmd: Mapping, kind: str, ports: dict[str, int]) -> tuple[floa
     if "port" in cmd:
         return _reject("ERR_CMD_BAD_FIELD", f"{kind} applies to the site, not to a port"), port
     if kind == "cancel":
+        if ("of" in cmd) == ("of_id" in cmd):
+            return _reject("ERR_CMD_BAD_FIELD", "cancel needs exactly one of 'of' (a kind: every command of it, "
+                           "active and queued) and 'of_id' (one command's id)"), port
+        if "of_id" in cmd:
+            return -1.0, port
         of = cmd.get("of")
         code = _core.COMMAND_KINDS.get(of, -1) if isinstance(of, str) else -1
         if not 0 <= code < _core.GRID_COMMANDS:
             return _reject("ERR_CMD_BAD_FIELD", f"cancel needs 'of': one of setpoint, export_limit, import_limit, load_shed; found {_short(of)}"), port
         return float(code), port
+    if "of" in cmd or "of_id" in cmd:
+        return _reject("ERR_CMD_BAD_FIELD", f"of/of_id belong to cancel, not {kind}"), port
     v = _finite(cmd.get("value_w"))
     if v is None:
         return _reject("ERR_CMD_BAD_FIELD", f"value_w {_short(cmd.get('value_w'))}: expected a finite number of W"), port

@@ -60,6 +60,15 @@ _ENTRIES = [
     ("ERR_CMD_QUEUE_FULL", "The command queue to the real-time loop is full; the command was not applied.",
      "A sender flooding commands faster than the loop drains them (256 per cycle).",
      "Throttle the sender; only the latest setpoint matters."),
+    ("ERR_CMD_SCHEDULE_FULL", "The loop already holds its maximum of future commands of this kind (16 per "
+     "kind); the scheduled command was not accepted.",
+     "A sender announcing more windows ahead than the queue holds, or a cancel not yet taken by the loop.",
+     "Send fewer windows ahead (the next ones when earlier ones have started), or cancel queued ones "
+     "(`v2g-rt status` lists them)."),
+    ("ERR_SCHEDULE_JOURNAL", "The file of scheduled grid commands cannot be read or written.",
+     "A full or read-only state directory, or a file that is not one this version wrote.",
+     "Check the state directory (free space, permissions); the file's commands are not applied until it "
+     "is readable; resend the schedule."),
     ("ERR_CMD_TOO_MANY_IDS", "Too many unexpired command ids are remembered to check new ones for replay.",
      "A sender using very long expiries at a high rate.", "Use shorter expiries or fewer commands."),
     # measurements

@@ -115,6 +115,11 @@ def journal_path(site) -> Path:
     return state_dir() / f"latched-faults-{site.name}.json"
 
 
+def schedule_path(site) -> Path:
+    """The scheduled grid commands kept across a restart (v2g_rt.schedule), beside the journal."""
+    return state_dir() / f"scheduled-commands-{site.name}.json"
+
+
 def audit_path(site) -> Path:
     """The operator actions' audit log, beside the journal."""
     return state_dir() / f"audit-{site.name}.log"

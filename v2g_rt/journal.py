@@ -37,26 +37,34 @@ def fault_names(bits: int) -> list[str]:
 
 def read(path: Path) -> Journal | None:
     """The journal at path; None when there is none yet; JournalError when it is not one."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    raw = read_file(path, JournalError)
+    if raw is None:
         return None
-    except OSError as e:
-        raise JournalError(f"cannot open it: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise JournalError("it is not a regular file")
-        if st.st_size > MAX_BYTES:
-            raise JournalError(f"{st.st_size} bytes, more than a journal's {MAX_BYTES}")
-        raw = os.read(fd, MAX_BYTES + 1)
-    finally:
-        os.close(fd)
     try:
         doc = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as e:
         raise JournalError(f"not JSON ({type(e).__name__})") from None
     return _shape(doc)
+
+
+def read_file(path: Path, error) -> bytes | None:
+    """A state file's bytes (a regular file of at most MAX_BYTES, not followed through a link);
+    None when there is none; `error` (an exception class) says why it cannot be one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise error(f"cannot open it: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error("it is not a regular file")
+        if st.st_size > MAX_BYTES:
+            raise error(f"{st.st_size} bytes, more than a state file's {MAX_BYTES}")
+        return os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _refuse_constant(name):
@@ -84,9 +92,15 @@ def _shape(doc) -> Journal:
 
 def write(path: Path, journal: Journal, site_name: str, latch_counter: int) -> None:
     """Atomically replace the journal; OSError on failure (nothing half-written is left)."""
+    write_file(path, {"version": VERSION, "site": site_name, "written_at": time.time(), "latch_counter": latch_counter,
+                      "ports": {pid: {"bits": bits, "faults": fault_names(bits)}
+                                for pid, bits in sorted(journal.ports.items())}})
+
+
+def write_file(path: Path, doc: dict) -> None:
+    """Atomically replace a state file with doc as JSON: a unique temporary file in the same
+    directory, fsync, rename, fsync of the directory; 0600 in a 0700 directory."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    doc = {"version": VERSION, "site": site_name, "written_at": time.time(), "latch_counter": latch_counter,
-           "ports": {pid: {"bits": bits, "faults": fault_names(bits)} for pid, bits in sorted(journal.ports.items())}}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # 0600
     try:
         with os.fdopen(fd, "w") as f:

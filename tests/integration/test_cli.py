@@ -92,7 +92,9 @@ def test_run_serves_status_and_stops_on_sigterm(site_file, tmp_path):
         assert {n["binding"] for n in doc["nodes"]} <= set(
             __import__("v2g_rt").controller.BINDINGS)
         services = doc["services"]                               # the supervisor's view
-        assert list(services) == ["journal", "status", "control"]
+        assert list(services) == ["journal", "schedule", "status", "control"]
+        assert services["schedule"]["errors"] == 0
+        assert all(c["kind"] == "setpoint" and c["source"] == "local" for c in doc["commands"])   # the sim DMS
         assert all(h["alive"] and h["restarts"] == 0 for h in services.values())
         assert services["status"]["clients_served"] >= 0 and services["journal"]["errors"] == 0
         text = v2g("status", "--config", str(site_file))

@@ -165,6 +165,24 @@ def test_commands_are_answered_applied_once_and_bad_ones_rejected(tmp_path, brok
         assert seqs == sorted(set(seqs))
 
 
+def test_a_schedule_sent_ahead_opens_in_its_windows_and_is_cancelled_by_id(tmp_path, broker, aggregator):
+    with Rig(tmp_path, mqtt_section(broker)) as rig:
+        until(lambda: rig.stats()["subscribed"], "the subscription")
+        period_s = STEP_NS / 1e9                         # Rig.step: one cycle
+        for k, w in enumerate((3000, -4000, 5000)):     # windows of 2 cycles, the first opening in 3 cycles
+            send(aggregator, {"id": f"plan-{k}", "kind": "setpoint", "value_w": w,
+                              "starts_in_s": (3 + 2 * k) * period_s, "expires_in_s": (5 + 2 * k) * period_s})
+        assert all(reply_to(aggregator, f"plan-{k}")["accepted"] for k in range(3))
+        send(aggregator, {"id": "drop-2", "kind": "cancel", "of_id": "plan-2", "expires_in_s": 60})
+        assert reply_to(aggregator, "drop-2")["accepted"]
+        seen = []
+        for _ in range(9):
+            rig.step()
+            seen.append(rig.ctrl.snapshot().site["setpoint_w"])
+        seen = [None if w != w else w for w in seen]
+        assert seen == [None, None, 3000, 3000, -4000, -4000, None, None, None]
+
+
 def test_with_protobuf_commands_replies_and_reports_are_the_schemas_messages(tmp_path, broker, aggregator):
     from v2g_rt.services.mqtt import v2g_rt_pb2 as pb
 

@@ -160,3 +160,24 @@ def test_reports_queued_before_a_change_of_encoding_leave_in_the_new_one(tmp_pat
     box = Outbox(tmp_path / "o.sqlite", 1 << 20)           # and back, after a restart
     assert box.recode("json", lambda t, p: protobuf.recode(t, p, "json")) == (4, 1)
     assert [json.loads(r.payload) for r in box.after(0, 4)] == [{**m, "id": "7"} if "id" in m else m for m in before]
+
+
+def test_scheduled_commands_and_cancel_by_id_arrive_in_either_encoding(tmp_path):
+    ahead = {"id": "plan-1", "kind": "setpoint", "value_w": -2000.0, "starts_in_s": 30.0, "expires_in_s": 90.0}
+    assert protobuf.command(command(**ahead)) == ahead
+    at = {"id": "plan-2", "kind": "load_shed", "value_w": 0.0, "starts_at": 1.8e9 + 60, "expires_at": 1.8e9 + 90}
+    assert protobuf.command(command(**at)) == at
+    ctrl = Controller(make_site(2, meter=False), clock="virtual")
+    ctrl.step(1_000_000)
+    box = Outbox(tmp_path / "o.sqlite", 1 << 20)
+    binary = Commands(ctrl, box, "mqtt", wall=lambda: 1000.0, decode=protobuf.command)
+    text = Commands(ctrl, box, "mqtt", wall=lambda: 1000.0)
+    assert binary.handle(command(**ahead), False)["accepted"] is True
+    assert text.handle(json.dumps({**ahead, "id": "plan-3", "starts_in_s": 40.0}).encode(), False)["accepted"]
+    assert text.handle(json.dumps({**ahead, "id": "own", "starts_ns": 10**12}).encode(), False)["code"] == \
+        "ERR_CMD_BAD_FIELD"
+    ctrl.step(2_000_000)
+    assert [c["id"] for c in ctrl.scheduled()] == ["plan-1", "plan-3"]
+    assert binary.handle(command(id="c", kind="cancel", of_id="plan-1", expires_in_s=5.0), False)["accepted"]
+    ctrl.step(3_000_000)
+    assert [c["id"] for c in ctrl.scheduled()] == ["plan-3"]

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import socketserver
+import time
 from pathlib import Path
 
 from ..controller import BINDINGS, Controller
@@ -47,7 +48,7 @@ def report(ctrl: Controller, services=None) -> dict:
               "faults": int(r["faults"]), "link": link[port.evse],
               "outputs_refused": stats["outputs_refused"].get(pid, 0)}
              for pid, r, port in zip(snap.port_ids, snap.ports, ctrl.site.ports)]
-    return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports,
+    return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports, "commands": ctrl.scheduled(),
             "faults": [p["id"] for p in ports if p["faults"]], "stats": stats,
             "services": services() if services else {}}
 
@@ -100,6 +101,15 @@ def render(doc: dict) -> str:
                      f"  [{kw(p['min_w'])} .. {kw(p['max_w'])}]  {p['binding']}{via}"
                      + (f"  faults 0x{p['faults']:x}" if p["faults"] else "")
                      + (f"  {p['outputs_refused']} outputs refused by link {p['link']}" if p["outputs_refused"] else ""))
+    if doc.get("commands"):
+        lines.append("grid commands:")
+    for c in doc.get("commands", []):
+        start = "now" if c["starts_in_s"] <= 0 else f"in {c['starts_in_s']:.0f} s"
+        lines.append(f"  {c['kind']:<12} {c['state']:<7} {c['value_w'] / 1e3:8.1f} kW  from {start}, "
+                     f"expires in {c['expires_in_s']:.0f} s"
+                     f"  {time.strftime('%H:%M:%S', time.gmtime(c['starts_at']))}-"
+                     f"{time.strftime('%H:%M:%SZ', time.gmtime(c['expires_at']))}"
+                     + (f"  id {c['id']!r} from {c['source']}" if c["id"] is not None else ""))
     lat, cmp_ = st["wake_latency"], st["compute"]
     lines += ["", f"faults: {', '.join(doc['faults']) or 'none'}",
               f"stats: {st['cycles']} cycles, {st['overruns']} overruns; wake latency p99 "

@@ -48,6 +48,7 @@ class PlantConfig:
     setpoint_schedule: tuple = ((0.0, FREE), (1.0, 120_000.0), (5.0, FREE),
                                 (17.0, -60_000.0), (20.0, FREE))
     setpoint_refresh_s: float = 10.0
+    setpoint_ahead_s: float = 0.0             # the DMS announces each scheduled setpoint this long ahead
     dms_upstream: str = "dms"                 # the [upstream.NAME] whose heartbeat the simulated DMS sends
     dms_outages: tuple = ()                   # ((hour, seconds), ...): heartbeats stop
     frequency_hz: float = 50.0
@@ -78,6 +79,7 @@ def check_config(cf, site: Site) -> PlantConfig:
         base_load_w=pair("base_load_w"),
         setpoint_schedule=_schedule(sec, "setpoint_schedule", d.setpoint_schedule),
         setpoint_refresh_s=sec.get_float("setpoint_refresh_s", d.setpoint_refresh_s, above=0, maxval=3600, unit="s"),
+        setpoint_ahead_s=sec.get_float("setpoint_ahead_s", d.setpoint_ahead_s, minval=0, maxval=86400, unit="s"),
         dms_upstream=sec.get_str("dms_upstream", d.dms_upstream),
         dms_outages=_rows(sec, "dms_outages", d.dms_outages, 2),
         frequency_hz=sec.get_float("frequency_hz", d.frequency_hz, minval=45, maxval=65, unit="Hz"),
@@ -213,6 +215,7 @@ class Plant:
         self._last_setpoint = None
         self._next_refresh_ns = t0_ns
         self._cmd_seq = 0
+        self._announced: set[int] = set()    # starts (s) of setpoints sent ahead
         # far side of the sensors: EVSE heat sinks, contactors, PLC modems, transformer ambient
         port_index = {p.id: j for j, p in enumerate(site.ports)}
         self.hot_evses = [(nd, self.below[index[nd.id]], sum(p.rating_charge_w for p in site.ports if p.evse == nd.id))
@@ -372,6 +375,7 @@ class Plant:
     def _dms(self, t_ns: int) -> None:
         if not self.dms_up(t_ns):
             return
+        self._announce(t_ns)
         value = self.scheduled_setpoint(t_ns)
         if value != self._last_setpoint or t_ns >= self._next_refresh_ns:
             self._cmd_seq += 1
@@ -387,6 +391,26 @@ class Plant:
                     raise RuntimeError(f"simulated DMS command rejected: {verdict.reason}")
             self._last_setpoint = value
             self._next_refresh_ns = t_ns + int(self.cfg.setpoint_refresh_s * S)
+
+    def _announce(self, t_ns: int) -> None:
+        """Scheduled setpoints starting within setpoint_ahead_s, sent once each as commands with
+        a start, as a DMS with a day-ahead plan does (stopping a setpoint, FREE, is a cancel when
+        it applies: a cancel has no start)."""
+        ahead_ns = int(self.cfg.setpoint_ahead_s * S)
+        if not ahead_ns:
+            return
+        h = self.hour(t_ns)
+        for start, value in self.cfg.setpoint_schedule:
+            t_start = t_ns + int(((start - h) % 24.0) * 3.6e12)
+            if value == FREE or not t_ns < t_start <= t_ns + ahead_ns or t_start // S in self._announced:
+                continue
+            self._announced.add(t_start // S)
+            self._cmd_seq += 1
+            cmd = {"kind": "setpoint", "id": f"sim-dms-{self._cmd_seq}", "value_w": value, "starts_ns": t_start,
+                   "expires_ns": t_start + int(3 * self.cfg.setpoint_refresh_s * S)}
+            verdict = self.ctrl.submit(cmd)
+            if not verdict and verdict.code not in ("ERR_CMD_QUEUE_FULL", "ERR_CMD_SCHEDULE_FULL"):
+                raise RuntimeError(f"simulated DMS command rejected: {verdict.reason}")
 
     def publish(self, t_ns: int) -> None:
         """Everything the site's devices and services report, stamped t."""

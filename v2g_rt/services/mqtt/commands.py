@@ -9,7 +9,7 @@ import time
 MAX_COMMAND_BYTES = 4096              # a grid command is < 200 bytes
 ID_RETENTION_S = 600.0                # as the controller: an id is remembered this long past its expiry
 # refusals that say nothing about the command itself: the same id may be sent again and be judged anew
-TRANSIENT = frozenset(("ERR_CMD_QUEUE_FULL", "ERR_CLOCK_UNSYNCED", "ERR_CMD_TOO_MANY_IDS"))
+TRANSIENT = frozenset(("ERR_CMD_QUEUE_FULL", "ERR_CLOCK_UNSYNCED", "ERR_CMD_TOO_MANY_IDS", "ERR_CMD_SCHEDULE_FULL"))
 
 
 def verdict(accepted: bool, code: str | None = None, reason: str | None = None) -> dict:
@@ -85,9 +85,10 @@ def parse(payload: bytes, retained: bool, decode=from_json) -> tuple[dict | None
     if retained:
         return cmd, verdict(False, "ERR_MQTT_RETAINED_CMD", "a retained command is never executed: it may be "
                                                             "any age; publish commands without the retain flag")
-    if "expires_ns" in cmd:
-        return cmd, verdict(False, "ERR_CMD_BAD_FIELD", "expires_ns is the controller's own clock; "
-                                                        "over MQTT use expires_at or expires_in_s")
+    for name in ("expires_ns", "starts_ns"):
+        if name in cmd:
+            return cmd, verdict(False, "ERR_CMD_BAD_FIELD", f"{name} is the controller's own clock; over MQTT "
+                                                            f"use {name[:-3]}_at or {name[:-3]}_in_s")
     return cmd, None
 
 
