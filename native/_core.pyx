@@ -194,6 +194,11 @@ def pilot_current(double duty_pct):
     return pilot_current_a(duty_pct)
 
 
+def pilot_duty_to_ns(double duty_pct, int64_t period_ns):
+    """A duty (%) as the ns of high time a PWM pilot of period_ns writes (rounded down)."""
+    return pilot_duty_ns(duty_pct, period_ns)
+
+
 def pilot_floor(double amps, double step_pct):
     """The most current a pilot with duty resolution step_pct offers without exceeding amps."""
     if not step_pct > 0.0:

@@ -7,7 +7,7 @@
 # period), the period, the duty and enable. Each attribute is one open-write-close, as the
 # interface wants: a value is parsed per write() and a shorter one would not shorten a file
 # behind it. A refused write or a missing file is counted and retried on the next run; a
-# readback that disagrees is counted and the duty written again. A sim pwmchip is a directory
+# readback that disagrees is counted and period, duty and enable written again. A sim pwmchip is a directory
 # laid out like the sysfs tree (v2g_rt.sim.peers.pwm), written through the same code.
 
 from posix.fcntl cimport open, O_RDONLY, O_WRONLY, O_TRUNC, O_CLOEXEC
@@ -77,7 +77,8 @@ cdef void pwm_service(PwmChannel* c) noexcept nogil:
     if not c.configured:
         err = sysfs_write(c.dir, b"duty_cycle", 0)
         if err == ENOENT and sysfs_write(c.chip, b"export", c.channel) == 0:
-            bump(&c.exports, 1)
+            bump(&c.exports, 1)                  # configured on the next run, once it exists
+            return
         if not err:
             err = sysfs_write(c.dir, b"period", c.period_ns)
         if not err:
@@ -107,7 +108,7 @@ cdef void pwm_service(PwmChannel* c) noexcept nogil:
     v2g_store_i64(&c.readback_ns, rb)
     if rb - c.written_ns > c.tolerance_ns or c.written_ns - rb > c.tolerance_ns:
         bump(&c.mismatches, 1)
-        c.written_ns = -1                    # write it again on the next run
+        c.configured = 0                     # a reset chip lost its period too: all again next run
 
 
 cdef void pwm_stage(Image* im, PwmIo* io, bint safe) noexcept nogil:
@@ -119,4 +120,4 @@ cdef void pwm_stage(Image* im, PwmIo* io, bint safe) noexcept nogil:
     for k in range(io.n):
         c = &io.ch[k]
         duty = 100.0 if safe else im.port[c.port].pilot_duty_pct
-        v2g_store_i64(&c.want_ns, <int64_t>(c.period_ns * duty / 100.0 + 0.5))
+        v2g_store_i64(&c.want_ns, pilot_duty_ns(duty, c.period_ns))

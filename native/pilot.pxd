@@ -3,6 +3,7 @@
 cdef double pilot_duty_pct(double amps) noexcept nogil
 cdef double pilot_current_a(double duty_pct) noexcept nogil
 cdef double pilot_floor_a(double amps, double step_pct) noexcept nogil
+cdef int64_t pilot_duty_ns(double duty_pct, int64_t period_ns) noexcept nogil   # rounded down: never more current
 
 cdef enum:  # CpState: the control pilot's state from its high level (IEC 61851-1 table A.4)
     CP_BETWEEN = -1              # between two states' bands: never data

@@ -48,9 +48,16 @@ cdef double pilot_floor_a(double amps, double step_pct) noexcept nogil:
     if amps <= PILOT_LOW_MAX_A:
         duty = floor(amps / 0.6 / step_pct + 1e-7) * step_pct
     a = pilot_current_a(duty)
-    if a > amps:                             # rounding put it a hair above: one step down
+    if a > amps + 1e-9:                      # rounding put it above (not a float hair): one step down
         a = pilot_current_a(duty - step_pct)
     return a if a >= PILOT_MIN_A - 1e-9 else 0.0
+
+
+cdef int64_t pilot_duty_ns(double duty_pct, int64_t period_ns) noexcept nogil:
+    """A duty as the PWM sysfs interface takes it, in ns of period_ns: rounded down (a longer
+    high time would offer more current than the map gave), but a hair of float error is not
+    a nanosecond's rounding."""
+    return <int64_t>(period_ns * duty_pct / 100.0 + 1e-6)
 
 
 # The CP's states by the voltage at the EVSE: nominal +-1 V (table A.4); the gaps between are no

@@ -135,7 +135,7 @@ _ENTRIES = [
      "or the pwmchip's driver refusing the value.",
      "Check /sys/class/pwm/pwmchipN/pwmM (exported, writable by the service user: hw/udev) and [pwm.NAME]."),
     ("ERR_PWM_READBACK", "The duty the PWM chip reports differs from the duty written (by more than 0.1 % of the "
-     "period); it is written again.",
+     "period); period, duty and enable are written again.",
      "Another process writing the channel, a driver that rounds more coarsely than 0.1 %, or a chip reset.",
      "Make sure nothing else drives the channel; compare with a logic analyzer (`v2g-rt calibrate`)."),
     ("ERR_CAN_BUS_OFF", "The CAN controller went bus-off; J1939 temperatures are stale and the interlock derates.",

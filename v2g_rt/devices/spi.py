@@ -158,7 +158,7 @@ def feeds(site) -> list:
     out = []
     for adc in site.sections.get("spi") or ():
         for ch in adc.channels:
-            out.append(Feed(ch.source, ch.section, "source", FEEDS[ch.kind], f"a {ch.kind} input"))
+            out.append(Feed(ch.source, ch.section, "source", FEEDS.get(ch.kind, ()), f"a {ch.kind} input"))
     return out
 
 

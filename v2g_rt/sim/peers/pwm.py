@@ -56,8 +56,8 @@ class SimPwmChips:
                     f.truncate()
             except OSError:
                 continue
-            if text.isdigit() and int(text) < NPWM:
-                pwm = os.path.join(chip, f"pwm{int(text)}")
+            pwm = os.path.join(chip, f"pwm{text}")
+            if text.isdigit() and int(text) < NPWM and not os.path.isdir(pwm):   # exported already: EBUSY
                 os.makedirs(pwm, exist_ok=True)
                 for name, value in ATTRS.items():
                     with open(os.path.join(pwm, name), "w") as f:
