@@ -338,6 +338,26 @@ def spi_value(int kind, int rng, int channel, int samples, double ratio, double 
     return code, value, low, bool(pwm), c.last_reading
 
 
+def spi_convert_cost_ns(kind, int samples, int64_t n):
+    """Benchmarks: the mean ns of one native conversion of a read of `samples` conversions (the
+    I/O thread's spi_convert, without the transfer)."""
+    cdef SpiChannel c = _spi_channel(SPI_KINDS[kind], ADS_PM_10V if kind == "cp" else ADS_P_10V, 0, samples,
+                                     2.0 if kind == "cp" else 250.0, -40.0, 160.0, 1.0, 0.0)
+    cdef uint8_t rx[(SPI_MAX_SAMPLES + 1) * SPI_FRAME]
+    cdef double value = 0.0, low = 0.0
+    cdef bint pwm
+    cdef int64_t k, t0
+    for k in range((samples + 1) * SPI_FRAME):
+        rx[k] = <uint8_t>(0x60 + k * 7)
+    with nogil:
+        t0 = mono_ns()
+        for k in range(n):
+            rx[SPI_FRAME + 3] = <uint8_t>k           # a different answer each time
+            spi_convert(&c, rx, &value, &low, &pwm)     # stores its reading: never optimised away
+        t0 = mono_ns() - t0
+    return t0 / n
+
+
 def cp_level_state(double volts):
     """The control pilot's state (A-F) at a high level of volts, or None between states."""
     cdef int32_t s = cp_state(volts)
