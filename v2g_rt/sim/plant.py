@@ -209,8 +209,8 @@ class Plant:
         self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
                         "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
         # ports whose far side is a real peer (a Modbus charger, an OCPP station) are that peer's to
-        # report, not the plant's
-        self.mine = np.array([site.node(p.evse).link not in ("modbus", "ocpp") for p in site.ports], bool)
+        # report, not the plant's; a direct-wired pilot's vehicle shows itself on the CP alone
+        self.mine = np.array([site.node(p.evse).link not in ("modbus", "ocpp", "pwm") for p in site.ports], bool)
         self._idx = np.array([[ctrl.source_index(port_source(p.id, f)) for p in site.ports] for f in self._fields],
                              np.int32)[:, self.mine]
         self._last_setpoint = None
