@@ -22,6 +22,9 @@ include "exchange.pxi"
 include "io_can.pxi"
 include "io_gpio.pxi"
 include "io_i2c.pxi"
+include "io_spi.pxi"
+include "io_pwm.pxi"
+include "io_thread.pxi"
 include "pilot.pxi"
 include "interlock.pxi"
 include "arbitrate.pxi"
@@ -50,6 +53,7 @@ SOURCES = {
     "min_soc": (SRC_PORT_MIN_SOC, 0.0, 1.0), "v2g": (SRC_PORT_V2G, 0.0, 1.0),
     "power_w": (SRC_PORT_POWER_W, -1e7, 1e7),
     "contactor": (SRC_PORT_CONTACTOR, 0.0, 1.0), "plc_loss": (SRC_PORT_PLC_LOSS, 0.0, 1.0),
+    "cp_v": (SRC_PORT_CP_V, -15.0, 15.0), "cp_diode": (SRC_PORT_CP_DIODE, 0.0, 1.0),
     "node_power_w": (SRC_NODE_POWER_W, -1e9, 1e9), "heatsink_c": (SRC_NODE_HEATSINK_C, -60.0, 250.0),
     "ambient_c": (SRC_NODE_AMBIENT_C, -60.0, 80.0), "top_oil_c": (SRC_NODE_TOP_OIL_C, -60.0, 250.0),
     "frequency_hz": (SRC_SITE_FREQUENCY_HZ, 40.0, 70.0), "heartbeat": (SRC_UPSTREAM_HEARTBEAT, 0.0, 1.0),
@@ -73,13 +77,14 @@ assert len(BINDINGS) == BIND_MEASURED + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
           "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,
-          "out_of_service": FAULT_OUT_OF_SERVICE, "link_down": FAULT_LINK_DOWN}
+          "out_of_service": FAULT_OUT_OF_SERVICE, "link_down": FAULT_LINK_DOWN,
+          "pilot": FAULT_PILOT, "cp_diode": FAULT_CP_DIODE}
 LATCHED_FAULTS = FAULT_LATCHED
 PERSISTENT_FAULTS = FAULT_PERSISTENT
 GATE_CODES = ("accepted", "ERR_MEAS_BAD_VALUE", "ERR_MEAS_FUTURE", "ERR_MEAS_TOO_OLD",
               "ERR_MEAS_DEVICE_OWNED", "ERR_MEAS_OUT_OF_ORDER")
 assert len(GATE_CODES) == N_GATE
-WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C, "gpio": WRITER_GPIO}
+WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C, "gpio": WRITER_GPIO, "spi": WRITER_SPI}
 GPIO_FD_KINDS = {"chardev": GPIO_FD_CHARDEV, "sim": GPIO_FD_SIM}
 GPIO_DRIVES = {"loop": GPIO_DRIVE_LOOP, "io-thread": GPIO_DRIVE_THREAD}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
@@ -189,6 +194,11 @@ def pilot_current(double duty_pct):
     return pilot_current_a(duty_pct)
 
 
+def pilot_duty_to_ns(double duty_pct, int64_t period_ns):
+    """A duty (%) as the ns of high time a PWM pilot of period_ns writes (rounded down)."""
+    return pilot_duty_ns(duty_pct, period_ns)
+
+
 def pilot_floor(double amps, double step_pct):
     """The most current a pilot with duty resolution step_pct offers without exceeding amps."""
     if not step_pct > 0.0:
@@ -269,8 +279,7 @@ cdef Io* new_io(Image* im) except NULL:
         raise MemoryError(f"cannot allocate the device state ({size} bytes)")
     memset(io, 0, size)
     io.can.fd = -1
-    io.i2c.ex = &im.ex
-    io.i2c.gpio = &io.gpio
+    io.iot.ex = &im.ex
     io.gpio.epfd = -1
     return io
 
@@ -285,6 +294,81 @@ def i2c_decode(int32_t decode, const uint8_t[::1] data):
     return i2c_raw(decode, &data[0])
 
 
+SPI_KINDS = {"4-20mA": SPI_4_20MA, "0-10V": SPI_0_10V, "cp": SPI_CP}
+SPI_RANGES = {"+-10.24V": ADS_PM_10V, "+-5.12V": ADS_PM_5V, "+-2.56V": ADS_PM_2V5,
+              "0-10.24V": ADS_P_10V, "0-5.12V": ADS_P_5V}      # ADS8688 range register codes
+SPI_RESULTS = ("ok", "ERR_SPI_WIRE_BREAK", "ERR_SPI_OVER_RANGE", "ERR_CP_BETWEEN_STATES")
+SPI_FRAME_BYTES = SPI_FRAME
+CP_STATES = "ABCDEF"
+
+
+cdef SpiChannel _spi_channel(int kind, int rng, int channel, int samples, double ratio, double at_lo,
+                             double at_hi, double gain, double offset) except *:
+    cdef SpiChannel c
+    memset(&c, 0, sizeof(c))
+    if kind not in SPI_KINDS.values() or rng not in SPI_RANGES.values() or not 0 <= channel <= 7 \
+            or not 1 <= samples <= SPI_MAX_SAMPLES or not ratio > 0 or not gain > 0:
+        raise ValueError("bad SPI channel")
+    c.kind, c.range, c.channel, c.samples, c.ratio = kind, rng, channel, samples, ratio
+    c.at_lo, c.at_hi, c.gain, c.offset = at_lo, at_hi, gain, offset
+    c.input = c.input_diode = -1
+    return c
+
+
+def spi_frames(int channel, int samples):
+    """The frames one read of an ADS8688 channel sends (samples conversions), as the I/O thread
+    sends them; the far side of a sim ADC answers them."""
+    cdef SpiChannel c = _spi_channel(SPI_0_10V, ADS_P_10V, channel, samples, 1.0, 0.0, 1.0, 1.0, 0.0)
+    out = bytearray((samples + 1) * SPI_FRAME)
+    cdef uint8_t* b = out
+    spi_tx(&c, b)
+    return bytes(out)
+
+
+def spi_value(int kind, int rng, int channel, int samples, double ratio, double at_lo, double at_hi,
+              double gain, double offset, const uint8_t[::1] rx):
+    """One read's answer converted as the I/O thread converts it: (SPI_RESULTS index, value, the
+    CP's low level, whether the CP carries a PWM, the reading in mA or V before calibration)."""
+    cdef SpiChannel c = _spi_channel(kind, rng, channel, samples, ratio, at_lo, at_hi, gain, offset)
+    cdef double value = NAN, low = NAN
+    cdef bint pwm = False
+    if rx.shape[0] != (samples + 1) * SPI_FRAME:
+        raise ValueError(f"{rx.shape[0]} bytes for {samples} conversions")
+    code = spi_convert(&c, &rx[0], &value, &low, &pwm)
+    return code, value, low, bool(pwm), c.last_reading
+
+
+def spi_convert_cost_ns(kind, int samples, int64_t n):
+    """Benchmarks: the mean ns of one native conversion of a read of `samples` conversions (the
+    I/O thread's spi_convert, without the transfer)."""
+    cdef SpiChannel c = _spi_channel(SPI_KINDS[kind], ADS_PM_10V if kind == "cp" else ADS_P_10V, 0, samples,
+                                     2.0 if kind == "cp" else 250.0, -40.0, 160.0, 1.0, 0.0)
+    cdef uint8_t rx[(SPI_MAX_SAMPLES + 1) * SPI_FRAME]
+    cdef double value = 0.0, low = 0.0
+    cdef bint pwm
+    cdef int64_t k, t0
+    for k in range((samples + 1) * SPI_FRAME):
+        rx[k] = <uint8_t>(0x60 + k * 7)
+    with nogil:
+        t0 = mono_ns()
+        for k in range(n):
+            rx[SPI_FRAME + 3] = <uint8_t>k           # a different answer each time
+            spi_convert(&c, rx, &value, &low, &pwm)     # stores its reading: never optimised away
+        t0 = mono_ns() - t0
+    return t0 / n
+
+
+def cp_level_state(double volts):
+    """The control pilot's state (A-F) at a high level of volts, or None between states."""
+    cdef int32_t s = cp_state(volts)
+    return None if s == CP_BETWEEN else CP_STATES[s]
+
+
+def cp_diode(double low_v):
+    """Whether a PWM's low level shows the EV's diode (reaches -12 V)."""
+    return bool(cp_diode_seen(low_v))
+
+
 cdef class Core:
     """One process image and the loop that runs over it.
 
@@ -297,6 +381,8 @@ cdef class Core:
     cdef pthread_t thread
     cdef pthread_t io_thread
     cdef bint io_running
+    cdef bint io_scheduled               # virtual time: the I/O jobs' first runs are set
+    cdef bint gpio_job                   # the I/O thread has the job of the sleeping GPIO chips
     cdef readonly bint running
     cdef readonly bint frozen
     cdef readonly bint virtual
@@ -602,14 +688,16 @@ cdef class Core:
         return v2g_load_i64(&self.runner.tid)
 
     cdef int _start_io(self, int priority, int cpu) noexcept:
-        """The I2C I/O thread, one step below the loop; returns 0 or the pthread_create error."""
+        """The I/O thread (I2C, SPI, PWM, sleeping GPIO chips), one step below the loop; returns 0 or
+        the pthread_create error."""
         cdef pthread_attr_t attr
         cdef sched_param sp
         cdef int rc
-        if self.io.i2c.n == 0 and self.io.gpio.n_thread_out == 0:
+        self._add_gpio_job()
+        if self.io.iot.n == 0:
             return 0
-        i2c_schedule(&self.io.i2c, mono_ns())
-        self.io.i2c.stop = 0
+        io_schedule(&self.io.iot, mono_ns())
+        self.io.iot.stop = 0
         pthread_attr_init(&attr)
         pthread_attr_setstacksize(&attr, LOOP_STACK_BYTES)
         if priority > 0:
@@ -617,16 +705,23 @@ cdef class Core:
             pthread_attr_setschedpolicy(&attr, SCHED_FIFO)
             sp.sched_priority = priority
             pthread_attr_setschedparam(&attr, &sp)
-        rc = pthread_create(&self.io_thread, &attr, i2c_thread_main, &self.io.i2c)
+        rc = pthread_create(&self.io_thread, &attr, io_thread_main, self.io)
         pthread_attr_destroy(&attr)
         self.io_running = rc == 0
         return rc
 
+    cdef void _add_gpio_job(self) noexcept:
+        """Drive lines on chips that sleep are set by the I/O thread: one job for them all."""
+        if self.io.gpio.n_thread_out and not self.gpio_job:
+            io_add_job(&self.io.iot, JOB_GPIO, 0, GPIO_JOB_PERIOD_NS)
+            self.gpio_job = True
+
     cdef void _join(self, bint hard) noexcept:
         v2g_store_release(&self.runner.stop, STOP_HARD if hard else STOP_SOFT)
-        v2g_store_release(&self.io.i2c.stop, 1)
         with nogil:
             pthread_join(self.thread, NULL)
+            # Only now: its last pass writes the safe outputs the stopped loop left (pilots, GPIO chips).
+            v2g_store_release(&self.io.iot.stop, 1)
             if self.io_running:
                 pthread_join(self.io_thread, NULL)
         self.io_running = False
@@ -664,6 +759,8 @@ cdef class Core:
                     cycle_run(self.im, self.io, t)
                     k += 1
                 publish_stopped(self.im, self.io)
+                io_run_kind(self.io, JOB_PWM, self.im.now_ns)
+                io_run_kind(self.io, JOB_GPIO, self.im.now_ns)
 
     cdef void _claim(self, int32_t input, int32_t writer) except *:
         if not 0 <= input < self.im.n_inputs:
@@ -760,14 +857,70 @@ cdef class Core:
         s.period_ns = v2g_s_to_ns(period_s)
         s.has_invalid_raw = invalid_raw is not None
         s.invalid_raw = invalid_raw if invalid_raw is not None else 0
+        io_add_job(&self.io.iot, JOB_I2C, io.n, s.period_ns)
         io.n += 1
         return io.n - 1
 
+    def add_spi_channel(self, int fd, kind, rng, int channel, int input, int input_diode, *,
+                        int samples, int speed_hz, int delay_us, double ratio, double at_lo, double at_hi,
+                        double gain, double offset, double period_s):
+        """An ADS8688 channel (kind in SPI_KINDS, rng in SPI_RANGES) read by the I/O thread every
+        period_s (samples conversions delay_us apart) and published to source `input` (a CP's
+        diode to input_diode, -1: none)."""
+        self._check_open()
+        cdef SpiIo* io = &self.io.spi
+        if io.n >= MAX_SPI:
+            raise ValueError(f"more than {MAX_SPI} SPI channels")
+        cdef SpiChannel c = _spi_channel(SPI_KINDS[kind], SPI_RANGES[rng], channel, samples, ratio, at_lo,
+                                         at_hi, gain, offset)
+        if not 0 <= input < self.im.n_inputs or not -1 <= input_diode < self.im.n_inputs or period_s <= 0 \
+                or not 0 <= delay_us <= 65535 or speed_hz <= 0:
+            raise ValueError("bad SPI channel")
+        self._claim(input, WRITER_SPI)
+        if input_diode >= 0:
+            self._claim(input_diode, WRITER_SPI)
+        c.fd, c.input, c.input_diode, c.speed_hz, c.delay_us = fd, input, input_diode, speed_hz, delay_us
+        c.period_ns = v2g_s_to_ns(period_s)
+        io.c[io.n] = c
+        io_add_job(&self.io.iot, JOB_SPI, io.n, c.period_ns)
+        io.n += 1
+        return io.n - 1
+
+    def add_pwm_channel(self, int port, chip_dir, int channel, int64_t period_ns, double interval_s):
+        """Port's control pilot on PWM channel `channel` of the sysfs pwmchip at chip_dir (its
+        directory): the write stage hands each cycle's duty to the I/O thread, which writes it
+        on change (at most every interval_s) and reads it back."""
+        self._check_open()
+        cdef PwmIo* io = &self.io.pwm
+        cdef bytes chip = os.fsencode(os.path.join(chip_dir, ""))
+        cdef bytes path = os.fsencode(os.path.join(chip_dir, f"pwm{channel}", ""))
+        if io.n >= MAX_PWM:
+            raise ValueError(f"more than {MAX_PWM} PWM channels")
+        if not 0 <= port < self.im.n_ports or not 0 <= channel < 1024 or period_ns <= 0 or interval_s <= 0:
+            raise ValueError("bad PWM channel")
+        if len(path) + 16 >= PWM_PATH:
+            raise ValueError(f"PWM path {chip_dir!r} longer than {PWM_PATH - 16} bytes")
+        for k in range(io.n):
+            if io.ch[k].port == port:
+                raise ValueError(f"port {port} already has a PWM pilot")
+        cdef PwmChannel* c = &io.ch[io.n]
+        memset(c, 0, sizeof(PwmChannel))
+        memcpy(c.chip, <char*>chip, len(chip) + 1)
+        memcpy(c.dir, <char*>path, len(path) + 1)
+        c.port, c.channel, c.period_ns = port, channel, period_ns
+        c.tolerance_ns = period_ns // 1000        # 0.1 %: a chip rounds to its clock, no further
+        c.want_ns = period_ns                     # 100 %: +12 V, no current offered
+        c.written_ns = -1
+        c.readback_ns = -1
+        self.im.outbox.link[port] = OUTPUT_PWM
+        io_add_job(&self.io.iot, JOB_PWM, io.n, v2g_s_to_ns(interval_s))
+        io.n += 1
+        return io.n - 1
     def claim(self, int32_t input, int32_t writer):
         """A device served on the Python side (a sim backend) takes source `input`: from now on
         the gate takes it from `writer` alone (write_measurement(..., writer))."""
         self._check_open()
-        if writer not in (WRITER_CAN, WRITER_I2C):
+        if writer not in (WRITER_CAN, WRITER_I2C, WRITER_SPI):
             raise ValueError(f"{writer} is not a device writer")
         self._claim(input, writer)
 
@@ -781,7 +934,55 @@ cdef class Core:
                         "gate_rejected": v2g_load_relaxed(&s.gate_rejected),
                         "last_errno": v2g_load_i64(&s.last_errno), "period_s": s.period_ns / 1e9,
                         "mode": ("i2c_rdwr", "smbus")[s.mode], "address": s.addr})
-        return out, v2g_load_i64(&self.io.i2c.tid)
+        return out, v2g_load_i64(&self.io.iot.tid)
+
+    def spi_stats(self):
+        cdef SpiChannel* c
+        out = []
+        for k in range(self.io.spi.n):
+            c = &self.io.spi.c[k]
+            out.append({"reads": v2g_load_relaxed(&c.reads), "errors": v2g_load_relaxed(&c.errors),
+                        "wire_break": v2g_load_relaxed(&c.wire_break), "over_range": v2g_load_relaxed(&c.over_range),
+                        "between_states": v2g_load_relaxed(&c.between_states),
+                        "gate_rejected": v2g_load_relaxed(&c.gate_rejected), "last_errno": v2g_load_i64(&c.last_errno),
+                        "reading": v2g_load_f64(&c.last_reading), "period_s": c.period_ns / 1e9,
+                        "channel": c.channel, "mode": "spi_ioc_message"})
+        return out
+
+    def pwm_stats(self):
+        cdef PwmChannel* c
+        out = []
+        for k in range(self.io.pwm.n):
+            c = &self.io.pwm.ch[k]
+            rb = v2g_load_i64(&c.readback_ns)
+            out.append({"port": c.port, "path": os.fsdecode(c.dir), "period_ns": c.period_ns,
+                        "duty_ns": v2g_load_i64(&c.want_ns), "readback_ns": rb,
+                        "readback_pct": rb * 100.0 / c.period_ns if rb >= 0 else None,
+                        "writes": v2g_load_relaxed(&c.writes), "write_errors": v2g_load_relaxed(&c.write_errors),
+                        "exports": v2g_load_relaxed(&c.exports), "readbacks": v2g_load_relaxed(&c.readbacks),
+                        "readback_errors": v2g_load_relaxed(&c.readback_errors),
+                        "mismatches": v2g_load_relaxed(&c.mismatches), "last_errno": v2g_load_i64(&c.last_errno)})
+        return out
+
+    def io_schedule_stats(self):
+        """The I/O thread's schedule: per job its kind, period, runs, skipped periods, cost and
+        achieved period (mean, max); per pass its count and time."""
+        cdef IoThread* t = &self.io.iot
+        cdef IoJob* j
+        jobs = []
+        for k in range(t.n):
+            j = &t.job[k]
+            runs = v2g_load_relaxed(&j.runs)
+            jobs.append({"kind": ("i2c", "spi", "pwm", "gpio")[j.kind], "index": j.index, "period_s": j.period_ns / 1e9,
+                         "runs": runs, "skipped": v2g_load_relaxed(&j.skipped),
+                         "cost_mean_s": v2g_load_relaxed(&j.cost_sum_ns) / runs / 1e9 if runs else None,
+                         "cost_max_s": v2g_load_i64(&j.cost_max_ns) / 1e9,
+                         "period_mean_s": v2g_load_relaxed(&j.gap_sum_ns) / (runs - 1) / 1e9 if runs > 1 else None,
+                         "period_max_s": v2g_load_i64(&j.gap_max_ns) / 1e9})
+        passes = v2g_load_relaxed(&t.passes)
+        return {"jobs": jobs, "passes": passes, "pass_max_s": v2g_load_i64(&t.pass_max_ns) / 1e9,
+                "pass_mean_s": v2g_load_relaxed(&t.pass_sum_ns) / passes / 1e9 if passes else None,
+                "tid": v2g_load_i64(&t.tid)}
 
     def attach_gpio_input(self, int fd, kind, int input, int debounce_cycles, int initial):
         """The read stage drains fd's edge events (struct gpio_v2_line_event) each cycle and
@@ -853,18 +1054,17 @@ cdef class Core:
         return {"inputs": inputs, "outputs": outputs, "poll_errors": v2g_load_relaxed(&self.io.gpio.poll_errors)}
 
     def poll_io(self):
-        """Virtual time: run the I2C transfers due by now (the real-time I/O thread does this itself)."""
+        """Virtual time: run the I/O jobs (I2C, SPI, PWM) due by now (the real-time I/O thread
+        does this itself)."""
         if self.running:
-            raise RuntimeError("the I/O thread reads the sensors while the loop runs")
+            raise RuntimeError("the I/O thread serves the devices while the loop runs")
         cdef int64_t now = self.im.now_ns
-        cdef int k
-        for k in range(self.io.i2c.n):
-            if self.io.i2c.s[k].next_ns == 0:
-                i2c_schedule(&self.io.i2c, now)
-                break
+        self._add_gpio_job()
+        if self.io.iot.n and not self.io_scheduled:
+            io_schedule(&self.io.iot, now)
+            self.io_scheduled = True
         with nogil:
-            i2c_poll(&self.io.i2c, now)
-            gpio_thread_drive(&self.io.gpio)
+            io_pass(self.io, now, True)
 
     # ------------------------------------------------------------ exchange
 
@@ -920,7 +1120,7 @@ cdef class Core:
         writes as its own kind, see claim); returns its GATE_CODES index (0: accepted)."""
         if not 0 <= index < self.im.n_inputs:
             raise IndexError(index)
-        if writer not in (WRITER_PYTHON, WRITER_CAN, WRITER_I2C):
+        if writer not in (WRITER_PYTHON, WRITER_CAN, WRITER_I2C, WRITER_SPI):
             raise ValueError(f"no writer {writer}")
         return gate_write(&self.im.ex, index, writer, value, t_ns, self._now())
 

@@ -6,7 +6,7 @@
 #          test runs it alone under seccomp strict mode)
 # write    hands each port's output to its link: the output mailbox (and its
 #          eventfd) for links served by Python, a J1939 setpoint frame for CAN,
-#          a GPIO contactor drive line
+#          a GPIO contactor drive line, a pilot's duty for the I/O thread to write (PWM)
 # publish  the snapshot readers take
 #
 # One function, cycle_run(), is the whole control law. The real-time scheduler,
@@ -130,6 +130,10 @@ cdef void cycle_shape(Image* im) noexcept nogil:
             if p.setpoint_w == 0.0 and p.target_w > 0.0:     # and the first is 6 A, none less
                 p.setpoint_w = pilot_floor_a(fmin(p.target_w / p.watts_per_amp, PILOT_MIN_A),
                                              p.pilot_step_pct) * p.watts_per_amp
+        # A PWM pilot offers the setpoint's current, or none at all: 100 % is a steady +12 V.
+        p.pilot_duty_pct = pilot_duty_pct(p.setpoint_w / p.watts_per_amp)
+        if p.pilot_duty_pct == 0.0:
+            p.pilot_duty_pct = 100.0
         im.fleet_w += p.setpoint_w
         if p.setpoint_w > 0.0:
             im.ports_charging += 1
@@ -188,6 +192,7 @@ cdef void cycle_write(Image* im, Io* io) noexcept nogil:
             moved = True
     can_write(im, &io.canw, io.can.fd)
     gpio_write(im, &io.gpio)
+    pwm_stage(im, &io.pwm, False)
     if moved:
         outbox_signal(ob)
 
@@ -302,6 +307,7 @@ cdef void publish_stopped(Image* im, Io* io) noexcept nogil:
     snap_publish(&im.snap)
     can_write(im, &io.canw, io.can.fd)
     gpio_write(im, &io.gpio)
+    pwm_stage(im, &io.pwm, True)
     outbox_signal(&im.outbox)
 
 

@@ -49,7 +49,9 @@ cdef enum:  # SourceKind
     SRC_PORT_POWER_W = 9
     SRC_PORT_CONTACTOR = 10      # contactor feedback (GPIO): 1 closed, 0 open
     SRC_PORT_PLC_LOSS = 11       # ISO 15118 PLC packet loss, 0..1
-    N_PORT_SOURCES = 12
+    SRC_PORT_CP_V = 12           # control pilot: its high level, V (SPI ADC; A 12, B 9, C 6, D 3, E 0, F -12)
+    SRC_PORT_CP_DIODE = 13       # control pilot: 1 the PWM's low level reaches -12 V (the EV's diode), 0 not
+    N_PORT_SOURCES = 14
     SRC_NODE_POWER_W = 20
     SRC_NODE_HEATSINK_C = 21     # EVSE heat-sink / power-module temperature
     SRC_NODE_AMBIENT_C = 22      # transformer ambient temperature
@@ -88,6 +90,7 @@ cdef enum:  # Writer: who may write a source (one writer per slot by constructio
     WRITER_CAN = 1           # the loop's J1939 decoder
     WRITER_I2C = 2           # an I2C sensor: the native I/O thread, or the Python reader of a sim one
     WRITER_GPIO = 3          # the loop's GPIO reader: contactor feedback lines
+    WRITER_SPI = 4           # an SPI ADC channel: the native I/O thread, or the Python reader of a sim one
 
 # Why a node or port gets what it gets (the limit that bound it).
 cdef enum:  # Binding
@@ -121,8 +124,10 @@ cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
     FAULT_OVERTEMP = 2            # the EVSE's heat sink is at or above its trip temperature
     FAULT_TEMP_STALE = 4          # a required temperature is stale
     FAULT_LINK_DOWN = 8           # its link cannot deliver outputs (J1939 address lost)
+    FAULT_PILOT = 0x40            # control pilot in state E or F, or its voltage stale
     FAULT_TRANSIENT = 0xFF
     FAULT_ISO_TIMEOUT = 0x100     # PLC packet loss above its limit: stopped for this session
+    FAULT_CP_DIODE = 0x800        # the pilot's PWM never reaches -12 V: no EV diode; stopped for this session
     FAULT_SESSION = 0xFF00
     FAULT_CONTACTOR = 0x10000     # contactor feedback disagrees with the command
     FAULT_JOURNAL = 0x20000       # the latched-fault journal was unreadable at start
@@ -368,6 +373,8 @@ cdef struct Port:
     double watts_per_amp         # W per A on each of its phases: voltage x number of phases
     double pilot_step_pct        # an IEC 61851 pilot sets its current, in duty steps of this; 0: none
     # per cycle
+    int32_t cp_state             # control pilot state (CP_*, pilot.pxd) when its voltage is sampled
+    double pilot_duty_pct        # the duty a PWM pilot offers: 100 (+12 V, no current) or the setpoint's
     int32_t connected
     int32_t v2g
     double soc
@@ -436,6 +443,7 @@ cdef struct Options:
 cdef enum:  # OutputLink: who takes a port's output from the write stage
     OUTPUT_PYTHON = 0            # a Python service, from the output mailbox
     OUTPUT_CAN = 1               # the write stage itself: a J1939 setpoint frame
+    OUTPUT_PWM = 2               # the write stage's duty, written by the I/O thread (io_pwm)
 
 cdef struct PortOutput:          # what a port's link is to apply (seqlocked; writer: the loop)
     uint64_t seq                 # odd while being written

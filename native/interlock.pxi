@@ -90,6 +90,23 @@ cdef inline bint stop_may_open(Image* im, Port* p) noexcept nogil:
     return ok and fabs(v) <= im.opt.stop_open_below_w
 
 
+cdef void pilot_check(Image* im, Port* p) noexcept nogil:
+    """A direct-wired control pilot (IEC 61851-1): its CP voltage says whether a vehicle is
+    there (B, C, D: connected; A: none). E, F or no fresh voltage stop the port (FAULT_PILOT);
+    a PWM whose low level never reaches -12 V shows no diode, and stops it for the session.
+    So a PWM (a current offered) comes only in B, C or D with the diode, never in E or F."""
+    cdef bint ok
+    cdef double v = port_value(im, p, SRC_PORT_CP_V, &ok)
+    p.cp_state = cp_state(v) if ok else CP_BETWEEN
+    p.connected = CP_B <= p.cp_state <= CP_D
+    if p.cp_state == CP_BETWEEN or p.cp_state >= CP_E:
+        p.faults |= FAULT_PILOT
+    if p.connected and p.src[SRC_PORT_CP_DIODE] >= 0:
+        v = port_value(im, p, SRC_PORT_CP_DIODE, &ok)
+        if ok and v < 0.5:
+            p.faults |= FAULT_CP_DIODE
+
+
 cdef void port_faults(Image* im, Port* p) noexcept nogil:
     """Connection state, PLC loss and the contactor check."""
     cdef bint ok
@@ -105,6 +122,8 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
         isrc = p.src[SRC_PORT_CONNECTED]
         if isrc >= 0 and im.input[isrc].received and im.input[isrc].value > 0.5:
             p.faults |= FAULT_SESSION_STALE
+    if p.src[SRC_PORT_CP_V] >= 0:
+        pilot_check(im, p)
     if not p.connected:
         p.faults &= ~FAULT_SESSION            # the session ended: a new vehicle starts clean
     elif p.src[SRC_PORT_PLC_LOSS] >= 0:
@@ -112,6 +131,8 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
         if not ok or v > im.opt.plc_loss_limit:
             p.faults |= FAULT_ISO_TIMEOUT
     want = p.connected and not (p.faults & (FAULT_PERSISTENT | FAULT_SESSION))
+    if p.src[SRC_PORT_CP_V] >= 0 and p.cp_state != CP_C and p.cp_state != CP_D:
+        want = 0                              # a pilot's contactor closes only for a vehicle that asks
     if im.stopping and want:
         want = p.contactor_closed and not stop_may_open(im, p)
     if want != p.contactor_closed:

@@ -1,4 +1,4 @@
-# io_i2c: I2C sensors read by the native I/O thread, never by the loop (io_i2c.pxi).
+# io_i2c: I2C sensors read by the native I/O thread (io_thread), never by the loop (io_i2c.pxi).
 # Its state lives in Io (io.pxd), beside the control image, never in it.
 
 cdef enum:
@@ -27,7 +27,6 @@ cdef struct I2cSensor:
     int64_t invalid_raw          # the register's "no value yet" code (TMP117: 0x8000), if any
     int32_t has_invalid_raw
     int64_t period_ns
-    int64_t next_ns
     uint64_t reads
     uint64_t errors
     uint64_t not_ready           # reads that returned the register's "no value yet" code
@@ -35,14 +34,8 @@ cdef struct I2cSensor:
     int64_t last_errno
 
 cdef struct I2cIo:               # the I/O thread's sensors (the loop never reads them)
-    Exchange* ex                 # where the sensors publish: the control image's exchange
     int32_t n
     I2cSensor s[MAX_I2C]
-    uint64_t stop
-    int64_t tid
-    GpioIo* gpio                 # drive lines of chips that sleep: set here too (gpio_thread_drive)
 
 cdef int64_t i2c_raw(int32_t decode, const uint8_t* b) noexcept nogil   # register bytes to a number
-cdef void i2c_schedule(I2cIo* io, int64_t start_ns) noexcept nogil
-cdef void i2c_poll(I2cIo* io, int64_t now_ns) noexcept nogil        # virtual time: transfers due by now
-cdef void* i2c_thread_main(void* arg) noexcept nogil                # pthread start routine; arg: I2cIo*
+cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nogil

@@ -2,11 +2,11 @@
 #
 # A stuck I2C bus blocks a transfer for the adapter's timeout, so the loop must
 # never make one. The I/O thread (nogil, SCHED_FIFO below the loop) reads one
-# sensor register at a time on a schedule set at start-up and publishes each
+# sensor register per job of its schedule (io_thread.pxi) and publishes each
 # value with its timestamp into the sensor's own measurement slot (it is that
 # slot's only writer, through the gate); the cycle takes it like any measurement. A failed
 # transfer (NACK, EIO, timeout) is counted and publishes nothing, so the value
-# goes stale and the interlock treats it. In virtual time the same transfers run
+# goes stale and the interlock treats it. In virtual time the same jobs run
 # from poll_io() in the stepping thread. Only real transfers (I2C_RDWR, SMBus
 # ioctls) are made here: a sim sensor is served on the Python side
 # (v2g_rt.devices.i2c), which decodes its bytes with i2c_raw below.
@@ -84,54 +84,3 @@ cdef void i2c_read_sensor(Exchange* ex, I2cSensor* s, int64_t t_ns) noexcept nog
         return
     if gate_write(ex, s.input, WRITER_I2C, raw * s.scale + s.offset, t_ns, t_ns) != GATE_OK:
         bump(&s.gate_rejected, 1)
-
-
-cdef int32_t i2c_due(I2cIo* io) noexcept nogil:
-    cdef int32_t k, best = 0
-    for k in range(1, io.n):
-        if io.s[k].next_ns < io.s[best].next_ns:
-            best = k
-    return best
-
-
-cdef void i2c_poll(I2cIo* io, int64_t now_ns) noexcept nogil:
-    """Every transfer that is due by now_ns (virtual time: the stepping thread)."""
-    cdef I2cSensor* s
-    cdef int32_t k
-    for k in range(io.n):
-        s = &io.s[k]
-        while s.next_ns <= now_ns:
-            i2c_read_sensor(io.ex, s, now_ns)
-            s.next_ns += s.period_ns
-
-
-cdef void* i2c_thread_main(void* arg) noexcept nogil:
-    cdef I2cIo* io = <I2cIo*>arg
-    cdef I2cSensor* s
-    cdef int64_t now
-    pthread_setname_np(pthread_self(), b"v2g-i2c")
-    v2g_store_i64(&io.tid, gettid())
-    cdef int64_t nap = 1_000_000 if io.gpio.n_thread_out else 50_000_000
-    while not v2g_load_acquire(&io.stop):
-        gpio_thread_drive(io.gpio)
-        now = mono_ns()
-        if io.n == 0:
-            sleep_until(now + nap)
-            continue
-        s = &io.s[i2c_due(io)]
-        if s.next_ns > now:
-            # Never sleep past a stop request (or a GPIO drive's change) by more than the nap.
-            sleep_until(s.next_ns if s.next_ns - now < nap else now + nap)
-            continue
-        i2c_read_sensor(io.ex, s, mono_ns())
-        s.next_ns += s.period_ns
-        if s.next_ns < now:                  # fell behind (a slow bus): skip, never burst
-            s.next_ns = now + s.period_ns
-    return NULL
-
-
-cdef void i2c_schedule(I2cIo* io, int64_t start_ns) noexcept nogil:
-    """Spread the sensors' first reads over their periods so transfers do not bunch."""
-    cdef int32_t k
-    for k in range(io.n):
-        io.s[k].next_ns = start_ns + io.s[k].period_ns * k // (io.n if io.n else 1)

@@ -5,7 +5,7 @@
 # 85 % is 51 A and the next duty up already means 52.5 A or more, so currents between are
 # expressed as 51 A (never more than asked).
 
-from libc.math cimport floor, fmax
+from libc.math cimport floor, fmax, fabs
 
 cdef double PILOT_MIN_A = 6.0
 cdef double PILOT_MAX_A = 80.0
@@ -48,6 +48,33 @@ cdef double pilot_floor_a(double amps, double step_pct) noexcept nogil:
     if amps <= PILOT_LOW_MAX_A:
         duty = floor(amps / 0.6 / step_pct + 1e-7) * step_pct
     a = pilot_current_a(duty)
-    if a > amps:                             # rounding put it a hair above: one step down
+    if a > amps + 1e-9:                      # rounding put it above (not a float hair): one step down
         a = pilot_current_a(duty - step_pct)
     return a if a >= PILOT_MIN_A - 1e-9 else 0.0
+
+
+cdef int64_t pilot_duty_ns(double duty_pct, int64_t period_ns) noexcept nogil:
+    """A duty as the PWM sysfs interface takes it, in ns of period_ns: rounded down (a longer
+    high time would offer more current than the map gave), but a hair of float error is not
+    a nanosecond's rounding."""
+    return <int64_t>(period_ns * duty_pct / 100.0 + 1e-6)
+
+
+# The CP's states by the voltage at the EVSE: nominal +-1 V (table A.4); the gaps between are no
+# state, and a reading there (a bad contact, a mis-set divider) is counted, never taken for one.
+# With the PWM on, the low level is -12 V through the EV's diode; a missing or shorted diode
+# lets it rise towards the high level.
+cdef double CP_BAND_V = 1.0
+cdef double CP_DIODE_MAX_V = -11.0
+
+
+cdef int32_t cp_state(double volts) noexcept nogil:
+    cdef int32_t k
+    for k in range(CP_E + 1):                # 12, 9, 6, 3, 0 V
+        if fabs(volts - (12.0 - 3.0 * k)) <= CP_BAND_V:
+            return k
+    return CP_F if fabs(volts + 12.0) <= CP_BAND_V else CP_BETWEEN
+
+
+cdef bint cp_diode_seen(double low_v) noexcept nogil:
+    return low_v <= CP_DIODE_MAX_V

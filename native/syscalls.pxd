@@ -149,6 +149,17 @@ cdef extern from "<linux/i2c-dev.h>" nogil:
     unsigned long I2C_RDWR
     unsigned long I2C_SMBUS
 
+cdef extern from "<linux/spi/spidev.h>" nogil:
+    struct spi_ioc_transfer:
+        uint64_t tx_buf
+        uint64_t rx_buf
+        uint32_t len
+        uint32_t speed_hz
+        uint16_t delay_usecs
+        uint8_t bits_per_word
+        uint8_t cs_change
+    unsigned long SPI_IOC_MESSAGE(int n)   # a macro: the request for n transfers in one ioctl
+
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
 

@@ -139,7 +139,7 @@ def cmd_port(args) -> int:
     return 0
 
 
-LINKS_AVAILABLE = ("sim", "can", "modbus", "ocpp")
+LINKS_AVAILABLE = ("sim", "can", "modbus", "ocpp", "pwm")
 LINK_SECTIONS = {"ocpp": "[ocpp] with listen, ca, cert and key"}     # links served by a service section
 
 
@@ -254,6 +254,11 @@ def _safe_modbus(site) -> str:
     return safe_outputs(site)
 
 
+def _safe_pwm(site) -> str:
+    from .devices.pwm import safe_outputs
+    return safe_outputs(site)
+
+
 # What puts an EVSE link's outputs in their safe state once the controller is gone
 # (systemd ExecStopPost), per link kind: site -> what was done (raises DeviceError). Every link's
 # far side also falls back by itself (its dead-man): this only makes it immediate.
@@ -261,6 +266,7 @@ SAFE_OUTPUTS = {
     "sim": lambda site: "no physical output: the simulated EVs stop with the controller",
     "can": _safe_can,
     "modbus": _safe_modbus,
+    "pwm": _safe_pwm,
     "ocpp": lambda site: "nothing to send: each station falls back by itself to its stack-level-0 TxDefaultProfile "
                          "(charge only) once our TxProfile's validity ends",
 }

@@ -630,10 +630,31 @@ class Controller:
         (drive "loop") or by the I/O thread ("io-thread") when it changes."""
         return self._core.attach_gpio_output(fd, kind, self._port_index[port], drive, 0)
 
+    def add_spi_channel(self, fd: int, ch, speed_hz: int) -> int:
+        """An ADC channel (devices.spi.SpiChannelConfig) the I/O thread reads through fd."""
+        self.claim_source(ch.source, "spi")
+        diode = -1
+        if ch.diode_source:
+            self.claim_source(ch.diode_source, "spi")
+            diode = self.source_index(ch.diode_source)
+        return self._core.add_spi_channel(fd, ch.kind, ch.adc_range, ch.channel, self.source_index(ch.source), diode,
+                                          samples=ch.samples, speed_hz=speed_hz, delay_us=ch.delay_us, ratio=ch.ratio,
+                                          at_lo=ch.at_lo, at_hi=ch.at_hi, gain=ch.gain, offset=ch.offset,
+                                          period_s=ch.period_s)
+
+    def add_pwm_channel(self, port: str, chip_dir: str, channel: int, period_ns: int, interval_s: float) -> int:
+        """Port's control pilot on channel `channel` of the sysfs pwmchip directory chip_dir."""
+        return self._core.add_pwm_channel(self._port_index[port], chip_dir, channel, period_ns, interval_s)
+
+    def io_schedule_stats(self) -> dict:
+        """The native I/O thread's schedule: per job (i2c, spi, pwm) its period, runs, cost and the
+        periods achieved; per pass its time."""
+        return self._core.io_schedule_stats()
+
     def poll_io(self) -> None:
-        """Virtual time: the I2C reads due by now, native and served on the Python side, and the
-        GPIO drive lines of sleeping chips (the I/O thread and the served sensors' thread do this
-        while running in real time)."""
+        """Virtual time: the I/O jobs due by now (I2C and SPI reads, PWM writes, the GPIO drive lines
+        of sleeping chips), native and served on the Python side (the I/O thread and the served
+        sensors' thread do this while running in real time)."""
         self._core.poll_io()
         now = self._core.now_ns()
         for sensors in self._served.values():
@@ -643,7 +664,11 @@ class Controller:
         i2c, tid = self._core.i2c_stats()
         can = self._core.can_stats()
         can["setpoints"] = self._core.can_writer_stats()
-        out = {"can": can, "i2c": i2c, "gpio": self._core.gpio_stats(), "io_thread_tid": tid}
+        pwm = self._core.pwm_stats()
+        for d in pwm:
+            d["port"] = self.port_ids[d["port"]]
+        out = {"can": can, "i2c": i2c, "gpio": self._core.gpio_stats(), "spi": self._core.spi_stats(), "pwm": pwm,
+               "io_thread_tid": tid}
         for device, sensors in self._served.items():
             out[device] = out[device] + sensors.stats()
         return out

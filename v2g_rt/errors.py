@@ -37,7 +37,7 @@ _ENTRIES = [
     ("ERR_CONFIG_CAPACITY", "The site exceeds a compiled capacity (ports, nodes, sources, depth).",
      "A site larger than the build supports.",
      "Split the site over several controllers, or rebuild with larger capacities in native/image.pxd."),
-    ("ERR_CONFIG_DEVICE", "A device (CAN signal, I2C sensor) is wired to a source it cannot feed, or two "
+    ("ERR_CONFIG_DEVICE", "A device (CAN signal, I2C sensor, SPI channel, PWM pilot) is wired to a source it cannot feed, or two "
      "EVSEs share one J1939 source address.",
      "A source that does not exist on the site or is of another kind (a temperature sensor on a power "
      "source), an upstream heartbeat, a source another device feeds too, or a copied can_address.",
@@ -95,7 +95,7 @@ _ENTRIES = [
      "Nothing if the step was expected; otherwise find who sets the clock (chrony makestep, timesyncd)."),
     ("ERR_MEAS_DEVICE_OWNED", "A measurement was sent for a source the native core reads from a device itself.",
      "A service and a CAN/I2C device configured for the same source.", "Feed each source from one place."),
-    ("ERR_DEVICE_MISSING", "A device (CAN interface, /dev/i2c-N, a sensor) cannot be opened or does not answer.",
+    ("ERR_DEVICE_MISSING", "A device (CAN interface, /dev/i2c-N, /dev/spidevB.C, a pwmchip, a sensor) cannot be opened or does not answer.",
      "Kernel module not loaded, device tree, udev permissions, wiring or address.",
      "Follow the remedy in the message (modprobe, udev rule in hw/udev, group membership, i2cdetect)."),
     ("ERR_GPIO_LINE", "A GPIO contactor line cannot be requested, or its line request failed while running.",
@@ -108,6 +108,36 @@ _ENTRIES = [
      "Auxiliary contact bounce longer than debounce_ms, a loose wire, or interference on the feedback line.",
      "Raise [gpio.NAME] debounce_ms a little above the contact's bounce time (datasheet, 1-10 ms typical); "
      "a count that keeps rising with a steady contactor means wiring to check."),
+    ("ERR_SPI_TRANSFER", "An SPI ADC transfer failed (SPI_IOC_MESSAGE errno); the channel's value goes stale.",
+     "A stuck SPI controller (ETIMEDOUT), a chip that does not answer, or the device node gone.",
+     "Check the ADC's supply, chip select and wiring; `dmesg` for the SPI controller's errors."),
+    ("ERR_SPI_WIRE_BREAK", "A 4-20 mA input reads at or below 3.6 mA (NAMUR NE 43): the value stays stale.",
+     "A broken loop wire, a dead transmitter or its lost supply.",
+     "Check the loop: wiring, the transmitter's supply, the shunt ([spi.NAME.channel.N] shunt_ohms)."),
+    ("ERR_SPI_OVER_RANGE", "An analog input reads over its range (4-20 mA at or above 21.0 mA, NAMUR NE 43; "
+     "0-10 V above 11 V): the value stays stale.",
+     "A transmitter signalling its own fault, a short, or a wrong shunt, divider or range setting.",
+     "Check the transmitter's diagnostics and the channel's shunt_ohms / divider / range."),
+    ("ERR_CP_BETWEEN_STATES", "A control pilot voltage lies between two IEC 61851 states; it was not taken as either.",
+     "A bad CP contact, a cable or EV outside the standard's tolerances, or a wrong divider or calibration.",
+     "Measure the CP high level (A 12, B 9, C 6, D 3 V, +-1 V); check the divider and `v2g-rt calibrate`."),
+    ("ERR_PILOT_STATE", "A direct-wired port's control pilot is in state E or F, or its voltage is stale: "
+     "the port is stopped (no PWM, contactor open).",
+     "CP shorted to PE or no pilot supply (E), the EVSE signalling unavailable (F), or the ADC channel "
+     "that samples the CP failing.", "Check the pilot circuit and cable; see the SPI channel's own errors."),
+    ("ERR_CP_NO_DIODE", "The pilot's PWM never reaches -12 V: the vehicle's diode is missing or shorted; "
+     "the port is stopped until the vehicle leaves (state A).",
+     "A faulty EV inlet or cable, a test box without its diode, or a CP shorted to a positive level.",
+     "Unplug; check the vehicle or test box; IEC 61851-1 requires the diode before any current is offered."),
+    ("ERR_PWM_WRITE", "A PWM sysfs write was refused or its file is missing; the pilot keeps its previous duty "
+     "and the write is retried.",
+     "Channel not exported or unexported by someone else, permissions (udev), a duty above the period, "
+     "or the pwmchip's driver refusing the value.",
+     "Check /sys/class/pwm/pwmchipN/pwmM (exported, writable by the service user: hw/udev) and [pwm.NAME]."),
+    ("ERR_PWM_READBACK", "The duty the PWM chip reports differs from the duty written (by more than 0.1 % of the "
+     "period); period, duty and enable are written again.",
+     "Another process writing the channel, a driver that rounds more coarsely than 0.1 %, or a chip reset.",
+     "Make sure nothing else drives the channel; compare with a logic analyzer (`v2g-rt calibrate`)."),
     ("ERR_CAN_BUS_OFF", "The CAN controller went bus-off; J1939 temperatures are stale and the interlock derates.",
      "Wiring, termination or bitrate mismatch.", "Check termination (120 ohm at both ends) and the bitrate."),
     # real time

@@ -15,7 +15,12 @@ log = logging.getLogger("v2g_rt")
 PORT_CODES = {"contactor": "ERR_CONTACTOR_MISMATCH", "iso_timeout": "ERR_ISO_TIMEOUT",
               "overtemp": "ERR_EVSE_OVERTEMP", "temp_stale": "ERR_TEMP_STALE",
               "session_stale": "ERR_SESSION_STALE", "journal": "ERR_FAULT_JOURNAL",
-              "out_of_service": "ERR_PORT_OUT_OF_SERVICE", "link_down": "ERR_LINK_DOWN"}
+              "out_of_service": "ERR_PORT_OUT_OF_SERVICE", "link_down": "ERR_LINK_DOWN",
+              "pilot": "ERR_PILOT_STATE", "cp_diode": "ERR_CP_NO_DIODE"}
+# Device counters that grow on bad input: (device kind, counter) -> its code
+DEVICE_CODES = {("spi", "errors"): "ERR_SPI_TRANSFER", ("spi", "wire_break"): "ERR_SPI_WIRE_BREAK",
+                ("spi", "over_range"): "ERR_SPI_OVER_RANGE", ("spi", "between_states"): "ERR_CP_BETWEEN_STATES",
+                ("pwm", "write_errors"): "ERR_PWM_WRITE", ("pwm", "mismatches"): "ERR_PWM_READBACK"}
 SAFE_CODES = {"overrun": "ERR_CYCLE_OVERRUN"}
 
 
@@ -41,6 +46,7 @@ class FaultWatch:
         self.bus_off = 0
         self.feedback_lines = [c.name for c in ctrl.site.sections.get("gpio") or () if c.feedback]
         self.gpio: list[dict] = [{} for _ in self.feedback_lines]
+        self.device_counts: dict[tuple, int] = {}
 
     def poll(self) -> None:
         snap = self.ctrl.snapshot()
@@ -83,7 +89,9 @@ class FaultWatch:
             log.error("ERR_CAN_BUS_OFF: the CAN controller went bus-off (%d times so far); J1939 temperatures "
                       "go stale and the interlock derates", bus_off)
         self.bus_off = bus_off
-        self._gpio(self.ctrl.device_stats()["gpio"]["inputs"])
+        devices = self.ctrl.device_stats()
+        self._gpio(devices["gpio"]["inputs"])
+        self._device_counters(devices)
 
     def _gpio(self, inputs: list[dict]) -> None:
         """Feedback lines: bounces (a warning at most once a poll) and a line that failed."""
@@ -95,6 +103,17 @@ class FaultWatch:
                 log.error("ERR_GPIO_LINE: [gpio.%s]: the line request failed (%s); its contactor feedback goes "
                           "stale", name, os.strerror(now["last_errno"]))
         self.gpio = inputs
+
+    def _device_counters(self, stats: dict) -> None:
+        """A bad-input counter of an SPI channel or PWM pilot that grew since the last poll: one
+        line with its code per device and counter."""
+        for (kind, counter), code in DEVICE_CODES.items():
+            for k, dev in enumerate(stats.get(kind) or ()):
+                n, key = dev.get(counter, 0), (kind, k, counter)
+                if n > self.device_counts.get(key, 0):
+                    log.error("%s: %s %s: %s %d times so far (last errno %s)", code, kind, dev.get("name", k),
+                              counter.replace("_", " "), n, dev.get("last_errno", 0))
+                self.device_counts[key] = n
 
     def _upstreams(self, waiting: int, lost: int) -> None:
         """An upstream not heard since start is waited for (INFO); one heard and then lost is an ERROR."""

@@ -24,6 +24,7 @@ GROUP_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")           # a POSIX group nam
 RATED_W = (1e3, 1e9)
 ISO_SOURCES = ("plc_loss",)          # port sources present only with iso15118 ...
 GPIO_SOURCES = ("contactor",)        # ... or contactor_feedback
+CP_SOURCES = ("cp_v", "cp_diode")    # ... or link = "pwm": the control pilot, sampled by an SPI ADC
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class Control:
     probe_w_per_s: float = option(200.0, above=0, unit="W/s", allow_inf=True)
     # the duty resolution of the EVSEs' control pilots (pilot = true): their current steps
     pilot_duty_step_pct: float = option(0.1, above=0, maxval=10, unit="%")
+    # a PWM pilot's CP voltage (link = "pwm") older than this stops its port (FAULT_PILOT)
+    pilot_max_age_s: float = option(0.5, above=0, maxval=60, **_S)
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,10 @@ def source_specs(site: Site) -> list[tuple[str, str, str, float]]:
         evse = evses.get(p.evse)
         for kind in PORT_SOURCES:
             if evse is None or kind in ISO_SOURCES and not evse.iso15118 or \
-                    kind in GPIO_SOURCES and not evse.contactor_feedback:
+                    kind in GPIO_SOURCES and not evse.contactor_feedback or kind in CP_SOURCES and evse.link != "pwm":
                 continue
-            age = c.contactor_max_age_s if kind in GPIO_SOURCES else c.session_max_age_s
+            age = c.contactor_max_age_s if kind in GPIO_SOURCES else \
+                c.pilot_max_age_s if kind in CP_SOURCES else c.session_max_age_s
             out.append((port_source(p.id, kind), kind, p.id, age))
     for n in site.nodes:
         if n.meter_max_age_s is not None:
@@ -351,9 +355,29 @@ def check_devices(site: Site) -> list[Problem]:
                 out.append(Problem(_section(n), "link", f"link = \"modbus\": no [modbus.NAME] with role = \"evse\", "
                                    f"node = \"{n.id}\" drives port(s) {', '.join(idle)}; add one per port (connector "
                                    f"= 1, 2, ... in the EVSE's port order)", "ERR_CONFIG_DEVICE"))
+        if n.link == "pwm":
+            out += _pilot_problems(site, n)
         if n.thermal and not RATED_W[0] <= n.thermal.rated_w <= RATED_W[1]:
             out.append(Problem(f"{_section(n)}.thermal", "rated_w", f"expected a rating from {RATED_W[0]:g} to "
                                f"{RATED_W[1]:g} W (it defaults to import_limit_w), found {n.thermal.rated_w:g}"))
+    return out
+
+
+def _pilot_problems(site: Site, n: Node) -> list[Problem]:
+    """A link = "pwm" EVSE's ports each need their PWM channel and an ADC channel on the CP."""
+    pilots = {c.port for c in site.sections.get("pwm") or ()}
+    sampled = {ch.source for adc in site.sections.get("spi") or () for ch in adc.channels}
+    out = []
+    for p in site.ports:
+        if p.evse != n.id:
+            continue
+        if p.id not in pilots:
+            out.append(Problem(_section(n), "link", f"link = \"pwm\": port {p.id} has no PWM channel; add "
+                               f"[pwm.NAME] with chip, channel and port = \"{p.id}\"", "ERR_CONFIG_DEVICE"))
+        if port_source(p.id, "cp_v") not in sampled:
+            out.append(Problem(_section(n), "link", f"link = \"pwm\": nothing samples port {p.id}'s control pilot; "
+                               f"add a channel with kind = \"cp\", source = \"{port_source(p.id, 'cp_v')}\" to an "
+                               "[spi.NAME] ADC (no PWM is offered without the CP state)", "ERR_CONFIG_DEVICE"))
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from v2g_rt import Controller, config
+from v2g_rt import Controller, _core, config
 from v2g_rt.pilot import MAX_A, MIN_A, pilot_current, pilot_duty, pilot_floor
 
 
@@ -45,6 +45,48 @@ def test_floor_never_exceeds_and_is_the_most_the_pilot_expresses(amps, step):
     # the next step up would exceed amps (or 80 A), except across the seam 51 -> 52.5 A
     up = pilot_current(duty + step)
     assert up > min(amps, MAX_A) - 1e-9 or up == 0 or (duty + step > 85 and a == pytest.approx(51))
+
+
+@given(st.integers(100, 960), st.sampled_from([230.0, 690.0, 400.0 * 3]))
+def test_floor_keeps_an_expressible_current_that_went_through_watts(tenths, watts_per_amp):
+    """A current the pilot expresses, turned into W and back (as a setpoint is), floors to itself:
+    a float hair below it is not a step below (a ramp would stall a step short of its target)."""
+    duty = tenths / 10
+    if 85.0 < duty < 86.0:                   # 85-86 % is no current but 51 A (the seam)
+        return
+    amps = pilot_current(duty)
+    assert pilot_floor(amps * watts_per_amp / watts_per_amp, 0.1) == pytest.approx(amps, abs=1e-9)
+
+
+@given(st.floats(MIN_A, MAX_A), st.integers(990_000, 1_010_000))
+def test_the_duty_written_in_ns_never_offers_more_and_loses_less_than_a_nanosecond(amps, period_ns):
+    duty = pilot_duty(amps)
+    ns = _core.pilot_duty_to_ns(duty, period_ns)
+    offered = pilot_current(100.0 * ns / period_ns)
+    assert offered <= pilot_current(duty) + 1e-9
+    assert 100.0 * ns / period_ns > duty - 100.0 / period_ns - 1e-12
+    assert _core.pilot_duty_to_ns(100.0, period_ns) == period_ns
+
+
+NOMINAL = {"A": 12.0, "B": 9.0, "C": 6.0, "D": 3.0, "E": 0.0, "F": -12.0}
+
+
+@given(st.floats(-15.0, 15.0))
+def test_cp_states_are_nominal_plus_minus_1_v_and_between_is_none(volts):
+    state = _core.cp_level_state(volts)
+    near = [s for s, v in NOMINAL.items() if abs(volts - v) <= 1.0]
+    assert state == (near[0] if near else None)
+
+
+@pytest.mark.parametrize("volts,state", [(13.0, "A"), (11.0, "A"), (10.99, None), (10.0, "B"), (7.5, None),
+                                         (2.0, "D"), (1.5, None), (-1.0, "E"), (-1.01, None), (-11.0, "F"),
+                                         (-13.0, "F"), (-13.01, None)])
+def test_cp_thresholds(volts, state):
+    assert _core.cp_level_state(volts) == state
+
+
+def test_the_diode_shows_at_minus_11_v_or_below():
+    assert _core.cp_diode(-12.0) and _core.cp_diode(-11.0) and not _core.cp_diode(-10.9) and not _core.cp_diode(-6.0)
 
 
 def pilot_site(n, import_limit_w):

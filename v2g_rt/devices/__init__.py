@@ -1,6 +1,6 @@
 """Devices: open and configure kernel devices with the Python libraries, then hand their fds
-to the native core, which does the reads (the loop for CAN and GPIO, the I/O thread for I2C); a
-sim I2C sensor is served on the Python side instead."""
+to the native core, which does the reads and writes (the loop for CAN and GPIO, the I/O thread
+for I2C, SPI and PWM sysfs); a sim I2C sensor or SPI ADC is served on the Python side instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +21,8 @@ def kinds() -> tuple:
     table prefix), check_config(cf, site), feeds(site) and attach(ctrl, site) -> (handles, the
     end of a sim backend the far side takes (a socket pair's far end, the bus of I2C sensors
     served on the Python side) or None, what the far side needs to play it)."""
-    from . import can, gpio, i2c
-    return (can, i2c, gpio)
+    from . import can, gpio, i2c, pwm, spi
+    return (can, i2c, gpio, spi, pwm)
 
 
 @dataclass
@@ -46,6 +46,47 @@ class Devices:
                 dev.close()
         for peer in self.peers.values():
             peer.close()
+
+
+class Served:
+    """Sensors of a sim backend, served on the Python side (Controller.add_served_sensors runs
+    them): each sensor has period_ns, next_ns, read(transfer, t_ns) and stats(). Its far side
+    plugs in with plug(transfer); until then (and after close) unplugged answers."""
+
+    def __init__(self, unplugged):
+        self.sensors: list = []
+        self.unplugged = self.transfer = unplugged
+
+    def plug(self, transfer) -> None:
+        self.transfer = transfer
+
+    def schedule(self, start_ns: int) -> None:
+        """Spread the first reads over the periods, as the I/O thread does."""
+        n = len(self.sensors)
+        for k, s in enumerate(self.sensors):
+            s.next_ns = start_ns + s.period_ns * k // n
+
+    def next_ns(self) -> int:
+        return min(s.next_ns for s in self.sensors)
+
+    def poll(self, now_ns: int, catch_up: bool) -> None:
+        """Read every sensor due by now_ns: with catch_up (virtual time) once per period passed,
+        so the reads are as many as the periods; without (real time) once, and on from now: a
+        late thread skips periods, never bursts."""
+        if self.sensors[0].next_ns is None:
+            self.schedule(now_ns)
+        for s in self.sensors:
+            while s.next_ns <= now_ns:
+                s.read(self.transfer, now_ns)
+                s.next_ns += s.period_ns
+                if not catch_up and s.next_ns <= now_ns:
+                    s.next_ns = now_ns + s.period_ns
+
+    def stats(self) -> list[dict]:
+        return [s.stats() for s in self.sensors]
+
+    def close(self) -> None:
+        self.transfer = self.unplugged
 
 
 @dataclass(frozen=True)

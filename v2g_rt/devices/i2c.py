@@ -16,7 +16,7 @@ import fcntl
 from dataclasses import dataclass
 
 from .. import _core
-from . import DeviceError
+from . import DeviceError, Served
 
 SECTION = "i2c"          # [i2c.NAME]: one table per sensor
 
@@ -193,45 +193,13 @@ class ServedSensor:
                 "period_s": self.period_ns / 1e9, "mode": "python", "address": self.cfg.address}
 
 
-class ServedBus:
-    """The sim backend: sensors served on the Python side (Controller.add_served_sensors runs
-    them). The far side plugs in its chips with plug(transfer): transfer(address, register, n)
-    returns the register's n bytes MSB first, or raises OSError for a NACK."""
+class ServedBus(Served):
+    """The sim backend: sensors served on the Python side. The far side plugs in its chips with
+    plug(transfer): transfer(address, register, n) returns the register's n bytes MSB first, or
+    raises OSError for a NACK."""
 
     def __init__(self):
-        self.sensors: list[ServedSensor] = []
-        self.transfer = _unplugged
-
-    def plug(self, transfer) -> None:
-        self.transfer = transfer
-
-    def schedule(self, start_ns: int) -> None:
-        """Spread the first reads over the periods, as the I/O thread does."""
-        n = len(self.sensors)
-        for k, s in enumerate(self.sensors):
-            s.next_ns = start_ns + s.period_ns * k // n
-
-    def next_ns(self) -> int:
-        return min(s.next_ns for s in self.sensors)
-
-    def poll(self, now_ns: int, catch_up: bool) -> None:
-        """Read every sensor due by now_ns: with catch_up (virtual time) once per period passed,
-        so the reads are as many as the periods; without (real time) once, and on from now: a
-        late thread skips periods, never bursts."""
-        if self.sensors[0].next_ns is None:
-            self.schedule(now_ns)
-        for s in self.sensors:
-            while s.next_ns <= now_ns:
-                s.read(self.transfer, now_ns)
-                s.next_ns += s.period_ns
-                if not catch_up and s.next_ns <= now_ns:
-                    s.next_ns = now_ns + s.period_ns
-
-    def stats(self) -> list[dict]:
-        return [s.stats() for s in self.sensors]
-
-    def close(self) -> None:
-        self.transfer = _unplugged
+        super().__init__(_unplugged)
 
 
 def attach(ctrl, site):

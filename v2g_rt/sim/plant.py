@@ -173,6 +173,7 @@ class Plant:
         self.can_peer = devices.can_peer if devices else None      # far sides of sim device backends
         self.i2c_peer = devices.i2c_peer if devices else None
         self.gpio_peer = devices.gpio_peer if devices else None
+        self.spi_peer = devices.spi_peer if devices else None
         self.rng = np.random.default_rng(cfg.seed)
         self.t0_ns = t0_ns
         n = len(site.ports)
@@ -208,8 +209,8 @@ class Plant:
         self._fields = ("connected", "soc", "capacity_wh", "energy_request_wh", "departure_in_s",
                         "max_charge_w", "max_discharge_w", "min_soc", "v2g", "power_w")
         # ports whose far side is a real peer (a Modbus charger, an OCPP station) are that peer's to
-        # report, not the plant's
-        self.mine = np.array([site.node(p.evse).link not in ("modbus", "ocpp") for p in site.ports], bool)
+        # report, not the plant's; a direct-wired pilot's vehicle shows itself on the CP alone
+        self.mine = np.array([site.node(p.evse).link not in ("modbus", "ocpp", "pwm") for p in site.ports], bool)
         self._idx = np.array([[ctrl.source_index(port_source(p.id, f)) for p in site.ports] for f in self._fields],
                              np.int32)[:, self.mine]
         self._last_setpoint = None
@@ -230,6 +231,10 @@ class Plant:
                     if port_source(p.id, "plc_loss") in ctrl.sources]
         self.ambient_sources = [node_source(nd.id, "ambient_c") for nd in site.nodes
                                 if node_source(nd.id, "ambient_c") in ctrl.sources]
+        # transformers with a top-oil sensor: their oil follows load (IEC 60076-7, first order)
+        self.oil = [(nd, self.below[index[nd.id]], node_source(nd.id, "top_oil_c")) for nd in site.nodes
+                    if nd.thermal and node_source(nd.id, "top_oil_c") in ctrl.sources]
+        self.top_oil = np.zeros(len(self.oil))
         # EVSEs with link = "can": their power modules take the loop's J1939 setpoint frames
         self.can_ports = []
         for nd in site.nodes:
@@ -457,6 +462,16 @@ class Plant:
             else:
                 self.ctrl.measure(src, ambient, t_ns)
         dt = self.cfg.step_s
+        for k, (nd, ports, src) in enumerate(self.oil):
+            th = nd.thermal
+            load = abs(self.base_w + float(self.power[ports].sum())) / th.rated_w
+            target = ambient + th.top_oil_rise_k * ((1 + th.loss_ratio * load ** 2) / (1 + th.loss_ratio)) ** th.oil_exponent
+            self.top_oil[k] = target if self.top_oil[k] == 0.0 else \
+                self.top_oil[k] + (target - self.top_oil[k]) * (1 - math.exp(-dt / th.tau_oil_s))
+            if self.spi_peer and src in self.spi_peer.by_source:
+                self.spi_peer.set_value(src, self.top_oil[k])          # a 4-20 mA transmitter
+            else:
+                self.ctrl.measure(src, self.top_oil[k], t_ns)
         for k, (evse, ports, rating) in enumerate(self.hot_evses):
             load = float(np.abs(self.power[ports]).sum()) / rating if rating else 0.0
             extra = sum(35.0 for e, h, sec in self.cfg.heatsink_faults if e == evse.id and self._active(h, sec, t_ns))
@@ -469,6 +484,8 @@ class Plant:
                 self.can_peer.send("EVSE_Thermal", evse.can_address, {
                     "HeatSinkTemp": self.heatsink[k], "Module1Temp": module, "Module2Temp": module,
                     "InletAirTemp": ambient, "CoolantPressure": 150.0})
+            elif self.spi_peer and node_source(evse.id, "heatsink_c") in self.spi_peer.by_source:
+                self.spi_peer.set_value(node_source(evse.id, "heatsink_c"), self.heatsink[k])   # a 0-10 V input
             else:
                 self.ctrl.measure(node_source(evse.id, "heatsink_c"), self.heatsink[k], t_ns)
         if self.contactor:

@@ -1,7 +1,8 @@
 """The far ends of simulated devices, reached only through the device's own interface: a J1939
-bus behind the socket pair the core reads as it reads the kernel's, and I2C chips that the
-controller's reader of sensors served on the Python side reads register by register, and
-contactors behind the pipes the loop reads and writes as it does GPIO line requests."""
+bus behind the socket pair the core reads as it reads the kernel's, I2C chips and SPI ADCs that
+the controller's reader of sensors served on the Python side reads register by register and
+frame by frame, contactors behind the pipes the loop reads and writes as it does GPIO line
+requests, and pwmchips laid out as the sysfs tree the I/O thread writes."""
 from __future__ import annotations
 
 from ...devices import Devices
@@ -9,6 +10,8 @@ from ...devices import attach as attach_devices
 from .can import SimCanPeer
 from .gpio import SimGpioPeer
 from .i2c import SimI2cBus
+from .pwm import SimPwmChips
+from .spi import SimAdcs
 
 
 def _i2c_bus(served, configs) -> SimI2cBus:
@@ -17,7 +20,13 @@ def _i2c_bus(served, configs) -> SimI2cBus:
     return bus
 
 
-PEERS = {"can": SimCanPeer, "i2c": _i2c_bus, "gpio": SimGpioPeer}
+def _adcs(served, configs) -> SimAdcs:
+    adcs = SimAdcs(configs)
+    served.plug(adcs.transfer)
+    return adcs
+
+
+PEERS = {"can": SimCanPeer, "i2c": _i2c_bus, "gpio": SimGpioPeer, "spi": _adcs, "pwm": SimPwmChips}
 
 
 def attach(ctrl, site) -> Devices:
