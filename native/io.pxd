@@ -8,3 +8,4 @@ cdef struct Io:
     CanWriter canw               # setpoint frames, sent by the write stage through can's socket
     I2cIo i2c                    # read by the native I/O thread
     GpioIo gpio                  # contactor lines: feedback drained by the read stage, drive set by the write stage
+    PlcIo plc                    # PLC modems: probed by the write stage, drained by the read stage

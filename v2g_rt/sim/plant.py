@@ -173,6 +173,7 @@ class Plant:
         self.can_peer = devices.can_peer if devices else None      # far sides of sim device backends
         self.i2c_peer = devices.i2c_peer if devices else None
         self.gpio_peer = devices.gpio_peer if devices else None
+        self.plc_peer = devices.plc_peer if devices else None      # modems the loop probes itself
         self.rng = np.random.default_rng(cfg.seed)
         self.t0_ns = t0_ns
         n = len(site.ports)
@@ -226,8 +227,10 @@ class Plant:
         self.gpio_ports = [(j, p.id) for j, p in enumerate(site.ports) if p.id in wired]
         self.contactor = [(j, ctrl.source_index(port_source(p.id, "contactor"))) for j, p in enumerate(site.ports)
                           if port_source(p.id, "contactor") in ctrl.sources and p.id not in wired]
+        modems = self.plc_peer.modems if self.plc_peer else {}
         self.plc = [(j, ctrl.source_index(port_source(p.id, "plc_loss"))) for j, p in enumerate(site.ports)
-                    if port_source(p.id, "plc_loss") in ctrl.sources]
+                    if port_source(p.id, "plc_loss") in ctrl.sources and p.id not in modems]
+        self.plc_modems = [(j, modems[p.id]) for j, p in enumerate(site.ports) if p.id in modems]
         self.ambient_sources = [node_source(nd.id, "ambient_c") for nd in site.nodes
                                 if node_source(nd.id, "ambient_c") in ctrl.sources]
         # EVSEs with link = "can": their power modules take the loop's J1939 setpoint frames
@@ -306,6 +309,8 @@ class Plant:
         valid = out["valid_until_ns"] >= t_ns                  # dead-man: stale outputs mean 0 W
         self.closed = out["contactor_closed"].astype(bool)
         setpoint = out["setpoint_w"]
+        if self.plc_peer:                                      # modems answer the loop's probes
+            self.plc_peer.poll(t_ns)
         if self.can_ports:                                     # what the power modules were sent
             self.can_peer.poll(t_ns)
             for j, module, k in self.can_ports:
@@ -476,6 +481,9 @@ class Plant:
             self.ctrl.measure_many(np.array(idx), self.closed[list(ports)].astype(float), t_ns)
         noisy = {pid for pid, h, sec in self.cfg.plc_noise if self._active(h, sec, t_ns)}
         plc = [(idx, 0.12 if self.site.ports[j].id in noisy else 0.004) for j, idx in self.plc if self.occupied[j]]
+        for j, modem in self.plc_modems:                       # the loop measures these ports' loss itself
+            modem.loss = 0.12 if self.site.ports[j].id in noisy else 0.0
+            modem.link_up = bool(self.occupied[j])
         if plc:
             idx, loss = zip(*plc)
             self.ctrl.measure_many(np.array(idx), np.array(loss), t_ns)

@@ -9,6 +9,7 @@ from ...devices import attach as attach_devices
 from .can import SimCanPeer
 from .gpio import SimGpioPeer
 from .i2c import SimI2cBus
+from .plc import SimPlcPeer
 
 
 def _i2c_bus(served, configs) -> SimI2cBus:
@@ -17,7 +18,7 @@ def _i2c_bus(served, configs) -> SimI2cBus:
     return bus
 
 
-PEERS = {"can": SimCanPeer, "i2c": _i2c_bus, "gpio": SimGpioPeer}
+PEERS = {"can": SimCanPeer, "i2c": _i2c_bus, "gpio": SimGpioPeer, "plc": SimPlcPeer}
 
 
 def attach(ctrl, site) -> Devices:
