@@ -36,7 +36,7 @@ cdef struct PlcModem:
     int64_t next_probe_ns
     int32_t outstanding          # a probe awaits its answer
     int32_t link_up              # the last answer listed a station with both rates > 0
-    int32_t was_up               # the link came up and has not been reset (outcomes count from then)
+    int32_t was_up               # the link was up since the port's vehicle connected
     int32_t head
     int32_t filled
     int32_t lost_in_window

@@ -7,7 +7,9 @@
 # recvmmsg(): the modem's CM_NW_STATS.CNF (link up: a station in the AVLN with both rates
 # above 0) and the CM_ATTEN_CHAR.IND a SLAC stack on the same interface sends or receives
 # (signal attenuation, the average of the groups). A probe not answered before the next is
-# lost; the share lost over the last `window` probes is the port's plc_loss, which the
+# lost, and so is one answered with no station after the link was up while the vehicle stays
+# (its session's link is gone); the share lost over the last `window` probes, cleared when a
+# link comes up, is the port's plc_loss, which the
 # interlock compares with plc_loss_limit (ERR_ISO_TIMEOUT). Frames of the wrong MMV, type or
 # length, or from a station other than the modem, are counted per kind, never data.
 
@@ -57,7 +59,12 @@ cdef void plc_outcome(Image* im, PlcModem* m, bint lost) noexcept nogil:
     x.applied_cycle = im.cycle
 
 
-cdef void plc_link(PlcModem* m, bint up) noexcept nogil:
+cdef bint port_connected(Image* im, PlcModem* m) noexcept nogil:
+    cdef int32_t i = im.port[m.port].src[SRC_PORT_CONNECTED]
+    return i >= 0 and im.input[i].received != 0 and im.input[i].value > 0.5
+
+
+cdef void plc_link(Image* im, PlcModem* m, bint up) noexcept nogil:
     if up != (m.link_up != 0):
         bump(&m.link_changes, 1)
         if up:                           # a new link (a new session): a clean window; a trip
@@ -66,7 +73,7 @@ cdef void plc_link(PlcModem* m, bint up) noexcept nogil:
             m.filled = 0
             m.lost_in_window = 0
         m.link_up = up
-    if up:
+    if up and port_connected(im, m):
         m.was_up = 1
 
 
@@ -103,9 +110,10 @@ cdef void nw_stats_cnf(Image* im, PlcModem* m, const uint8_t* f, uint32_t n) noe
     m.stations = count
     m.tx_mbps = best_tx
     m.rx_mbps = best_rx
-    plc_link(m, up)
-    if m.was_up:
-        plc_outcome(im, m, not up)       # a link lost after it was up is a lost probe
+    plc_link(im, m, up)
+    # No station yet is SLAC still matching: the modem answered, nothing was lost. No station
+    # after the link was up in this session is the session's link gone: lost.
+    plc_outcome(im, m, m.was_up and not up)
 
 
 cdef void atten_char_ind(PlcModem* m, const uint8_t* f, uint32_t n) noexcept nogil:
@@ -180,10 +188,15 @@ cdef void plc_probe(Image* im, PlcIo* io) noexcept nogil:
     cdef PlcModem* m
     for j in range(io.n):
         m = &io.m[j]
+        if m.was_up and not port_connected(im, m):
+            m.was_up = 0                 # the vehicle left: the next one starts with a clean window
+            m.head = 0
+            m.filled = 0
+            m.lost_in_window = 0
         if im.now_ns < m.next_probe_ns:
             continue
         m.next_probe_ns = v2g_sat_add(im.now_ns, m.interval_ns)
-        if m.outstanding and m.was_up:
+        if m.outstanding:
             plc_outcome(im, m, True)
         if send(m.fd, m.probe, PLC_PROBE_LEN, MSG_DONTWAIT) == PLC_PROBE_LEN:
             m.outstanding = 1
@@ -195,8 +208,7 @@ cdef void plc_probe(Image* im, PlcIo* io) noexcept nogil:
         else:
             bump(&m.write_errors, 1)
         v2g_store_i64(&m.last_errno, errno)
-        if m.was_up:
-            plc_outcome(im, m, True)
+        plc_outcome(im, m, True)
 
 
 cdef void plc_modem_init(PlcModem* m) noexcept nogil:

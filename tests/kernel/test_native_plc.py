@@ -5,102 +5,26 @@ Sim backend (an AF_UNIX datagram socket pair carrying Ethernet frames) everywher
 "packet" (AF_PACKET on a veth pair, the far end in a network namespace the test creates) where
 the test runs as root with veth, which the kernel-test guest must provide.
 """
-import ctypes
 import os
 import socket
-import subprocess
-import threading
 
 import pytest
 
-from helpers import IN_GUEST
+from helpers import IN_GUEST, plc_site
 from v2g_rt import Controller, _core, config
 from v2g_rt.devices.plc import trip_cycles
 from v2g_rt.sim.peers import attach
-from v2g_rt.sim.peers.plc import EV_MAC, GARBAGE, SimPlcModem, atten_char_ind, mme, packet_socket, veth_pair
+from v2g_rt.sim.peers.plc import EV_MAC, GARBAGE, SimPlcModem, VethPair, atten_char_ind, mme, veth_missing
 
 S = 1_000_000_000
 PERIOD_NS = 10_000_000
 INTERVAL_CYCLES = 10                  # probe_interval_ms = 100 at a 10 ms period
 WINDOW = 20
 ISO_TIMEOUT = _core.FAULTS["iso_timeout"]
-SITE = """
-[site]
-name = "plc-test"
-period_ms = 10
-[rt]
-priority = 0
-lock_memory = false
-cpu_dma_latency_us = -1
-[control]
-session_max_age_s = 3600
-plc_loss_limit = 0.05
-[node.grid]
-kind = "grid"
-import_limit_w = 1e6
-export_limit_w = 1e6
-[node.e1]
-kind = "evse"
-parent = "grid"
-port_max_charge_w = 11000
-iso15118 = true
-[plc.p1]
-backend = "{backend}"
-interface = "{interface}"
-port = "e1.1"
-probe_interval_ms = 100
-loss_window = 20
-attenuation_limit_db = 35
-frames_per_cycle = {budget}
-"""
 
 
-def veth_available() -> str | None:
-    """Why the packet backend cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root for a veth pair and a network namespace"
-    probe = f"v2gq{os.getpid() % 100000}"
-    r = subprocess.run(["ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "b"], capture_output=True)
-    if r.returncode:
-        return f"no veth here: {r.stderr.decode().strip()}"
-    subprocess.run(["ip", "link", "del", probe], capture_output=True)
-    return None
-
-
-NO_VETH = veth_available()
+NO_VETH = veth_missing()
 BACKENDS = ["sim", "packet"] if IN_GUEST or NO_VETH is None else ["sim"]
-
-
-class Veth:
-    """near <-> far, far in a fresh network namespace; the far socket is opened in there by a
-    thread that enters the namespace (setns is per thread) and leaves with the socket."""
-
-    def __init__(self):
-        tag = os.getpid() % 100000
-        self.ns, self.near, self.far = f"v2gplc{tag}", f"plc{tag}n", f"plc{tag}f"
-        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
-        veth_pair(self.near, self.far, self.ns)
-
-    def far_socket(self) -> socket.socket:
-        out = {}
-
-        def enter():
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/run/netns/{self.ns}") as f:
-                if libc.setns(f.fileno(), 0x40000000) != 0:      # CLONE_NEWNET
-                    out["error"] = OSError(ctypes.get_errno(), "setns")
-                    return
-            out["sock"] = packet_socket(self.far)
-        t = threading.Thread(target=enter)
-        t.start()
-        t.join()
-        if "error" in out:
-            raise out["error"]
-        return out["sock"]
-
-    def close(self):
-        subprocess.run(["ip", "link", "del", self.near], capture_output=True)
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
 
 
 class Rig:
@@ -110,9 +34,10 @@ class Rig:
         if backend == "packet":
             if NO_VETH:
                 pytest.skip(NO_VETH)
-            self.veth = Veth()
+            self.veth = VethPair(str(os.getpid() % 100000))
             interface = self.veth.near
-        site = config.parse(SITE.format(backend=backend, interface=interface, budget=budget), "plc-test.toml")
+        site = config.parse(plc_site(backend=backend, interface=interface, budget=budget,
+                                     extra="attenuation_limit_db = 35\n"), "plc-test.toml")
         self.ctrl = Controller(site, clock="virtual")
         self.devices = attach(self.ctrl, site)
         self.modem = (self.devices.plc_peer.modems["e1.1"] if backend == "sim"
@@ -191,6 +116,38 @@ def test_a_lost_link_counts_as_loss(rig):
     st = rig.stats()
     assert not st["link_up"] and st["stations"] == 0 and st["lost"] >= 2
     assert rig.faults() & ISO_TIMEOUT
+
+
+def test_a_link_not_yet_up_is_slac_matching_not_loss(rig):
+    rig.modem.link_up = False                              # the modem answers; no vehicle modem yet
+    rig.plug()
+    rig.steps(INTERVAL_CYCLES * WINDOW)
+    st = rig.stats()
+    assert not st["link_up"] and st["loss"] == 0.0 and st["lost"] == 0 and rig.faults() == 0
+    rig.modem.link_up = True
+    rig.steps(INTERVAL_CYCLES * 2)
+    assert rig.stats()["link_up"] and rig.stats()["window_filled"] <= 2 and rig.faults() == 0
+
+
+def test_a_new_vehicle_starts_with_a_clean_window(rig):
+    rig.plug()
+    fill_window(rig)
+    rig.modem.link_up = False                              # the first vehicle's link goes
+    rig.steps(INTERVAL_CYCLES * 3)
+    assert rig.faults() & ISO_TIMEOUT
+    rig.ctrl.measure("port/e1.1/connected", 0.0)           # it leaves; the session's fault with it
+    rig.steps(INTERVAL_CYCLES)
+    rig.plug()                                             # the next one, SLAC still matching
+    rig.steps(INTERVAL_CYCLES * 3)
+    st = rig.stats()
+    assert not st["link_up"] and st["loss"] == 0.0 and rig.faults() == 0
+
+
+def test_an_unanswered_probe_is_lost_even_before_the_link(rig):
+    rig.modem.loss = 1.0                                   # a dead modem: no session can start
+    rig.plug()
+    rig.steps(INTERVAL_CYCLES * 3)
+    assert rig.stats()["loss"] >= 2 / 3 and rig.faults() & ISO_TIMEOUT     # the first probe was answered
 
 
 def test_loss_below_the_limit_keeps_the_port(rig):

@@ -73,9 +73,11 @@ def check_config(cf, site) -> list[PlcConfig]:
         if port and port not in ports:
             sec.problem("port", f"{port!r} is not a port of this site; ports are named EVSE.N "
                                 f"({', '.join(list(ports)[:4])}...)")
+            port = ""                       # reported once: feeds() skips it
         elif port and ports[port].evse not in iso:
             sec.problem("port", f"{port}'s EVSE {ports[port].evse!r} has no PLC: set iso15118 = true in "
                                 f"[node.{ports[port].evse}] (its ports then report plc_loss)")
+            port = ""
         mac_text = sec.get_str("mac", "")
         mac = parse_mac(mac_text) if mac_text else None
         if mac_text and mac is None:

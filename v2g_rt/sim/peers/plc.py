@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import socket
 import struct
+import threading
 
 ETH_P_HOMEPLUG = 0x88E1
 CM_NW_STATS, CM_ATTEN_CHAR = 0x6048, 0x606C
@@ -117,17 +118,68 @@ class SimPlcPeer:
             m.close()
 
 
-def veth_pair(near: str, far: str, netns: str | None = None) -> None:
-    """Create the veth pair near <-> far (root), far moved into netns when given, both up."""
+class VethPair:
+    """A veth pair for a test or a benchmark (root): the near end in this network namespace for
+    the controller, the far end in a fresh namespace, where far_socket() opens the modem's own
+    AF_PACKET socket from a thread that enters it (setns changes the calling thread only)."""
+
+    def __init__(self, tag: str):
+        self.ns, self.near, self.far = f"v2gplc{tag}", f"plc{tag}n", f"plc{tag}f"
+        _ip("netns", "add", self.ns)
+        try:
+            _ip("link", "add", self.near, "type", "veth", "peer", "name", self.far)
+            _ip("link", "set", self.far, "netns", self.ns)
+            _ip("-n", self.ns, "link", "set", self.far, "up")
+            _ip("link", "set", self.near, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def far_socket(self) -> socket.socket:
+        out: dict = {}
+
+        def enter() -> None:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            try:
+                with open(f"/run/netns/{self.ns}") as f:
+                    if libc.setns(f.fileno(), 0x40000000) != 0:          # CLONE_NEWNET
+                        raise OSError(ctypes.get_errno(), f"setns into {self.ns}")
+                out["sock"] = packet_socket(self.far)
+            except OSError as e:
+                out["error"] = e
+        t = threading.Thread(target=enter)
+        t.start()
+        t.join()
+        if "error" in out:
+            raise out["error"]
+        return out["sock"]
+
+    def close(self) -> None:
+        import subprocess
+        subprocess.run(["ip", "link", "del", self.near], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+def _ip(*args: str) -> None:
     import subprocess
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)   # noqa: E731
-    run("ip", "link", "add", near, "type", "veth", "peer", "name", far)
-    if netns:
-        run("ip", "link", "set", far, "netns", netns)
-        run("ip", "-n", netns, "link", "set", far, "up")
-    else:
-        run("ip", "link", "set", far, "up")
-    run("ip", "link", "set", near, "up")
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise OSError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def veth_missing() -> str | None:
+    """Why a VethPair cannot be made here, or None."""
+    import os
+    if os.geteuid() != 0:
+        return "needs root for a veth pair and a network namespace"
+    probe = f"v2gq{os.getpid() % 100000}"
+    try:
+        _ip("link", "add", probe, "type", "veth", "peer", "name", probe + "b")
+    except OSError as e:
+        return f"no veth here: {e}"
+    _ip("link", "del", probe)
+    return None
 
 
 def packet_socket(interface: str) -> socket.socket:

@@ -1,0 +1,37 @@
+"""`v2g-rt status` and `explain` for PLC modems: per port link, loss, attenuation, bad MMEs."""
+from helpers import plc_site
+from v2g_rt import Controller, config, errors
+from v2g_rt.services.status import render, report
+from v2g_rt.sim.peers import attach
+
+SITE = plc_site(2, extra="attenuation_limit_db = 35\n")
+
+
+def test_status_shows_each_ports_link_loss_and_attenuation():
+    site = config.parse(SITE, "plc-status.toml")
+    ctrl = Controller(site, clock="virtual")
+    devices = attach(ctrl, site)
+    m1, m2 = devices.plc_peer.modems["e1.1"], devices.plc_peer.modems["e1.2"]
+    m2.link_up = False
+    ctrl.step(10**9)
+    for k in range(50):
+        if k == 30:
+            m1.attenuation([40] * 58)
+            m1.garbage("type")
+        ctrl.run_steps(1, 10**7)
+        devices.plc_peer.poll(ctrl.now_ns())
+    doc = report(ctrl)
+    rows = {m["port"]: m for m in doc["plc"]}
+    assert rows["e1.1"]["link_up"] and rows["e1.1"]["attenuation_db"] == 40.0
+    assert not rows["e1.2"]["link_up"] and rows["e1.2"]["attenuation_db"] is None     # JSON: no NaN
+    lines = {line.split()[0]: line for line in render(doc).split("plc:\n")[1].splitlines() if line.startswith("  e1.")}
+    assert "link up" in lines["e1.1"] and "attenuation 40.0 dB  ERR_PLC_ATTENUATION" in lines["e1.1"]
+    assert "ERR_PLC_BAD_MME wrong_type 1" in lines["e1.1"]
+    assert "link DOWN" in lines["e1.2"] and "attenuation -" in lines["e1.2"]
+    devices.close()
+
+
+def test_explain_names_the_remedies():
+    assert "repeater" in errors.lookup("ERR_PLC_ATTENUATION").remedy
+    assert "shield" in errors.lookup("ERR_PLC_ATTENUATION").remedy.lower()
+    assert "0x88e1" in errors.lookup("ERR_PLC_BAD_MME").remedy
