@@ -655,7 +655,8 @@ class Controller:
         i2c, tid = self._core.i2c_stats()
         can = self._core.can_stats()
         can["setpoints"] = self._core.can_writer_stats()
-        plc = [dict(m, port=self.port_ids[m["port"]]) for m in self._core.plc_stats()]
+        plc = [dict(m, port=self.port_ids[m["port"]], attenuation_db=None if math.isnan(m["attenuation_db"])
+                    else m["attenuation_db"]) for m in self._core.plc_stats()]       # None: no report yet
         out = {"can": can, "i2c": i2c, "gpio": self._core.gpio_stats(), "plc": plc, "io_thread_tid": tid}
         for device, sensors in self._served.items():
             out[device] = out[device] + sensors.stats()

@@ -162,7 +162,7 @@ class Books:
     violations_by_node: dict = field(default_factory=dict)
 
 
-CONTACTOR_POLL_S = 0.01          # how often the drivers let GPIO-wired contactors follow their coils
+PEER_POLL_S = 0.01               # how often the drivers let the fast far sides (GPIO contactors, PLC modems) act
 
 
 class Plant:
@@ -309,8 +309,6 @@ class Plant:
         valid = out["valid_until_ns"] >= t_ns                  # dead-man: stale outputs mean 0 W
         self.closed = out["contactor_closed"].astype(bool)
         setpoint = out["setpoint_w"]
-        if self.plc_peer:                                      # modems answer the loop's probes
-            self.plc_peer.poll(t_ns)
         if self.can_ports:                                     # what the power modules were sent
             self.can_peer.poll(t_ns)
             for j, module, k in self.can_ports:
@@ -322,7 +320,7 @@ class Plant:
                 if self.gpio_peer and self.site.ports[j].id in self.gpio_peer.contactors:
                     self.gpio_peer.contactors[self.site.ports[j].id].weld()
         if self.gpio_ports:                                    # what the GPIO-wired contactors did
-            self.poll_contactors(t_ns)
+            self.poll_peers(t_ns)
             for j, pid in self.gpio_ports:
                 self.closed[j] = self.gpio_peer.closed(pid)
         want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), setpoint, 0.0)
@@ -439,11 +437,18 @@ class Plant:
             self.ctrl.measure(self.heartbeat, 1.0, t_ns)
         self._publish_sensors(t_ns)
 
-    def poll_contactors(self, t_ns: int) -> None:
-        """GPIO-wired contactors follow their coils within their settle time, much shorter than a
-        plant step: the drivers call this every CONTACTOR_POLL_S between steps."""
+    @property
+    def fast_peers(self) -> bool:
+        return bool(self.gpio_ports or self.plc_modems)
+
+    def poll_peers(self, t_ns: int) -> None:
+        """Far sides faster than a plant step: GPIO-wired contactors follow their coils within
+        their settle time, PLC modems answer the loop's probes within a probe interval. The
+        drivers call this every PEER_POLL_S between steps."""
         if self.gpio_ports:
             self.gpio_peer.poll(t_ns)
+        if self.plc_modems:
+            self.plc_peer.poll(t_ns)
 
     def _has_contactor(self) -> np.ndarray:
         has = np.zeros(self.n, bool)
