@@ -182,8 +182,8 @@ cdef void plc_drain(Image* im, PlcIo* io) noexcept nogil:
 
 
 cdef void plc_probe(Image* im, PlcIo* io) noexcept nogil:
-    """The probes due: the one before unanswered counts as lost (once the link was up), then
-    a new one goes out; one the socket refuses is lost as well, never waited for."""
+    """The probes due, the modems' spread over an interval after the first: the one before unanswered counts
+    as lost, then a new one goes out; one the socket refuses is lost as well, never waited for."""
     cdef int32_t j
     cdef PlcModem* m
     for j in range(io.n):
@@ -195,7 +195,12 @@ cdef void plc_probe(Image* im, PlcIo* io) noexcept nogil:
             m.lost_in_window = 0
         if im.now_ns < m.next_probe_ns:
             continue
-        m.next_probe_ns = v2g_sat_add(im.now_ns, m.interval_ns)
+        if m.next_probe_ns == INT64_MIN:
+            # Every first probe at once: a vehicle plugged in before the controller started needs
+            # its port's loss at once (unknown is a timeout to the interlock); then spread out.
+            m.next_probe_ns = v2g_sat_add(im.now_ns, m.interval_ns + m.interval_ns * j // io.n)
+        else:
+            m.next_probe_ns = v2g_sat_add(im.now_ns, m.interval_ns)
         if m.outstanding:
             plc_outcome(im, m, True)
         if send(m.fd, m.probe, PLC_PROBE_LEN, MSG_DONTWAIT) == PLC_PROBE_LEN:

@@ -55,3 +55,19 @@ def test_simulate_lets_the_modems_answer_between_plant_steps(tmp_path, monkeypat
         assert m["probes_sent"] >= 300 and m["lost"] == 0 and m["answers"] >= m["probes_sent"] - 1, m
         assert m["link_up"] and m["loss"] == 0.0
     assert not seen["faults"].any()
+
+
+def test_modems_are_probed_at_once_then_spread_over_an_interval():
+    site = config.parse(plc_site(2), "plc-spread.toml")        # 100 ms probes at a 10 ms period
+    ctrl = Controller(site, clock="virtual")
+    devices = attach(ctrl, site)
+    sent = lambda: [m["probes_sent"] for m in ctrl.device_stats()["plc"]]   # noqa: E731
+    ctrl.step(10**9)
+    assert sent() == [1, 1]                                       # the first ones at once
+    ctrl.run_steps(10, 10**7)
+    assert sent() == [2, 1]
+    ctrl.run_steps(4, 10**7)
+    assert sent() == [2, 1]
+    ctrl.run_steps(1, 10**7)                                      # half an interval later
+    assert sent() == [2, 2]
+    devices.close()
