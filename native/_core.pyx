@@ -25,6 +25,7 @@ include "io_i2c.pxi"
 include "io_spi.pxi"
 include "io_pwm.pxi"
 include "io_thread.pxi"
+include "io_plc.pxi"
 include "pilot.pxi"
 include "interlock.pxi"
 include "arbitrate.pxi"
@@ -84,7 +85,7 @@ PERSISTENT_FAULTS = FAULT_PERSISTENT
 GATE_CODES = ("accepted", "ERR_MEAS_BAD_VALUE", "ERR_MEAS_FUTURE", "ERR_MEAS_TOO_OLD",
               "ERR_MEAS_DEVICE_OWNED", "ERR_MEAS_OUT_OF_ORDER")
 assert len(GATE_CODES) == N_GATE
-WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C, "gpio": WRITER_GPIO, "spi": WRITER_SPI}
+WRITERS = {"python": WRITER_PYTHON, "can": WRITER_CAN, "i2c": WRITER_I2C, "gpio": WRITER_GPIO, "spi": WRITER_SPI, "plc": WRITER_PLC}
 GPIO_FD_KINDS = {"chardev": GPIO_FD_CHARDEV, "sim": GPIO_FD_SIM}
 GPIO_DRIVES = {"loop": GPIO_DRIVE_LOOP, "io-thread": GPIO_DRIVE_THREAD}
 FREQUENCY_MODES = {"off": FREQ_OFF, "droop": FREQ_DROOP, "curve": FREQ_CURVE}
@@ -920,7 +921,7 @@ cdef class Core:
         """A device served on the Python side (a sim backend) takes source `input`: from now on
         the gate takes it from `writer` alone (write_measurement(..., writer))."""
         self._check_open()
-        if writer not in (WRITER_CAN, WRITER_I2C, WRITER_SPI):
+        if writer not in (WRITER_CAN, WRITER_I2C, WRITER_SPI, WRITER_PLC):
             raise ValueError(f"{writer} is not a device writer")
         self._claim(input, writer)
 
@@ -1053,6 +1054,61 @@ cdef class Core:
                             "drive": ("loop", "io-thread")[o.drive]})
         return {"inputs": inputs, "outputs": outputs, "poll_errors": v2g_load_relaxed(&self.io.gpio.poll_errors)}
 
+    def attach_plc(self, int fd, int32_t port, int32_t input, bytes mac, modem, int32_t window,
+                   double interval_s, double attenuation_limit_db, int frames_per_cycle=PLC_BATCH):
+        """A port's PLC modem on the AF_PACKET socket fd (bound to its interface and 0x88E1,
+        nonblocking): probed every interval_s from our address mac, loss over the last `window`
+        probes published to source `input` (-1: none) as the PLC writer. modem: its 6-byte
+        address, or None to probe the local management address and learn it from the answer."""
+        self._check_open()
+        cdef PlcIo* io = &self.io.plc
+        cdef PlcModem* m
+        if io.n >= MAX_PLC:
+            raise ValueError(f"more than {MAX_PLC} PLC modems")
+        if not 0 <= port < self.im.n_ports or not -1 <= input < self.im.n_inputs:
+            raise ValueError(f"bad PLC port {port} or source {input}")
+        if not 1 <= window <= PLC_WINDOW_MAX or not interval_s > 0 or len(mac) != 6 \
+                or (modem is not None and len(modem) != 6):
+            raise ValueError(f"bad PLC modem: window 1..{PLC_WINDOW_MAX}, interval > 0, 6-byte addresses")
+        if input >= 0:
+            self._claim(input, WRITER_PLC)
+        if io.n == 0:
+            plc_attach(io, frames_per_cycle)
+        m = &io.m[io.n]
+        memset(m, 0, sizeof(PlcModem))
+        m.fd, m.port, m.input, m.window = fd, port, input, window
+        m.interval_ns = v2g_s_to_ns(interval_s)
+        m.attenuation_limit_db = attenuation_limit_db
+        memcpy(m.mac, <const char*>mac, 6)
+        if modem is not None:
+            memcpy(m.modem, <const char*>modem, 6)
+            m.modem_known = 1
+        plc_modem_init(m)
+        io.n += 1
+        return io.n - 1
+
+    def plc_stats(self):
+        """Per modem (attach order): link, loss, attenuation and the counters."""
+        cdef PlcModem* m
+        out = []
+        for k in range(self.io.plc.n):
+            m = &self.io.plc.m[k]
+            row = {"port": m.port, "link_up": bool(m.link_up), "loss": v2g_load_f64(&m.loss),
+                   "window_filled": m.filled, "window": m.window,
+                   "attenuation_db": v2g_load_f64(&m.attenuation_db), "attenuation_high": bool(m.attenuation_high),
+                   "stations": m.stations, "tx_mbps": m.tx_mbps, "rx_mbps": m.rx_mbps,
+                   "modem": bytes(m.modem[:6]).hex(":") if m.modem_known else None,
+                   "last_errno": v2g_load_i64(&m.last_errno)}
+            row.update({"probes_sent": v2g_load_relaxed(&m.probes_sent), "probes_refused": v2g_load_relaxed(&m.probes_refused), "answers": v2g_load_relaxed(&m.answers)})
+            row.update({"lost": v2g_load_relaxed(&m.lost), "late": v2g_load_relaxed(&m.late), "link_changes": v2g_load_relaxed(&m.link_changes)})
+            row.update({"atten_reports": v2g_load_relaxed(&m.atten_reports), "atten_over": v2g_load_relaxed(&m.atten_over), "atten_responses": v2g_load_relaxed(&m.atten_responses)})
+            row.update({"frames": v2g_load_relaxed(&m.frames), "outgoing": v2g_load_relaxed(&m.outgoing), "wrong_mmv": v2g_load_relaxed(&m.wrong_mmv)})
+            row.update({"wrong_type": v2g_load_relaxed(&m.wrong_type), "wrong_length": v2g_load_relaxed(&m.wrong_length), "unknown_mac": v2g_load_relaxed(&m.unknown_mac)})
+            row.update({"truncated": v2g_load_relaxed(&m.truncated), "gate_rejected": v2g_load_relaxed(&m.gate_rejected), "budget_full": v2g_load_relaxed(&m.budget_full)})
+            row.update({"read_errors": v2g_load_relaxed(&m.read_errors), "write_errors": v2g_load_relaxed(&m.write_errors)})
+            out.append(row)
+        return out
+
     def poll_io(self):
         """Virtual time: run the I/O jobs (I2C, SPI, PWM) due by now (the real-time I/O thread
         does this itself)."""
@@ -1120,7 +1176,7 @@ cdef class Core:
         writes as its own kind, see claim); returns its GATE_CODES index (0: accepted)."""
         if not 0 <= index < self.im.n_inputs:
             raise IndexError(index)
-        if writer not in (WRITER_PYTHON, WRITER_CAN, WRITER_I2C, WRITER_SPI):
+        if writer not in (WRITER_PYTHON, WRITER_CAN, WRITER_I2C, WRITER_SPI, WRITER_PLC):
             raise ValueError(f"no writer {writer}")
         return gate_write(&self.im.ex, index, writer, value, t_ns, self._now())
 

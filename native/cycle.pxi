@@ -1,6 +1,7 @@
 # cycle: read -> update (interlock, arbitrate, shape) -> publish over the image.
 #
-# read     drains every input: CAN frames and GPIO edges (the only system calls
+# read     drains every input: CAN frames, GPIO edges and PLC MMEs (with the
+#          write stage's frames, probes and line sets, the only system calls
 #          of a cycle), commands, measurements
 # update   the control law: interlock, arbitration, ramps; no system call (a
 #          test runs it alone under seccomp strict mode)
@@ -65,6 +66,7 @@ cdef void cycle_read(Image* im, Io* io) noexcept nogil:
     cdef int64_t t
     can_drain(im, &io.can, &io.canw)
     gpio_drain(im, &io.gpio)
+    plc_drain(im, &io.plc)
     while n < CMD_RING and ring_pop(&im.ex.ring, &c):
         apply_command(im, &c)
         n += 1
@@ -193,6 +195,7 @@ cdef void cycle_write(Image* im, Io* io) noexcept nogil:
     can_write(im, &io.canw, io.can.fd)
     gpio_write(im, &io.gpio)
     pwm_stage(im, &io.pwm, False)
+    plc_probe(im, &io.plc)
     if moved:
         outbox_signal(ob)
 

@@ -91,6 +91,7 @@ cdef enum:  # Writer: who may write a source (one writer per slot by constructio
     WRITER_I2C = 2           # an I2C sensor: the native I/O thread, or the Python reader of a sim one
     WRITER_GPIO = 3          # the loop's GPIO reader: contactor feedback lines
     WRITER_SPI = 4           # an SPI ADC channel: the native I/O thread, or the Python reader of a sim one
+    WRITER_PLC = 5           # a PLC modem's link quality, measured by the loop (io_plc)
 
 # Why a node or port gets what it gets (the limit that bound it).
 cdef enum:  # Binding

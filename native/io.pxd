@@ -45,3 +45,4 @@ cdef struct Io:
     PwmIo pwm
     GpioIo gpio                  # contactor lines: feedback drained by the read stage, drive set by the write
                                  # stage (or, for chips that sleep, by the I/O thread: JOB_GPIO)
+    PlcIo plc                    # PLC modems: probed by the write stage, drained by the read stage

@@ -105,6 +105,17 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags, void* timeout)
     int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+
+cdef extern from "<linux/if_packet.h>" nogil:
+    struct sockaddr_ll:          # AF_PACKET: who sent a frame, and which way it went
+        unsigned short sll_family
+        unsigned short sll_protocol
+        int sll_ifindex
+        unsigned short sll_hatype
+        unsigned char sll_pkttype
+        unsigned char sll_halen
+        unsigned char sll_addr[8]
 
 cdef extern from "builtins.h" nogil:
     bint v2g_rxq_ovfl(const msghdr* h, uint32_t* out)

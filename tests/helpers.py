@@ -152,3 +152,34 @@ ports = 2
 port_max_charge_w = 11000
 contactor_feedback = true
 """
+
+
+def plc_site(modems=1, backend="sim", interface="", budget=16, period_ms=10, interval_ms=100, window=20,
+             extra="") -> str:
+    """A site of one ISO 15118 EVSE with `modems` ports, each with its [plc.mK] modem (port e1.K)."""
+    text = f"""
+[site]
+name = "plc-test"
+period_ms = {period_ms}
+[rt]
+priority = 0
+lock_memory = false
+cpu_dma_latency_us = -1
+[control]
+session_max_age_s = 3600
+plc_loss_limit = 0.05
+[node.grid]
+kind = "grid"
+import_limit_w = 1e6
+export_limit_w = 1e6
+[node.e1]
+kind = "evse"
+parent = "grid"
+ports = {modems}
+port_max_charge_w = 11000
+iso15118 = true
+"""
+    for k in range(1, modems + 1):
+        text += (f'[plc.m{k}]\nbackend = "{backend}"\ninterface = "{interface}"\nport = "e1.{k}"\n'
+                 f'probe_interval_ms = {interval_ms}\nloss_window = {window}\nframes_per_cycle = {budget}\n{extra}')
+    return text

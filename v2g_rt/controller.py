@@ -25,7 +25,7 @@ import numpy as np
 from . import _core
 from .errors import V2GError
 from .schedule import Book, Held
-from .site import PHASES, RealTime, Site, source_specs
+from .site import PHASES, RealTime, Site, port_source, source_specs
 from .wallclock import SystemClock, WallClock
 
 log = logging.getLogger("v2g_rt")
@@ -651,6 +651,18 @@ class Controller:
         periods achieved; per pass its time."""
         return self._core.io_schedule_stats()
 
+    def attach_plc(self, fd: int, port: str, mac: bytes, modem: bytes | None, window: int, interval_s: float,
+                   attenuation_limit_db: float, frames_per_cycle: int) -> None:
+        """A port's PLC modem on the AF_PACKET socket fd: the loop probes and drains it and
+        feeds the port's plc_loss (when the site has it) as the PLC writer."""
+        source = port_source(port, "plc_loss")
+        index = -1
+        if source in self._sources:
+            self.claim_source(source, "plc")
+            index = self.source_index(source)
+        self._core.attach_plc(fd, self._port_index[port], index, mac, modem, window, interval_s,
+                              attenuation_limit_db, frames_per_cycle)
+
     def poll_io(self) -> None:
         """Virtual time: the I/O jobs due by now (I2C and SPI reads, PWM writes, the GPIO drive lines
         of sleeping chips), native and served on the Python side (the I/O thread and the served
@@ -664,10 +676,12 @@ class Controller:
         i2c, tid = self._core.i2c_stats()
         can = self._core.can_stats()
         can["setpoints"] = self._core.can_writer_stats()
+        plc = [dict(m, port=self.port_ids[m["port"]], attenuation_db=None if math.isnan(m["attenuation_db"])
+                    else m["attenuation_db"]) for m in self._core.plc_stats()]       # None: no report yet
         pwm = self._core.pwm_stats()
         for d in pwm:
             d["port"] = self.port_ids[d["port"]]
-        out = {"can": can, "i2c": i2c, "gpio": self._core.gpio_stats(), "spi": self._core.spi_stats(), "pwm": pwm,
+        out = {"can": can, "i2c": i2c, "gpio": self._core.gpio_stats(), "spi": self._core.spi_stats(), "pwm": pwm, "plc": plc,
                "io_thread_tid": tid}
         for device, sensors in self._served.items():
             out[device] = out[device] + sensors.stats()

@@ -140,6 +140,17 @@ _ENTRIES = [
      "Make sure nothing else drives the channel; compare with a logic analyzer (`v2g-rt calibrate`)."),
     ("ERR_CAN_BUS_OFF", "The CAN controller went bus-off; J1939 temperatures are stale and the interlock derates.",
      "Wiring, termination or bitrate mismatch.", "Check termination (120 ohm at both ends) and the bitrate."),
+    ("ERR_PLC_ATTENUATION", "A port's PLC signal attenuation (the average of the groups of the SLAC stack's last "
+     "CM_ATTEN_CHAR.IND) is above [plc.NAME] attenuation_limit_db. A warning: the port keeps charging; if the link "
+     "degrades further its packet loss stops the port (ERR_ISO_TIMEOUT).",
+     "A long or unshielded charging cable run, a poor coupling of the modem to CP/PE, or noise on the site's mains.",
+     "Shield the CP line and the modem's coupling, shorten the run, or add a PLC repeater; `v2g-rt status` shows each "
+     "port's attenuation."),
+    ("ERR_PLC_BAD_MME", "A PLC modem's interface carried a management message of the wrong MMV, type or length, or "
+     "from a station other than the modem; it was counted and ignored.",
+     "Another HomePlug tool on the interface, a modem firmware with another message layout, or a corrupted frame.",
+     "`v2g-rt status` counts them per kind and port; check [plc.NAME] mac and what else runs on the interface "
+     "(tcpdump -i IF ether proto 0x88e1)."),
     # real time
     ("ERR_RT_PRIORITY", "The loop could not get SCHED_FIFO; it runs at normal priority with worse jitter.",
      "Missing CAP_SYS_NICE and RLIMIT_RTPRIO below the requested priority.",
@@ -170,7 +181,8 @@ _ENTRIES = [
     # protocols and devices (reported by the services that own them)
     ("ERR_ISO_TIMEOUT", "An ISO 15118 session timed out or PLC packet loss exceeded its limit; the port was stopped.",
      "A bad PLC coupling, EMI on the control pilot, or the EV stopped answering.",
-     "Check the CP/PE wiring and the PLC modem; the port resumes when the EV starts a new session."),
+     "Check the CP/PE wiring and the PLC modem ([plc.NAME]: `v2g-rt status` shows each port's link, loss and "
+     "attenuation); the port resumes when the EV starts a new session."),
     ("ERR_MODBUS_EXCEPTION_01", "A Modbus device ([modbus.NAME]) answered exception 01 (illegal function); "
      "that block gave no data.",
      "The device does not support the function code of its map's table (3 holding, 4 input).",

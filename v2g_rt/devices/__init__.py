@@ -21,8 +21,8 @@ def kinds() -> tuple:
     table prefix), check_config(cf, site), feeds(site) and attach(ctrl, site) -> (handles, the
     end of a sim backend the far side takes (a socket pair's far end, the bus of I2C sensors
     served on the Python side) or None, what the far side needs to play it)."""
-    from . import can, gpio, i2c, pwm, spi
-    return (can, i2c, gpio, spi, pwm)
+    from . import can, gpio, i2c, plc, pwm, spi
+    return (can, i2c, gpio, spi, pwm, plc)
 
 
 @dataclass

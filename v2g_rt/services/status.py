@@ -48,7 +48,8 @@ def report(ctrl: Controller, services=None) -> dict:
               "faults": int(r["faults"]), "link": link[port.evse],
               "outputs_refused": stats["outputs_refused"].get(pid, 0)}
              for pid, r, port in zip(snap.port_ids, snap.ports, ctrl.site.ports)]
-    return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports, "commands": ctrl.scheduled(),
+    plc = [{k: _num(v) for k, v in m.items()} for m in ctrl.device_stats().get("plc", ())]
+    return {"site_name": ctrl.site.name, "site": site, "nodes": nodes, "ports": ports, "plc": plc, "commands": ctrl.scheduled(),
             "faults": [p["id"] for p in ports if p["faults"]], "stats": stats,
             "services": services() if services else {}}
 
@@ -110,6 +111,7 @@ def render(doc: dict) -> str:
                      f"  {time.strftime('%H:%M:%S', time.gmtime(c['starts_at']))}-"
                      f"{time.strftime('%H:%M:%SZ', time.gmtime(c['expires_at']))}"
                      + (f"  id {c['id']!r} from {c['source']}" if c["id"] is not None else ""))
+    lines += _plc(doc.get("plc") or ())
     lat, cmp_ = st["wake_latency"], st["compute"]
     lines += ["", f"faults: {', '.join(doc['faults']) or 'none'}",
               f"stats: {st['cycles']} cycles, {st['overruns']} overruns; wake latency p99 "
@@ -133,6 +135,22 @@ def render(doc: dict) -> str:
                          f"transactions {d['transactions']}  values {d.get('values', 0)}  profiles accepted "
                          f"{d.get('setpoint_accepted', 0)} of {d.get('setpoint_sent', 0)}  {errors}")
     return "\n".join(lines)
+
+
+BAD_MME = ("wrong_mmv", "wrong_type", "wrong_length", "unknown_mac", "truncated")
+
+
+def _plc(modems) -> list[str]:
+    """Per port with a PLC modem: link, loss over its window, attenuation, bad MMEs."""
+    lines = ["plc:"] if modems else []
+    for m in modems:
+        atten = "-" if m["attenuation_db"] is None else f"{m['attenuation_db']:.1f} dB"
+        bad = {k: m[k] for k in BAD_MME if m[k]}
+        lines.append(f"  {m['port']:<12} link {'up' if m['link_up'] else 'DOWN'}  loss {m['loss'] * 100:5.1f} % "
+                     f"of {m['window_filled']}/{m['window']} probes  attenuation {atten}"
+                     + ("  ERR_PLC_ATTENUATION" if m["attenuation_high"] else "")
+                     + (f"  ERR_PLC_BAD_MME {', '.join(f'{k} {n}' for k, n in bad.items())}" if bad else ""))
+    return lines
 
 
 def _setpoint(d: dict) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..controller import Controller
 from .peers import attach
 from ..site import Site
-from .plant import CONTACTOR_POLL_S, Plant, PlantConfig
+from .plant import PEER_POLL_S, Plant, PlantConfig
 
 S = 1_000_000_000
 
@@ -32,6 +32,7 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
     t = S
     ctrl.step(t)
     plant = Plant(site, ctrl, cfg, t, devices)
+    plant.poll_peers(t)            # a modem answers the first probe before a vehicle is seen plugged in
     plant.publish(t)
     step_ns = round(cfg.step_s * S)
     cycles = max(1, step_ns // site.period_ns)
@@ -40,11 +41,11 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
     next_sample = t
     rows = []
     wall0 = time.perf_counter()
-    chunk = max(1, round(CONTACTOR_POLL_S * S) // site.period_ns) if plant.gpio_ports else cycles
+    chunk = max(1, round(PEER_POLL_S * S) // site.period_ns) if plant.fast_peers else cycles
     while t < end:
         for k in range(0, cycles, chunk):
             ctrl.run_steps(min(chunk, cycles - k))
-            plant.poll_contactors(ctrl.now_ns())
+            plant.poll_peers(ctrl.now_ns())
         plant.advance(t, step_ns / S)
         t += step_ns
         plant.events(t)
@@ -82,17 +83,18 @@ class RealtimePlant(threading.Thread):
         self.ctrl = ctrl
         self.t = ctrl.now_ns()
         self.plant = Plant(site, ctrl, cfg, self.t, devices)
+        self.plant.poll_peers(self.t)
         self.plant.publish(self.t)
         self.stopping = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         step_ns = round(self.plant.cfg.step_s * S)
-        wait = min(self.plant.cfg.step_s, CONTACTOR_POLL_S) if self.plant.gpio_ports else self.plant.cfg.step_s
+        wait = min(self.plant.cfg.step_s, PEER_POLL_S) if self.plant.fast_peers else self.plant.cfg.step_s
         try:
             while not self.stopping.wait(wait):
                 now = self.ctrl.now_ns()
-                self.plant.poll_contactors(now)
+                self.plant.poll_peers(now)
                 if now - self.t < step_ns:
                     continue
                 self.plant.advance(self.t, (now - self.t) / S)

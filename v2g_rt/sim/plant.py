@@ -162,7 +162,7 @@ class Books:
     violations_by_node: dict = field(default_factory=dict)
 
 
-CONTACTOR_POLL_S = 0.01          # how often the drivers let GPIO-wired contactors follow their coils
+PEER_POLL_S = 0.01               # how often the drivers let the fast far sides (GPIO contactors, PLC modems) act
 
 
 class Plant:
@@ -174,6 +174,7 @@ class Plant:
         self.i2c_peer = devices.i2c_peer if devices else None
         self.gpio_peer = devices.gpio_peer if devices else None
         self.spi_peer = devices.spi_peer if devices else None
+        self.plc_peer = devices.plc_peer if devices else None      # modems the loop probes itself
         self.rng = np.random.default_rng(cfg.seed)
         self.t0_ns = t0_ns
         n = len(site.ports)
@@ -227,8 +228,10 @@ class Plant:
         self.gpio_ports = [(j, p.id) for j, p in enumerate(site.ports) if p.id in wired]
         self.contactor = [(j, ctrl.source_index(port_source(p.id, "contactor"))) for j, p in enumerate(site.ports)
                           if port_source(p.id, "contactor") in ctrl.sources and p.id not in wired]
+        modems = self.plc_peer.modems if self.plc_peer else {}
         self.plc = [(j, ctrl.source_index(port_source(p.id, "plc_loss"))) for j, p in enumerate(site.ports)
-                    if port_source(p.id, "plc_loss") in ctrl.sources]
+                    if port_source(p.id, "plc_loss") in ctrl.sources and p.id not in modems]
+        self.plc_modems = [(j, modems[p.id]) for j, p in enumerate(site.ports) if p.id in modems]
         self.ambient_sources = [node_source(nd.id, "ambient_c") for nd in site.nodes
                                 if node_source(nd.id, "ambient_c") in ctrl.sources]
         # transformers with a top-oil sensor: their oil follows load (IEC 60076-7, first order)
@@ -322,7 +325,7 @@ class Plant:
                 if self.gpio_peer and self.site.ports[j].id in self.gpio_peer.contactors:
                     self.gpio_peer.contactors[self.site.ports[j].id].weld()
         if self.gpio_ports:                                    # what the GPIO-wired contactors did
-            self.poll_contactors(t_ns)
+            self.poll_peers(t_ns)
             for j, pid in self.gpio_ports:
                 self.closed[j] = self.gpio_peer.closed(pid)
         want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), setpoint, 0.0)
@@ -439,11 +442,18 @@ class Plant:
             self.ctrl.measure(self.heartbeat, 1.0, t_ns)
         self._publish_sensors(t_ns)
 
-    def poll_contactors(self, t_ns: int) -> None:
-        """GPIO-wired contactors follow their coils within their settle time, much shorter than a
-        plant step: the drivers call this every CONTACTOR_POLL_S between steps."""
+    @property
+    def fast_peers(self) -> bool:
+        return bool(self.gpio_ports or self.plc_modems)
+
+    def poll_peers(self, t_ns: int) -> None:
+        """Far sides faster than a plant step: GPIO-wired contactors follow their coils within
+        their settle time, PLC modems answer the loop's probes within a probe interval. The
+        drivers call this every PEER_POLL_S between steps."""
         if self.gpio_ports:
             self.gpio_peer.poll(t_ns)
+        if self.plc_modems:
+            self.plc_peer.poll(t_ns)
 
     def _has_contactor(self) -> np.ndarray:
         has = np.zeros(self.n, bool)
@@ -493,6 +503,9 @@ class Plant:
             self.ctrl.measure_many(np.array(idx), self.closed[list(ports)].astype(float), t_ns)
         noisy = {pid for pid, h, sec in self.cfg.plc_noise if self._active(h, sec, t_ns)}
         plc = [(idx, 0.12 if self.site.ports[j].id in noisy else 0.004) for j, idx in self.plc if self.occupied[j]]
+        for j, modem in self.plc_modems:                       # the loop measures these ports' loss itself
+            modem.loss = 0.12 if self.site.ports[j].id in noisy else 0.0
+            modem.link_up = bool(self.occupied[j])
         if plc:
             idx, loss = zip(*plc)
             self.ctrl.measure_many(np.array(idx), np.array(loss), t_ns)

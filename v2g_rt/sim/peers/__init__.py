@@ -12,6 +12,7 @@ from .gpio import SimGpioPeer
 from .i2c import SimI2cBus
 from .pwm import SimPwmChips
 from .spi import SimAdcs
+from .plc import SimPlcPeer
 
 
 def _i2c_bus(served, configs) -> SimI2cBus:
@@ -26,7 +27,8 @@ def _adcs(served, configs) -> SimAdcs:
     return adcs
 
 
-PEERS = {"can": SimCanPeer, "i2c": _i2c_bus, "gpio": SimGpioPeer, "spi": _adcs, "pwm": SimPwmChips}
+PEERS = {"can": SimCanPeer, "i2c": _i2c_bus, "gpio": SimGpioPeer, "spi": _adcs, "pwm": SimPwmChips,
+         "plc": SimPlcPeer}
 
 
 def attach(ctrl, site) -> Devices:
