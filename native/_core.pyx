@@ -73,8 +73,8 @@ GRID_COMMANDS = N_GRID_COMMANDS
 BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
             "safe_state", "stale_meter", "base_load", "children", "parent", "ev_limit",
             "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband", "thermal",
-            "phase_current", "site_ramp", "frequency", "measured")
-assert len(BINDINGS) == BIND_MEASURED + 1
+            "phase_current", "site_ramp", "frequency", "measured", "relief")
+assert len(BINDINGS) == BIND_RELIEF + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
           "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,
@@ -130,6 +130,7 @@ def _layout(name):
             ("cycle", "u8", _off(&_nr.cycle, b)),
             ("import_headroom_w", "f8", _off(&_nr.import_headroom_w, b)),
             ("export_headroom_w", "f8", _off(&_nr.export_headroom_w, b)),
+            ("overload_w", "f8", _off(&_nr.overload_w, b)),
             ("fleet_w", "f8", _off(&_nr.fleet_w, b)), ("measured_w", "f8", _off(&_nr.measured_w, b)),
             ("non_ev_w", "f8", _off(&_nr.non_ev_w, b)), ("derate", "f8", _off(&_nr.derate, b)),
             ("temperature_c", "f8", _off(&_nr.temperature_c, b)), ("binding", "i4", _off(&_nr.binding, b)),

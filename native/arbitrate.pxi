@@ -58,15 +58,62 @@ cdef void pass_up(Image* im, double hours, double* up, double* down) noexcept no
 
 
 cdef void fleet_capability(Image* im, double* most_charge, double* most_discharge) noexcept nogil:
-    """The most the fleet can charge and discharge now."""
-    cdef int32_t i
+    """The most the fleet can charge and discharge now. A node's per-phase current limit caps what
+    passes up through it phase by phase (each phase's power scaled to the limit: exact for
+    single-phase and balanced three-phase ports, an upper bound otherwise)."""
+    cdef int32_t i, d, ph, nph
     cdef Port* p
+    cdef Node* n
+    cdef Node* up
+    cdef double w, cut, f
+    cdef double* rem
     clear_sums(im)
+    for i in range(im.n_nodes):
+        memset(im.node[i].phase_w, 0, sizeof(im.node[i].phase_w))
+        memset(im.node[i].phase_a, 0, sizeof(im.node[i].phase_a))
     for i in range(im.n_ports):
         p = &im.port[i]
-        im.node[p.evse].rem_import_w += p.max_w
-        im.node[p.evse].rem_export_w -= p.min_w
-    pass_up(im, 1.0, most_charge, most_discharge)
+        n = &im.node[p.evse]
+        n.rem_import_w += p.max_w
+        n.rem_export_w -= p.min_w
+        nph = (p.phase_mask & 1) + (p.phase_mask >> 1 & 1) + (p.phase_mask >> 2 & 1)
+        if nph == 0 or not p.watts_per_amp > 0.0:
+            continue
+        for ph in range(3):
+            if p.phase_mask & (1 << ph):
+                n.phase_w[0][ph] += p.max_w / nph
+                n.phase_a[0][ph] += p.max_w / p.watts_per_amp
+                n.phase_w[1][ph] -= p.min_w / nph
+                n.phase_a[1][ph] -= p.min_w / p.watts_per_amp
+    for i in range(im.n_nodes - 1, -1, -1):   # children come after their parents
+        n = &im.node[i]
+        for d in range(2):
+            rem = &n.rem_import_w if d == 0 else &n.rem_export_w
+            if n.phase_limit_a < INFINITY:
+                cut = 0.0
+                for ph in range(3):
+                    if n.phase_a[d][ph] > n.phase_limit_a:
+                        f = n.phase_limit_a / n.phase_a[d][ph]
+                        cut += n.phase_w[d][ph] * (1.0 - f)
+                        n.phase_w[d][ph] *= f
+                        n.phase_a[d][ph] = n.phase_limit_a
+                rem[0] -= cut
+            w = n.import_headroom_w if d == 0 else n.export_headroom_w
+            f = 1.0
+            if w < rem[0]:
+                f = w / rem[0] if rem[0] > 0.0 else 0.0
+                rem[0] = w
+            if n.parent >= 0:
+                up = &im.node[n.parent]
+                if d == 0:
+                    up.rem_import_w += rem[0]
+                else:
+                    up.rem_export_w += rem[0]
+                for ph in range(3):
+                    up.phase_w[d][ph] += n.phase_w[d][ph] * f
+                    up.phase_a[d][ph] += n.phase_a[d][ph] * f
+    most_charge[0] = im.node[0].rem_import_w
+    most_discharge[0] = im.node[0].rem_export_w
 
 
 cdef double FLEX_HORIZON_S = 3600.0
@@ -266,8 +313,54 @@ cdef inline double expected_take(const Port* p, bint charging, double give) noex
     return give
 
 
+cdef double relieve_overloads(Image* im) noexcept nogil:
+    """Non-EV load above a node's import limit (overload_w, never in Safe State): V2G ports below
+    it discharge to bring it back within the limit, most slack first, each within its own envelope
+    (min SoC, departure energy) and every export headroom and phase limit on its path. The import
+    room above is not credited with it (a vehicle may give less than asked). The total, W >= 0."""
+    cdef int32_t i, k, a, b, bn, worst
+    cdef double need, give, total = 0.0
+    cdef bint overloaded = False
+    cdef Port* p
+    for i in range(im.n_ports):
+        im.port[i].relief_w = 0.0
+    for i in range(im.n_nodes):
+        im.node[i].need_w = im.node[i].overload_w
+        overloaded = overloaded or im.node[i].overload_w > 0.0
+    if not overloaded:
+        return 0.0
+    set_keys(im, False)
+    sort_ports(im)
+    for k in range(im.n_ports):
+        p = &im.port[im.order[k]]
+        if p.min_w >= 0.0:
+            break                                 # the rest cannot discharge (sorted last)
+        need = 0.0
+        worst = -1
+        for i in range(p.npath):
+            a = p.path[i]
+            if im.node[a].need_w > need:
+                need = im.node[a].need_w
+                worst = a
+        if worst < 0:
+            continue
+        b = BIND_RELIEF
+        bn = worst
+        give = port_room(im, p, False, fmin(-p.min_w, need), &b, &bn)
+        if give <= 0.0:
+            continue
+        take_room(im, p, False, give)
+        for i in range(p.npath):
+            im.node[p.path[i]].need_w -= give
+        p.relief_w = give
+        p.binding = b
+        p.binding_node = bn
+        total += give
+    return total
+
+
 cdef void cycle_arbitrate(Image* im) noexcept nogil:
-    cdef double target, remaining, give, room
+    cdef double target, remaining, give, room, relief
     cdef int32_t tbind, b, bn, i, k
     cdef bint charging, capped
     cdef Port* p
@@ -276,26 +369,32 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
     target = fleet_target(im, &tbind, &capped)
     im.requested_w = target
     charging = target >= 0.0
-    set_keys(im, charging)
-    sort_ports(im)
     for i in range(im.n_nodes):
         n = &im.node[i]
-        n.rem_import_w = n.import_headroom_w
+        n.rem_import_w = n.import_headroom_w - n.overload_w     # < 0: nothing charges below it
         n.rem_export_w = n.export_headroom_w
         n.rem_phase_a[0] = n.phase_limit_a
         n.rem_phase_a[1] = n.phase_limit_a
         n.rem_phase_a[2] = n.phase_limit_a
         n.alloc_w = 0.0
+    relief = relieve_overloads(im)
+    set_keys(im, charging)
+    sort_ports(im)
 
-    # When the fleet cannot do more, the nodes' limits say who gets what.
+    # When the fleet cannot do more, the nodes' limits say who gets what. The setpoint is the
+    # fleet's: relief counts towards a discharge and is made up by charging elsewhere.
     remaining = INFINITY if capped and target != 0.0 else fabs(target)
+    remaining = remaining + relief if charging else fmax(remaining - relief, 0.0)
     for k in range(im.n_ports):
         p = &im.port[im.order[k]]
+        if p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0):
+            p.target_w = -p.relief_w              # binding and node: relieve_overloads'
+            continue
         if charging:
             give = p.max_w
             b = p.bind_max
         else:
-            give = -p.min_w
+            give = -p.min_w - p.relief_w
             b = p.bind_min
         bn = -1
         if give > remaining:
@@ -306,7 +405,7 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             give = pilot_floor_a(give / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp
         take_room(im, p, charging, give)          # the limits count what a port is given ...
         remaining -= expected_take(p, charging, give)   # ... the setpoint what it will take
-        p.target_w = give if charging else (-give if give > 0.0 else 0.0)
+        p.target_w = give if charging else (-(give + p.relief_w) if give + p.relief_w > 0.0 else 0.0)
         p.binding = b
         p.binding_node = bn
 

@@ -238,6 +238,7 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         nr.cycle = im.cycle
         nr.import_headroom_w = n.import_headroom_w
         nr.export_headroom_w = n.export_headroom_w
+        nr.overload_w = n.overload_w
         nr.fleet_w = n.alloc_w
         nr.measured_w = im.input[n.meter].value if input_fresh(im, n.meter) else NAN
         nr.non_ev_w = n.non_ev_w

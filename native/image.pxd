@@ -118,6 +118,7 @@ cdef enum:  # Binding
     BIND_SITE_RAMP = 20      # the site's ramp limit
     BIND_FREQUENCY = 21      # frequency response moved the fleet target
     BIND_MEASURED = 22       # the port takes less than it was given (closed loop)
+    BIND_RELIEF = 23         # discharging to bring an overloaded node (non-EV load) within its import limit
 
 cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
             # clear when the vehicle leaves, latched bits only on a reset command
@@ -237,6 +238,7 @@ cdef struct NodeRow:
     uint64_t cycle
     double import_headroom_w
     double export_headroom_w
+    double overload_w              # import beyond the limit that V2G discharge is to relieve
     double fleet_w
     double measured_w
     double non_ev_w
@@ -351,9 +353,13 @@ cdef struct Node:
     double non_ev_w              # held between meter samples
     double import_headroom_w
     double export_headroom_w
+    double overload_w            # non-EV load above the import limit: what discharge must relieve
     double rem_import_w
     double rem_export_w
     double rem_phase_a[3]
+    double phase_w[2][3]         # fleet_capability: charge / discharge power passed up per phase ...
+    double phase_a[2][3]         # ... and its current
+    double need_w                # arbitration: overload still to relieve
     double alloc_w
     double derate
     double temperature_c
@@ -399,6 +405,7 @@ cdef struct Port:
     int64_t contactor_since_ns   # when the command last changed (feedback settles after it)
     uint64_t latch_seq
     double ramp_base_w           # where this cycle's output change starts
+    double relief_w              # discharge given to relieve an overloaded node (>= 0)
     # closed loop: what the port was seen to take caps what it is given (0: no cap; a cap is
     # never below CL_MARGIN_W, and a zeroed port is uncapped)
     double cap_charge_w

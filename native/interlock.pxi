@@ -400,6 +400,7 @@ cdef void node_headroom(Image* im) noexcept nogil:
             im.export_limit_w = exp_
         lmin = 0.0
         lmax = 0.0
+        ok = False
         if n.meter < 0:
             n.non_ev_w = 0.0
         else:
@@ -427,6 +428,9 @@ cdef void node_headroom(Image* im) noexcept nogil:
             be = BIND_THERMAL
         imp -= lmax
         exp_ += lmin
+        # A measured overload is relieved by discharge (arbitrate); a stale meter's worst case is not:
+        # no vehicle gives energy for a load nobody has seen.
+        n.overload_w = -imp if imp < 0.0 and ok and not im.safe_state else 0.0
         n.import_headroom_w = imp if imp > 0.0 else 0.0
         n.export_headroom_w = exp_ if exp_ > 0.0 else 0.0
         n.bind_import = bi

@@ -139,6 +139,20 @@ def cmd_port(args) -> int:
     return 0
 
 
+def cmd_cancel(args) -> int:
+    """End every grid command of a kind, active and scheduled."""
+    try:
+        answer = _control(_control_path(args), {"action": "cancel", "of": args.kind})
+    except ClientError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if not answer["ok"]:
+        print(f"{answer['code']}: {answer['reason']}", file=sys.stderr)
+        return 1
+    print(f"{args.kind}: cancelled" + (f"; {len(answer['left'])} still held (arrived since)" if answer["left"] else ""))
+    return 0
+
+
 LINKS_AVAILABLE = ("sim", "can", "modbus", "ocpp", "pwm")
 LINK_SECTIONS = {"ocpp": "[ocpp] with listen, ca, cert and key"}     # links served by a service section
 
@@ -422,6 +436,11 @@ def main(argv=None) -> int:
     po.add_argument("--socket", help="control socket path")
     po.add_argument("--config", help="find the socket path in this site config")
     po.set_defaults(func=cmd_port)
+    ca = sub.add_parser("cancel", help="end every grid command of a kind, active and scheduled (on a running controller)")
+    ca.add_argument("kind", choices=("setpoint", "export_limit", "import_limit", "load_shed"))
+    ca.add_argument("--socket", help="control socket path")
+    ca.add_argument("--config", help="find the socket path in this site config")
+    ca.set_defaults(func=cmd_cancel)
     e = sub.add_parser("explain", help="explain an ERR_... code")
     e.add_argument("code", nargs="?")
     e.add_argument("--list", action="store_true")

@@ -124,6 +124,19 @@ def test_disable_enable_and_bad_requests_are_answered_and_audited(served):
     assert len(audit) == 6
 
 
+def test_the_operator_cancels_every_command_of_a_kind_active_and_scheduled(served):
+    ctrl, server, d = served
+    assert ctrl.submit({"kind": "setpoint", "id": "now", "value_w": 5000.0, "expires_in_s": 600}, "dms")
+    assert ctrl.submit({"kind": "setpoint", "id": "later", "value_w": 1.0, "expires_in_s": 600, "starts_in_s": 300}, "dms")
+    assert ctrl.submit({"kind": "load_shed", "id": "shed", "value_w": 0.0, "expires_in_s": 600, "starts_in_s": 300}, "dms")
+    a = request(d / "control.sock", {"action": "cancel", "of": "setpoint"}, "control")
+    assert a["ok"] and a["left"] == []
+    assert [c["id"] for c in ctrl.scheduled()] == ["shed"]
+    assert not request(d / "control.sock", {"action": "cancel", "of": "port"}, "control")["ok"]
+    audit = [json.loads(x) for x in (d / "state" / "audit.log").read_text().splitlines()]
+    assert [(e["action"], e["ok"]) for e in audit] == [("cancel", True), ("cancel", False)]
+
+
 # ---------------------------------------------------------------- the CLI against `v2g-rt run`
 
 @pytest.fixture

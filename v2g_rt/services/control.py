@@ -1,4 +1,5 @@
-"""The operator's way in: clear latched faults, take ports out of service and back.
+"""The operator's way in: clear latched faults, take ports out of service and back, cancel grid
+commands (active and scheduled) of a kind.
 
 `v2g-rt reset-fault PORT|--all` and `v2g-rt port disable|enable PORT` talk to a
 running controller over a local socket that only the operator group can open (the
@@ -28,7 +29,8 @@ from .journal import JournalService
 
 log = logging.getLogger("v2g_rt")
 
-ACTIONS = ("ports", "reset_fault", "disable_port", "enable_port")
+ACTIONS = ("ports", "reset_fault", "disable_port", "enable_port", "cancel")
+GRID_KINDS = ("setpoint", "export_limit", "import_limit", "load_shed")
 APPLY_TIMEOUT_S = 2.0
 OUT_OF_SERVICE = _core.FAULTS["out_of_service"]
 
@@ -118,6 +120,8 @@ class ControlServer(SocketService):
                            f"{', '.join(ACTIONS)}")
         if action == "ports":
             return _answer(True, ports=self.ports())
+        if action == "cancel":
+            return self.cancel(request.get("of"))
         pid = request.get("port")
         if not isinstance(pid, str) or pid not in self.ctrl.port_ids:
             return _answer(False, "ERR_CMD_BAD_PORT", f"port {str(pid)[:64]!r} is not a port of site "
@@ -142,6 +146,19 @@ class ControlServer(SocketService):
         return _answer(True, port=pid, faults=fault_names(faults), latch_seq=int(row["latch_seq"]),
                        journaled=journaled,
                        still_latched=bool(faults & _core.LATCHED_FAULTS) if action == "reset_fault" else None)
+
+    def cancel(self, kind) -> dict:
+        """Every command of a kind ends, active and queued, from whichever source."""
+        if kind not in GRID_KINDS:
+            return _answer(False, "ERR_CONTROL_BAD_REQUEST", f"cancel needs 'of': one of {', '.join(GRID_KINDS)}")
+        verdict = self.ctrl.submit({"kind": "cancel", "id": f"control:cancel:{uuid.uuid4()}", "of": kind,
+                                    "expires_in_s": 60}, source="control")
+        if not verdict:
+            return _answer(False, verdict.code, verdict.reason)
+        deadline = time.monotonic() + APPLY_TIMEOUT_S
+        while any(c["kind"] == kind for c in self.ctrl.scheduled()) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return _answer(True, of=kind, left=[c for c in self.ctrl.scheduled() if c["kind"] == kind])
 
     def wait_applied(self, pid: str, action: str, seq: int):
         """The port's row once it shows the command's effect (or after APPLY_TIMEOUT_S: then the

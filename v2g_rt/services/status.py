@@ -36,7 +36,7 @@ def report(ctrl: Controller, services=None) -> dict:
     snap = ctrl.snapshot()
     site = {k: _num(v) for k, v in snap.site.items()}
     nodes = [{"id": nid, "binding": BINDINGS[int(r["binding"])], "fleet_w": float(r["fleet_w"]),
-              "import_headroom_w": float(r["import_headroom_w"]), "export_headroom_w": float(r["export_headroom_w"]),
+              "import_headroom_w": float(r["import_headroom_w"]), "export_headroom_w": float(r["export_headroom_w"]), "overload_w": float(r["overload_w"]),
               "measured_w": _num(float(r["measured_w"])), "non_ev_w": _num(float(r["non_ev_w"]))}
              for nid, r in zip(snap.node_ids, snap.nodes)]
     stats = ctrl.stats()
@@ -93,7 +93,8 @@ def render(doc: dict) -> str:
              f"frequency {s['frequency_hz'] or '-'} Hz", "", "nodes:"]
     for n in doc["nodes"]:
         lines.append(f"  {n['id']:<12} {kw(n['fleet_w'])} kW  headroom +{kw(n['import_headroom_w'])}"
-                     f" / -{kw(n['export_headroom_w'])} kW  binding {n['binding']}")
+                     f" / -{kw(n['export_headroom_w'])} kW  binding {n['binding']}"
+                     + (f"  OVERLOAD {kw(n['overload_w'])} kW relieved by discharge" if n["overload_w"] else ""))
     lines.append("ports:")
     for p in doc["ports"]:
         soc = "-" if p["soc"] is None else f"{p['soc']:.2f}"
