@@ -125,7 +125,9 @@ def _layout(name):
             ("faults", "u4", _off(&_pr.faults, b)), ("connected", "?", _off(&_pr.connected, b)),
             ("v2g", "?", _off(&_pr.v2g, b)), ("contactor_closed", "?", _off(&_pr.contactor_closed, b)),
             ("latch_seq", "u8", _off(&_pr.latch_seq, b)), ("capacity_wh", "f8", _off(&_pr.capacity_wh, b)),
-            ("min_soc", "f8", _off(&_pr.min_soc, b)), ("plan_w", "f8", _off(&_pr.plan_w, b))]
+            ("min_soc", "f8", _off(&_pr.min_soc, b)), ("plan_w", "f8", _off(&_pr.plan_w, b)),
+            ("ev_max_charge_w", "f8", _off(&_pr.ev_max_charge_w, b)),
+            ("ev_max_discharge_w", "f8", _off(&_pr.ev_max_discharge_w, b))]
     if name == "node":
         b = <void*>&_nr
         return sizeof(NodeRow), [

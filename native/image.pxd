@@ -236,6 +236,8 @@ cdef struct PortRow:
     double capacity_wh
     double min_soc
     double plan_w                  # the planner's advice in force (NaN: none or expired)
+    double ev_max_charge_w         # what the EV announces (NaN: nothing fresh), for the planner
+    double ev_max_discharge_w
 
 cdef struct NodeRow:
     uint64_t cycle

@@ -11,8 +11,9 @@ step before its departure, energy E_it = E_i,t-1 + h_t (c_it - d_it) in [Emin_i,
 shortfall s_i >= E_i0 + request_i - E_i,k_i at its last step k_i. Per step the fleet's power stays
 within the site's import and export headroom; where a setpoint is known, |setpoint - fleet| costs
 TRACK_WEIGHT per kWh, else the fleet follows the default profile (no discharge, at most its
-import). Each EV's shortfall costs 100 / capacity per kWh (a point of its own satisfaction), so a
-kWh goes where it raises an EV's share most, as ev2gym's energy satisfaction counts it; a small
+import). Each EV's shortfall costs 100 / (the energy it could reach charging at full power until
+it leaves) per kWh: a point of its own satisfaction as ev2gym's energy satisfaction counts it, so
+a kWh goes where it raises an EV's share most; a small
 cost on throughput forbids cycling, and a smaller one on lateness charges earlier among ties
 (energy in the battery early keeps options open for export windows later).
 """
@@ -155,7 +156,8 @@ def build(fleet: Fleet, sched: Schedule, hs):
     late = LATENESS_WEIGHT * np.arange(T)
     cost[ic:idd] = (THROUGHPUT_WEIGHT * h + late)[None, :].repeat(n, 0).ravel()
     cost[idd:ie] = (THROUGHPUT_WEIGHT * h)[None, :].repeat(n, 0).ravel()
-    cost[isht:itr] = 100.0 / np.maximum(cap, 1e-3)
+    reach = np.minimum(cap, e0 + fleet.max_charge_w / 1000.0 * np.minimum(dep, 7 * 86400.0) / 3600.0)
+    cost[isht:itr] = 100.0 / np.maximum(reach, 1e-3)
     cost[itr:] = TRACK_WEIGHT * np.concatenate([h, h])
 
     rows, cols, vals, rlo, rhi = [], [], [], [], []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from helpers import MS, S, assert_within_limits, ev, make_site
 from v2g_rt import Control, Controller, config, horizon
-from v2g_rt.services.planner import Planner, PlannerConfig, fleet_of, schedule_of
+from v2g_rt.services.planner import Planner, PlannerConfig, schedule_of
 
 PERIOD = 100 * MS
 
@@ -148,6 +148,28 @@ def test_steps_end_on_multiples_of_the_step():
     assert list(horizon.steps(1800.0, 900.0, 1800.0)) == [900.0, 900.0]
 
 
+def test_an_export_window_known_ahead_charges_the_ev_that_can_give_it_first():
+    ctrl = controller(2)
+    a, b = ctrl.port_ids
+    ev(soc=0.2, min_soc=0.2, v2g=True, departure_in_s=12 * 3600, energy_request_wh=20_000).publish(ctrl, a, ctrl.now_ns())
+    ev(soc=0.2, min_soc=0.2, v2g=False, departure_in_s=12 * 3600, energy_request_wh=20_000).publish(ctrl, b, ctrl.now_ns())
+    now = ctrl.now_ns()
+    ctrl.submit({"id": "now", "kind": "setpoint", "value_w": 11_000, "expires_ns": now + 3600 * S})
+    run(ctrl, 1)
+    now = ctrl.now_ns()
+    cfg = PlannerConfig(horizon_s=12 * 3600.0)
+    window = [{"kind": "setpoint", "value_w": -11_000.0, "starts_ns": now + 3600 * S, "expires_ns": now + 7200 * S},
+              {"kind": "setpoint", "value_w": 5_500.0, "starts_ns": now + 7200 * S, "expires_ns": now + 6 * 3600 * S}]
+    sched = schedule_of(ctrl.snapshot(), now, cfg, 0.0, window)
+    start_s = np.concatenate([[0.0], np.cumsum(sched.step_s)[:-1]])
+    assert (sched.setpoint_w[(start_s >= 3600) & (start_s < 7200 - 900)] == -11_000).all()
+    plan = horizon.Solver().solve(planner_for(ctrl).fleet(ctrl.snapshot()), sched, 10.0)
+    assert plan.status == "Optimal" and plan.tracking_kwh < 0.01     # the window's first second is past
+    assert plan.plan_w[0] == pytest.approx(11_000) and plan.plan_w[1] == pytest.approx(0, abs=1e-6)
+    blind = horizon.Solver().solve(planner_for(ctrl).fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), now, cfg, 0.0), 10.0)
+    assert blind.plan_w[0] < 11_000 - 1                # not knowing the window, it would not
+
+
 # ------------------------------------------------------------------ the service
 
 def planner_for(ctrl, **kw):
@@ -180,7 +202,7 @@ def test_a_worker_killed_mid_solve_costs_guidance_not_control():
         pid = planner.worker.pid
         os.kill(pid, signal.SIGSTOP)                    # the next solve hangs ...
         threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()    # ... and its worker dies
-        assert planner.plan(fleet_of(ctrl.snapshot()), schedule_of(ctrl.snapshot(), ctrl.now_ns(), planner.cfg, 0.0),
+        assert planner.plan(planner.fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), ctrl.now_ns(), planner.cfg, 0.0),
                             ctrl.now_ns()) is None
         assert planner.failures == 1
         run(ctrl, 11)                                   # the last guidance expires: the plain order
@@ -210,7 +232,7 @@ def test_a_solve_past_its_budget_is_killed_while_other_threads_keep_running():
         counter = threading.Thread(target=count)
         counter.start()
         t0 = time.monotonic()
-        assert planner.plan(fleet_of(ctrl.snapshot()), schedule_of(ctrl.snapshot(), ctrl.now_ns(), planner.cfg, 0.0),
+        assert planner.plan(planner.fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), ctrl.now_ns(), planner.cfg, 0.0),
                             ctrl.now_ns()) is None
         waited = time.monotonic() - t0
         done.set()

@@ -118,34 +118,59 @@ class Worker:
         return self.proc.pid if self.proc is not None and self.proc.is_alive() else None
 
 
-def fleet_of(snap) -> horizon.Fleet:
-    """The connected EVs as the snapshot shows them (what they announce, limited by the loop's
-    envelope now); a port whose SoC or capacity is unknown is not planned."""
+def fleet_of(snap, rating_charge_w, rating_discharge_w) -> horizon.Fleet:
+    """The connected EVs as the snapshot shows them: what they announce, within their port's
+    rating (the loop's envelope now says what they may do this minute, not over the day); a
+    port whose SoC or capacity is unknown, or that is faulted, is not planned."""
     p = snap.ports
-    ok = p["connected"] & np.isfinite(p["soc"]) & np.isfinite(p["capacity_wh"]) & (p["capacity_wh"] > 0)
+    ok = (p["connected"] & (p["faults"] == 0) & np.isfinite(p["soc"]) & np.isfinite(p["capacity_wh"])
+          & (p["capacity_wh"] > 0))
     idx = np.flatnonzero(ok)
     cap = p["capacity_wh"][idx]
     request = np.nan_to_num(p["energy_request_wh"][idx], nan=0.0)
+    charge = np.fmin(np.asarray(rating_charge_w)[idx], p["ev_max_charge_w"][idx])
+    discharge = np.where(p["v2g"][idx], np.fmin(np.asarray(rating_discharge_w)[idx], p["ev_max_discharge_w"][idx]), 0.0)
     return horizon.Fleet(idx, p["soc"][idx] * cap, cap, np.nan_to_num(p["min_soc"][idx]) * cap,
                          np.maximum(request, 0.0), p["departure_in_s"][idx].astype(float),
-                         np.maximum(p["max_w"][idx], 0.0), np.maximum(-p["min_w"][idx], 0.0))
+                         np.maximum(charge, 0.0), np.maximum(discharge, 0.0))
 
 
-def schedule_of(snap, now_ns: int, cfg: PlannerConfig, default_w: float) -> horizon.Schedule:
-    """The schedule known now: the active setpoint until its expiry, then the default profile;
-    the fleet's headroom at the root as it is now, cut by an active load shed."""
+def schedule_of(snap, now_ns: int, cfg: PlannerConfig, default_w: float, commands=()) -> horizon.Schedule:
+    """The schedule known now. Setpoints: the active one until its expiry, and each of `commands`
+    (grid commands the loop holds, active and queued: kind, value_w, starts_ns, expires_ns) in the
+    steps it covers for the most part; after the last known one the fleet is assumed to get
+    nothing (a future nobody announced is not spent: the plan then shares what is known as the
+    loop's own order would, and looks further only as far as the operator does), or the default
+    profile when no setpoint is known. Limits: the fleet's headroom at the root as it is now, cut
+    in their windows by known import and export limits and load sheds."""
     step_s = horizon.steps(now_ns / 1e9, cfg.step_s, cfg.horizon_s)
-    start_s = np.concatenate([[0.0], np.cumsum(step_s)[:-1]])
+    start = now_ns + np.concatenate([[0.0], np.cumsum(step_s)[:-1]]) * 1e9
+    end = start + step_s * 1e9
     site = snap.site
-    sp = np.full(len(step_s), np.nan)
-    if math.isfinite(site["setpoint_w"]):
-        until_s = (site["setpoint_expires_ns"] - now_ns) / 1e9
-        sp[start_s < until_s] = site["setpoint_w"]
     root = snap.nodes[0]
     imp = np.full(len(step_s), max(float(root["import_headroom_w"]), 0.0))
+    exp_ = np.full(len(step_s), 0.0 if site["safe_state"] else max(float(root["export_headroom_w"]), 0.0))
     if math.isfinite(site["load_shed_w"]):
         imp = np.minimum(imp, site["load_shed_w"])
-    exp_ = np.full(len(step_s), max(float(root["export_headroom_w"]), 0.0) if not site["safe_state"] else 0.0)
+    known = list(commands)
+    if math.isfinite(site["setpoint_w"]):
+        known.insert(0, {"kind": "setpoint", "value_w": site["setpoint_w"], "starts_ns": now_ns,
+                         "expires_ns": site["setpoint_expires_ns"]})
+    sp = np.full(len(step_s), np.nan)
+    last = None
+    for c in known:
+        cover = (np.minimum(end, c["expires_ns"]) - np.maximum(start, c["starts_ns"])) / (end - start)
+        inside = cover > 0.5
+        if c["kind"] == "setpoint":
+            sp[inside] = c["value_w"]
+            if inside.any() and (last is None or c["expires_ns"] > last[1]):
+                last = (c["value_w"], c["expires_ns"])
+        elif c["kind"] in ("import_limit", "load_shed"):
+            imp[cover > 0] = np.minimum(imp[cover > 0], c["value_w"])
+        elif c["kind"] == "export_limit":
+            exp_[cover > 0] = np.minimum(exp_[cover > 0], c["value_w"])
+    if last is not None:
+        imp[start >= last[1]] = 0.0
     return horizon.Schedule(step_s, sp, imp, exp_, default_w)
 
 
@@ -165,6 +190,8 @@ class Planner(Service):
         self.ctrl, self.cfg = ctrl, cfg
         self.worker = Worker()
         self.default_w = ctrl.site.control.default_fleet_import_w
+        self.rating_charge_w = [p.rating_charge_w for p in ctrl.site.ports]
+        self.rating_discharge_w = [p.rating_discharge_w for p in ctrl.site.ports]
         self.solves = self.failures = self.over_budget = self.killed = 0
         self.last: horizon.Plan | None = None
         self.last_ns: int | None = None          # controller time of the last attempt
@@ -183,7 +210,7 @@ class Planner(Service):
     def plan_if_due(self, now_ns: int) -> bool:
         """Plan if the fleet or the schedule changed, a plan step began, or plan_interval_s passed."""
         snap = self.ctrl.snapshot()
-        fleet = fleet_of(snap)
+        fleet = self.fleet(snap)
         sched = schedule_of(snap, now_ns, self.cfg, self.default_w)
         sig = _signature(fleet, sched, now_ns / 1e9)
         due = (self.last_ns is None or sig != self.signature or now_ns >= self.step_end_ns
@@ -193,6 +220,9 @@ class Planner(Service):
         self.signature = sig
         self.plan(fleet, sched, now_ns)
         return True
+
+    def fleet(self, snap) -> horizon.Fleet:
+        return fleet_of(snap, self.rating_charge_w, self.rating_discharge_w)
 
     def plan(self, fleet: horizon.Fleet, sched: horizon.Schedule, now_ns: int) -> horizon.Plan | None:
         self.last_ns = now_ns
