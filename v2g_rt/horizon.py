@@ -78,14 +78,13 @@ def steps(now_s: float, step_s: float, horizon_s: float) -> np.ndarray:
 
 
 class Solver:
-    """One HiGHS instance kept between solves: the next model of the same shape starts from
-    the last basis."""
+    """Solves one model after another; the next model of the same shape starts from the last
+    basis. Each solve gets a new HiGHS instance: HiGHS counts time_limit from an instance's
+    first run, so a kept instance would give later solves less and less of their budget."""
 
     def __init__(self):
         import highspy
         self.highspy = highspy
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
         self.shape = None
         self.basis = None
 
@@ -94,7 +93,7 @@ class Solver:
         t0 = time.perf_counter()
         lp, layout = build(fleet, sched, hs)
         shape = (lp.num_col_, lp.num_row_, layout["n"], layout["T"])
-        self.h.clearModel()
+        self.h = hs.Highs()
         self.h.setOptionValue("output_flag", False)
         self.h.setOptionValue("time_limit", max(1e-3, float(time_budget_s)))
         self.h.passModel(lp)

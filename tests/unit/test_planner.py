@@ -35,9 +35,11 @@ def plug(ctrl, **kw):
 
 
 def charging(ports, setpoint_w=11_000):
-    """ports identical EVs plugged in, a setpoint one of them can take, a second of cycles."""
+    """ports EVs plugged in (the smallest battery comes first without guidance, by far), a setpoint
+    one of them can take, a second of cycles."""
     ctrl = controller(ports)
-    plug(ctrl)
+    for i, pid in enumerate(ctrl.port_ids):
+        ev(capacity_wh=40_000 + 10_000 * i).publish(ctrl, pid, ctrl.now_ns())
     ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": setpoint_w, "expires_in_s": 3600})
     run(ctrl, 1)
     return ctrl
@@ -52,11 +54,7 @@ def run(ctrl, seconds):
 
 
 def test_fresh_guidance_orders_the_ports_and_expired_guidance_is_ignored():
-    ctrl = controller(4)
-    for i, pid in enumerate(ctrl.port_ids):      # the smallest battery comes first without guidance
-        ev(capacity_wh=40_000 + 10_000 * i).publish(ctrl, pid, ctrl.now_ns())
-    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": 11_000, "expires_in_s": 3600})
-    run(ctrl, 1)
+    ctrl = charging(4)
     plain = serving(ctrl)
     assert len(plain) == 1
     chosen = next(pid for pid in ctrl.port_ids if pid not in plain)
@@ -141,6 +139,23 @@ def test_the_lp_tracks_a_feasible_schedule_and_keeps_each_ev_in_its_bounds():
     assert plan.plan_w[1] >= 0                           # no V2G: never planned to discharge
     again = solver.solve(small_fleet(), sched, 10.0)     # same shape: from the last basis
     assert again.warm and again.extra["iterations"] <= plan.extra["iterations"]
+
+
+def random_fleet(n, seed=0):
+    rng = np.random.default_rng(seed)
+    cap = rng.uniform(40e3, 80e3, n)
+    return horizon.Fleet(np.arange(n), cap * 0.3, cap, cap * 0.1, cap * 0.4, rng.uniform(1, 20, n) * 3600,
+                         np.full(n, 11e3), np.full(n, 11e3))
+
+
+def test_every_solve_gets_its_own_budget():
+    # HiGHS counts time_limit from an instance's first run: five cold solves, each within 2.5x the
+    # first one's time, would run out by the third on one kept instance
+    step = horizon.steps(0.0, 900.0, 86400.0)
+    sched = horizon.Schedule(step, np.full(len(step), 60e3), np.full(len(step), 1e6), np.full(len(step), 1e6))
+    solver = horizon.Solver()
+    budget = 2.5 * solver.solve(random_fleet(40), sched, 60.0).solve_s
+    assert [solver.solve(random_fleet(41 + k, k), sched, budget).status for k in range(5)] == ["Optimal"] * 5
 
 
 def test_steps_end_on_multiples_of_the_step():
