@@ -8,8 +8,10 @@ is fed each step is what a real site has, through Controller.measure like any li
   its maximum charge and discharge power as announced (the EV's maximum at this charger's
   current: no taper, no look into ev2gym's battery model), min SoC, V2G;
 * each port's power over the previous step (port/ID/power_w): ev2gym's own accounting of it;
-* the operator's setpoint, submitted as a setpoint command at its step with an expiry at the
-  step's end (scheduled commands, submitted ahead with starts_at, are not on this branch yet).
+* the operator's setpoints as setpoint commands, each with its step as its window: submitted at
+  its step (ahead=False: the schedule is not known ahead), or ahead as scheduled commands
+  (starts_ns) as far as the loop's queue holds them (16 per kind: 4 h of 15-minute steps), the
+  planner reading them through Controller.scheduled() (ahead=True: known ahead).
 The outputs (Controller.outputs: the write stage's per-port setpoint, 0 W while a contactor is
 open) become ev2gym's actions as in adapter.py.
 
@@ -29,6 +31,7 @@ import adapter
 
 S = 1_000_000_000
 PROBE_W_PER_S = 2.0
+QUEUE = 16                # scheduled commands the loop holds per kind
 
 
 def build_site(env, battery_frame):
@@ -58,11 +61,12 @@ class ControllerPolicy:
     """ev2gym policy (get_action(env)) that runs the controller; planner=True adds the horizon
     planner (its solves in its worker process, as in the service)."""
 
-    def __init__(self, env, planner=False, battery_frame=False, use_setpoint=True):
+    def __init__(self, env, planner=False, battery_frame=False, use_setpoint=True, ahead=False):
         from v2g_rt import Controller
         self.site = build_site(env, battery_frame)
         self.ctrl = Controller(self.site, clock="virtual")
-        self.battery_frame, self.use_setpoint = battery_frame, use_setpoint
+        self.battery_frame, self.use_setpoint, self.ahead = battery_frame, use_setpoint, ahead
+        self.submitted = 0                      # setpoints sent so far (steps 0 .. submitted - 1)
         self.dt_s = env.timescale * 60
         self.t0_ns = S                          # the controller's clock: step k starts at t0 + k * dt
         self.ctrl.step(self.t0_ns - S // 2)
@@ -85,10 +89,7 @@ class ControllerPolicy:
         plist = adapter.port_list(env)
         self.publish(env, plist, self.ctrl.now_ns())      # they arrive before this step's first cycle
         if self.use_setpoint:
-            sp = float(env.power_setpoints[k]) * 1000
-            ok = self.ctrl.submit({"id": f"sp{k}", "kind": "setpoint", "value_w": sp,
-                                   "expires_ns": now + int(self.dt_s * S)})
-            assert ok, ok.reason
+            self.submit_setpoints(env, k)
         self.cycle(now)
         if self.planner:
             if self.planner.plan_if_due(now) and self.planner.last is not None:
@@ -99,6 +100,22 @@ class ControllerPolicy:
         if self.battery_frame:
             w = [adapter.pilot_kw(cs, ev, p) if ev is not None and p != 0 else 0.0 for (cs, ev), p in zip(plist, w)]
         return np.array([adapter.kw_to_action(cs, ev, p) for (cs, ev), p in zip(plist, w)])
+
+    def submit_setpoints(self, env, k):
+        """Step k's setpoint now; ahead, every later one the queue has room for, each with its start."""
+        last = min(env.simulation_length, k + 1 + (QUEUE if self.ahead else 0))
+        while self.submitted < last:
+            j = self.submitted
+            start = self.t0_ns + int(j * self.dt_s * S)
+            cmd = {"id": f"sp{j}", "kind": "setpoint", "value_w": float(env.power_setpoints[j]) * 1000,
+                   "expires_ns": start + int(self.dt_s * S)}
+            if j > k:
+                cmd["starts_ns"] = start
+            ok = self.ctrl.submit(cmd)
+            if ok.code == "ERR_CMD_SCHEDULE_FULL":
+                return
+            assert ok, ok.reason
+            self.submitted += 1
 
     def cycle(self, t_ns):
         t = time.perf_counter()

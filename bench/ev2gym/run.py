@@ -32,7 +32,7 @@ import controlled  # noqa: E402
 import lp  # noqa: E402
 from equal_share import equal_share  # noqa: E402
 
-POLICIES = ["ctl", "ctl_plan", "v2g", "equal_share", "afap", "alap", "roundrobin", "lp"]
+POLICIES = ["ctl", "ctl_plan", "ctl_plan_ahead", "v2g", "equal_share", "afap", "alap", "roundrobin", "lp"]
 HARD_FLEXIBILITY = -50               # setpoints carry 50 % of the EVs' energy need
 EXPORT_WINDOWS = ((11, 12), (16, 17))  # local clock hours with a negative setpoint (V2G only)
 EXPORT_FRACTION = 0.5                # of the discharge power of the EVs parked then
@@ -97,7 +97,7 @@ def make_policy(name, env, lp_transfers=False, battery_frame=False):
     if name == "equal_share":
         return adapter.ArbitratePolicy(functools.partial(equal_share, dt_s=env.timescale * 60),
                                        use_setpoint=use_sp, battery_frame=battery_frame)
-    if name in ("v2g", "ctl", "ctl_plan"):
+    if name in ("v2g", "ctl", "ctl_plan", "ctl_plan_ahead"):
         try:
             import v2g_rt
         except ImportError as e:
@@ -105,8 +105,8 @@ def make_policy(name, env, lp_transfers=False, battery_frame=False):
         if name != "v2g":
             if env.config["inflexible_loads"]["include"] or env.config["solar_power"]["include"]:
                 raise PolicyUnavailable("the controller's site has no transformer meter here yet (--loads)")
-            return controlled.ControllerPolicy(env, planner=name == "ctl_plan", battery_frame=battery_frame,
-                                               use_setpoint=use_sp)
+            return controlled.ControllerPolicy(env, planner=name != "ctl", battery_frame=battery_frame,
+                                               use_setpoint=use_sp, ahead=name == "ctl_plan_ahead")
         return adapter.ArbitratePolicy(functools.partial(v2g_rt.arbitrate, dt_s=env.timescale * 60),
                                        v2g_rt.new_ports, use_setpoint=use_sp, battery_frame=battery_frame)
     if name == "afap":
@@ -204,7 +204,7 @@ def main(argv=None):
     ap.add_argument("--transformers", type=int, default=1)
     ap.add_argument("--tr-kw", type=float, default=None,
                     help="total transformer kW (default: the YAML's 100 kW scaled by ports/scenario size)")
-    ap.add_argument("--policies", default="ctl,ctl_plan,v2g,equal_share,afap,alap,roundrobin,lp")
+    ap.add_argument("--policies", default="ctl,ctl_plan,ctl_plan_ahead,v2g,equal_share,afap,alap,roundrobin,lp")
     ap.add_argument("--lp-transfers", action="store_true",
                     help="let the LP charge and discharge different EVs in the same step (see lp.py)")
     ap.add_argument("--battery-frame", action="store_true",

@@ -137,8 +137,8 @@ def fleet_of(snap, rating_charge_w, rating_discharge_w) -> horizon.Fleet:
 
 def schedule_of(snap, now_ns: int, cfg: PlannerConfig, default_w: float, commands=()) -> horizon.Schedule:
     """The schedule known now. Setpoints: the active one until its expiry, and each of `commands`
-    (grid commands the loop holds, active and queued: kind, value_w, starts_ns, expires_ns) in the
-    steps it covers for the most part; after the last known one the fleet is assumed to get
+    (the grid commands the loop holds, Controller.scheduled(): kind, value_w, starts_ns,
+    expires_ns; active, queued, or sent and not yet taken) in the steps it covers for the most part; after the last known one the fleet is assumed to get
     nothing (a future nobody announced is not spent: the plan then shares what is known as the
     loop's own order would, and looks further only as far as the operator does), or the default
     profile when no setpoint is known. Limits: the fleet's headroom at the root as it is now, cut
@@ -211,7 +211,7 @@ class Planner(Service):
         """Plan if the fleet or the schedule changed, a plan step began, or plan_interval_s passed."""
         snap = self.ctrl.snapshot()
         fleet = self.fleet(snap)
-        sched = schedule_of(snap, now_ns, self.cfg, self.default_w)
+        sched = schedule_of(snap, now_ns, self.cfg, self.default_w, self.ctrl.scheduled())
         sig = _signature(fleet, sched, now_ns / 1e9)
         due = (self.last_ns is None or sig != self.signature or now_ns >= self.step_end_ns
                or now_ns - self.last_ns >= self.cfg.plan_interval_s * 1e9)
