@@ -12,6 +12,7 @@ def test_stages_smoke(tmp_path):
     out = tmp_path / "s.json"
     assert bench.main(["--ports", "8", "--seconds", "1", "--json", str(out)]) == 0
     (result,) = json.loads(out.read_text())["results"]
-    can, sim = result["runs"]["can"], result["runs"]["sim"]
+    can, sim, guided = result["runs"]["can"], result["runs"]["sim"], result["runs"]["sim+guidance"]
     assert can["frames_per_cycle"] > 0 and can["frames_refused"] == 0 and sim["frames_per_cycle"] == 0
     assert set(can["stages"]) == {"read", "update", "write", "publish"} and can["stages"]["write"]["count"] == 1001   # the first step, then 1000
+    assert guided["stages"]["update"]["count"] == 1001

@@ -13,6 +13,7 @@ from syscalls cimport *          # kernel, libc and compiler interfaces
 
 include "clock.pxd"
 include "exchange.pxd"
+include "guidance.pxd"
 include "io_can.pxd"
 include "io_gpio.pxd"
 include "io_i2c.pxd"

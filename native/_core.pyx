@@ -19,6 +19,7 @@ from posix.unistd cimport write, close, read
 # Declarations: _core.pxd (the control image, the kernel interfaces, what each unit offers).
 include "clock.pxi"
 include "exchange.pxi"
+include "guidance.pxi"
 include "io_can.pxi"
 include "io_gpio.pxi"
 include "io_i2c.pxi"
@@ -123,7 +124,10 @@ def _layout(name):
             ("binding", "i4", _off(&_pr.binding, b)), ("binding_node", "i4", _off(&_pr.binding_node, b)),
             ("faults", "u4", _off(&_pr.faults, b)), ("connected", "?", _off(&_pr.connected, b)),
             ("v2g", "?", _off(&_pr.v2g, b)), ("contactor_closed", "?", _off(&_pr.contactor_closed, b)),
-            ("latch_seq", "u8", _off(&_pr.latch_seq, b))]
+            ("latch_seq", "u8", _off(&_pr.latch_seq, b)), ("capacity_wh", "f8", _off(&_pr.capacity_wh, b)),
+            ("min_soc", "f8", _off(&_pr.min_soc, b)), ("plan_w", "f8", _off(&_pr.plan_w, b)),
+            ("ev_max_charge_w", "f8", _off(&_pr.ev_max_charge_w, b)),
+            ("ev_max_discharge_w", "f8", _off(&_pr.ev_max_discharge_w, b))]
     if name == "node":
         b = <void*>&_nr
         return sizeof(NodeRow), [
@@ -159,7 +163,11 @@ def _layout(name):
             ("latch_counter", "u8", _off(&_sr.latch_counter, b)),
             ("upstreams_waiting", "u4", _off(&_sr.upstreams_waiting, b)), ("upstreams_lost", "u4", _off(&_sr.upstreams_lost, b)),
             ("schedule_version", "u8", _off(&_sr.schedule_version, b)),
-            ("schedule_refused", "u8", _off(&_sr.schedule_refused, b))]
+            ("schedule_refused", "u8", _off(&_sr.schedule_refused, b)),
+            ("setpoint_expires_ns", "i8", _off(&_sr.setpoint_expires_ns, b)),
+            ("guidance_expires_ns", "i8", _off(&_sr.guidance_expires_ns, b)),
+            ("guidance_taken_ns", "i8", _off(&_sr.guidance_taken_ns, b)),
+            ("guidance_id", "u8", _off(&_sr.guidance_id, b)), ("guidance_fresh", "i4", _off(&_sr.guidance_fresh, b))]
     if name == "active":
         b = <void*>&_ac
         return sizeof(ActiveCommand), [
@@ -532,6 +540,7 @@ cdef class Core:
             raise ValueError("a pilot's duty step is 0 (no pilot) .. 10 %")
         p.pilot_step_pct = pilot_step_pct
         p.binding_node = -1
+        p.plan_w = NAN
         for k in range(N_PORT_SOURCES):
             p.src[k] = -1
         a = evse
@@ -1168,6 +1177,15 @@ cdef class Core:
             applied = s.site.commands_applied
             pthread_mutex_unlock(&self.reader_lock)
         return active, queued, applied
+
+    def write_guidance(self, const double[::1] plan_w, int64_t expires_ns, uint64_t plan_id):
+        """The planner's advice: a planned power per port (W, NaN: none), followed by the
+        arbitration's order until expires_ns (controller clock). One writer at a time."""
+        if plan_w.shape[0] != self.im.n_ports:
+            raise ValueError(f"guidance for {plan_w.shape[0]} ports; the site has {self.im.n_ports}")
+        cdef int32_t n = self.im.n_ports
+        with nogil:
+            guidance_write(&self.im.ex.guidance, &plan_w[0] if n > 0 else NULL, n, expires_ns, plan_id)
 
     cdef int64_t _now(self) noexcept nogil:
         return self.im.now_ns if self.virtual else mono_ns()

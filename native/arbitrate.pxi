@@ -235,16 +235,24 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
     #            that can; a vehicle past its departure can reach no more than it has
     #   surplus  satisfied vehicles take what is left, the emptiest first
     # Discharging: most slack first (late departure, high SoC).
+    # Fresh guidance (guidance.pxi) puts the ports the planner wants moving power in this
+    # direction now ahead of the rest (after the urgent ones), the largest planned share of
+    # their power first; the rest keep the order above.
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
     cdef int32_t i
     cdef Port* p
     cdef double soc, reach, stay
+    cdef bint guided = guidance_fresh(im)
     for i in range(im.n_ports):
         p = &im.port[i]
         soc = p.soc if p.soc == p.soc else 0.0
         if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0):
             p.key = 4.0 * NEVER_S
+        elif guided and charging and p.plan_w > 0.0 and not (0.0 <= p.laxity_s <= im.opt.urgency_window_s):
+            p.key = -0.5 * NEVER_S - fmin(p.plan_w / p.max_w, 1.0) - (0.01 if p.target_w > 0.0 else 0.0)
+        elif guided and not charging and p.plan_w < 0.0:
+            p.key = -2.0 * NEVER_S - fmin(-p.plan_w / -p.min_w, 1.0) - (0.01 if p.target_w < 0.0 else 0.0)
         elif charging:
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc

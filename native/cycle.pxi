@@ -71,6 +71,7 @@ cdef void cycle_read(Image* im, Io* io) noexcept nogil:
         apply_command(im, &c)
         n += 1
     schedule_due(im)
+    guidance_take(im)
     for w in range(nwords):
         if v2g_load_relaxed(&im.ex.dirty[w]) == 0:
             continue
@@ -208,6 +209,8 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     cdef Node* n
     cdef PortRow* r
     cdef NodeRow* nr
+    cdef bint fresh = guidance_fresh(im)
+    cdef bint ok
     s.site.cycle = im.cycle
     s.site.t_ns = im.now_ns
     s.site.setpoint_w = im.grid_cmd[CMD_SETPOINT].value if im.grid_cmd[CMD_SETPOINT].active else NAN
@@ -267,7 +270,21 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         r.v2g = p.v2g
         r.contactor_closed = p.contactor_closed
         r.latch_seq = p.latch_seq
+        r.capacity_wh = p.capacity_wh
+        r.min_soc = p.min_soc
+        r.plan_w = p.plan_w if fresh else NAN
+        r.ev_max_charge_w = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
+        if not ok:
+            r.ev_max_charge_w = NAN
+        r.ev_max_discharge_w = port_value(im, p, SRC_PORT_MAX_DISCHARGE_W, &ok)
+        if not ok:
+            r.ev_max_discharge_w = NAN
     s.site.latch_counter = im.latch_counter
+    s.site.setpoint_expires_ns = im.grid_cmd[CMD_SETPOINT].expires_ns if im.grid_cmd[CMD_SETPOINT].active else 0
+    s.site.guidance_expires_ns = im.guide_expires_ns
+    s.site.guidance_taken_ns = im.guide_taken_ns
+    s.site.guidance_id = im.guide_id
+    s.site.guidance_fresh = fresh
     s.site.upstreams_waiting = im.upstreams_waiting
     s.site.upstreams_lost = im.upstreams_lost
     for i in range(N_GRID_COMMANDS):

@@ -233,6 +233,11 @@ cdef struct PortRow:
     uint8_t contactor_closed       # the command: close the contactor
     uint8_t _pad
     uint64_t latch_seq             # sequence number of the port's latest latch (0: never)
+    double capacity_wh
+    double min_soc
+    double plan_w                  # the planner's advice in force (NaN: none or expired)
+    double ev_max_charge_w         # what the EV announces (NaN: nothing fresh), for the planner
+    double ev_max_discharge_w
 
 cdef struct NodeRow:
     uint64_t cycle
@@ -277,6 +282,11 @@ cdef struct SiteRow:
     uint32_t upstreams_lost        # heard once, now lost
     uint64_t schedule_version      # +1 whenever the queue of scheduled commands changed
     uint64_t schedule_refused      # scheduled commands the loop had no slot for (never, if submit works)
+    int64_t setpoint_expires_ns
+    int64_t guidance_expires_ns    # 0: no guidance taken yet
+    int64_t guidance_taken_ns
+    uint64_t guidance_id
+    int32_t guidance_fresh
 
 cdef struct Snapshot:
     SiteRow site
@@ -406,6 +416,7 @@ cdef struct Port:
     uint64_t latch_seq
     double ramp_base_w           # where this cycle's output change starts
     double relief_w              # discharge given to relieve an overloaded node (>= 0)
+    double plan_w                # the planner's advice (guidance.pxi), used while fresh
     # closed loop: what the port was seen to take caps what it is given (0: no cap; a cap is
     # never below CL_MARGIN_W, and a zeroed port is uncapped)
     double cap_charge_w
@@ -472,11 +483,19 @@ cdef struct Outbox:              # the output mailbox for links served by Python
     uint8_t link[MAX_PORTS]      # OutputLink per port
     uint8_t link_down[MAX_PORTS] # set by the write stage: the link cannot deliver (the interlock reads it)
 
+cdef struct Guidance:        # the horizon planner's advice (seqlocked; one writer: the planner service)
+    uint64_t seq                 # odd while being written; 0: never written
+    uint64_t _pad[7]
+    int64_t expires_ns           # loop time after which the advice is ignored
+    uint64_t plan_id
+    double plan_w[MAX_PORTS]     # planned power per port now (NaN: no advice)
+
 cdef struct Exchange:
     uint64_t dirty[DIRTY_WORDS]
     Slot slot[MAX_SOURCES]
     Gate gate[MAX_SOURCES]
     CommandRing ring
+    Guidance guidance
 
 cdef struct Image:
     Options opt
@@ -527,6 +546,11 @@ cdef struct Image:
     Upstream upstream[MAX_UPSTREAMS]
     int32_t order[MAX_PORTS]
     int32_t order_tmp[MAX_PORTS]
+    uint64_t guide_seq            # the guidance version the ports hold (0: none yet)
+    int64_t guide_expires_ns
+    uint64_t guide_id
+    int64_t guide_taken_ns
+    double guide_tmp[MAX_PORTS]
     Stats stats
     Exchange ex
     Outbox outbox

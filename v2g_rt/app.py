@@ -15,6 +15,7 @@ from .services.modbus import ModbusService
 from .services.schedule import ScheduleService
 from .services.mqtt import MqttService
 from .services.ocpp import OcppService
+from .services.planner import Planner
 from .services.status import StatusServer, control_socket, default_socket
 from .services.watchdog import HardwareWatchdog, Watchdog, notify, watchdog_interval_s
 from .sim.peers import PEERS
@@ -67,6 +68,8 @@ class App:
             self.supervisor.add(ModbusService(ctrl, site.sections["modbus"]))
         if site.sections.get("mqtt"):
             self.supervisor.add(MqttService(ctrl, site.sections["mqtt"]))
+        if site.sections.get("planner") and site.sections["planner"].enabled:
+            self.supervisor.add(Planner(ctrl, site.sections["planner"]))
         ocpp = self.supervisor.add(OcppService(ctrl, site.sections["ocpp"])) if site.sections.get("ocpp") else None
         self.supervisor.start()
         if self.plant:

@@ -29,10 +29,10 @@ def section_owners() -> dict:
     """Sections owned by other parts of the controller: name -> check(cf, site), which reads the
     section with the same accessors ([i2c.NAME] style owners read cf.tables(name)) and returns the
     parsed settings, kept in Site.sections[name]. Every device kind, the Modbus, MQTT and OCPP
-    services and the simulated plant."""
-    from .services import mqtt, ocpp
+    services, the planner and the simulated plant."""
+    from .services import mqtt, ocpp, planner
     from .sim import plant
-    return {m.SECTION: m.check_config for m in (plant, mqtt, ocpp, *feeders())}
+    return {m.SECTION: m.check_config for m in (plant, mqtt, ocpp, planner, *feeders())}
 
 
 def feeders() -> tuple:

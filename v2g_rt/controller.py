@@ -187,6 +187,7 @@ class Controller:
 
         self._core = core
         self._lock = threading.Lock()
+        self._guide_lock = threading.Lock()     # the guidance block has one writer at a time
         self._seen: dict[tuple, dict[tuple, int]] = {}          # (source, pool) -> id -> expiry
         self._seen_heap: list[tuple[int, tuple, tuple]] = []
         self._cmd_counts: Counter[str] = Counter()
@@ -713,6 +714,21 @@ class Controller:
         if code == "accepted":
             return ACCEPTED
         return _reject(code, _gate_reason(code, name, v, lo, hi, t, self._core.now_ns(), self._owned.get(name)))
+
+    # ------------------------------------------------------------ guidance
+
+    def guide(self, plan_w, expires_ns: int, plan_id: int = 0) -> None:
+        """The horizon planner's advice: planned W per port now (an array in port_ids order or a
+        mapping port id -> W; NaN or absent: no advice), which orders the arbitration, never its
+        limits, until expires_ns (controller clock). Stale advice is ignored by the loop."""
+        if isinstance(plan_w, Mapping):
+            plan = np.full(len(self.port_ids), np.nan)
+            for pid, w in plan_w.items():
+                plan[self._port_index[pid]] = w
+        else:
+            plan = np.ascontiguousarray(plan_w, dtype=np.float64)
+        with self._guide_lock:
+            self._core.write_guidance(plan, int(expires_ns), int(plan_id))
 
     # ------------------------------------------------------------ outputs
 

@@ -169,6 +169,15 @@ _ENTRIES = [
     ("ERR_WATCHDOG", "The hardware watchdog device could not be opened or configured.",
      "Wrong [rt] watchdog_device, no permission, or a driver without WDIOC_SETTIMEOUT.",
      "Check the device node and the udev rule in hw/udev; the kernel module (e.g. imx2_wdt, softdog)."),
+    ("ERR_PLANNER_FAILED", "The horizon planner's solve overran its time budget and its worker process was "
+     "killed, or the worker died; the loop arbitrates without guidance once the last guidance expires.",
+     "A horizon too long or too finely stepped for the machine, a starved CPU, or the worker killed (OOM).",
+     "Raise [planner] time_budget_s or step_s, or shorten horizon_s; `v2g-rt status` shows the planner's "
+     "last solve time. Control stays correct without the planner."),
+    ("ERR_PLANNER_NO_PLAN", "The horizon planner's LP ended without an optimal plan (time limit, infeasible "
+     "or numerical trouble); no guidance is handed over this time.",
+     "The time budget is too short for the fleet's size, or inconsistent EV data (SoC, capacity, request).",
+     "Raise [planner] time_budget_s; check the EVs' reported data in `v2g-rt status`."),
     ("ERR_SERVICE_FAILED", "A Python service thread (status or control socket, fault journal, watchdog feeder) "
      "died with an exception; the supervisor restarts it after a backoff (0.5 s doubling to 30 s).",
      "A bug in the service, or what it depends on failing in a way it did not expect (a full disk, a "

@@ -31,7 +31,6 @@ Conventions (all checked against ev2gym 2.0.0 source):
 * multi-port chargers: the port rows carry the charger's full rating; ev2gym
   itself rescales a charger's actions when they sum past 1 (shared current).
 """
-import copy
 import math
 import time
 
@@ -78,17 +77,6 @@ def pilot_kw(cs, ev, battery_kw):
     return amps * v / 1000
 
 
-def battery_step_kw(cs, ev):
-    """Battery-side kW the EV absorbs this step at the charger's full current (ev2gym's own
-    battery model, run on a copy: taper and full battery included)."""
-    probe = copy.copy(ev)
-    amps = cs.max_charge_current
-    if amps <= 0 or ev.current_capacity >= ev.battery_capacity:
-        return 0.0
-    probe._charge(amps, cs.voltage, min(cs.phases, ev.ev_phases))
-    return max(0.0, probe.current_capacity - ev.current_capacity) * 60 / ev.timescale
-
-
 def transformer_limits_kw(tr, k):
     base = tr.inflexible_load[k] + tr.solar_power[k]
     return max(0.0, tr.max_power[k] - base), max(0.0, base - tr.min_power[k])
@@ -120,17 +108,15 @@ def fill_ports(env, new_ports_fn=new_ports, battery_frame=False):
         if ev is None:
             ports["connected"][i] = False
             continue
-        ch, dis = port_limits_kw(cs, ev)
+        ch, dis = port_limits_kw(cs, ev)      # as the EV announces them: no taper, no look inside
+        drew = ev.current_energy * 3600 / dt    # battery-side kW over the last step
         if battery_frame:
             v = w_per_amp(cs, ev) / 1000
             ch, dis = ch * efficiency(ev, ch / v), dis * efficiency(ev, -dis / v)
-        # The EV reports what it can take this step, as a BMS does near full (CC-CV
-        # taper) or near its minimum: what its own battery model would absorb over the
-        # step at full current, and no more than the energy above its minimum.
-        hours = dt / 3600
-        taper_kw = battery_step_kw(cs, ev)
-        ch = min(ch, taper_kw if battery_frame else taper_kw / efficiency(ev, ch / (w_per_amp(cs, ev) / 1000)))
-        dis = min(dis, max(0.0, ev.current_capacity - ev.min_battery_capacity) / hours)
+        elif drew:
+            drew /= efficiency(ev, cs.current_signal[cs.evs_connected.index(ev)])
+        if "measured_w" in ports.dtype.names:
+            ports["measured_w"][i] = drew * 1000
         ports["connected"][i] = True
         ports["soc"][i] = ev.current_capacity / ev.battery_capacity
         ports["capacity_wh"][i] = ev.battery_capacity * 1000

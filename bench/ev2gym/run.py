@@ -20,7 +20,6 @@ import numpy as np
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 warnings.filterwarnings("ignore")  # pkg_resources / gymnasium deprecation noise
 
@@ -29,10 +28,11 @@ from ev2gym.baselines.heuristics import (  # noqa: E402
     ChargeAsFastAsPossible, ChargeAsLateAsPossible, RoundRobin)
 
 import adapter  # noqa: E402
+import controlled  # noqa: E402
 import lp  # noqa: E402
 from equal_share import equal_share  # noqa: E402
 
-POLICIES = ["v2g", "equal_share", "afap", "alap", "roundrobin", "lp"]
+POLICIES = ["ctl", "ctl_plan", "ctl_plan_ahead", "v2g", "equal_share", "afap", "alap", "roundrobin", "lp"]
 HARD_FLEXIBILITY = -50               # setpoints carry 50 % of the EVs' energy need
 EXPORT_WINDOWS = ((11, 12), (16, 17))  # local clock hours with a negative setpoint (V2G only)
 EXPORT_FRACTION = 0.5                # of the discharge power of the EVs parked then
@@ -97,17 +97,18 @@ def make_policy(name, env, lp_transfers=False, battery_frame=False):
     if name == "equal_share":
         return adapter.ArbitratePolicy(functools.partial(equal_share, dt_s=env.timescale * 60),
                                        use_setpoint=use_sp, battery_frame=battery_frame)
-    if name == "v2g":
-        if REPO not in sys.path:
-            sys.path.append(REPO)
+    if name in ("v2g", "ctl", "ctl_plan", "ctl_plan_ahead"):
         try:
             import v2g_rt
         except ImportError as e:
-            raise PolicyUnavailable(f"cannot import v2g_rt ({e}); build/install it or run from the repo")
-        if not callable(getattr(v2g_rt, "arbitrate", None)):
-            raise PolicyUnavailable(f"v2g_rt.arbitrate does not exist yet (v2g_rt at {list(v2g_rt.__path__)})")
-        return adapter.ArbitratePolicy(v2g_rt.arbitrate, getattr(v2g_rt, "new_ports", adapter.new_ports),
-                                       use_setpoint=use_sp, battery_frame=battery_frame)
+            raise PolicyUnavailable(f"cannot import v2g_rt ({e}); install it into this venv (see README)")
+        if name != "v2g":
+            if env.config["inflexible_loads"]["include"] or env.config["solar_power"]["include"]:
+                raise PolicyUnavailable("the controller's site has no transformer meter here yet (--loads)")
+            return controlled.ControllerPolicy(env, planner=name != "ctl", battery_frame=battery_frame,
+                                               use_setpoint=use_sp, ahead=name == "ctl_plan_ahead")
+        return adapter.ArbitratePolicy(functools.partial(v2g_rt.arbitrate, dt_s=env.timescale * 60),
+                                       v2g_rt.new_ports, use_setpoint=use_sp, battery_frame=battery_frame)
     if name == "afap":
         return ChargeAsFastAsPossible()
     if name == "alap":
@@ -152,6 +153,16 @@ def run_episode(env, policy):
         "setpoint_export_kwh": float(np.clip(-sp, 0, None).sum() * dt_h),
         "policy_s": pol_s,
     }
+    if isinstance(policy, controlled.ControllerPolicy):
+        policy.close()
+        out["cycles"] = policy.cycles
+        out["cycle_mean_us"] = 1e6 * policy.cycle_s / max(1, policy.cycles)
+        if policy.planner:
+            out["planner_solves"] = len(policy.solve_s)
+            out["planner_failures"] = policy.planner.failures
+            out["planner_solve_p50_s"] = float(np.percentile(policy.solve_s, 50)) if policy.solve_s else None
+            out["planner_solve_p99_s"] = float(np.percentile(policy.solve_s, 99)) if policy.solve_s else None
+            out["planner_solve_max_s"] = max(policy.solve_s, default=None)
     if isinstance(policy, adapter.ArbitratePolicy):
         out["arbitrate_calls"] = policy.calls
         out["arbitrate_mean_us"] = 1e6 * policy.call_s / max(1, policy.calls)
@@ -193,7 +204,7 @@ def main(argv=None):
     ap.add_argument("--transformers", type=int, default=1)
     ap.add_argument("--tr-kw", type=float, default=None,
                     help="total transformer kW (default: the YAML's 100 kW scaled by ports/scenario size)")
-    ap.add_argument("--policies", default="v2g,equal_share,afap,alap,roundrobin,lp")
+    ap.add_argument("--policies", default="ctl,ctl_plan,ctl_plan_ahead,v2g,equal_share,afap,alap,roundrobin,lp")
     ap.add_argument("--lp-transfers", action="store_true",
                     help="let the LP charge and discharge different EVs in the same step (see lp.py)")
     ap.add_argument("--battery-frame", action="store_true",

@@ -1,0 +1,26 @@
+"""Smoke run of bench/ev2gym/run.py (needs ev2gym, see bench/ev2gym/README.md): the controller
+itself, with and without the horizon planner (setpoints sent at their step or scheduled ahead), runs a fixed-seed PublicPST day beside equal share
+with no transformer overload and no failed solve (the quality numbers are the benchmark's to report)."""
+import json
+import pathlib
+import sys
+
+import pytest
+
+pytest.importorskip("ev2gym", reason="bench/ev2gym needs ev2gym (see its README)")
+HERE = pathlib.Path(__file__).with_name("ev2gym")
+
+
+def test_ev2gym_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    import run
+    out = tmp_path / "e.json"
+    assert run.main(["--scenario", "PublicPST", "--hard", "--seeds", "1", "--ports", "8", "--battery-frame",
+                     "--policies", "ctl,ctl_plan,ctl_plan_ahead,equal_share", "--json", str(out)]) == 0
+    runs = {r["policy"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"ctl", "ctl_plan", "ctl_plan_ahead", "equal_share"}
+    for r in runs.values():
+        assert r["tr_overload_kw_steps"] == 0 and r["energy_charged_kwh"] > 0
+    for plan in ("ctl_plan", "ctl_plan_ahead"):
+        assert runs[plan]["planner_solves"] > 0 and runs[plan]["planner_failures"] == 0
+    sys.modules.pop("run", None)

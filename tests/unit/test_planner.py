@@ -1,0 +1,285 @@
+"""The horizon planner and its guidance. Guidance orders the arbitration while fresh and never
+moves a limit; stale, absent or torn guidance leaves the plain arbitration in charge; the planner's
+solve runs in a worker process that a budget overrun or a kill cannot turn into a stalled loop or a
+starved Python thread. Deadlines are in cycles of virtual time; the worker is a real process."""
+import math
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import MS, S, assert_within_limits, ev, make_site
+from v2g_rt import Control, Controller, config, horizon
+from v2g_rt.services.planner import Planner, PlannerConfig, schedule_of
+
+PERIOD = 100 * MS
+
+
+def controller(ports=4, **kw):
+    site = make_site(ports, period_s=0.1, grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6,
+                     group_w=1e6, meter=False, control=Control(port_ramp_w_per_s=float("inf"), session_max_age_s=1e6),
+                     **kw)
+    ctrl = Controller(site, clock="virtual")
+    ctrl.step(PERIOD)
+    return ctrl
+
+
+def plug(ctrl, **kw):
+    for pid in ctrl.port_ids:
+        ev(**kw).publish(ctrl, pid, ctrl.now_ns())
+
+
+def charging(ports, setpoint_w=11_000):
+    """ports EVs plugged in (the smallest battery comes first without guidance, by far), a setpoint
+    one of them can take, a second of cycles."""
+    ctrl = controller(ports)
+    for i, pid in enumerate(ctrl.port_ids):
+        ev(capacity_wh=40_000 + 10_000 * i).publish(ctrl, pid, ctrl.now_ns())
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": setpoint_w, "expires_in_s": 3600})
+    run(ctrl, 1)
+    return ctrl
+
+
+def serving(ctrl):
+    return [pid for pid, w in zip(ctrl.port_ids, ctrl.snapshot().ports["setpoint_w"]) if w > 1.0]
+
+
+def run(ctrl, seconds):
+    ctrl.run_steps(int(seconds * S / PERIOD), PERIOD)
+
+
+def test_fresh_guidance_orders_the_ports_and_expired_guidance_is_ignored():
+    ctrl = charging(4)
+    plain = serving(ctrl)
+    assert len(plain) == 1
+    chosen = next(pid for pid in ctrl.port_ids if pid not in plain)
+    ctrl.guide({chosen: 11_000.0}, ctrl.now_ns() + 10 * S, plan_id=7)
+    ctrl.step(ctrl.now_ns() + PERIOD)                   # taken by the next cycle's read stage
+    assert serving(ctrl) == [chosen]
+    site = ctrl.snapshot().site
+    assert site["guidance_fresh"] == 1 and site["guidance_id"] == 7
+    assert ctrl.snapshot().port(chosen)["plan_w"] == 11_000.0
+    run(ctrl, 10)                                        # past its expiry: the plain order again
+    assert serving(ctrl) == plain
+    assert ctrl.snapshot().site["guidance_fresh"] == 0
+    assert np.isnan(ctrl.snapshot().port(chosen)["plan_w"])
+
+
+def test_guidance_already_stale_when_written_changes_nothing():
+    ctrl = charging(4)
+    plain = serving(ctrl)
+    ctrl.guide({pid: 11_000.0 for pid in ctrl.port_ids if pid not in plain}, ctrl.now_ns(), plan_id=1)
+    run(ctrl, 1)
+    assert serving(ctrl) == plain
+
+
+def test_guidance_cannot_make_a_port_discharge_that_may_not():
+    ctrl = controller(4)
+    plug(ctrl, v2g=False)
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": -20_000, "expires_in_s": 3600})
+    ctrl.guide(np.full(4, -11_000.0), ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    assert (ctrl.snapshot().ports["setpoint_w"] >= 0).all()
+
+
+def test_guidance_does_not_outrank_an_urgent_ev():
+    ctrl = controller(2)
+    a, b = ctrl.port_ids
+    ev(departure_in_s=6700, energy_request_wh=20_000).publish(ctrl, a, ctrl.now_ns())   # laxity 155 s
+    ev(departure_in_s=8 * 3600).publish(ctrl, b, ctrl.now_ns())
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": 11_000, "expires_in_s": 3600})
+    ctrl.guide({b: 11_000.0}, ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    assert serving(ctrl) == [a]
+
+
+@settings(max_examples=40)
+@given(plan=st.lists(st.one_of(st.floats(-2e4, 2e4), st.just(math.nan)), min_size=12, max_size=12),
+       setpoint=st.floats(-150_000, 150_000), import_w=st.floats(0, 100_000))
+def test_any_guidance_keeps_every_limit(plan, setpoint, import_w):
+    site = make_site(12, period_s=0.1, grid_import_w=import_w, meter=False,
+                     control=Control(port_ramp_w_per_s=float("inf"), session_max_age_s=1e6))
+    ctrl = Controller(site, clock="virtual")
+    ctrl.step(PERIOD)
+    for i, pid in enumerate(ctrl.port_ids):
+        ev(departure_in_s=3600 * (1 + i), soc=0.3 + 0.05 * i, v2g=i % 3 != 0).publish(ctrl, pid, PERIOD)
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": setpoint, "expires_in_s": 3600})
+    ctrl.guide(np.array(plan), ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    assert_within_limits(ctrl)
+    snap = ctrl.snapshot()
+    assert snap.site["guidance_fresh"] == 1
+    assert abs(snap.site["fleet_target_w"] - max(min(setpoint, snap.site["fleet_max_w"]), snap.site["fleet_min_w"])) < 1.0
+
+
+# ------------------------------------------------------------------ the horizon LP
+
+def small_fleet():
+    cap = np.array([60e3, 40e3, 80e3])
+    return horizon.Fleet(np.arange(3), cap * 0.5, cap, cap * 0.2, np.array([20e3, 10e3, 30e3]),
+                         np.array([4 * 3600.0, 2 * 3600.0, np.nan]), np.full(3, 11e3), np.array([11e3, 0, 11e3]))
+
+
+def test_the_lp_tracks_a_feasible_schedule_and_keeps_each_ev_in_its_bounds():
+    step = horizon.steps(0.0, 900.0, 6 * 3600.0)
+    sp = np.full(len(step), np.nan)
+    sp[:4] = 15_000.0
+    sp[8:10] = -5_000.0
+    sched = horizon.Schedule(step, sp, np.full(len(step), 1e6), np.full(len(step), 1e6), 0.0)
+    solver = horizon.Solver()
+    plan = solver.solve(small_fleet(), sched, 10.0)
+    assert plan.status == "Optimal" and not plan.warm
+    assert plan.tracking_kwh < 1e-6
+    assert abs(plan.plan_w.sum() - 15_000.0) < 1e-3
+    assert plan.plan_w[1] >= 0                           # no V2G: never planned to discharge
+    again = solver.solve(small_fleet(), sched, 10.0)     # same shape: from the last basis
+    assert again.warm and again.extra["iterations"] <= plan.extra["iterations"]
+
+
+def random_fleet(n, seed=0):
+    rng = np.random.default_rng(seed)
+    cap = rng.uniform(40e3, 80e3, n)
+    return horizon.Fleet(np.arange(n), cap * 0.3, cap, cap * 0.1, cap * 0.4, rng.uniform(1, 20, n) * 3600,
+                         np.full(n, 11e3), np.full(n, 11e3))
+
+
+def test_every_solve_gets_its_own_budget():
+    # HiGHS counts time_limit from an instance's first run: on one kept instance a small model
+    # given half the time a big one took before would end at once, out of time
+    step = horizon.steps(0.0, 900.0, 86400.0)
+    sched = horizon.Schedule(step, np.full(len(step), 60e3), np.full(len(step), 1e6), np.full(len(step), 1e6))
+    solver = horizon.Solver()
+    took = solver.solve(random_fleet(80), sched, 60.0).solve_s
+    small = horizon.Schedule(step[:8], np.full(8, 15e3), np.full(8, 1e6), np.full(8, 1e6))
+    assert solver.solve(small_fleet(), small, took / 2).status == "Optimal"
+
+
+def test_steps_end_on_multiples_of_the_step():
+    assert list(horizon.steps(100.0, 900.0, 3600.0)) == [800.0, 900.0, 900.0, 900.0, 900.0]
+    assert list(horizon.steps(1800.0, 900.0, 1800.0)) == [900.0, 900.0]
+
+
+def test_an_export_window_known_ahead_charges_the_ev_that_can_give_it_first():
+    ctrl = controller(2)
+    a, b = ctrl.port_ids
+    ev(soc=0.2, min_soc=0.2, v2g=True, departure_in_s=12 * 3600, energy_request_wh=20_000).publish(ctrl, a, ctrl.now_ns())
+    ev(soc=0.2, min_soc=0.2, v2g=False, departure_in_s=12 * 3600, energy_request_wh=20_000).publish(ctrl, b, ctrl.now_ns())
+    now = ctrl.now_ns()
+    ctrl.submit({"id": "now", "kind": "setpoint", "value_w": 11_000, "expires_ns": now + 3600 * S})
+    run(ctrl, 1)
+    now = ctrl.now_ns()
+    cfg = PlannerConfig(horizon_s=12 * 3600.0)
+    window = [{"kind": "setpoint", "value_w": -11_000.0, "starts_ns": now + 3600 * S, "expires_ns": now + 7200 * S},
+              {"kind": "setpoint", "value_w": 5_500.0, "starts_ns": now + 7200 * S, "expires_ns": now + 6 * 3600 * S}]
+    sched = schedule_of(ctrl.snapshot(), now, cfg, 0.0, window)
+    start_s = np.concatenate([[0.0], np.cumsum(sched.step_s)[:-1]])
+    assert (sched.setpoint_w[(start_s >= 3600) & (start_s < 7200 - 900)] == -11_000).all()
+    plan = horizon.Solver().solve(planner_for(ctrl).fleet(ctrl.snapshot()), sched, 10.0)
+    assert plan.status == "Optimal" and plan.tracking_kwh < 0.01     # the window's first second is past
+    assert plan.plan_w[0] == pytest.approx(11_000) and plan.plan_w[1] == pytest.approx(0, abs=1e-6)
+    blind = horizon.Solver().solve(planner_for(ctrl).fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), now, cfg, 0.0), 10.0)
+    assert blind.plan_w[0] < 11_000 - 1                # not knowing the window, it would not
+
+
+# ------------------------------------------------------------------ the service
+
+def planner_for(ctrl, **kw):
+    return Planner(ctrl, PlannerConfig(**{"plan_interval_s": 60.0, "horizon_s": 6 * 3600.0, "step_s": 900.0,
+                                          "time_budget_s": 5.0, **kw}))
+
+
+def test_the_planner_hands_a_plan_the_loop_follows_and_replans_only_when_due():
+    ctrl = charging(4)
+    planner = planner_for(ctrl)
+    try:
+        assert planner.plan_if_due(ctrl.now_ns())
+        ctrl.step(ctrl.now_ns() + PERIOD)
+        snap = ctrl.snapshot()
+        assert snap.site["guidance_fresh"] == 1
+        assert np.nansum(snap.ports["plan_w"]) == pytest.approx(11_000, abs=1)
+        assert planner.stats()["solves"] == 1 and planner.stats()["last_status"] == "Optimal"
+        assert not planner.plan_if_due(ctrl.now_ns() + 10 * S)          # nothing changed
+        assert planner.plan_if_due(ctrl.now_ns() + 61 * S)              # plan_interval_s passed
+    finally:
+        planner.worker.kill()
+
+
+def test_a_worker_killed_mid_solve_costs_guidance_not_control():
+    ctrl = charging(4)
+    plain = serving(ctrl)
+    planner = planner_for(ctrl, guidance_ttl_s=10.0)
+    try:
+        planner.plan_if_due(ctrl.now_ns())
+        pid = planner.worker.pid
+        os.kill(pid, signal.SIGSTOP)                    # the next solve hangs ...
+        threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()    # ... and its worker dies
+        assert planner.plan(planner.fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), ctrl.now_ns(), planner.cfg, 0.0),
+                            ctrl.now_ns()) is None
+        assert planner.failures == 1
+        run(ctrl, 11)                                   # the last guidance expires: the plain order
+        assert ctrl.snapshot().site["guidance_fresh"] == 0 and serving(ctrl) == plain
+        assert planner.plan_if_due(ctrl.now_ns() + 61 * S)              # a new worker takes over
+        assert planner.worker.pid not in (None, pid) and planner.solves == 2
+    finally:
+        planner.worker.kill()
+
+
+def test_a_solve_past_its_budget_is_killed_while_other_threads_keep_running():
+    ctrl = controller(4)
+    plug(ctrl)
+    run(ctrl, 1)
+    planner = planner_for(ctrl, time_budget_s=0.2)
+    ticks = []
+    done = threading.Event()
+
+    def count():
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    try:
+        planner.plan_if_due(ctrl.now_ns())
+        os.kill(planner.worker.pid, signal.SIGSTOP)    # a solve that never ends
+        counter = threading.Thread(target=count)
+        counter.start()
+        t0 = time.monotonic()
+        assert planner.plan(planner.fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), ctrl.now_ns(), planner.cfg, 0.0),
+                            ctrl.now_ns()) is None
+        waited = time.monotonic() - t0
+        done.set()
+        counter.join()
+        assert planner.killed == 1 and planner.worker.pid is None
+        assert len([t for t in ticks if t0 <= t <= t0 + waited]) > waited / 0.01 / 4    # not starved
+    finally:
+        done.set()
+        planner.worker.kill()
+
+
+def test_a_budget_too_short_for_the_lp_gives_no_guidance():
+    ctrl = controller(4)
+    plug(ctrl)
+    run(ctrl, 1)
+    planner = planner_for(ctrl, time_budget_s=1e-6)
+    try:
+        planner.plan_if_due(ctrl.now_ns())
+        ctrl.step(ctrl.now_ns() + PERIOD)
+        assert planner.over_budget == 1 and planner.stats()["last_status"] == "Time limit reached"
+        assert ctrl.snapshot().site["guidance_fresh"] == 0
+    finally:
+        planner.worker.kill()
+
+
+def test_planner_section_is_checked():
+    base = ('[site]\nname = "p"\n[node.grid]\nkind = "grid"\nimport_limit_w = 1e5\nexport_limit_w = 1e5\n'
+            '[node.e1]\nkind = "evse"\nparent = "grid"\nport_max_charge_w = 11000\n')
+    site = config.parse(base + "[planner]\nplan_interval_s = 30\nstep_s = 600\n", "p.toml")
+    assert site.sections["planner"] == PlannerConfig(True, 30.0, 86400.0, 600.0, 10.0, 90.0)
+    with pytest.raises(config.ConfigError, match="planner.*step_s"):
+        config.parse(base + "[planner]\nstep_s = 1\n", "p.toml")
+    with pytest.raises(config.ConfigError, match="planner.*solver"):
+        config.parse(base + "[planner]\nsolver = 1\n", "p.toml")
