@@ -35,7 +35,16 @@ outside the question's range is refused with the reason (ERR_CALIBRATION_ANSWER)
 Generic steps for kinds to wire to their channels: analog_zero_span (a channel against a zero
 and a span reference), duty_readback (a commanded PWM duty against the engineer's logic
 analyser) and contactor_cycle (close and open with the feedback, only in CP state A, with no
-vehicle, or with a test box the engineer confirms).
+vehicle, or with a test box the engineer confirms). Wiring a kind, for example:
+
+    spi   analog_zero_span(f"spi.{name}.span", what, cfg.source, "mA", (4.0, 20.0), (0.0, 24.0),
+          cfg.period_s, (0.1, 0.01), hold=<the sim ADC's reference setter> or None,
+          section=f"spi.{name}"); and calibration_fingerprint(cfg) plus gain/offset fields on the
+          channel config, so that v2g_rt.calibration applies and guards the correction.
+    pwm   duty_readback(f"pwm.{name}.duty", what, set_duty=<command a duty, return the sysfs
+          read-back>, measured=<the sim PWM far side's measured duty> or None)
+    gpio  contactor_cycle(f"gpio.{name}.cycle", what, command=<drive the output>, feedback=<the
+          debounced input>, cp_state=<the port's CP state from the SPI ADC> or None)
 """
 from __future__ import annotations
 
@@ -376,9 +385,10 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
     """The meter's sign (the first port's test charge) and each port's phase, one port charging
     at a time: the others are out of service (0 W, contactor open) through the controller's own
     port commands, and the test charge is a fleet setpoint that only the port under test can take."""
-    if bench.meter is None:
-        return []
     root = next(n for n in site.nodes if n.parent is None)
+    if bench.meter is None:
+        return [Step(f"meter.{root.id}.sign", f"grid meter at {root.id}: sign, CT direction and port phases",
+                     lambda b: Verdict(True, f"not checked: no [modbus.NAME] meter on {root.id} to read"))]
     seen: dict[str, tuple] = {}
 
     def measure(pid: str) -> tuple:

@@ -42,20 +42,25 @@ def default_path() -> Path:
     return state_dir() / FILE_NAME
 
 
-def fingerprint(cfg) -> str:
-    """What a channel is, as configured: a correction measured for it applies to this only."""
-    return f"bus={cfg.bus} address=0x{cfg.address:02x} sensor={cfg.sensor} quantity={cfg.quantity} scale={cfg.scale:g}"
+def channel_kinds() -> dict:
+    """Device kinds with analog channels that calibration corrects: SECTION -> module. Such a
+    module defines calibration_fingerprint(cfg) (what the channel is, as configured: a correction
+    measured for it applies to that only), and its per-channel configs (site.sections[SECTION],
+    each with a name) have the fields gain and offset."""
+    from .devices import kinds
+    return {m.SECTION: m for m in kinds() if hasattr(m, "calibration_fingerprint")}
 
 
 def document(site: Site, result: dict, answers: dict) -> dict:
     doc = {"calibration": {"version": VERSION, "site": site.name, "config": site.source,
                            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
-    i2c = {c.name: c for c in site.sections.get("i2c") or ()}
+    channels = channel_kinds()
     for section, values in sorted(result.items()):
         kind, _, name = section.partition(".")
         values = dict(values)
-        if kind == "i2c" and name in i2c:
-            values["configured"] = fingerprint(i2c[name])
+        cfg = next((c for c in site.sections.get(kind) or () if c.name == name), None) if kind in channels else None
+        if cfg is not None:
+            values["configured"] = channels[kind].calibration_fingerprint(cfg)
         (doc.setdefault(kind, {}).__setitem__(name, values) if name else doc.__setitem__(kind, values))
     if answers:
         doc["answers"] = answers
@@ -129,12 +134,14 @@ def load(path: Path, site: Site, required: bool = False) -> Site:
     elif head.get("site") != site.name:
         problems.append(problem("calibration", "site", f"expected {site.name!r} (this site), found {head.get('site')!r}: "
                                                        f"a calibration of another site"))
-    known = {"calibration", "answers", "can", "i2c", "meter", "port"}
+    channels = channel_kinds()
+    known = {"calibration", "answers", "can", "meter", "port", *channels}
     for name in sorted(set(doc) - known):
         problems.append(problem(name, None, f"unknown section; known: {', '.join(sorted(known))}"))
     sections = dict(site.sections)
-    if "i2c" in doc:
-        sections["i2c"] = _apply_i2c(doc["i2c"], site, problems, problem)
+    for kind, module in channels.items():
+        if kind in doc:
+            sections[kind] = _apply_channels(kind, module.calibration_fingerprint, doc[kind], site, problems, problem)
     _check_ports(doc.get("port", {}), site, problems, problem)
     if problems:
         raise ConfigError(problems)
@@ -149,17 +156,17 @@ def _number(values: dict, option: str, section: str, problems, problem, lo: floa
     return float(v)
 
 
-def _apply_i2c(table, site: Site, problems, problem) -> tuple:
-    configs = {c.name: c for c in site.sections.get("i2c") or ()}
+def _apply_channels(kind: str, fingerprint, table, site: Site, problems, problem) -> tuple:
+    configs = {c.name: c for c in site.sections.get(kind) or ()}
     if not isinstance(table, dict):
-        problems.append(problem("i2c", None, "expected a table per sensor"))
+        problems.append(problem(kind, None, "expected a table per channel"))
         return tuple(configs.values())
     out = dict(configs)
     for name, values in table.items():
-        section = f"i2c.{name}"
+        section = f"{kind}.{name}"
         cfg = configs.get(name)
         if cfg is None:
-            problems.append(problem(section, None, f"the site has no [i2c.{name}]; sensors: {', '.join(configs) or 'none'}"
+            problems.append(problem(section, None, f"the site has no [{section}]; it has: {', '.join(configs) or 'none'}"
                                                    f" (a stale calibration: run `v2g-rt calibrate`)"))
             continue
         if not isinstance(values, dict):

@@ -87,3 +87,12 @@ def test_sigterm_mid_calibration_leaves_the_previous_file(tmp_path):
 def test_an_unknown_inject_is_refused(tmp_path):
     r = v2g("calibrate", "--out", str(tmp_path / "c.toml"), "--inject", "bogus")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_run_refuses_a_calibration_of_another_site(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "calibration.toml").write_text('[calibration]\nversion = 1\nsite = "elsewhere"\n')
+    r = v2g("run", "--duration", "1", env=dict(os.environ, STATE_DIRECTORY=str(state)))
+    assert r.returncode == 2
+    assert f"ERR_CALIBRATION_FILE: {state / 'calibration.toml'}: [calibration] site: expected 'sim-depot-50'" in r.stderr

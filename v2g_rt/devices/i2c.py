@@ -234,6 +234,11 @@ TEMPERATURE_RANGE_C = (-40.0, 125.0)
 TEMPERATURE_TOLERANCE = (1.0, 0.02)        # |offset| in C, |gain - 1|
 
 
+def calibration_fingerprint(cfg: I2cConfig) -> str:
+    """What the channel is, as configured: calibration's gain and offset apply to this only."""
+    return f"bus={cfg.bus} address=0x{cfg.address:02x} sensor={cfg.sensor} quantity={cfg.quantity} scale={cfg.scale:g}"
+
+
 def read_identity(cfg: I2cConfig, bench) -> int:
     """The chip's identity register, through the device attach() opened (the far side's registers
     for a sim sensor, /dev/i2c-N for a real one)."""
