@@ -543,6 +543,7 @@ def calibrate(site: Site, out: Path, answers_path: str | None = None, inject: st
         steps = collect_steps(site, bench)
         answers.check_ids(steps)
         isolate_ports(bench)
+        bench.settle(settle_s(site))            # every port at 0 W before the first reading
         try:
             outcome = run_steps(bench, steps, show)
         finally:

@@ -6,12 +6,15 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import tomllib
 from importlib import resources
 
 import pytest
 
-from v2g_rt import calibration, config
+from v2g_rt import calibration, config, modbus_maps
+from v2g_rt.calibrate import calibrate
+from v2g_rt.sim.peers.modbus import Charger, ChargerFleet, MeterPeer
 
 CLI = [sys.executable, "-P", "-m", "v2g_rt.cli"]
 
@@ -96,3 +99,87 @@ def test_run_refuses_a_calibration_of_another_site(tmp_path):
     r = v2g("run", "--duration", "1", env=dict(os.environ, STATE_DIRECTORY=str(state)))
     assert r.returncode == 2
     assert f"ERR_CALIBRATION_FILE: {state / 'calibration.toml'}: [calibration] site: expected 'sim-depot-50'" in r.stderr
+
+
+HARDWARE_SITE = """
+[site]
+name = "calibrate-hw"
+period_ms = 10
+[rt]
+priority = 0
+lock_memory = false
+[control]
+output_hold_s = 2
+[node.grid]
+kind = "grid"
+import_limit_w = 100000
+export_limit_w = 100000
+meter_max_age_s = 2
+[modbus.meter]
+role = "meter"
+host = "127.0.0.1"
+port = {meter}
+map = "sunspec"
+period_ms = 100
+node = "grid"
+[node.c00]
+kind = "evse"
+parent = "grid"
+link = "modbus"
+phases = "L2"
+port_max_charge_w = 7400
+[modbus.c00]
+role = "evse"
+host = "127.0.0.1"
+port = {charger}
+map = "wallbox-quasar"
+node = "c00"
+period_ms = 100
+keepalive_ms = 500
+"""
+
+
+class Wiring(threading.Thread):
+    """The site's far side in real time: the charger's vehicle, and a meter that sees a base load
+    in thirds plus the charger's power on phase L2 (through CTs turned round if reversed)."""
+
+    def __init__(self, chargers, meter, sign=1.0):
+        super().__init__(daemon=True)
+        self.chargers, self.meter, self.sign = chargers, meter, sign
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.wait(0.05):
+            self.chargers.advance()
+            phases = [1000.0, 1000.0 + self.chargers.chargers[0].power_w, 1000.0]
+            self.meter.set_power(self.sign * sum(phases), tuple(self.sign * w for w in phases))
+
+    def stop(self):
+        self.stopping.set()
+        self.join()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_on_hardware_the_loop_runs_in_real_time_and_the_charge_reaches_the_charger(tmp_path, sign):
+    """No plant: the controller in real time, the charger driven by the Modbus service, the grid
+    meter read over Modbus; a reversed CT is named as on the simulated site."""
+    quasar = modbus_maps.load(modbus_maps.resolve("wallbox-quasar"))
+    out = tmp_path / "calibration.toml"
+    with ChargerFleet([Charger(quasar, soc=0.4)]) as chargers, MeterPeer("sunspec", power_sf=0) as meter:
+        path = tmp_path / "site.toml"
+        path.write_text(HARDWARE_SITE.format(meter=meter.port, charger=chargers.ports[0]))
+        wiring = Wiring(chargers, meter, sign)
+        wiring.start()
+        try:
+            lines = []
+            outcome, written = calibrate(config.load(path), out, show=lines.append)
+        finally:
+            wiring.stop()
+    assert outcome.steps == 2 and lines[0] == "step 1/2  grid meter at grid: sign and CT direction ..."
+    if sign > 0:
+        assert not outcome.failed and written == out, lines
+        doc = tomllib.loads(out.read_text())
+        assert doc["port"]["c00.1"] == {"phase": "L2"} and doc["meter"]["grid"]["gain"] == pytest.approx(1.0, abs=0.05)
+    else:
+        assert written is None and not out.exists()
+        assert [(s.id, v.code) for s, v in outcome.failed] == [("meter.grid.sign", "ERR_CALIBRATION_CT_REVERSED")]
