@@ -61,7 +61,7 @@ from pathlib import Path
 
 from . import devices as device_kinds
 from .errors import V2GError
-from .site import PHASES, Site
+from .site import PHASES, Site, port_source
 
 TEST_CHARGE_W = 2000.0          # the small known charge each port is given, one port at a time
 METER_SIGN_BAND = (0.8, 1.2)    # meter change / commanded charge that counts as "seen"
@@ -398,7 +398,7 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
 
     def sign(b: Bench) -> Verdict:
         first = site.ports[0].id
-        total, _, taken = measure(first)
+        total, _, taken, _ = measure(first)
         if taken < 0.5 * TEST_CHARGE_W:
             return Verdict.fail("ERR_CALIBRATION_METER", f"port {first} took {taken:.0f} W of the {TEST_CHARGE_W:.0f} W "
                                                          f"test charge: connect the test box (or a vehicle) there")
@@ -414,12 +414,17 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
 
     def phase(pid: str, evse) -> Callable[[Bench], Verdict]:
         def run(b: Bench) -> Verdict:
-            total, phases, taken = measure(pid)
+            total, phases, taken, contactor = measure(pid)
             if taken < 0.5 * TEST_CHARGE_W:
                 return Verdict.fail("ERR_CALIBRATION_METER", f"port {pid} took {taken:.0f} W of the "
                                     f"{TEST_CHARGE_W:.0f} W test charge: connect the test box (or a vehicle) there")
+            if contactor is not None and contactor != (True, False):
+                shown = ["none" if c is None else "closed" if c else "open" for c in contactor]
+                return Verdict.fail("ERR_CALIBRATION_CONTACTOR", f"port {pid}: contactor feedback {shown[0]} while "
+                                    f"charging, {shown[1]} once stopped (expected closed, then open)")
+            switched = ", contactor closed and opened with its feedback" if contactor else ""
             if phases is None:
-                return Verdict(True, f"{total:+.0f} W; phase not checked: the meter reports no per-phase power")
+                return Verdict(True, f"{total:+.0f} W; phase not checked: the meter reports no per-phase power{switched}")
             mags = [abs(w) for w in phases]
             k = max(range(3), key=mags.__getitem__)
             expected = min(i for i in range(3) if PHASES[evse.phases] >> i & 1)
@@ -430,7 +435,7 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
                 return Verdict.fail("ERR_CALIBRATION_PHASE", f"port {pid}'s L1 is on site phase {PHASE_NAMES[k]}, but "
                                     f"[node.{evse.id}] phases = {evse.phases!r} puts it on {PHASE_NAMES[expected]}: "
                                     f"phases swapped at the port or its supply")
-            return Verdict(True, f"on {PHASE_NAMES[k]} ({abs(phases[k]):.0f} W)",
+            return Verdict(True, f"on {PHASE_NAMES[k]} ({abs(phases[k]):.0f} W){switched}",
                            result={f"port.{pid}": {"phase": PHASE_NAMES[k]}})
         return run
 
@@ -447,23 +452,36 @@ def settle_s(site: Site) -> float:
     return max(3.0, c.contactor_settle_s + 1.0, TEST_CHARGE_W / c.port_ramp_w_per_s + 1.0)
 
 
-def _test_charge(bench: Bench, pid: str) -> tuple[float, tuple | None, float]:
-    """The meter's change (total, per phase) and the port's own measured power while only pid
-    takes TEST_CHARGE_W: readings with it off, on, off again; on minus the mean of the offs."""
+def _test_charge(bench: Bench, pid: str) -> tuple[float, tuple | None, float, tuple | None]:
+    """The meter's change (total, per phase), the port's own measured power and its contactor's
+    feedback (closed while on, closed after off; None without feedback) while only pid takes
+    TEST_CHARGE_W: readings with it off, on, off again; on minus the mean of the offs."""
     wait = settle_s(bench.site)
+    feedback = port_source(pid, "contactor")
+    feedback = feedback if feedback in bench.ctrl.sources else None
     before = bench.meter.read()
     bench.command("enable_port", port=pid)
     bench.settle(wait)
     on = bench.meter.read()
     taken = float(bench.ctrl.snapshot().port(pid)["measured_w"])
+    closed_on = _contactor(bench, feedback, wait)
     bench.command("disable_port", port=pid)
     bench.settle(wait)
     after = bench.meter.read()
+    closed_off = _contactor(bench, feedback, wait)
     total = on[0] - (before[0] + after[0]) / 2
     phases = None
     if on[1] and before[1] and after[1]:
         phases = tuple(on[1][k] - (before[1][k] + after[1][k]) / 2 for k in range(3))
-    return total, phases, taken if math.isfinite(taken) else 0.0
+    return total, phases, taken if math.isfinite(taken) else 0.0, (closed_on, closed_off) if feedback else None
+
+
+def _contactor(bench: Bench, source: str | None, within_s: float) -> bool | None:
+    """The contactor feedback reported within the last within_s (None: none that fresh)."""
+    got = bench.ctrl.latest(source) if source else None
+    if got is None or bench.ctrl.now_ns() - got[1] > within_s * 1e9:
+        return None
+    return got[0] >= 0.5
 
 
 # ------------------------------------------------------------------ the procedure
