@@ -26,10 +26,11 @@ bench.meter (the grid meter's readings, total and per phase). It returns a Verdi
 line of detail, the ERR_CALIBRATION_* code when not ok, and `result`: {section: {option:
 value}} merged into calibration.toml.
 
-A Question is answered, in order, by the simulated far side (Question.sim: a function the step
-sets when its device's backend is sim; it acts on the sim far side, e.g. holds the chip at the
-reference, and returns what the engineer would have read off the reference instrument), by
---answers FILE (TOML or JSON: {step id: {question key: value}}), or at the terminal. An answer
+A Question is answered by --answers FILE (TOML or JSON: {step id: {question key: value}}), else
+by the simulated far side (Question.sim: a function the step sets when its device's backend is
+sim; it acts on the sim far side, e.g. holds the chip at the reference, and returns what the
+engineer would have read off the reference instrument; it acts even when the file answers),
+else at the terminal. An answer
 outside the question's range is refused with the reason (ERR_CALIBRATION_ANSWER).
 
 Generic steps for kinds to wire to their channels: analog_zero_span (a channel against a zero
@@ -233,9 +234,12 @@ class Bench:
         self._ids = 0
 
     def ask(self, step_id: str, q: Question):
-        if q.sim is not None:
-            value = q.sim()
-        elif (value := self.answers.get(step_id, q.key)) is None:
+        """The answer: the sim far side acts (holds the reference) and answers, but an answer
+        given in --answers wins (what the engineer read off the instrument); else the terminal."""
+        value = q.sim() if q.sim is not None else None
+        if (given := self.answers.get(step_id, q.key)) is not None:
+            value = given
+        elif value is None:
             if self.ask_terminal is None:
                 raise CalibrationError("ERR_CALIBRATION_ANSWER", f"[{step_id}] {q.key}: no answer ({q.prompt}); give it "
                                        f"in --answers FILE as [{step_id}] {q.key} = ..., or run at a terminal")

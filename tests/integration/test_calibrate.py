@@ -183,3 +183,16 @@ def test_on_hardware_the_loop_runs_in_real_time_and_the_charge_reaches_the_charg
     else:
         assert written is None and not out.exists()
         assert [(s.id, v.code) for s, v in outcome.failed] == [("meter.grid.sign", "ERR_CALIBRATION_CT_REVERSED")]
+
+
+@pytest.mark.parametrize("answer, code, words", [
+    (400, "ERR_CALIBRATION_ANSWER", "zero_c: 400 °C is out of range: expected -40 .. 125 °C"),
+    (12.5, "ERR_CALIBRATION_SPAN", "reads 10 / 40 °C at references 12.5 / 40 °C"),
+])
+def test_an_answer_out_of_range_or_tolerance_fails_calibration_with_the_reason(tmp_path, answer, code, words):
+    answers = tmp_path / "answers.toml"
+    answers.write_text(f'["i2c.tx1_ambient.span"]\nzero_c = {answer}\n')
+    r = v2g("calibrate", "--out", str(tmp_path / "c.toml"), "--answers", str(answers))
+    failed = [line.strip() for line in r.stderr.splitlines() if line.startswith("  ")]
+    assert r.returncode == 1 and len(failed) == 1 and failed[0].startswith(f"i2c.tx1_ambient.span: {code}: ")
+    assert words in failed[0] and not (tmp_path / "c.toml").exists()
