@@ -1230,6 +1230,19 @@ cdef class Core:
             out.append(tuple(v2g_load_relaxed(&g.accepted if k == 0 else &g.rejected[k]) for k in range(N_GATE)))
         return out
 
+    def read_slot(self, int32_t index):
+        """The value last published into source `index` and its time: (value, t_ns), or None
+        when nothing was published yet (a reader's look at the exchange, never the image)."""
+        if not 0 <= index < self.im.n_inputs:
+            raise IndexError(index)
+        cdef double value = 0.0
+        cdef int64_t t_ns = 0
+        cdef int k
+        for k in range(1000):
+            if slot_read(&self.im.ex.slot[index], &value, &t_ns):
+                return None if v2g_load_relaxed(&self.im.ex.slot[index].seq) == 0 else (value, t_ns)
+        return None
+
     def read_snapshot(self):
         """Copies of the latest published site, node and port rows (bytes).
 

@@ -1,4 +1,4 @@
-"""The `v2g-rt` command: run, simulate, check, status, explain, bench, modbus read, pki init."""
+"""The `v2g-rt` command: run, simulate, calibrate, check, status, explain, bench, modbus read, pki init."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +21,13 @@ log = logging.getLogger("v2g_rt")
 
 
 def _load(path):
+    return _or_exit(site_config.load, path)
+
+
+def _or_exit(load, *args):
+    """load(*args), or every config problem printed and exit status 2."""
     try:
-        return site_config.load(path)
+        return load(*args)
     except ConfigError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
@@ -31,6 +36,8 @@ def _load(path):
 
 def cmd_check(args) -> int:
     site = _load(args.file)
+    if args.calibration:
+        _calibrated(site, args.calibration, required=True)
     links = sorted({n.link for n in site.nodes if n.link})
     mqtt = site.sections.get("mqtt")
     print(f"OK: {args.file}: site {site.name!r}, {len(site.nodes)} nodes, {len(site.ports)} ports, "
@@ -169,11 +176,48 @@ def _unavailable_links(site) -> list[str]:
     return out
 
 
+def _calibrated(site, path=None, required=False):
+    """The site with its calibration applied (calibration.toml in the state directory by default)."""
+    from . import calibration
+    return _or_exit(calibration.load, Path(path) if path else calibration.default_path(), site, required)
+
+
+def cmd_calibrate(args) -> int:
+    from . import calibration
+    from .calibrate import calibrate
+    from .devices import DeviceError
+
+    site = _load(args.config)
+    out = Path(args.out) if args.out else calibration.default_path()
+    ask = _ask_terminal if sys.stdin.isatty() else None
+    t0 = time.monotonic()
+    try:
+        outcome, written = calibrate(site, out, args.answers, args.inject, show=lambda line: _print(line, flush=True),
+                                     ask_terminal=ask)
+    except DeviceError as e:
+        print(f"{e}\nERR_CALIBRATION_INTERRUPTED: a device could not be opened; {out} left as it was", file=sys.stderr)
+        return 1
+    seconds = time.monotonic() - t0
+    if written is None:
+        print(f"calibration FAILED: {len(outcome.failed)} of {outcome.steps} steps; nothing written, {out} left as "
+              f"it was ({seconds:.1f} s)", file=sys.stderr)
+        for step, verdict in outcome.failed:
+            print(f"  {step.id}: {verdict.code}: {verdict.detail}", file=sys.stderr)
+        return 1
+    _print(f"calibration passed: {outcome.steps} steps in {seconds:.1f} s; wrote {written}")
+    return 0
+
+
+def _ask_terminal(step_id, q) -> str:
+    hint = "yes/no" if q.confirm else f"{q.lo:g} .. {q.hi:g} {q.unit}".strip()
+    return input(f"  [{step_id}] {q.prompt} ({hint}): ")
+
+
 def cmd_run(args) -> int:
     from .app import App
     from .devices import DeviceError
 
-    site = _load(args.config)
+    site = _calibrated(_load(args.config))
     logfile = logs.setup(foreground=True)
     problems = _unavailable_links(site)
     if problems:
@@ -317,13 +361,8 @@ def cmd_safe_outputs(args) -> int:
     return code
 
 
-# simulate steps the cycle at least this far apart by default: a day at 1 ms is 86 million
-# cycles (minutes of wall time) and changes nothing the plant's 1 s steps can see.
-SIMULATE_PERIOD_S = 0.01
-
-
 def cmd_simulate(args) -> int:
-    from .sim.drive import simulate
+    from .sim.drive import SIMULATE_PERIOD_S, simulate
 
     site = _load(args.config)
     out = Path(args.out)
@@ -414,8 +453,17 @@ def main(argv=None) -> int:
                    help="cycle period in virtual time (default: the site's period, at least 10 ms)")
     s.add_argument("--sample-s", type=float, default=60.0, help="timeline sample interval")
     s.set_defaults(func=cmd_simulate)
-    c = sub.add_parser("check", help="validate a site config")
+    ca = sub.add_parser("calibrate", help="guided commissioning: devices, meter sign and CT, port phases; "
+                                          "writes calibration.toml")
+    ca.add_argument("--config", help="site config (TOML); default: the built-in simulated depot")
+    ca.add_argument("--out", help="where to write the result (default: $STATE_DIRECTORY/calibration.toml)")
+    ca.add_argument("--answers", help="answers keyed by step id (TOML or JSON): runs without questions")
+    ca.add_argument("--inject", choices=("reversed-ct", "swapped-phases", "dead-channel"),
+                    help="simulated site only: the plant miswires itself; calibration must find it")
+    ca.set_defaults(func=cmd_calibrate)
+    c = sub.add_parser("check", help="validate a site config (and a calibration file with --calibration)")
     c.add_argument("file")
+    c.add_argument("--calibration", help="also check this calibration file against the site")
     c.set_defaults(func=cmd_check)
     st = sub.add_parser("status", help="show a running controller's state")
     st.add_argument("--json", action="store_true")

@@ -594,6 +594,19 @@ class Controller:
         core.claim(index, writer)
         return lambda value, t_ns: core.write_measurement(index, value, t_ns, writer)
 
+    def latest(self, source: str) -> tuple[float, int] | None:
+        """(value, t_ns) last published into source through the gate (by a device, a service or
+        the plant), or None before the first; what the loop takes next, read from the exchange."""
+        return self._core.read_slot(self.source_index(source))
+
+    def accepted(self, source: str) -> int:
+        """Values the gate has let into source since start."""
+        return self._core.gate_stats()[self.source_index(source)][0]
+
+    def served(self, device: str):
+        """The sensors of a device kind served on the Python side (add_served_sensors), or None."""
+        return self._served.get(device)
+
     def add_served_sensors(self, device: str, sensors) -> None:
         """Sensors of a device kind served on the Python side (before the controller steps or
         starts): sensors.poll(now_ns, catch_up) reads those due, sensors.schedule(start_ns) and
@@ -615,10 +628,11 @@ class Controller:
                                      [(self._port_index[p], da, k) for p, da, k in ports])
 
     def add_i2c_sensor(self, fd: int, address: int, mode: int, reg: int, nbytes: int, decode: int,
-                       source: str, scale: float, period_s: float, invalid_raw: int | None = None) -> int:
+                       source: str, scale: float, period_s: float, invalid_raw: int | None = None,
+                       offset: float = 0.0) -> int:
         self.claim_source(source, "i2c")
         return self._core.add_i2c_sensor(fd, address, mode, reg, nbytes, decode, self.source_index(source),
-                                         scale, 0.0, period_s, invalid_raw=invalid_raw)
+                                         scale, offset, period_s, invalid_raw=invalid_raw)
 
     def attach_gpio_input(self, fd: int, kind: str, source: str, debounce_cycles: int, initial: int) -> int:
         """The read stage drains fd's edge events into source (a port's contactor); kind "chardev"

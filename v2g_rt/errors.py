@@ -151,6 +151,49 @@ _ENTRIES = [
      "Another HomePlug tool on the interface, a modem firmware with another message layout, or a corrupted frame.",
      "`v2g-rt status` counts them per kind and port; check [plc.NAME] mac and what else runs on the interface "
      "(tcpdump -i IF ether proto 0x88e1)."),
+    # commissioning (v2g-rt calibrate)
+    ("ERR_CALIBRATION_ANSWER", "An answer to a calibration question was refused (out of range, wrong type, "
+     "missing, or for a step this site does not have); nothing was written.",
+     "A typo or unit mistake in the --answers file, or an answers file written for another site.",
+     "Give the value in the range and unit the message names, keyed by the step id `v2g-rt calibrate` shows."),
+    ("ERR_CALIBRATION_CAN_SILENT", "A configured J1939 address was not heard on the CAN bus during calibration, "
+     "or the controller could not hold its own address.",
+     "The EVSE's power module is off, its address differs from can_address, or the bus wiring/bitrate is wrong.",
+     "Check the module's address and power, termination and bitrate (`candump can0`)."),
+    ("ERR_CALIBRATION_IDENTITY", "A chip does not identify as the configured sensor (identity register).",
+     "Wrong address (another chip answers there) or the wrong part fitted.",
+     "Check the address (`i2cdetect`) and the part; fix [i2c.NAME] address or sensor."),
+    ("ERR_CALIBRATION_DEAD_CHANNEL", "An analog channel does not follow its reference signal: its reading stays "
+     "put (or never arrives) between the zero and the span reference.",
+     "Open or shorted sensor wiring, a failed sensor or front end, or the reference applied to another channel.",
+     "Check the sensor's wiring and supply, then calibrate again."),
+    ("ERR_CALIBRATION_SPAN", "An analog channel's zero offset or gain against the references is outside tolerance.",
+     "The wrong sensor range or divider configured, a damaged sensor, or a reference read wrongly.",
+     "Check the channel's configured range/scale and the reference; replace the sensor if it persists."),
+    ("ERR_CALIBRATION_DUTY", "The PWM duty measured by the engineer differs from the commanded duty beyond tolerance.",
+     "A wrong PWM channel or period, or an output stage that distorts the pilot.",
+     "Check the PWM chip/channel in the config and the pilot circuit."),
+    ("ERR_CALIBRATION_CONTACTOR", "A contactor's feedback did not follow its command during calibration, or "
+     "the precondition (CP state A, no vehicle, or a confirmed test box) was not met.",
+     "Feedback wiring, a welded or stuck contactor, or a vehicle connected.",
+     "Unplug the vehicle (or connect the test box), check the auxiliary contact wiring, calibrate again."),
+    ("ERR_CALIBRATION_CT_REVERSED", "The grid meter reads an import as an export: its current transformer(s) "
+     "are mounted the wrong way round (or its sign convention is export-positive).",
+     "CT arrow towards the grid instead of the load, or CT leads swapped.",
+     "Turn the CT(s) round (arrow towards the load) or swap the leads; calibration never corrects this in software."),
+    ("ERR_CALIBRATION_METER", "The grid meter did not see a port's test charge, or the port did not take it.",
+     "The port is not downstream of the meter, no test load or vehicle at the port, or the meter is not read.",
+     "Connect the test box to the port, check the meter's wiring and its [modbus.NAME] section."),
+    ("ERR_CALIBRATION_PHASE", "A port's test charge appears on another site phase than the config says.",
+     "Phases swapped at the EVSE's terminals or its supply; or the config's phases is wrong.",
+     "Rewire the port to the configured phase, or correct [node.ID] phases, then calibrate again."),
+    ("ERR_CALIBRATION_FILE", "The calibration file is not a calibration of this site (syntax, shape, or stale).",
+     "Hand-edited or damaged file, or the site config changed since `v2g-rt calibrate` wrote it.",
+     "Run `v2g-rt calibrate` again for this site config, or fix the file/section/option the message names."),
+    ("ERR_CALIBRATION_INTERRUPTED", "Calibration stopped before the end (Ctrl-C, SIGTERM, or a step that could "
+     "not run); the previous calibration file is left as it was.",
+     "The engineer stopped it, the service manager stopped it, or a device failed mid-step.",
+     "Run `v2g-rt calibrate` again once the cause is fixed."),
     # real time
     ("ERR_RT_PRIORITY", "The loop could not get SCHED_FIFO; it runs at normal priority with worse jitter.",
      "Missing CAP_SYS_NICE and RLIMIT_RTPRIO below the requested priority.",

@@ -98,14 +98,19 @@ def write(path: Path, journal: Journal, site_name: str, latch_counter: int) -> N
 
 
 def write_file(path: Path, doc: dict) -> None:
-    """Atomically replace a state file with doc as JSON: a unique temporary file in the same
-    directory, fsync, rename, fsync of the directory; 0600 in a 0700 directory."""
+    """Atomically replace a state file with doc as JSON (replace_file)."""
+    replace_file(path, json.dumps(doc, indent=1) + "\n")
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Atomically replace path with text: a unique temporary file (0600) in the same directory
+    (made 0700 if missing), fsync, rename, fsync of the directory. OSError on failure, with the
+    previous file left as it was and no temporary file behind."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # 0600
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

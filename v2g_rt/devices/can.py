@@ -271,3 +271,34 @@ def _await_claim(sock: socket.socket, address: int, name: int) -> None:
         if (can_id >> 8) & 0x3FF00 == PGN_ADDRESS_CLAIMED and can_id & 0xFF == address and int.from_bytes(data, "little") <= name:
             raise DeviceError(f"J1939 address {address} is claimed by a node with a lower NAME; no setpoint was sent. "
                               f"Remedy: give the controller an address of its own ([can] address)", "ERR_LINK_DOWN")
+
+
+LISTEN_S = 3.0            # calibration: how long the bus is listened to for every configured address
+
+
+def calibration_steps(site, bench) -> list:
+    """One step: every EVSE whose thermal frames the loop decodes is heard (its frames pass the
+    gate while we listen), and the controller holds its own address when it sends setpoints."""
+    from ..calibrate import Step, Verdict
+    from ..site import node_source
+
+    cfg = site.sections["can"]
+    listened = {n.can_address: node_source(n.id, "heatsink_c") for n in thermal_evses(site)}
+    silent_ok = sorted({n.can_address for n in can_evses(site)} - set(listened))
+
+    def run(b) -> Verdict:
+        before = {a: b.ctrl.accepted(src) for a, src in listened.items()}
+        b.settle(LISTEN_S)
+        heard = sorted(a for a, src in listened.items() if b.ctrl.accepted(src) > before[a])
+        missing = sorted(set(listened) - set(heard))
+        claim = b.ctrl.device_stats()["can"]["setpoints"]["claim"] if setpoint_ports(site) else None
+        detail = f"{len(heard)}/{len(listened)} addresses heard in {LISTEN_S:g} s" + (
+            f"; {', '.join(map(str, silent_ok))} send no frames the loop decodes (not listened for)" if silent_ok else "")
+        if missing:
+            return Verdict.fail("ERR_CALIBRATION_CAN_SILENT", f"{detail}; not heard: {', '.join(map(str, missing))} "
+                                f"on {cfg.interface if cfg.backend == 'socketcan' else 'the sim bus'}")
+        if claim not in (None, "held"):
+            return Verdict.fail("ERR_CALIBRATION_CAN_SILENT", f"{detail}; our address {cfg.address} is {claim}, not held")
+        return Verdict(True, detail + (f"; address {cfg.address} held" if claim else ""),
+                       result={"can": {"heard": heard}})
+    return [Step("can.addresses", f"CAN: J1939 addresses of {len(listened)} EVSEs heard on the bus", run)]

@@ -67,6 +67,8 @@ class I2cConfig:
     shunt_ohms: float = 0.002
     max_current_a: float = 100.0
     scale: float = 1.0     # e.g. a current transformer's ratio
+    gain: float = 1.0      # from calibration.toml (v2g_rt.calibration), not the site config:
+    offset: float = 0.0    # value = raw * lsb * scale * gain + offset
 
 
 def check_config(cf, site) -> list[I2cConfig]:
@@ -137,7 +139,7 @@ def current_lsb(cfg: I2cConfig) -> float:
 
 
 def lsb(cfg: I2cConfig) -> float:
-    """The physical value of one raw unit of cfg's register."""
+    """The physical value of one raw unit of cfg's register, as configured (before calibration's gain)."""
     return SENSORS[cfg.sensor][cfg.quantity].scale * (current_lsb(cfg) if cfg.quantity in ("power", "current")
                                                       else 1.0) * cfg.scale
 
@@ -184,7 +186,7 @@ class ServedSensor:
         if raw == self.reg.invalid_raw:
             self.not_ready += 1
             return
-        if self.write(raw * self.scale, t_ns) != 0:
+        if self.write(raw * self.scale + self.cfg.offset, t_ns) != 0:
             self.gate_rejected += 1
 
     def stats(self) -> dict:
@@ -209,7 +211,7 @@ def attach(ctrl, site):
     for cfg in site.sections["i2c"]:
         if cfg.source not in ctrl.sources:
             raise DeviceError(f"[i2c.{cfg.name}] source {cfg.source!r} is not a source of this site", "ERR_CONFIG_VALUE")
-        reg, scale = SENSORS[cfg.sensor][cfg.quantity], lsb(cfg)
+        reg, scale = SENSORS[cfg.sensor][cfg.quantity], lsb(cfg) * cfg.gain
         if cfg.backend == "sim":
             if served is None:
                 served = ServedBus()
@@ -222,5 +224,56 @@ def attach(ctrl, site):
             configure_ina228(bus, cfg)
         devices.append(I2cDevice(bus, cfg))
         ctrl.add_i2c_sensor(bus.fd, cfg.address, mode, reg.reg, reg.nbytes, reg.decode, cfg.source, scale,
-                            cfg.period_s, invalid_raw=reg.invalid_raw)
+                            cfg.period_s, invalid_raw=reg.invalid_raw, offset=cfg.offset)
     return devices, served, sim
+
+
+# calibration: a temperature channel's references (a dry-block calibrator), the answers' range and the tolerance
+TEMPERATURE_POINTS_C = (10.0, 40.0)
+TEMPERATURE_RANGE_C = (-40.0, 125.0)
+TEMPERATURE_TOLERANCE = (1.0, 0.02)        # |offset| in C, |gain - 1|
+
+
+def calibration_fingerprint(cfg: I2cConfig) -> str:
+    """What the channel is, as configured: calibration's gain and offset apply to this only."""
+    return f"bus={cfg.bus} address=0x{cfg.address:02x} sensor={cfg.sensor} quantity={cfg.quantity} scale={cfg.scale:g}"
+
+
+def read_identity(cfg: I2cConfig, bench) -> int:
+    """The chip's identity register, through the device attach() opened (the far side's registers
+    for a sim sensor, /dev/i2c-N for a real one)."""
+    reg, _ = IDENTITY[cfg.sensor]
+    if cfg.backend == "sim":
+        data = bench.ctrl.served(SECTION).transfer(cfg.address, reg, 2)
+        return int.from_bytes(data, "big")
+    dev = next(d for d in bench.devices.i2c if d.cfg.name == cfg.name)
+    word = dev.handle.read_word_data(cfg.address, reg)
+    return ((word & 0xFF) << 8) | (word >> 8)
+
+
+def calibration_steps(site, bench) -> list:
+    """Per sensor: its chip identity; per temperature channel: zero and span against references."""
+    from ..calibrate import Step, Verdict, analog_zero_span
+
+    steps = []
+    for cfg in site.sections["i2c"]:
+        reg, want = IDENTITY[cfg.sensor]
+        where = f"0x{cfg.address:02x} on {'the sim bus' if cfg.backend == 'sim' else f'/dev/i2c-{cfg.bus}'}"
+
+        def identity(b, cfg=cfg, reg=reg, want=want, where=where) -> Verdict:
+            try:
+                got = read_identity(cfg, b)
+            except OSError as e:
+                return Verdict.fail("ERR_CALIBRATION_IDENTITY", f"no answer from {where} ({e.strerror or e})")
+            if got != want:
+                return Verdict.fail("ERR_CALIBRATION_IDENTITY", f"the chip at {where} is not a {cfg.sensor}: register "
+                                                                f"0x{reg:02x} reads 0x{got:04x}, expected 0x{want:04x}")
+            return Verdict(True, f"register 0x{reg:02x} = 0x{got:04x}", result={f"i2c.{cfg.name}": {"identity": got}})
+        steps.append(Step(f"i2c.{cfg.name}.identity", f"I2C {cfg.name}: a {cfg.sensor} at {where}", identity))
+        if cfg.quantity in ("temperature", "die_temperature"):
+            peer = bench.devices.i2c_peer if cfg.backend == "sim" else None
+            hold = (lambda v, src=cfg.source, peer=peer: peer.hold(src, v)) if peer is not None else None
+            steps.append(analog_zero_span(f"i2c.{cfg.name}.span", f"I2C {cfg.name} ({cfg.source})", cfg.source, "°C",
+                                          TEMPERATURE_POINTS_C, TEMPERATURE_RANGE_C, cfg.period_s,
+                                          TEMPERATURE_TOLERANCE, hold=hold, section=f"i2c.{cfg.name}"))
+    return steps

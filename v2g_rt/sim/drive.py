@@ -15,6 +15,10 @@ from ..site import Site
 from .plant import PEER_POLL_S, Plant, PlantConfig
 
 S = 1_000_000_000
+# simulate (and calibrate on a simulated site) step the cycle at least this far apart by default:
+# a day at 1 ms is 86 million cycles (minutes of wall time) and changes nothing the plant's 1 s
+# steps can see.
+SIMULATE_PERIOD_S = 0.01
 
 
 def plant_config(site: Site) -> PlantConfig:

@@ -18,6 +18,8 @@ class SimI2cBus:
         self.regs: dict[int, dict[int, bytes]] = {}     # address -> register -> bytes
         self.by_source: dict[str, list] = {}
         self.nack: set[int] = set()                     # addresses that do not answer (fault injection)
+        self.held: dict[str, float] = {}                # sources whose chip a reference holds (a dry block)
+        self.dead: set[str] = set()                     # sources whose chip's reading is stuck (fault injection)
         self.lock = threading.Lock()
         for cfg in configs:
             self.add(cfg)
@@ -32,7 +34,11 @@ class SimI2cBus:
         self.set_value(cfg.source, 0.0)
 
     def set_value(self, source: str, value: float) -> None:
-        """Put a physical value (as the controller will decode it) into the registers feeding source."""
+        """Put a physical value (as the controller will decode it) into the registers feeding source:
+        the reference's while one holds it; nothing once the channel is dead (its reading stays)."""
+        if source in self.dead:
+            return
+        value = self.held.get(source, value)
         for cfg in self.by_source.get(source, ()):
             r = SENSORS[cfg.sensor][cfg.quantity]
             raw = round(value / lsb(cfg))
@@ -41,6 +47,14 @@ class SimI2cBus:
             raw &= (1 << (8 * r.nbytes)) - 1
             with self.lock:
                 self.regs[cfg.address][r.reg] = raw.to_bytes(r.nbytes, "big")
+
+    def hold(self, source: str, value: float | None) -> None:
+        """A reference (a dry-block calibrator) holds the sensor at value; None takes it away."""
+        if value is None:
+            self.held.pop(source, None)
+        else:
+            self.held[source] = value
+            self.set_value(source, value)
 
     def transfer(self, address: int, register: int, n: int) -> bytes:
         with self.lock:

@@ -103,6 +103,7 @@ class MeterPeer(_ServerThread):
             raise ValueError(f"layout {layout!r}: sunspec or simple")
         self.layout, self.model = layout, model
         self.power_w, self.frequency_hz, self.reactive_var = power_w, frequency_hz, reactive_var
+        self.phase_w = (power_w / 3,) * 3                 # per phase, L1..L3
         self.power_sf = power_sf
         self.delay_s, self.exception, self.silent = delay_s, exception, silent
         self.answer_unit, self.short_answer = answer_unit, short_answer
@@ -123,8 +124,10 @@ class MeterPeer(_ServerThread):
         """PDU address of the meter model's first data register."""
         return SUNSPEC_BASE + 2 + 2 + COMMON_LENGTH + 2
 
-    def set_power(self, power_w: float) -> None:
+    def set_power(self, power_w: float, phase_w: tuple[float, float, float] | None = None) -> None:
+        """What the meter measures: the total and, per phase, its share (default: balanced)."""
         self.power_w = power_w
+        self.phase_w = tuple(phase_w) if phase_w is not None else (power_w / 3,) * 3
         self.changed_ns = time.monotonic_ns()
 
     def words(self) -> list[int]:
@@ -137,13 +140,16 @@ class MeterPeer(_ServerThread):
         data = [0] * length
         if self.model == 203:
             data[16] = _i16(round(self.power_w / 10 ** self.power_sf))
+            for k, w in enumerate(self.phase_w):
+                data[17 + k] = _i16(round(w / 10 ** self.power_sf))
             data[20] = _i16(self.power_sf)
             data[14], data[15] = _i16(round(self.frequency_hz * 100)), _i16(-2)
             data[26], data[30] = _i16(round(self.reactive_var)), 0
             for k in (0, 1, 2, 3, 5):                   # currents and voltage: zero, implemented
                 data[k] = 0
         else:
-            for offset, value in ((26, self.power_w), (24, self.frequency_hz), (42, self.reactive_var)):
+            for offset, value in ((26, self.power_w), (24, self.frequency_hz), (42, self.reactive_var),
+                                  *zip((28, 30, 32), self.phase_w)):
                 data[offset:offset + 2] = struct.unpack(">2H", struct.pack(">f", value))
         out = [0x5375, 0x6E53] + common + [self.model, length] + data + [0xFFFF, 0]
         for address, word in self.overrides.items():
