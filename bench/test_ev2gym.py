@@ -1,4 +1,4 @@
-"""Smoke run of bench/ev2gym/run.py (needs ev2gym, see bench/ev2gym/README.md): the controller
+"""Smoke run of bench/ev2gym/run.py (ev2gym is in the test extras): the controller
 itself, with and without the horizon planner (setpoints sent at their step or scheduled ahead), runs a fixed-seed PublicPST day beside equal share
 with no transformer overload and no failed solve (the quality numbers are the benchmark's to report)."""
 import json
@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("ev2gym", reason="bench/ev2gym needs ev2gym (see its README)")
 HERE = pathlib.Path(__file__).with_name("ev2gym")
 
 
