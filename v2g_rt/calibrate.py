@@ -38,10 +38,8 @@ and a span reference), duty_readback (a commanded PWM duty against the engineer'
 analyser) and contactor_cycle (close and open with the feedback, only in CP state A, with no
 vehicle, or with a test box the engineer confirms). Wiring a kind, for example:
 
-    spi   analog_zero_span(f"spi.{name}.span", what, cfg.source, "mA", (4.0, 20.0), (0.0, 24.0),
-          cfg.period_s, (0.1, 0.01), hold=<the sim ADC's reference setter> or None,
-          section=f"spi.{name}"); and calibration_fingerprint(cfg) plus gain/offset fields on the
-          channel config, so that v2g_rt.calibration applies and guards the correction.
+    spi   (wired: v2g_rt.devices.spi.calibration_steps) each 4-20 mA or 0-10 V channel against
+          a loop calibrator or a voltage reference, in mA or V (to_unit), held by the sim ADC
     pwm   duty_readback(f"pwm.{name}.duty", what, set_duty=<command a duty, return the sysfs
           read-back>, measured=<the sim PWM far side's measured duty> or None)
     gpio  contactor_cycle(f"gpio.{name}.cycle", what, command=<drive the output>, feedback=<the
@@ -281,13 +279,15 @@ class Bench:
 
 def analog_zero_span(step_id: str, what: str, source: str, unit: str, points: tuple[float, float],
                      valid: tuple[float, float], period_s: float, tolerance: tuple[float, float],
-                     hold: Callable[[float | None], None] | None = None, section: str = "") -> Step:
+                     hold: Callable[[float | None], None] | None = None, section: str = "",
+                     to_unit: Callable[[float], float] = float) -> Step:
     """A channel against a zero and a span reference: the engineer applies each (or the sim far
     side, through hold), reads the reference instrument and answers its reading; the channel's
     readings give offset and gain (reading = gain * reference + offset is corrected to the
     reference: calibrated = (reading - offset) / gain). Dead: the reading does not follow
     (moves less than a fifth of the references' difference) or none arrives. tolerance =
-    (largest |offset| in unit, largest |gain - 1|)."""
+    (largest |offset| in unit, largest |gain - 1|). to_unit: the source's value in unit (an SPI
+    channel's engineering value back to the mA or V its correction applies to)."""
 
     def run(bench: Bench) -> Verdict:
         readings, refs = [], []
@@ -306,7 +306,7 @@ def analog_zero_span(step_id: str, what: str, source: str, unit: str, points: tu
                 return Verdict.fail("ERR_CALIBRATION_DEAD_CHANNEL", f"{what}: no reading within "
                                     f"{2 * period_s + 1:g} s of the {key} reference")
             refs.append(ref)
-            readings.append(value)
+            readings.append(to_unit(value))
         if hold:
             hold(None)
         d_ref, d_read = refs[1] - refs[0], readings[1] - readings[0]

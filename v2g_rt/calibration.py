@@ -45,8 +45,10 @@ def default_path() -> Path:
 def channel_kinds() -> dict:
     """Device kinds with analog channels that calibration corrects: SECTION -> module. Such a
     module defines calibration_fingerprint(cfg) (what the channel is, as configured: a correction
-    measured for it applies to that only), and its per-channel configs (site.sections[SECTION],
-    each with a name) have the fields gain and offset."""
+    measured for it applies to that only); its channels' configs have the fields gain and offset.
+    Where site.sections[SECTION] is not a flat tuple of channels with a name each (an SPI ADC holds
+    its channels), the module also defines calibration_channels(configs) -> {name: channel} and
+    calibration_replace(configs, {name: channel}) -> configs."""
     from .devices import kinds
     return {m.SECTION: m for m in kinds() if hasattr(m, "calibration_fingerprint")}
 
@@ -58,7 +60,7 @@ def document(site: Site, result: dict, answers: dict) -> dict:
     for section, values in sorted(result.items()):
         kind, _, name = section.partition(".")
         values = dict(values)
-        cfg = next((c for c in site.sections.get(kind) or () if c.name == name), None) if kind in channels else None
+        cfg = _channels(channels[kind], site.sections.get(kind) or ()).get(name) if kind in channels else None
         if cfg is not None:
             values["configured"] = channels[kind].calibration_fingerprint(cfg)
         (doc.setdefault(kind, {}).__setitem__(name, values) if name else doc.__setitem__(kind, values))
@@ -141,7 +143,7 @@ def load(path: Path, site: Site, required: bool = False) -> Site:
     sections = dict(site.sections)
     for kind, module in channels.items():
         if kind in doc:
-            sections[kind] = _apply_channels(kind, module.calibration_fingerprint, doc[kind], site, problems, problem)
+            sections[kind] = _apply_channels(kind, module, doc[kind], site, problems, problem)
     _check_ports(doc.get("port", {}), site, problems, problem)
     if problems:
         raise ConfigError(problems)
@@ -156,13 +158,32 @@ def _number(values: dict, option: str, section: str, problems, problem, lo: floa
     return float(v)
 
 
-def _apply_channels(kind: str, fingerprint, table, site: Site, problems, problem) -> tuple:
-    configs = {c.name: c for c in site.sections.get(kind) or ()}
+def _channels(module, configs) -> dict:
+    if hasattr(module, "calibration_channels"):
+        return module.calibration_channels(configs)
+    return {c.name: c for c in configs}
+
+
+def _flat(table: dict, names) -> dict:
+    """A TOML table of channels, with "adc1.ch" names read back as nested tables, flattened."""
+    out = {}
+    for key, values in table.items():
+        if key not in names and isinstance(values, dict) and values and all(isinstance(v, dict) for v in values.values()):
+            out.update({f"{key}.{k}": v for k, v in _flat(values, {n.partition(".")[2] for n in names}).items()})
+        else:
+            out[key] = values
+    return out
+
+
+def _apply_channels(kind: str, module, table, site: Site, problems, problem) -> tuple:
+    fingerprint = module.calibration_fingerprint
+    given = site.sections.get(kind) or ()
+    configs = _channels(module, given)
     if not isinstance(table, dict):
         problems.append(problem(kind, None, "expected a table per channel"))
-        return tuple(configs.values())
+        return given
     out = dict(configs)
-    for name, values in table.items():
+    for name, values in _flat(table, set(configs)).items():
         section = f"{kind}.{name}"
         cfg = configs.get(name)
         if cfg is None:
@@ -183,6 +204,8 @@ def _apply_channels(kind: str, fingerprint, table, site: Site, problems, problem
         offset = _number(values, "offset", section, problems, problem, -1e6, 1e6) if "offset" in values else 0.0
         if gain is not None and offset is not None:
             out[name] = replace(cfg, gain=gain, offset=offset)
+    if hasattr(module, "calibration_replace"):
+        return module.calibration_replace(given, out)
     return tuple(out.values())
 
 

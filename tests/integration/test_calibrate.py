@@ -30,9 +30,9 @@ def test_calibrate_on_a_fresh_machine_passes_and_run_loads_the_result(tmp_path):
     lines = r.stdout.splitlines()
     site = config.load()
     addresses = sorted(n.can_address for n in site.nodes if n.can_address is not None and n.heatsink_c)
-    assert lines[0].startswith(f"step  1/54  CAN: J1939 addresses of {len(addresses)} EVSEs heard")
-    assert lines[-1].startswith("calibration passed: 54 steps") and str(state / "calibration.toml") in lines[-1]
-    assert sum(line.strip().startswith("ok:") for line in lines) == 54
+    assert lines[0].startswith(f"step  1/56  CAN: J1939 addresses of {len(addresses)} EVSEs heard")
+    assert lines[-1].startswith("calibration passed: 56 steps") and str(state / "calibration.toml") in lines[-1]
+    assert sum(line.strip().startswith("ok:") for line in lines) == 56
     path = state / "calibration.toml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(state.stat().st_mode) == 0o700
     doc = tomllib.loads(path.read_text())
@@ -42,8 +42,13 @@ def test_calibrate_on_a_fresh_machine_passes_and_run_loads_the_result(tmp_path):
     assert doc["i2c"]["tx1_ambient"]["gain"] == pytest.approx(1.0, abs=1e-3)
     assert doc["meter"]["grid"] == {"sign": 1, "gain": pytest.approx(1.0, abs=0.01)}
     assert {p["phase"] for p in doc["port"].values()} == {"L1"} and len(doc["port"]) == 50
+    for channel in ("adc1.tx1_top_oil", "adc1.evse25_heatsink"):       # a 4-20 mA and a 0-10 V input
+        assert doc["spi"][channel]["gain"] == pytest.approx(1.0, abs=1e-3)
+        assert doc["spi"][channel]["offset"] == pytest.approx(0.0, abs=0.01)
     site = calibration.load(path, site, required=True)
     assert site.sections["i2c"][0].gain == doc["i2c"]["tx1_ambient"]["gain"]
+    assert {ch.name: ch.offset for ch in site.sections["spi"][0].channels} == {
+        c.split(".")[1]: doc["spi"][c]["offset"] for c in ("adc1.tx1_top_oil", "adc1.evse25_heatsink")}
     site_file = tmp_path / "site.toml"
     site_file.write_text(resources.files("v2g_rt.data").joinpath("default-site.toml").read_text())
     r = v2g("check", str(site_file), "--calibration", str(path))
@@ -53,7 +58,7 @@ def test_calibrate_on_a_fresh_machine_passes_and_run_loads_the_result(tmp_path):
 @pytest.mark.parametrize("inject, code, named", [
     ("reversed-ct", "ERR_CALIBRATION_CT_REVERSED", "meter.grid.sign"),
     ("swapped-phases", "ERR_CALIBRATION_PHASE", "port.evse01.1.phase"),
-    ("dead-channel", "ERR_CALIBRATION_DEAD_CHANNEL", "i2c.tx1_ambient.span"),
+    ("dead-channel", "ERR_CALIBRATION_DEAD_CHANNEL", "spi.adc1.tx1_top_oil.span"),
 ])
 def test_an_injected_miswiring_is_named_and_nothing_is_written(tmp_path, inject, code, named):
     out = tmp_path / "calibration.toml"

@@ -173,3 +173,24 @@ def test_a_stale_or_foreign_calibration_is_refused_naming_file_section_and_optio
     assert {p.split(": ")[2] for p in problems(path, site)} == {"[i2c.tx1_ambient] bogus", "[i2c.tx1_ambient] gain"}
     path.write_text("[calibration\n")
     assert "not TOML" in problems(path, site)[0]
+
+
+def test_an_adcs_channels_are_corrected_each_by_its_own_table_written_or_nested(tmp_path):
+    site = config.load()
+    adc = site.sections["spi"][0]
+    oil = next(ch for ch in adc.channels if ch.kind == "4-20mA")
+    path = tmp_path / "calibration.toml"
+    calibration.write(path, calibration.document(site, {f"{oil.section}": {"offset": -0.05, "gain": 1.002}}, {}))
+    [got] = [ch for ch in calibration.load(path, site).sections["spi"][0].channels if ch.name == oil.name]
+    assert (got.gain, got.offset) == (1.002, -0.05)
+    other = [ch for ch in calibration.load(path, site).sections["spi"][0].channels if ch.name != oil.name]
+    assert other and all((ch.gain, ch.offset) == (1.0, 0.0) for ch in other)
+    fingerprint = calibration.channel_kinds()["spi"].calibration_fingerprint(oil)
+    path.write_text(f'[calibration]\nversion = {calibration.VERSION}\nsite = "{site.name}"\n\n'
+                    f'[{oil.section}]\noffset = 0.1\nconfigured = "{fingerprint}"\n')   # as an engineer writes it
+    [got] = [ch for ch in calibration.load(path, site).sections["spi"][0].channels if ch.name == oil.name]
+    assert got.offset == 0.1
+    rewired = replace(site, sections={**site.sections, "spi": (replace(adc, channels=tuple(
+        replace(ch, ratio=150.0) if ch is oil else ch for ch in adc.channels)),)})
+    [p] = problems(path, rewired)
+    assert p.startswith(f"ERR_CALIBRATION_FILE: {path}: [{oil.section}] configured: measured for") and "ratio=150" in p

@@ -22,7 +22,7 @@ period_ms.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import _core
 from ..site import port_source
@@ -289,3 +289,49 @@ def cp_channel(site, port_id: str) -> SpiChannelConfig | None:
     src = port_source(port_id, "cp_v")
     return next((ch for ch in channels(site) if ch.source == src), None)
 
+
+
+# calibration: each 4-20 mA / 0-10 V channel against a loop calibrator or a voltage reference,
+# in the unit its correction (gain, offset) applies to; the answers' range and the tolerance
+REFERENCES = {"4-20mA": ("mA", (4.0, 20.0), (0.0, 24.0), (0.2, 0.02)),
+              "0-10V": ("V", (0.0, 10.0), (-0.5, 11.0), (0.1, 0.02))}
+
+
+def calibration_fingerprint(cfg: SpiChannelConfig) -> str:
+    """What the channel is, as configured: calibration's gain and offset apply to this only."""
+    return f"channel={cfg.channel} kind={cfg.kind} ratio={cfg.ratio:g} range={cfg.at_lo:g}..{cfg.at_hi:g}"
+
+
+def calibration_channels(adcs) -> dict:
+    """The channels calibration corrects, by "ADC.CHANNEL" (their section without "spi.")."""
+    return {f"{ch.adc}.{ch.name}": ch for adc in adcs for ch in adc.channels}
+
+
+def calibration_replace(adcs, corrected: dict) -> tuple:
+    return tuple(replace(adc, channels=tuple(corrected.get(f"{ch.adc}.{ch.name}", ch) for ch in adc.channels))
+                 for adc in adcs)
+
+
+def signal_of(ch: SpiChannelConfig, value: float) -> float:
+    """The mA or V on a channel's input that carries an engineering value."""
+    x = (value - ch.at_lo) / (ch.at_hi - ch.at_lo)
+    return 4.0 + 16.0 * x if ch.kind == "4-20mA" else 10.0 * x
+
+
+def calibration_steps(site, bench) -> list:
+    """Per 4-20 mA or 0-10 V channel: zero and span against a reference (a CP channel is checked
+    by the pilot's own states, not here)."""
+    from ..calibrate import analog_zero_span
+
+    steps = []
+    for adc in site.sections["spi"]:
+        peer = bench.devices.spi_peer if adc.backend == "sim" else None
+        for ch in adc.channels:
+            if ch.kind not in REFERENCES:
+                continue
+            unit, points, valid, tolerance = REFERENCES[ch.kind]
+            hold = (lambda v, src=ch.source, peer=peer: peer.hold(src, v)) if peer is not None else None
+            steps.append(analog_zero_span(f"{ch.section}.span", f"SPI {adc.name} channel {ch.channel} ({ch.source})",
+                                          ch.source, unit, points, valid, ch.period_s, tolerance, hold=hold,
+                                          section=ch.section, to_unit=lambda v, ch=ch: signal_of(ch, v)))
+    return steps

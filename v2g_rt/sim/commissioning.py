@@ -10,8 +10,8 @@ as it reads a site's real meter, and it feeds the controller's meter source as t
 inject miswires the plant, as an installer might:
   reversed-ct     the meter's CTs point the wrong way: every reading has the wrong sign
   swapped-phases  at two ports (the first ports of the first two EVSEs) L1 and L2 are swapped
-  dead-channel    the first simulated analog channel (for now the site's first sim I2C sensor)
-                  reads the same whatever its reference says
+  dead-channel    a simulated analog channel: an SPI ADC input's wire cut (a 4-20 mA one first; else an I2C
+                  sensor stuck): it reads the same, or nothing, whatever its reference says
 """
 from __future__ import annotations
 
@@ -98,10 +98,17 @@ class SimSite:
             for j in list(firsts.values())[:2]:
                 self.wiring[j] = {0: 1, 1: 0}.get(self.wiring[j], self.wiring[j])
         if inject == "dead-channel":
-            peer = self.devices.i2c_peer
-            if peer is None or not peer.by_source:
-                raise ValueError("dead-channel: this site has no simulated analog channel (a sim [i2c.NAME])")
-            peer.dead.add(next(iter(peer.by_source)))
+            adcs, sensors = self.devices.spi_peer, self.devices.i2c_peer
+            analog = sorted((ch.kind != "4-20mA", src) for src, ch in (adcs.by_source.items() if adcs else ())
+                            if ch.kind != "cp")            # a current loop first: its cut wire is NAMUR's wire break
+            analog = [src for _, src in analog]
+            if analog:
+                adcs.cut(analog[0])
+            elif sensors is not None and sensors.by_source:
+                sensors.dead.add(next(iter(sensors.by_source)))
+            else:
+                raise ValueError("dead-channel: this site has no simulated analog channel (a sim [spi.NAME] or "
+                                 "[i2c.NAME])")
 
     def now_ns(self) -> int:
         return self.t

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import threading
 
-from ...devices.spi import BIPOLAR, UNIPOLAR
+from ...devices.spi import BIPOLAR, UNIPOLAR, signal_of
 
 
 class SimAdcs:
@@ -23,6 +23,8 @@ class SimAdcs:
         self.levels: dict[tuple[str, int], tuple[float, float, float]] = {}   # ADC volts: high, low, duty
         self.selected: dict[str, int] = {}
         self.stuck: set[str] = set()                             # ADCs whose transfers time out
+        self.held: set[str] = set()          # sources a reference (loop calibrator, voltage source) drives
+        self.dead: set[str] = set()          # sources whose wire is cut (fault injection): nothing moves them
         self.lock = threading.Lock()
         for cfg in configs:
             self.channels[cfg.adc, cfg.channel] = cfg
@@ -48,13 +50,15 @@ class SimAdcs:
         self._set(source, v, v, 1.0)
 
     def set_value(self, source: str, value: float) -> None:
-        """The signal that carries an engineering value through the channel's range."""
+        """The signal that carries an engineering value through the channel's range; nothing
+        while a reference holds the input or its wire is cut."""
+        if source in self.held or source in self.dead:
+            return
         cfg = self.by_source[source]
-        x = (value - cfg.at_lo) / (cfg.at_hi - cfg.at_lo)
         if cfg.kind == "4-20mA":
-            self.set_current_ma(source, 4.0 + 16.0 * x)
+            self.set_current_ma(source, signal_of(cfg, value))
         else:
-            self.set_volts(source, 10.0 * x)
+            self.set_volts(source, signal_of(cfg, value))
 
     def set_cp(self, source: str, high_v: float, low_v: float | None = None, duty: float = 1.0) -> None:
         """A control pilot: high level, low level and the fraction of a period spent high (a
@@ -64,6 +68,25 @@ class SimAdcs:
 
     def break_wire(self, source: str) -> None:
         self.set_current_ma(source, 0.0)
+
+    def cut(self, source: str) -> None:
+        """The input's wire cut for good: 0 mA or 0 V whatever drives it."""
+        self.dead.add(source)
+        self._set(source, 0.0, 0.0, 1.0)
+
+    def hold(self, source: str, reference: float | None) -> None:
+        """A reference on the input, in the channel's mA or V; None takes it away (the plant's
+        signal returns at its next step)."""
+        if reference is None:
+            self.held.discard(source)
+            return
+        if source in self.dead:
+            return
+        self.held.add(source)
+        if self.by_source[source].kind == "4-20mA":
+            self.set_current_ma(source, reference)
+        else:
+            self.set_volts(source, reference)
 
     def code(self, cfg, volts: float) -> int:
         rng = cfg.adc_range
