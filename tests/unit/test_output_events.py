@@ -30,7 +30,17 @@ def ctrl():
     return c
 
 
+def forget_earlier_hand_overs(ctrl) -> None:
+    """The hand-overs while plugging in are still counted on the loop's eventfd: a relay started
+    now would pass them on late, at a time the test cannot tell from a new hand-over."""
+    try:
+        os.eventfd_read(ctrl.output_fd())
+    except BlockingIOError:
+        pass
+
+
 def test_every_subscriber_is_woken_by_each_hand_over(ctrl):
+    forget_earlier_hand_overs(ctrl)
     events = output_events(ctrl)
     assert output_events(ctrl) is events                  # one relay per controller
     a, b = events.subscribe(), events.subscribe()

@@ -238,16 +238,15 @@ class OutputEvents:
         while True:
             handed_over = False
             for fd, events in poller.poll():
-                if events & (select.POLLERR | select.POLLNVAL):
-                    log.error("ERR_INTERNAL: the loop's output eventfd failed (poll events 0x%x); Python links "
-                              "are no longer woken by output changes", events)
-                    with self.lock:
-                        self.thread = None
-                    return
                 try:
+                    if events & (select.POLLERR | select.POLLNVAL):
+                        raise OSError(f"poll events 0x{events:x}")
                     os.eventfd_read(fd)
                 except BlockingIOError:
                     continue
+                except OSError as e:       # the controller closed its eventfd (and the number may be reused)
+                    self._failed(e)
+                    return
                 handed_over |= fd == self.source
             with self.lock:
                 if not self.fds:
@@ -256,6 +255,14 @@ class OutputEvents:
                 if handed_over:
                     for fd in self.fds:
                         os.eventfd_write(fd, 1)
+
+    def _failed(self, e: OSError) -> None:
+        with self.lock:
+            self.thread = None
+            listening = bool(self.fds)
+        if listening:
+            log.error("ERR_INTERNAL: the loop's output eventfd failed (%s); Python links are no longer woken by "
+                      "output changes", e)
 
 
 _output_events: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
