@@ -58,6 +58,8 @@ SOURCES = {
     "cp_v": (SRC_PORT_CP_V, -15.0, 15.0), "cp_diode": (SRC_PORT_CP_DIODE, 0.0, 1.0),
     "node_power_w": (SRC_NODE_POWER_W, -1e9, 1e9), "heatsink_c": (SRC_NODE_HEATSINK_C, -60.0, 250.0),
     "ambient_c": (SRC_NODE_AMBIENT_C, -60.0, 80.0), "top_oil_c": (SRC_NODE_TOP_OIL_C, -60.0, 250.0),
+    "node_power_l1_w": (SRC_NODE_POWER_L1_W, -1e9, 1e9), "node_power_l2_w": (SRC_NODE_POWER_L2_W, -1e9, 1e9),
+    "node_power_l3_w": (SRC_NODE_POWER_L3_W, -1e9, 1e9),
     "frequency_hz": (SRC_SITE_FREQUENCY_HZ, 40.0, 70.0), "heartbeat": (SRC_UPSTREAM_HEARTBEAT, 0.0, 1.0),
 }
 SOURCE_KINDS = {name: code for name, (code, _, _) in SOURCES.items()}
@@ -136,7 +138,10 @@ def _layout(name):
             ("export_headroom_w", "f8", _off(&_nr.export_headroom_w, b)),
             ("overload_w", "f8", _off(&_nr.overload_w, b)),
             ("fleet_w", "f8", _off(&_nr.fleet_w, b)), ("measured_w", "f8", _off(&_nr.measured_w, b)),
-            ("non_ev_w", "f8", _off(&_nr.non_ev_w, b)), ("derate", "f8", _off(&_nr.derate, b)),
+            ("non_ev_w", "f8", _off(&_nr.non_ev_w, b)),
+            ("non_ev_l1_a", "f8", _off(&_nr.non_ev_phase_a[0], b)),
+            ("non_ev_l2_a", "f8", _off(&_nr.non_ev_phase_a[1], b)),
+            ("non_ev_l3_a", "f8", _off(&_nr.non_ev_phase_a[2], b)), ("derate", "f8", _off(&_nr.derate, b)),
             ("temperature_c", "f8", _off(&_nr.temperature_c, b)), ("binding", "i4", _off(&_nr.binding, b)),
             ("faults", "u4", _off(&_nr.faults, b))]
     if name == "site":
@@ -461,7 +466,8 @@ cdef class Core:
             o.curve_w[k] = w
 
     def add_node(self, kind, int32_t parent, double import_limit_w, double export_limit_w,
-                 double base_load_min_w=0.0, double base_load_max_w=0.0, double phase_limit_a=float("inf")):
+                 double base_load_min_w=0.0, double base_load_max_w=0.0, double phase_limit_a=float("inf"),
+                 double voltage_v=230.0):
         self._check_open()
         cdef int32_t i = self.im.n_nodes
         if i >= MAX_NODES:
@@ -480,6 +486,10 @@ cdef class Core:
         n.base_load_min_w = base_load_min_w
         n.base_load_max_w = base_load_max_w
         n.phase_limit_a = phase_limit_a
+        if not voltage_v > 0.0:
+            raise ValueError(f"node voltage {voltage_v} V: expected > 0")
+        n.voltage_v = voltage_v
+        n.phase_meter[0] = n.phase_meter[1] = n.phase_meter[2] = -1
         n.heatsink = -1
         n.derate_start_c = 70.0
         n.trip_c = 90.0
@@ -568,7 +578,7 @@ cdef class Core:
             if not 0 <= target < self.im.n_ports:
                 raise ValueError(f"port {target} does not exist")
             self.im.port[target].src[k] = i
-        elif SRC_NODE_POWER_W <= k <= SRC_NODE_TOP_OIL_C:
+        elif SRC_NODE_POWER_W <= k <= SRC_NODE_POWER_L3_W:
             if not 0 <= target < self.im.n_nodes:
                 raise ValueError(f"node {target} does not exist")
             if k == SRC_NODE_POWER_W:
@@ -577,6 +587,8 @@ cdef class Core:
                 self.im.node[target].heatsink = i
             elif k == SRC_NODE_AMBIENT_C:
                 self.im.node[target].thermal.ambient = i
+            elif k >= SRC_NODE_POWER_L1_W:
+                self.im.node[target].phase_meter[k - SRC_NODE_POWER_L1_W] = i
             else:
                 self.im.node[target].thermal.top_oil = i
         elif k == SRC_SITE_FREQUENCY_HZ:

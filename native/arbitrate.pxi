@@ -65,7 +65,7 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
     cdef Port* p
     cdef Node* n
     cdef Node* up
-    cdef double w, cut, f
+    cdef double w, cut, f, lim
     cdef double* rem
     clear_sums(im)
     for i in range(im.n_nodes):
@@ -92,11 +92,12 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
             if n.phase_limit_a < INFINITY:
                 cut = 0.0
                 for ph in range(3):
-                    if n.phase_a[d][ph] > n.phase_limit_a:
-                        f = n.phase_limit_a / n.phase_a[d][ph]
+                    lim = fmax(n.phase_import_a[ph] if d == 0 else n.phase_export_a[ph], 0.0)
+                    if n.phase_a[d][ph] > lim:
+                        f = lim / n.phase_a[d][ph]
                         cut += n.phase_w[d][ph] * (1.0 - f)
                         n.phase_w[d][ph] *= f
-                        n.phase_a[d][ph] = n.phase_limit_a
+                        n.phase_a[d][ph] = lim
                 rem[0] -= cut
             w = n.import_headroom_w if d == 0 else n.export_headroom_w
             f = 1.0
@@ -322,19 +323,26 @@ cdef inline double expected_take(const Port* p, bint charging, double give) noex
 
 
 cdef double relieve_overloads(Image* im) noexcept nogil:
-    """Non-EV load above a node's import limit (overload_w, never in Safe State): V2G ports below
-    it discharge to bring it back within the limit, most slack first, each within its own envelope
-    (min SoC, departure energy) and every export headroom and phase limit on its path. The import
-    room above is not credited with it (a vehicle may give less than asked). The total, W >= 0."""
-    cdef int32_t i, k, a, b, bn, worst
+    """Non-EV load above a node's import limit (overload_w) or a phase's current limit (overload_a,
+    per-phase meters), never in Safe State: V2G ports below it discharge to bring it back within
+    the limit, most slack first, each within its own envelope (min SoC, departure energy) and
+    every export headroom and phase limit on its path; a port relieves the phases it is wired to.
+    The import room above is not credited with it (a vehicle may give less than asked). The
+    total, W >= 0."""
+    cdef int32_t i, k, a, b, bn, worst, ph
     cdef double need, give, total = 0.0
     cdef bint overloaded = False
     cdef Port* p
+    cdef Node* n
     for i in range(im.n_ports):
         im.port[i].relief_w = 0.0
     for i in range(im.n_nodes):
-        im.node[i].need_w = im.node[i].overload_w
-        overloaded = overloaded or im.node[i].overload_w > 0.0
+        n = &im.node[i]
+        n.need_w = n.overload_w
+        overloaded = overloaded or n.overload_w > 0.0
+        for ph in range(3):
+            n.need_a[ph] = n.overload_a[ph]
+            overloaded = overloaded or n.overload_a[ph] > 0.0
     if not overloaded:
         return 0.0
     set_keys(im, False)
@@ -350,6 +358,10 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
             if im.node[a].need_w > need:
                 need = im.node[a].need_w
                 worst = a
+            for ph in range(3):
+                if p.phase_mask & (1 << ph) and im.node[a].need_a[ph] * p.watts_per_amp > need:
+                    need = im.node[a].need_a[ph] * p.watts_per_amp
+                    worst = a
         if worst < 0:
             continue
         b = BIND_RELIEF
@@ -359,7 +371,11 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
             continue
         take_room(im, p, False, give)
         for i in range(p.npath):
-            im.node[p.path[i]].need_w -= give
+            n = &im.node[p.path[i]]
+            n.need_w -= give
+            for ph in range(3):
+                if p.phase_mask & (1 << ph):
+                    n.need_a[ph] -= give / p.watts_per_amp
         p.relief_w = give
         p.binding = b
         p.binding_node = bn
@@ -381,11 +397,12 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
         n = &im.node[i]
         n.rem_import_w = n.import_headroom_w - n.overload_w     # < 0: nothing charges below it
         n.rem_export_w = n.export_headroom_w
-        n.rem_phase_a[0] = n.phase_limit_a
-        n.rem_phase_a[1] = n.phase_limit_a
-        n.rem_phase_a[2] = n.phase_limit_a
+        memcpy(n.rem_phase_a, n.phase_export_a, sizeof(n.rem_phase_a))   # relief discharges
         n.alloc_w = 0.0
     relief = relieve_overloads(im)
+    if charging:                # relief is not credited to the import room (see relieve_overloads)
+        for i in range(im.n_nodes):
+            memcpy(im.node[i].rem_phase_a, im.node[i].phase_import_a, sizeof(im.node[i].rem_phase_a))
     set_keys(im, charging)
     sort_ports(im)
 

@@ -245,6 +245,9 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         nr.fleet_w = n.alloc_w
         nr.measured_w = im.input[n.meter].value if input_fresh(im, n.meter) else NAN
         nr.non_ev_w = n.non_ev_w
+        nr.non_ev_phase_a[0] = n.non_ev_phase_a[0]
+        nr.non_ev_phase_a[1] = n.non_ev_phase_a[1]
+        nr.non_ev_phase_a[2] = n.non_ev_phase_a[2]
         nr.derate = n.derate
         nr.temperature_c = n.temperature_c
         nr.binding = n.binding

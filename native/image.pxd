@@ -56,6 +56,9 @@ cdef enum:  # SourceKind
     SRC_NODE_HEATSINK_C = 21     # EVSE heat-sink / power-module temperature
     SRC_NODE_AMBIENT_C = 22      # transformer ambient temperature
     SRC_NODE_TOP_OIL_C = 23      # transformer top-oil temperature (measured)
+    SRC_NODE_POWER_L1_W = 24     # the node meter's active power on L1 (L2, L3 follow), import +
+    SRC_NODE_POWER_L2_W = 25
+    SRC_NODE_POWER_L3_W = 26
     SRC_SITE_FREQUENCY_HZ = 40
     SRC_UPSTREAM_HEARTBEAT = 50
 
@@ -247,6 +250,7 @@ cdef struct NodeRow:
     double fleet_w
     double measured_w
     double non_ev_w
+    double non_ev_phase_a[3]       # non-EV current per phase, import + (NaN: no per-phase meter)
     double derate                  # thermal derate factor applied to the limits (1 = none)
     double temperature_c           # heat sink (EVSE) or hot spot (transformer); NaN if none
     int32_t binding
@@ -353,7 +357,9 @@ cdef struct Node:
     double export_limit_w
     double base_load_min_w       # non-EV load assumed when the meter is stale
     double base_load_max_w
-    double phase_limit_a         # per-phase current limit of the fleet below (INFINITY: none)
+    double phase_limit_a         # per-phase current limit of the flow below (INFINITY: none)
+    double voltage_v             # phase-to-neutral: turns a phase's metered power into its current
+    int32_t phase_meter[3]       # input indices of the meter's per-phase power, or -1
     int32_t heatsink             # input index of the heat-sink temperature, or -1
     double derate_start_c        # heat sink: linear derate from here ...
     double trip_c                # ... to zero here
@@ -364,6 +370,12 @@ cdef struct Node:
     double import_headroom_w
     double export_headroom_w
     double overload_w            # non-EV load above the import limit: what discharge must relieve
+    double fleet_phase_a[3]      # the fleet's measured current per phase, import +
+    double non_ev_phase_a[3]     # held between meter samples; NaN: no per-phase meter or stale
+    double phase_import_a[3]     # per-phase current room for the fleet: charging ...
+    double phase_export_a[3]     # ... and discharging (non-EV load taken into account)
+    double overload_a[3]         # non-EV current above the phase limit: what discharge must relieve
+    double need_a[3]             # arbitration: phase overload still to relieve
     double rem_import_w
     double rem_export_w
     double rem_phase_a[3]

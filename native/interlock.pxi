@@ -366,20 +366,66 @@ cdef void node_derate(Image* im, Node* n, int32_t i) noexcept nogil:
         n.derate = fmin(n.derate, linear_derate(n.temperature_c, n.thermal.derate_start_c, n.thermal.limit_c))
 
 
+cdef void node_phases(Image* im, Node* n, bint total_ok, double lmin, double lmax) noexcept nogil:
+    """The current each phase of a phase-limited node leaves the fleet, charging and discharging.
+
+    With per-phase meters the non-EV current of a phase is its metered power / voltage less the
+    fleet's measured current on it (sampled and held like non_ev_w), and what exceeds the limit is
+    an overload for discharge to relieve. With stale ones every phase is assumed to carry all of
+    the non-EV load's worst case (lmin, lmax: the total meter's reading or base_load_w). Without
+    per-phase meters the limit is the fleet's alone, as configured."""
+    cdef int32_t ph, m
+    cdef double lo, hi, v
+    cdef bint fresh = n.phase_meter[0] >= 0
+    for ph in range(3):
+        n.overload_a[ph] = 0.0
+        if not n.phase_limit_a < INFINITY:
+            n.phase_import_a[ph] = INFINITY
+            n.phase_export_a[ph] = INFINITY
+            continue
+        m = n.phase_meter[ph]
+        if m < 0:
+            lo = 0.0
+            hi = 0.0
+            n.non_ev_phase_a[ph] = NAN
+        elif input_fresh(im, m):
+            v = n.non_ev_phase_a[ph]
+            if im.input[m].applied_cycle == im.cycle or v != v:
+                n.non_ev_phase_a[ph] = im.input[m].value / n.voltage_v - n.fleet_phase_a[ph]
+            lo = n.non_ev_phase_a[ph]
+            hi = lo
+        else:
+            fresh = False
+            n.non_ev_phase_a[ph] = NAN
+            lo = fmin(lmin, 0.0) / n.voltage_v
+            hi = fmax(lmax, 0.0) / n.voltage_v
+        n.phase_import_a[ph] = n.phase_limit_a - hi
+        n.phase_export_a[ph] = n.phase_limit_a + lo
+    if fresh and not im.safe_state:
+        for ph in range(3):
+            if n.phase_import_a[ph] < 0.0:
+                n.overload_a[ph] = -n.phase_import_a[ph]
+
+
 cdef void node_headroom(Image* im) noexcept nogil:
     cdef int32_t i, k
     cdef Node* n
     cdef Port* p
     cdef ActiveCommand* c
     cdef double imp, exp_, lmin, lmax
-    cdef int32_t bi, be
+    cdef int32_t bi, be, ph
     cdef bint ok
     for i in range(im.n_nodes):
         im.node[i].fleet_measured_w = 0.0
+        memset(im.node[i].fleet_phase_a, 0, sizeof(im.node[i].fleet_phase_a))
     for i in range(im.n_ports):
         p = &im.port[i]
         for k in range(p.npath):
-            im.node[p.path[k]].fleet_measured_w += p.measured_w
+            n = &im.node[p.path[k]]
+            n.fleet_measured_w += p.measured_w
+            for ph in range(3):
+                if p.phase_mask & (1 << ph):
+                    n.fleet_phase_a[ph] += p.measured_w / p.watts_per_amp
     im.fleet_measured_w = im.node[0].fleet_measured_w
     for i in range(im.n_nodes):
         n = &im.node[i]
@@ -420,6 +466,7 @@ cdef void node_headroom(Image* im) noexcept nogil:
                 bi = BIND_BASE_LOAD if ok else BIND_STALE_METER
             if lmin < 0.0 and be == BIND_RATING:
                 be = BIND_BASE_LOAD if ok else BIND_STALE_METER
+        node_phases(im, n, ok, lmin, lmax)
         node_derate(im, n, i)
         if n.derate < 1.0:
             imp *= n.derate

@@ -378,7 +378,10 @@ def parse(text: str, path: str = "<string>") -> Site:
         exp = sec.get_float("export_limit_w", exp_default, minval=0, maxval=1e9, unit="W")
         meter_age = sec.get_float("meter_max_age_s", None, above=0, maxval=3600, unit="s") if not is_evse else None
         base = sec.get_pair("base_load_w", (0.0, 0.0), unit="W") if not is_evse else (0.0, 0.0)
-        extra = {"phase_limit_a": sec.get_float("phase_limit_a", math.inf, above=0, unit="A", allow_inf=True)}
+        extra = {"phase_limit_a": sec.get_float("phase_limit_a", math.inf, above=0, unit="A", allow_inf=True),
+                 "voltage_v": sec.get_float("voltage_v", 230.0, minval=100, maxval=1000, unit="V")}
+        if not is_evse:
+            extra["meter_phases"] = sec.get_bool("meter_phases", False)
         if is_evse:
             if sec.raw.get("link") == "plc":
                 sec.mark_read("link")
@@ -387,7 +390,6 @@ def parse(text: str, path: str = "<string>") -> Site:
             extra.update(
                 link=sec.get_str("link", "sim", choices=LINK_KINDS) if sec.raw.get("link") != "plc" else "sim",
                 phases=sec.get_str("phases", "L1L2L3", choices=tuple(PHASES)),
-                voltage_v=sec.get_float("voltage_v", 230.0, minval=100, maxval=1000, unit="V"),
                 heatsink_c=sec.get_pair("heatsink_derate_c", None, unit="C"),
                 heatsink_max_age_s=sec.get_float("heatsink_max_age_s", 5.0, above=0, maxval=3600, unit="s"),
                 contactor_feedback=sec.get_bool("contactor_feedback", False),

@@ -161,7 +161,7 @@ class Controller:
         for n in site.ordered_nodes():
             lo, hi = n.base_load_w
             index[n.id] = core.add_node(n.kind, index[n.parent] if n.parent else -1,
-                                        n.import_limit_w, n.export_limit_w, lo, hi, n.phase_limit_a)
+                                        n.import_limit_w, n.export_limit_w, lo, hi, n.phase_limit_a, n.voltage_v)
             if n.heatsink_c:
                 core.set_heatsink_derate(index[n.id], *n.heatsink_c)
             if n.thermal:        # the model's parameters: every field but the sensors' max ages

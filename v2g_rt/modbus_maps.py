@@ -47,7 +47,8 @@ WORD_ORDERS = ("big", "little")
 NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
 # Values with a meaning for the controller; others are read and shown (`v2g-rt modbus read`) only.
 POWER, FREQUENCY, SOC, STATE = "power_w", "frequency_hz", "soc", "state"
-UNIT_OF = {POWER: "W", FREQUENCY: "Hz", SOC: "%"}
+PHASE_POWERS = ("power_l1_w", "power_l2_w", "power_l3_w")   # a meter's per phase (meter_phases)
+UNIT_OF = {POWER: "W", FREQUENCY: "Hz", SOC: "%", **{v: "W" for v in PHASE_POWERS}}
 WRITABLE = ("int16", "uint16", "int32", "uint32")     # setpoint and timeout registers
 
 
@@ -369,7 +370,7 @@ def _point(v: dict, addressing: str, order: str, label: str, where: str) -> Poin
     unit = v.get("unit")
     _expect(unit in UNITS, label, where, f"unit: expected one of {', '.join(repr(u) for u in UNITS)}, found {unit!r}")
     _expect(UNIT_OF.get(name, unit) == unit, label, where, f"{name} is in {UNIT_OF.get(name)}, found unit {unit!r}")
-    prio = v.get("priority", "high" if name == POWER else "low")
+    prio = v.get("priority", "high" if name == POWER or name in PHASE_POWERS else "low")
     _expect(prio in PRIORITIES, label, where, f"priority: expected high or low, found {prio!r}")
     wo = v.get("word_order", order)
     _expect(wo in WORD_ORDERS, label, where, f"word_order: expected big or little, found {wo!r}")

@@ -54,9 +54,10 @@ class Node:
     meter_max_age_s: float | None = None    # None: this node has no power meter
     base_load_w: tuple[float, float] = (0.0, 0.0)  # non-EV load range assumed while the meter is stale
     link: str | None = None                 # EVSEs: how setpoints reach it
-    phase_limit_a: float = math.inf         # per-phase current limit of the fleet below
+    phase_limit_a: float = math.inf         # per-phase current limit of the flow below
     phases: str = "L1L2L3"                  # EVSEs: the site phases its ports draw from
-    voltage_v: float = 230.0                # EVSEs: phase-to-neutral voltage
+    voltage_v: float = 230.0                # phase-to-neutral voltage
+    meter_phases: bool = False              # its meter also gives each phase's power (node/ID/power_lK_w)
     heatsink_c: tuple[float, float] | None = None   # EVSEs: derate start and trip (has a sensor)
     heatsink_max_age_s: float = 5.0
     contactor_feedback: bool = False        # EVSEs: ports report contactor state (GPIO)
@@ -206,7 +207,8 @@ def port_source(port_id: str, kind: str) -> str:
 
 
 def node_source(node_id: str, quantity: str) -> str:
-    """node/ID/QUANTITY: power_w (its meter), heatsink_c, ambient_c, top_oil_c."""
+    """node/ID/QUANTITY: power_w (its meter), power_l1_w .. power_l3_w (its meter's phases), heatsink_c,
+    ambient_c, top_oil_c."""
     return f"node/{node_id}/{quantity}"
 
 
@@ -235,6 +237,9 @@ def source_specs(site: Site) -> list[tuple[str, str, str, float]]:
     for n in site.nodes:
         if n.meter_max_age_s is not None:
             out.append((node_source(n.id, "power_w"), "node_power_w", n.id, n.meter_max_age_s))
+            if n.meter_phases:
+                out += [(node_source(n.id, f"power_l{k}_w"), f"node_power_l{k}_w", n.id, n.meter_max_age_s)
+                        for k in (1, 2, 3)]
         if n.heatsink_c:
             out.append((node_source(n.id, "heatsink_c"), "heatsink_c", n.id, n.heatsink_max_age_s))
         if n.thermal and n.thermal.ambient_max_age_s:
@@ -292,6 +297,8 @@ def check(site: Site) -> list[Problem]:
     for n in site.nodes:
         if n.kind == "evse" and n.phases not in PHASES:
             out.append(Problem(_section(n), "phases", f"expected one of {', '.join(PHASES)}, found {n.phases!r}"))
+        if n.meter_phases and n.meter_max_age_s is None:
+            out.append(Problem(_section(n), "meter_phases", "true needs the node's meter: set meter_max_age_s"))
         if n.heatsink_c and not n.heatsink_c[0] < n.heatsink_c[1]:
             out.append(Problem(_section(n), "heatsink_derate_c", f"expected [start, trip] with start < trip, found {list(n.heatsink_c)}"))
         if n.thermal and not n.thermal.derate_start_c < n.thermal.limit_c:

@@ -86,6 +86,27 @@ def test_sunspec_meter_power_change_reaches_the_loop(tmp_path):
         assert rig.dev("main")["errors"] == {}
 
 
+def test_a_meter_with_phases_feeds_each_phase_and_the_loop_derives_the_non_ev_currents(tmp_path):
+    site = SITE.replace("base_load_w = [0, 50000]", "base_load_w = [0, 50000]\nphase_limit_a = 63\nmeter_phases = true")
+    with MeterPeer("sunspec", model=203, power_w=13_800) as peer, \
+            Rig(tmp_path, meter("main", peer.port), site=site) as rig:
+        peer.set_power(13_800, (6_900.0, 4_600.0, 2_300.0))
+        row = lambda: rig.ctrl.snapshot().node("grid")       # noqa: E731
+        rig.until(lambda: row()["non_ev_l1_a"] == pytest.approx(30.0), "the per-phase readings")
+        assert (row()["non_ev_l2_a"], row()["non_ev_l3_a"]) == pytest.approx((20.0, 10.0))
+        assert rig.ctrl.latest("node/grid/power_l1_w")[0] == pytest.approx(6_900.0)
+
+
+def test_meter_phases_needs_a_meter_and_a_map_with_the_phases(tmp_path):
+    site = SITE.replace("meter_max_age_s = 2\nbase_load_w", "meter_phases = true\nbase_load_w")
+    with pytest.raises(ConfigError) as e:
+        config.parse(site, "site.toml")
+    assert any(p.option == "meter_phases" and "meter_max_age_s" in p.message for p in e.value.problems)
+    site = SITE.replace("base_load_w = [0, 50000]", "base_load_w = [0, 50000]\nmeter_phases = true")
+    got = _problems(tmp_path, meter("main", 502, "simple-meter"), site=site)
+    assert any("[modbus.main] map" in p and "power_l1_w, power_l2_w, power_l3_w" in p for p in got), got
+
+
 def test_sunspec_float_meter(tmp_path):
     with MeterPeer("sunspec", model=213, power_w=4321.5) as peer, Rig(tmp_path, meter("main", peer.port)) as rig:
         rig.until(lambda: rig.measured() == pytest.approx(4321.5), "a float reading")
@@ -182,11 +203,11 @@ def test_malformed_answers_are_named_and_never_data(tmp_path, misbehaviour):
 
 # ------------------------------------------------------------------ config
 
-def _problems(tmp_path, section, map_doc=None):
+def _problems(tmp_path, section, map_doc=None, site=SITE):
     if map_doc is not None:
         (tmp_path / "m.json").write_text(map_doc)
     path = tmp_path / "site.toml"
-    path.write_text(SITE + section)
+    path.write_text(site + section)
     with pytest.raises(ConfigError) as e:
         config.load(path)
     return [str(p) for p in e.value.problems]

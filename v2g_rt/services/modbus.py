@@ -10,8 +10,8 @@ counted per device and shown in `status`; nothing but a decoded, implemented val
 gate, stamped with the time its request was sent. A meter that stops answering simply stops
 feeding its source, which goes stale after its max age, and the interlock assumes the worst case.
 
-A meter (role "meter") feeds node/<node>/power_w, and grid/frequency_hz when the node is the
-site's grid connection. An EVSE (role "evse", an EVSE node with link = "modbus") is driven through
+A meter (role "meter") feeds node/<node>/power_w, its phases' node/<node>/power_l1_w .. l3_w when
+the node has meter_phases = true, and grid/frequency_hz when the node is the site's grid connection. An EVSE (role "evse", an EVSE node with link = "modbus") is driven through
 its vendor's map (hw/modbus/evse/): at each connect the map's setup registers and the charger's own
 communication timeout (output_hold_s: its dead-man) are written; then its port's output from the
 output mailbox is written on change and every keepalive_ms, between the polls that read its power,
@@ -86,6 +86,11 @@ def check_config(cf, site) -> list[ModbusConfig]:
                 register_map = None if where == maps.SUNSPEC else maps.load(where)
                 if register_map is not None and register_map.point(maps.POWER) is None and role == "meter":
                     sec.problem("map", f"{where}: a meter's map needs a value named {maps.POWER!r} (active power, W)")
+                metered = next((n for n in site.nodes if n.id == node), None)
+                missing = [v for v in maps.PHASE_POWERS if register_map is not None and not register_map.point(v)]
+                if role == "meter" and metered is not None and metered.meter_phases and missing:
+                    sec.problem("map", f"{where}: [node.{node}] meter_phases = true needs the values "
+                                       f"{', '.join(missing)} (active power per phase, W) in the meter's map")
             except maps.MapError as e:
                 sec.problem("map", str(e), "ERR_CONFIG_MODBUS_MAP")
         cfg = ModbusConfig(name, role, host, port, unit, map_option, where, period_s, node, register_map)
@@ -162,6 +167,12 @@ def evse_sources(cfg: ModbusConfig) -> dict[str, str]:
     return {name: port_source(cfg.port_id, kind) for name, kind in out.items()}
 
 
+def meter_phases(cfg: ModbusConfig, site) -> bool:
+    """The meter's node takes its per-phase power (meter_phases = true)."""
+    node = next((n for n in site.nodes if n.id == cfg.node), None)
+    return cfg.role == "meter" and node is not None and node.meter_phases
+
+
 def feeds(site) -> list:
     from ..devices import Feed
     out = []
@@ -173,6 +184,9 @@ def feeds(site) -> list:
             continue
         out.append(Feed(node_source(cfg.node, "power_w"), f"{SECTION}.{cfg.name}", "node", ("node_power_w",),
                         "a meter's active power (a metered node has meter_max_age_s)"))
+        if meter_phases(cfg, site):
+            out += [Feed(node_source(cfg.node, v), f"{SECTION}.{cfg.name}", "node", (f"node_{v}",),
+                         "a meter's active power per phase") for v in maps.PHASE_POWERS]
         if feeds_frequency(cfg, site):
             out.append(Feed(FREQUENCY_SOURCE, f"{SECTION}.{cfg.name}", "map", ("frequency_hz",), "a meter's frequency"))
     return out
@@ -578,6 +592,8 @@ class ModbusService(AsyncService):
                 self.devices.append(EvseDevice(cfg, ctrl))
                 continue
             sources = {maps.POWER: node_source(cfg.node, "power_w")}
+            if meter_phases(cfg, site):
+                sources.update({v: node_source(cfg.node, v) for v in maps.PHASE_POWERS})
             if feeds_frequency(cfg, site):
                 sources[maps.FREQUENCY] = FREQUENCY_SOURCE
             self.devices.append(Device(cfg, ctrl, sources))

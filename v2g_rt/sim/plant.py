@@ -19,13 +19,14 @@ import numpy as np
 from .. import _core
 from ..config import _show, is_number
 from ..controller import Controller
-from ..site import Site, node_source, port_source, upstream_heartbeat
+from ..site import PHASES, Site, node_source, port_source, upstream_heartbeat
 
 SECTION = "sim"          # [sim]: the simulated site's plant
 
 S = 1_000_000_000
 FAULT_BITS = _core.FAULTS
 TAPER_FROM_SOC = 0.8           # EVs charge at full power up to 80 %, then taper linearly to 0 at 100 %
+BASE_PHASE_SHARE = (0.45, 0.30, 0.25)   # a building's load is never balanced: L1 carries the most
 FREE = "free"                  # schedule value: no setpoint, the default profile applies
 
 
@@ -204,6 +205,15 @@ class Plant:
         self.exp = np.array([nd.export_limit_w for nd in site.nodes])
         self.root = next(i for i, nd in enumerate(site.nodes) if nd.parent is None)
         self.meter = next((node_source(nd.id, "power_w") for nd in site.nodes if nd.parent is None and nd.meter_max_age_s), None)
+        # a meter with phases: the building's load unbalanced (BASE_PHASE_SHARE), each port's power
+        # spread over the phases its EVSE is wired to
+        root = site.nodes[self.root]
+        self.phase_meter = [node_source(root.id, f"power_l{k}_w") for k in (1, 2, 3)] \
+            if root.meter_max_age_s and root.meter_phases else []
+        mask = np.array([[PHASES[site.node(p.evse).phases] >> k & 1 for k in range(3)] for p in site.ports], float)
+        self.phase_share = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+        self.port_amps = self.phase_share / np.array([site.node(p.evse).voltage_v for p in site.ports])[:, None]
+        self.phase_limited = [(i, nd) for i, nd in enumerate(site.nodes) if math.isfinite(nd.phase_limit_a)]
         self.heartbeat = upstream_heartbeat(cfg.dms_upstream)
         if self.heartbeat not in ctrl.sources:
             self.heartbeat = None
@@ -355,10 +365,16 @@ class Plant:
         for name, bit in FAULT_BITS.items():
             for j in np.flatnonzero(snap.ports["faults"] & bit):
                 self.faults_seen.setdefault(name, set()).add(self.site.ports[j].id)
-        for i in np.flatnonzero(over > 1.0):
+        violations = [(self.site.nodes[i].id, float(over[i])) for i in np.flatnonzero(over > 1.0)]
+        for i, nd in self.phase_limited:                       # per phase, in A
+            amps = self.below[i] @ (p[:, None] * self.port_amps)
+            if i == self.root:
+                amps = amps + self.base_w * np.array(BASE_PHASE_SHARE) / nd.voltage_v
+            violations += [(f"{nd.id}/L{k + 1}", (abs(a) - nd.phase_limit_a) * nd.voltage_v)
+                           for k, a in enumerate(amps) if abs(a) > nd.phase_limit_a + 0.01]
+        for nid, w in violations:
             b.limit_violations += 1
-            b.worst_violation_w = max(b.worst_violation_w, float(over[i]))
-            nid = self.site.nodes[i].id
+            b.worst_violation_w = max(b.worst_violation_w, w)
             b.violations_by_node[nid] = b.violations_by_node.get(nid, 0) + 1
         self.last_snapshot = snap
 
@@ -437,6 +453,8 @@ class Plant:
         self.base_w = self.base_load(t_ns)
         if self.meter:
             self.ctrl.measure(self.meter, self.base_w + float(self.power.sum()), t_ns)
+        for k, source in enumerate(self.phase_meter):
+            self.ctrl.measure(source, self.base_w * BASE_PHASE_SHARE[k] + float(self.power @ self.phase_share[:, k]), t_ns)
         self.ctrl.measure("grid/frequency_hz", self.frequency(t_ns), t_ns)
         if self.heartbeat and self.dms_up(t_ns):
             self.ctrl.measure(self.heartbeat, 1.0, t_ns)
