@@ -11,7 +11,7 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
 from libc.stdlib cimport free
 from libc.string cimport memset
 from libc.errno cimport errno, EPERM, EINVAL
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, NAN
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy, strlen
 from posix.unistd cimport write, close, read
@@ -470,6 +470,7 @@ cdef class Core:
                  double voltage_v=230.0):
         self._check_open()
         cdef int32_t i = self.im.n_nodes
+        cdef int k
         if i >= MAX_NODES:
             raise ValueError(f"more than {MAX_NODES} nodes")
         if (i == 0) != (parent == -1) or parent >= i:
@@ -489,7 +490,9 @@ cdef class Core:
         if not voltage_v > 0.0:
             raise ValueError(f"node voltage {voltage_v} V: expected > 0")
         n.voltage_v = voltage_v
-        n.phase_meter[0] = n.phase_meter[1] = n.phase_meter[2] = -1
+        for k in range(3):
+            n.phase_meter[k] = -1
+            n.non_ev_phase_a[k] = NAN
         n.heatsink = -1
         n.derate_start_c = 70.0
         n.trip_c = 90.0

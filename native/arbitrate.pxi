@@ -340,9 +340,10 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
         n = &im.node[i]
         n.need_w = n.overload_w
         overloaded = overloaded or n.overload_w > 0.0
-        for ph in range(3):
-            n.need_a[ph] = n.overload_a[ph]
-            overloaded = overloaded or n.overload_a[ph] > 0.0
+        if n.phase_limit_a < INFINITY:
+            for ph in range(3):
+                n.need_a[ph] = n.overload_a[ph]
+                overloaded = overloaded or n.overload_a[ph] > 0.0
     if not overloaded:
         return 0.0
     set_keys(im, False)
@@ -358,10 +359,11 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
             if im.node[a].need_w > need:
                 need = im.node[a].need_w
                 worst = a
-            for ph in range(3):
-                if p.phase_mask & (1 << ph) and im.node[a].need_a[ph] * p.watts_per_amp > need:
-                    need = im.node[a].need_a[ph] * p.watts_per_amp
-                    worst = a
+            if im.node[a].phase_limit_a < INFINITY:
+                for ph in range(3):
+                    if p.phase_mask & (1 << ph) and im.node[a].need_a[ph] * p.watts_per_amp > need:
+                        need = im.node[a].need_a[ph] * p.watts_per_amp
+                        worst = a
         if worst < 0:
             continue
         b = BIND_RELIEF
@@ -373,9 +375,10 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
         for i in range(p.npath):
             n = &im.node[p.path[i]]
             n.need_w -= give
-            for ph in range(3):
-                if p.phase_mask & (1 << ph):
-                    n.need_a[ph] -= give / p.watts_per_amp
+            if n.phase_limit_a < INFINITY:
+                for ph in range(3):
+                    if p.phase_mask & (1 << ph):
+                        n.need_a[ph] -= give / p.watts_per_amp
         p.relief_w = give
         p.binding = b
         p.binding_node = bn
@@ -397,12 +400,15 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
         n = &im.node[i]
         n.rem_import_w = n.import_headroom_w - n.overload_w     # < 0: nothing charges below it
         n.rem_export_w = n.export_headroom_w
-        memcpy(n.rem_phase_a, n.phase_export_a, sizeof(n.rem_phase_a))   # relief discharges
+        if n.phase_limit_a < INFINITY:
+            memcpy(n.rem_phase_a, n.phase_export_a, sizeof(n.rem_phase_a))   # relief discharges
         n.alloc_w = 0.0
     relief = relieve_overloads(im)
     if charging:                # relief is not credited to the import room (see relieve_overloads)
         for i in range(im.n_nodes):
-            memcpy(im.node[i].rem_phase_a, im.node[i].phase_import_a, sizeof(im.node[i].rem_phase_a))
+            n = &im.node[i]
+            if n.phase_limit_a < INFINITY:
+                memcpy(n.rem_phase_a, n.phase_import_a, sizeof(n.rem_phase_a))
     set_keys(im, charging)
     sort_ports(im)
 

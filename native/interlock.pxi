@@ -366,8 +366,9 @@ cdef void node_derate(Image* im, Node* n, int32_t i) noexcept nogil:
         n.derate = fmin(n.derate, linear_derate(n.temperature_c, n.thermal.derate_start_c, n.thermal.limit_c))
 
 
-cdef void node_phases(Image* im, Node* n, bint total_ok, double lmin, double lmax) noexcept nogil:
-    """The current each phase of a phase-limited node leaves the fleet, charging and discharging.
+cdef void node_phases(Image* im, Node* n, double lmin, double lmax) noexcept nogil:
+    """The current each phase of a phase-limited node leaves the fleet, charging and discharging
+    (nothing reads the phases of a node without a phase limit).
 
     With per-phase meters the non-EV current of a phase is its metered power / voltage less the
     fleet's measured current on it (sampled and held like non_ev_w), and what exceeds the limit is
@@ -379,10 +380,6 @@ cdef void node_phases(Image* im, Node* n, bint total_ok, double lmin, double lma
     cdef bint fresh = n.phase_meter[0] >= 0
     for ph in range(3):
         n.overload_a[ph] = 0.0
-        if not n.phase_limit_a < INFINITY:
-            n.phase_import_a[ph] = INFINITY
-            n.phase_export_a[ph] = INFINITY
-            continue
         m = n.phase_meter[ph]
         if m < 0:
             lo = 0.0
@@ -423,9 +420,10 @@ cdef void node_headroom(Image* im) noexcept nogil:
         for k in range(p.npath):
             n = &im.node[p.path[k]]
             n.fleet_measured_w += p.measured_w
-            for ph in range(3):
-                if p.phase_mask & (1 << ph):
-                    n.fleet_phase_a[ph] += p.measured_w / p.watts_per_amp
+            if n.phase_meter[0] >= 0:        # only per-phase meters need the fleet's phase currents
+                for ph in range(3):
+                    if p.phase_mask & (1 << ph):
+                        n.fleet_phase_a[ph] += p.measured_w / p.watts_per_amp
     im.fleet_measured_w = im.node[0].fleet_measured_w
     for i in range(im.n_nodes):
         n = &im.node[i]
@@ -466,7 +464,8 @@ cdef void node_headroom(Image* im) noexcept nogil:
                 bi = BIND_BASE_LOAD if ok else BIND_STALE_METER
             if lmin < 0.0 and be == BIND_RATING:
                 be = BIND_BASE_LOAD if ok else BIND_STALE_METER
-        node_phases(im, n, ok, lmin, lmax)
+        if n.phase_limit_a < INFINITY:
+            node_phases(im, n, lmin, lmax)
         node_derate(im, n, i)
         if n.derate < 1.0:
             imp *= n.derate
