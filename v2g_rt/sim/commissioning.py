@@ -12,6 +12,11 @@ inject miswires the plant, as an installer might:
   swapped-phases  at two ports (the first ports of the first two EVSEs) L1 and L2 are swapped
   dead-channel    a simulated analog channel: an SPI ADC input's wire cut (a 4-20 mA one first; else an I2C
                   sensor stuck): it reads the same, or nothing, whatever its reference says
+  welded-contactor  the first GPIO-wired contactor's contacts weld: it closes, and never opens again
+
+The far sides faster than a plant step (GPIO contactors, PLC modems, pwmchips and the pilots'
+test boxes on the SPI ADC) act every PEER_POLL_S, with the I/O jobs: a pilot's CP voltage is
+read every few ms and goes stale within pilot_max_age_s.
 """
 from __future__ import annotations
 
@@ -24,10 +29,10 @@ from ..site import PHASES, Site
 from .drive import SIMULATE_PERIOD_S, plant_config
 from .peers import attach
 from .peers.modbus import MeterPeer
-from .plant import FREE, Plant
+from .plant import FREE, PEER_POLL_S, Plant
 
 S = 1_000_000_000
-INJECTS = ("reversed-ct", "swapped-phases", "dead-channel")
+INJECTS = ("reversed-ct", "swapped-phases", "dead-channel", "welded-contactor")
 
 
 def first_phase(phases: str) -> int:
@@ -87,6 +92,11 @@ class SimSite:
             raise
         cfg = self.plant.cfg
         self.cycles = max(1, round(cfg.step_s * S) // site.period_ns)
+        self.chips = self.devices.pwm_peer
+        if self.chips:
+            self.chips.by_hand()
+        fast = self.plant.fast_peers or self.chips is not None          # pilots: their CPs go stale fast
+        self.chunk = max(1, round(PEER_POLL_S * S) // site.period_ns) if fast else self.cycles
 
     def _miswire(self, inject: str | None) -> None:
         site = self.site
@@ -109,6 +119,11 @@ class SimSite:
             else:
                 raise ValueError("dead-channel: this site has no simulated analog channel (a sim [spi.NAME] or "
                                  "[i2c.NAME])")
+        if inject == "welded-contactor":
+            contactors = self.devices.gpio_peer.contactors if self.devices.gpio_peer else {}
+            if not contactors:
+                raise ValueError("welded-contactor: this site has no simulated GPIO contactor (sim [gpio.NAME] lines)")
+            contactors[next(p.id for p in site.ports if p.id in contactors)].weld()
 
     def now_ns(self) -> int:
         return self.t
@@ -118,12 +133,21 @@ class SimSite:
         step_ns = self.cycles * self.site.period_ns
         end = self.t + round(seconds * S)
         while self.t < end:
-            self.ctrl.run_steps(self.cycles)
+            for k in range(0, self.cycles, self.chunk):
+                self.ctrl.run_steps(min(self.chunk, self.cycles - k))
+                if self.chunk < self.cycles:
+                    self.poll_fast()
             self.plant.advance(self.t, step_ns / S)
             self.t += step_ns
             self.plant.events(self.t)
             self.plant.publish(self.t)
             self.ctrl.poll_io()
+
+    def poll_fast(self) -> None:
+        self.plant.poll_peers(self.ctrl.now_ns())
+        self.ctrl.poll_io()
+        if self.chips:
+            self.chips.serve()
 
     def meter_config(self) -> ModbusConfig:
         root = next(n.id for n in self.site.nodes if n.parent is None)

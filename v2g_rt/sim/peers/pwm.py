@@ -41,6 +41,12 @@ class SimPwmChips:
         cfg = self.configs[port]
         return os.path.join(self.chip(cfg), f"pwm{cfg.channel}", attr)
 
+    def by_hand(self) -> None:
+        """No watcher thread from now on: the caller serves (virtual time, where the chip must
+        answer between two I/O passes, deterministically)."""
+        self.stopping.set()
+        self.thread.join()
+
     def _run(self) -> None:
         while not self.stopping.wait(0.001):
             self.serve()

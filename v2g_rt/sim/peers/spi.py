@@ -5,8 +5,9 @@ the frames the native I/O thread sends; this answers them as the chip does: each
 command selects the channel converted next, and the result of the previous selection comes
 back in bytes 2-3 of the frame, MSB first. What the inputs carry is set per source: an
 engineering value (through the channel's own range, shunt and divider), a loop current, a
-voltage, a control pilot's levels and duty, a broken wire; an ADC can also stop answering
-(a stuck transfer: ETIMEDOUT).
+voltage, a control pilot's levels and duty, a vehicle or test box plugged into a pilot (its
+levels follow the EVSE's PWM), a broken wire; an ADC can also stop answering (a stuck transfer:
+ETIMEDOUT).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import errno
 import threading
 
 from ...devices.spi import BIPOLAR, UNIPOLAR, signal_of
+
+CP_LEVELS = {"A": 12.0, "B": 9.0, "C": 6.0, "D": 3.0, "E": 0.0, "F": -12.0}   # IEC 61851-1, at the EVSE
 
 
 class SimAdcs:
@@ -25,6 +28,7 @@ class SimAdcs:
         self.stuck: set[str] = set()                             # ADCs whose transfers time out
         self.held: set[str] = set()          # sources a reference (loop calibrator, voltage source) drives
         self.dead: set[str] = set()          # sources whose wire is cut (fault injection): nothing moves them
+        self.plugged: dict[str, tuple] = {}  # CP source -> (state, the EVSE's duty %, the levels found)
         self.lock = threading.Lock()
         for cfg in configs:
             self.channels[cfg.adc, cfg.channel] = cfg
@@ -66,6 +70,28 @@ class SimAdcs:
         r = self.by_source[source].ratio
         self._set(source, high_v / r, (high_v if low_v is None else low_v) / r, duty)
 
+    def plug(self, source: str, state: str | None, duty=None) -> None:
+        """A vehicle or test box on a control pilot in IEC 61851-1 state (A-F); None unplugs it and
+        the levels it found come back. Its high level is the state's; in B, C or D, while duty()
+        (the duty in % the EVSE's PWM runs, None when off) is below 100, the rest of each period
+        is at -12 V through its diode."""
+        cfg = self.by_source[source]
+        with self.lock:
+            if state is None:
+                if source in self.plugged:
+                    self.levels[cfg.adc, cfg.channel] = self.plugged.pop(source)[2]
+                return
+            found = self.plugged[source][2] if source in self.plugged else self.levels[cfg.adc, cfg.channel]
+            self.plugged[source] = (state, duty, found)
+
+    def _pilot_levels(self, cfg) -> tuple[float, float, float]:
+        state, duty, _ = self.plugged[cfg.source]
+        high = CP_LEVELS[state] / cfg.ratio
+        pct = duty() if duty is not None and state in "BCD" else None
+        if pct is None or not 0.0 < pct < 100.0:
+            return high, high, 1.0
+        return high, -12.0 / cfg.ratio, pct / 100.0
+
     def break_wire(self, source: str) -> None:
         self.set_current_ma(source, 0.0)
 
@@ -103,6 +129,10 @@ class SimAdcs:
         n = len(tx) // 4
         rx = bytearray(len(tx))
         with self.lock:
+            for src in self.plugged:
+                cfg = self.by_source[src]
+                if cfg.adc == adc:
+                    self.levels[adc, cfg.channel] = self._pilot_levels(cfg)
             for k in range(n):
                 prev = self.selected.get(adc)
                 cfg = self.channels.get((adc, prev)) if prev is not None else None
