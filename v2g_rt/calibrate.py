@@ -33,17 +33,28 @@ engineer would have read off the reference instrument; it acts even when the fil
 else at the terminal. An answer
 outside the question's range is refused with the reason (ERR_CALIBRATION_ANSWER).
 
-Generic steps for kinds to wire to their channels: analog_zero_span (a channel against a zero
-and a span reference), duty_readback (a commanded PWM duty against the engineer's logic
-analyser) and contactor_cycle (close and open with the feedback, only in CP state A, with no
-vehicle, or with a test box the engineer confirms). Wiring a kind, for example:
+Generic steps a kind wires to its devices: analog_zero_span (a channel against a zero and a
+span reference), duty_readback (a commanded PWM duty against its sysfs read-back and the
+engineer's logic analyser) and contactor_cycle (open, close, open with the feedback, never with
+a vehicle). Helpers: pilot_test_box (a test box in state C at a direct-wired port, confirmed by
+the engineer, read as C by the controller; never a vehicle), port_alone (one port in service
+under a given fleet setpoint, the rest as isolate_ports left them) and Bench.cp_state. Wired:
 
-    spi   (wired: v2g_rt.devices.spi.calibration_steps) each 4-20 mA or 0-10 V channel against
-          a loop calibrator or a voltage reference, in mA or V (to_unit), held by the sim ADC
-    pwm   duty_readback(f"pwm.{name}.duty", what, set_duty=<command a duty, return the sysfs
-          read-back>, measured=<the sim PWM far side's measured duty> or None)
-    gpio  contactor_cycle(f"gpio.{name}.cycle", what, command=<drive the output>, feedback=<the
-          debounced input>, cp_state=<the port's CP state from the SPI ADC> or None)
+    spi   v2g_rt.devices.spi.calibration_steps: each 4-20 mA or 0-10 V channel against a loop
+          calibrator or a voltage reference, in mA or V (to_unit), held by the sim ADC
+    pwm   v2g_rt.devices.pwm.calibration_steps: per pilot, with a test box in state C, the port
+          alone in service at 6, 18, 30 (and 65) A through the fleet setpoint, so the loop sets
+          the duty as for any setpoint: the I/O thread's sysfs read-back and the logic analyser
+          (sim: the sim pwmchip's files) within one pilot quantum of the map (v2g_rt.pilot)
+    gpio  v2g_rt.devices.gpio.calibration_steps: per port's drive and feedback lines, closed
+          and opened by the interlock itself (the port in and out of service at 0 W, a pilot's
+          test box in state C): calibrate never drives a line (see that function for why)
+
+A site is simulated (simulated_site: the plant plays it, in virtual time) when the plant plays
+an EVSE link or every port is a direct-wired one with a sim pilot. There the test boxes are the
+far sides': a pilot's plugs into the SPI ADC far side (SimAdcs.plug, its CP following the sim
+pwmchip's PWM) and out again after its step; a site without a meter at its root has none to
+read there either (the meter step says so).
 """
 from __future__ import annotations
 
@@ -55,9 +66,11 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _core
 from . import devices as device_kinds
 from .errors import V2GError
 from .site import PHASES, Site, port_source
@@ -252,6 +265,14 @@ class Bench:
         self.asked.setdefault(step_id, {})[q.key] = value
         return value
 
+    def cp_state(self, port: str) -> str | None:
+        """The port's control pilot state (A-F) as the controller reads it now; None without a
+        fresh reading, or between two states."""
+        got = self.ctrl.latest(port_source(port, "cp_v"))
+        if got is None or self.ctrl.now_ns() - got[1] > self.site.control.pilot_max_age_s * 1e9:
+            return None
+        return _core.cp_level_state(got[0])
+
     def command(self, kind: str, **fields) -> None:
         """A command through the controller's own path (validated, interlock applies)."""
         self._ids += 1
@@ -354,33 +375,64 @@ def duty_readback(step_id: str, what: str, set_duty: Callable[[float], float], d
 
 
 def contactor_cycle(step_id: str, what: str, command: Callable[[bool], None], feedback: Callable[[], bool | None],
-                    cp_state: Callable[[], str | None] | None = None, settle_s: float = 0.5,
-                    confirm_sim: Callable[[], bool] | None = None) -> Step:
-    """Close then open a contactor, its feedback following each within settle_s. Only in CP state
-    A (no vehicle; cp_state() where the port has a pilot) or with a test box the engineer confirms;
-    the contactor is left open whatever happens."""
+                    settle_s: float = 0.5, ready: Callable[[Bench], Verdict | None] | None = None,
+                    confirm_sim: Callable[[], bool] | None = None, section: str = "") -> Step:
+    """Open, close and open a contactor: command(closed) switches it, feedback() (True closed, False
+    open, None not known) must follow each within settle_s; it is left open whatever happens.
+    Never with a vehicle: ready(bench) is the precondition, None when it is met, else the verdict
+    that refuses (a pilot's port: pilot_test_box); without one the engineer confirms that no
+    vehicle is connected (a test box may be; confirm_sim: the sim far side's answer)."""
 
     def run(bench: Bench) -> Verdict:
-        state = cp_state() if cp_state else None
-        if state not in (None, "A"):
-            return Verdict.fail("ERR_CALIBRATION_CONTACTOR", f"{what}: CP state {state}, a vehicle is connected; "
-                                                             f"unplug it (state A) first")
-        if state is None and not bench.ask(step_id, Question("no_vehicle", f"{what}: no vehicle is connected, or a "
-                                                             f"test box is (yes/no)", confirm=True, sim=confirm_sim)):
+        if ready is not None:
+            refused = ready(bench)
+            if refused is not None:
+                return refused
+        elif not bench.ask(step_id, Question("no_vehicle", f"{what}: no vehicle is connected, or a test box is "
+                                             f"(yes/no)", confirm=True, sim=confirm_sim)):
             return Verdict.fail("ERR_CALIBRATION_CONTACTOR", f"{what}: not confirmed free of a vehicle; not switched")
         try:
-            for closed in (True, False):
+            for closed in (False, True, False):
                 command(closed)
                 bench.settle(settle_s)
                 got = feedback()
                 if got is not closed:
                     return Verdict.fail("ERR_CALIBRATION_CONTACTOR", f"{what}: commanded {'closed' if closed else 'open'}"
                                         f", feedback {'none' if got is None else 'closed' if got else 'open'} after "
-                                        f"{settle_s:g} s")
+                                        f"{settle_s:g} s" + (": welded contacts, or the feedback wired to another "
+                                                             "contactor" if got and not closed else ""))
         finally:
             command(False)
-        return Verdict(True, "closes and opens with its feedback")
+        return Verdict(True, f"open, closed, open: the feedback followed each within {settle_s:g} s",
+                       result={section: {"cycled": True}} if section else {})
     return Step(step_id, what, run)
+
+
+def pilot_test_box(bench: Bench, step_id: str, what: str, port: str, code: str,
+                   plug: Callable[[], None] | None = None) -> Verdict | None:
+    """A test box (an EV simulator) in state C at a direct-wired port, never a vehicle: the engineer
+    confirms it (plug: the sim far side's test box plugs in, and the far side answers yes), then
+    the controller must read state C on the CP. None when it does, else the verdict that refuses.
+    The CP in A before means nothing is plugged in; in B, C or D something is, and the engineer
+    confirms it is the test box."""
+    before = bench.cp_state(port)
+    if before not in ("A", "B", "C", "D"):
+        return Verdict.fail(code, f"{what}: CP state {before or 'unknown (no fresh reading, or between states)'}: "
+                                  f"the pilot is faulty or not sampled; check the pilot circuit and its SPI channel")
+    prompt = (f"{what}: plug the test box in and set it to state C" if before == "A" else
+              f"{what}: something is plugged in (CP state {before}): confirm it is the test box, not a vehicle, and "
+              f"set it to state C")
+    sim = (lambda: (plug(), True)[1]) if plug is not None else None
+    if not bench.ask(step_id, Question("test_box", f"{prompt} (yes/no)", confirm=True, sim=sim)):
+        return Verdict.fail(code, f"{what}: no test box confirmed (CP state {before}); nothing switched")
+    state = bench.cp_state(port)
+    for _ in range(10):
+        if state == "C":
+            return None
+        bench.settle(0.1)
+        state = bench.cp_state(port)
+    return None if state == "C" else Verdict.fail(code, f"{what}: CP state {state or 'unknown'} with the test box, "
+                                                       f"expected C: set the test box to C; check the CP's SPI channel")
 
 
 # ------------------------------------------------------------------ meter and ports
@@ -535,10 +587,40 @@ def isolate_ports(bench: Bench) -> None:
     bench.command("setpoint", value_w=TEST_CHARGE_W)
 
 
+def port_faults(bench: Bench, port: str) -> str:
+    """The port's open and latched faults as the controller holds them, with their codes, but
+    out of service (calibrate's own doing)."""
+    from .faults import PORT_CODES
+    bits = int(bench.ctrl.snapshot().port(port)["faults"]) & ~_core.FAULTS["out_of_service"]
+    names = [f"{name} ({PORT_CODES.get(name, '?')})" for name, bit in _core.FAULTS.items() if bits & bit]
+    return ", ".join(names) or "none"
+
+
+@contextmanager
+def port_alone(bench: Bench, port: str, value_w: float):
+    """port in service alone (the others stay out, as isolate_ports left them) under the fleet
+    setpoint value_w; afterwards out of service again under the test charge's setpoint."""
+    bench.command("setpoint", value_w=value_w)
+    bench.command("enable_port", port=port)
+    try:
+        yield
+    finally:
+        bench.command("disable_port", port=port)
+        bench.command("setpoint", value_w=TEST_CHARGE_W)
+
+
 def restore_ports(bench: Bench) -> None:
     bench.command("cancel", of="setpoint")
     for p in bench.site.ports:
         bench.command("enable_port", port=p.id)
+
+
+def simulated_site(site: Site) -> bool:
+    """The simulated plant plays the site: an EVSE link it plays (app.simulated), or only
+    direct-wired ports whose pilots are sim pwmchips (its test boxes plug into their CPs)."""
+    from .app import simulated
+    sim_pilots = {c.port for c in site.sections.get("pwm") or () if c.backend == "sim"}
+    return simulated(site) or bool(site.ports) and all(p.id in sim_pilots for p in site.ports)
 
 
 def _raise_interrupted(signum, frame):
@@ -550,10 +632,9 @@ def calibrate(site: Site, out: Path, answers_path: str | None = None, inject: st
     """Run every step on the site; write out only if all passed. Returns the outcome and the path
     written (None when nothing was)."""
     from . import calibration
-    from .app import simulated
 
     answers = Answers(answers_path)
-    sim = simulated(site)
+    sim = simulated_site(site)
     if inject and not sim:
         raise CalibrationError("ERR_CALIBRATION_ANSWER", f"--inject {inject} miswires the simulated plant; "
                                                          f"{site.source} is not a simulated site")
@@ -595,8 +676,10 @@ class _SimRig:
         self.ctrl, self.devices, self.settle = self.sim.ctrl, self.sim.devices, self.sim.advance
         self._meter = None
 
-    def meter(self) -> ModbusMeter:
-        self._meter = ModbusMeter(self.sim.meter_config())
+    def meter(self) -> ModbusMeter | None:
+        """The site's meter as the plant plays it; None where the site has none (as on hardware)."""
+        root = next(n for n in self.sim.site.nodes if n.parent is None)
+        self._meter = ModbusMeter(self.sim.meter_config()) if root.meter_max_age_s is not None else None
         return self._meter
 
     def close(self) -> None:

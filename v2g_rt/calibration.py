@@ -17,7 +17,8 @@ Where calibration and the site config overlap, this decides:
   the grid meter's sign  never corrected in software: a reversed CT fails calibration
       (ERR_CALIBRATION_CT_REVERSED) and is fixed on site; the file records sign = 1 and the
       measured gain (meter change / port power), for the record.
-  CAN addresses heard, I2C identities  for the record; nothing to apply.
+  CAN addresses heard, I2C identities, PWM duty errors, contactors cycled  for the record; nothing
+      to apply.
 A site config with a device or port that the file does not mention runs with the config alone.
 """
 from __future__ import annotations
@@ -137,7 +138,7 @@ def load(path: Path, site: Site, required: bool = False) -> Site:
         problems.append(problem("calibration", "site", f"expected {site.name!r} (this site), found {head.get('site')!r}: "
                                                        f"a calibration of another site"))
     channels = channel_kinds()
-    known = {"calibration", "answers", "can", "meter", "port", *channels}
+    known = {"calibration", "answers", "can", "meter", "port", "pwm", "gpio", *channels}
     for name in sorted(set(doc) - known):
         problems.append(problem(name, None, f"unknown section; known: {', '.join(sorted(known))}"))
     sections = dict(site.sections)

@@ -453,12 +453,13 @@ def main(argv=None) -> int:
                    help="cycle period in virtual time (default: the site's period, at least 10 ms)")
     s.add_argument("--sample-s", type=float, default=60.0, help="timeline sample interval")
     s.set_defaults(func=cmd_simulate)
-    ca = sub.add_parser("calibrate", help="guided commissioning: devices, meter sign and CT, port phases; "
+    ca = sub.add_parser("calibrate", help="guided commissioning: devices, pilots' duty, contactors, meter sign and "
+                                          "CT, port phases; "
                                           "writes calibration.toml")
     ca.add_argument("--config", help="site config (TOML); default: the built-in simulated depot")
     ca.add_argument("--out", help="where to write the result (default: $STATE_DIRECTORY/calibration.toml)")
     ca.add_argument("--answers", help="answers keyed by step id (TOML or JSON): runs without questions")
-    ca.add_argument("--inject", choices=("reversed-ct", "swapped-phases", "dead-channel"),
+    ca.add_argument("--inject", choices=("reversed-ct", "swapped-phases", "dead-channel", "welded-contactor"),
                     help="simulated site only: the plant miswires itself; calibration must find it")
     ca.set_defaults(func=cmd_calibrate)
     c = sub.add_parser("check", help="validate a site config (and a calibration file with --calibration)")

@@ -170,11 +170,19 @@ _ENTRIES = [
     ("ERR_CALIBRATION_SPAN", "An analog channel's zero offset or gain against the references is outside tolerance.",
      "The wrong sensor range or divider configured, a damaged sensor, or a reference read wrongly.",
      "Check the channel's configured range/scale and the reference; replace the sensor if it persists."),
-    ("ERR_CALIBRATION_DUTY", "The PWM duty measured by the engineer differs from the commanded duty beyond tolerance.",
-     "A wrong PWM channel or period, or an output stage that distorts the pilot.",
-     "Check the PWM chip/channel in the config and the pilot circuit."),
+    ("ERR_CALIBRATION_DUTY", "The pilot's PWM duty read back from sysfs, or measured by the engineer's logic "
+     "analyser, differs from the map's duty for the commanded current by more than one pilot quantum (or none was "
+     "read back).",
+     "A wrong PWM channel or period, a driver that does not take the duty, or an output stage that distorts the pilot.",
+     "Check the PWM chip/channel and period in the config and the pilot circuit."),
+    ("ERR_CALIBRATION_PILOT", "A direct-wired port's control pilot was not in the state a calibration step needs: "
+     "state C from a test box the engineer confirms (the PWM duty and contactor steps), never a vehicle.",
+     "No test box plugged in or not set to C, a vehicle connected, a latched port fault, or the CP's SPI channel "
+     "miswired (channel, divider).",
+     "Plug the test box (EV simulator) in, set it to state C and confirm it; clear the port fault the message names; "
+     "check the pilot circuit and its [spi.NAME] cp channel."),
     ("ERR_CALIBRATION_CONTACTOR", "A contactor's feedback did not follow its command during calibration, or "
-     "the precondition (CP state A, no vehicle, or a confirmed test box) was not met.",
+     "the precondition (no vehicle: on a pilot's port a test box in state C the engineer confirms) was not met.",
      "Feedback wiring, a welded or stuck contactor, or a vehicle connected.",
      "Unplug the vehicle (or connect the test box), check the auxiliary contact wiring, calibrate again."),
     ("ERR_CALIBRATION_CT_REVERSED", "The grid meter reads an import as an export: its current transformer(s) "

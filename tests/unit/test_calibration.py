@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from v2g_rt import calibration, config, journal
-from v2g_rt.calibrate import (Answers, Bench, CalibrationError, Question, check_answer, contactor_cycle,
+from v2g_rt.calibrate import (Answers, Bench, CalibrationError, Question, Verdict, check_answer, contactor_cycle,
                               duty_readback)
 from v2g_rt.config import ConfigError
 
@@ -98,24 +98,31 @@ class Contactor:
         return self.closed
 
 
-def test_contactor_cycle_closes_and_opens_with_its_feedback_and_leaves_it_open():
+def test_contactor_cycle_opens_closes_and_opens_with_its_feedback_and_leaves_it_open():
     c = Contactor()
-    v = contactor_cycle("gpio.k1.cycle", "contactor k1", c.command, c.feedback, cp_state=lambda: "A").run(bench())
-    assert v.ok and c.commands == [True, False, False] and not c.closed
+    v = contactor_cycle("gpio.k1.cycle", "contactor k1", c.command, c.feedback, confirm_sim=lambda: True,
+                        section="gpio.k1").run(bench())
+    assert v.ok and c.commands == [False, True, False, False] and not c.closed
+    assert v.result == {"gpio.k1": {"cycled": True}}
     welded = Contactor(stuck=True)
     v = contactor_cycle("gpio.k1.cycle", "contactor k1", welded.command, welded.feedback,
                         confirm_sim=lambda: True).run(bench())
     assert not v.ok and v.code == "ERR_CALIBRATION_CONTACTOR" and "commanded open, feedback closed" in v.detail
-    assert welded.commands[-1] is False
+    assert "welded" in v.detail and welded.commands[-1] is False
+    stuck = Contactor(stuck=False)
+    v = contactor_cycle("gpio.k1.cycle", "contactor k1", stuck.command, stuck.feedback,
+                        confirm_sim=lambda: True).run(bench())
+    assert not v.ok and "commanded closed, feedback open" in v.detail and stuck.commands == [False, True, False]
 
 
-def test_contactor_cycle_never_switches_with_a_vehicle_or_unconfirmed(tmp_path):
+def test_contactor_cycle_never_switches_unless_its_precondition_holds(tmp_path):
     c = Contactor()
-    v = contactor_cycle("gpio.k1.cycle", "contactor k1", c.command, c.feedback, cp_state=lambda: "C").run(bench())
-    assert not v.ok and "CP state C" in v.detail and c.commands == []
+    refusal = Verdict.fail("ERR_CALIBRATION_CONTACTOR", "contactor k1: CP state B: no test box confirmed")
+    v = contactor_cycle("gpio.k1.cycle", "contactor k1", c.command, c.feedback, ready=lambda b: refusal).run(bench())
+    assert v is refusal and c.commands == []
     no = answers_file(tmp_path, '[gpio.k1.cycle]\nno_vehicle = "no"\n')
-    v = contactor_cycle("gpio.k1.cycle", "contactor k1", c.command, c.feedback).run(bench(no))
-    assert not v.ok and "not confirmed" in v.detail and c.commands == []
+    v = contactor_cycle("gpio.k1.cycle", "contactor k1", c.command, c.feedback, confirm_sim=lambda: True).run(bench(no))
+    assert not v.ok and "not confirmed" in v.detail and c.commands == []     # the engineer's answer wins
 
 
 # ------------------------------------------------------------------ the file

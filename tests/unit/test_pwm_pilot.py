@@ -28,15 +28,15 @@ def example_text():
 
 class Rig:
     """The example site in virtual time; the test plays the vehicles: each step it puts on each
-    CP the level of its state, and while the chip drives a PWM, the low level its diode gives."""
+    CP the level of its state, and while the chip drives a PWM, the low level its diode gives.
+    The ports' contactors are the GPIO far side's, polled each step."""
 
     def __init__(self, text=None):
         self.site = config.parse(text or example_text(), "direct-wired.toml")
         self.ctrl = Controller(self.site, clock="virtual")
         self.devices = attach(self.ctrl, self.site)
-        self.adcs, self.chips = self.devices.spi_peer, self.devices.pwm_peer
-        self.chips.stopping.set()            # the chips answer when the test says (deterministic)
-        self.chips.thread.join()
+        self.adcs, self.chips, self.contactors = self.devices.spi_peer, self.devices.pwm_peer, self.devices.gpio_peer
+        self.chips.by_hand()                 # the chips answer when the test says (deterministic)
         self.state = {p.id: "A" for p in self.site.ports}
         self.diode = {p.id: True for p in self.site.ports}
 
@@ -53,6 +53,7 @@ class Rig:
             self.ctrl.step(t)
             self.ctrl.poll_io()
             self.chips.serve()
+            self.contactors.poll(t)              # the ports' GPIO contactors follow their coils
 
     def port(self, pid):
         return self.ctrl.snapshot().port(pid)

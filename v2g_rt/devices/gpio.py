@@ -367,3 +367,71 @@ def safe_outputs(site) -> str:
         raise DeviceError(f"contactor drive lines not made safe: {'; '.join(failed)}; opened: "
                           f"{', '.join(done) or 'none'}", "ERR_GPIO_LINE")
     return f"{len(done)} contactor drive lines opened: {', '.join(done) or 'none'}"
+
+
+def calibration_steps(site, bench) -> list:
+    """Per port with a contactor drive and a feedback line: open, close, open, the feedback
+    checked each time (calibrate.contactor_cycle; ERR_CALIBRATION_CONTACTOR), never with a vehicle.
+
+    The contactor is closed the way it always is: by the interlock, for a port in service whose
+    vehicle is there, here under a fleet setpoint of 0 W, and opened by taking the port out of
+    service again (calibrate has no command of its own that drives a line). So the interlock
+    stays the only authority over the drive: never in Safe State, never with a fault open, and
+    a pilot's contactor only in CP state C or D. A calibration-only
+    "close it" command would need an exception to that last rule, and closing it in state A
+    would put the supply on an outlet nothing has asked for. Hence on a port with a pilot the
+    cycle needs a test box in state C that the engineer confirms (calibrate.pilot_test_box: the
+    CP in A before, nothing plugged in; in B-D, it is the test box, not a vehicle); on a sim
+    site the SPI ADC far side's test box plugs in and out again. Without a pilot the engineer
+    confirms that no vehicle is connected (the sim plant's test loads are what is)."""
+    from ..calibrate import TEST_CHARGE_W, Step, contactor_cycle, pilot_test_box, port_faults
+    from .spi import cp_channel
+
+    lines: dict[str, dict[str, GpioConfig]] = {}
+    inputs = [cfg for cfg in site.sections[SECTION] if cfg.feedback]      # the core's inputs, in attach order
+    for cfg in site.sections[SECTION]:
+        lines.setdefault(cfg.port, {})[cfg.role] = cfg
+    settle_s = site.control.contactor_settle_s + 0.3
+    steps = []
+    for port in (p.id for p in site.ports):
+        pair = lines.get(port, {})
+        if len(pair) < 2:
+            continue
+        drive, fb = pair["contactor_drive"], pair["contactor_feedback"]
+        step_id, what = f"gpio.{drive.name}.cycle", f"contactor of port {port} ([gpio.{drive.name}], [gpio.{fb.name}])"
+        cp = cp_channel(site, port)
+        adcs = bench.devices.spi_peer
+        adcs = adcs if cp is not None and adcs is not None and cp.source in adcs.by_source else None
+        sim = fb.backend == "sim" and drive.backend == "sim"
+
+        def command(closed, port=port):
+            bench.command("enable_port" if closed else "disable_port", port=port)
+
+        def feedback(k=inputs.index(fb)):
+            level = bench.ctrl.device_stats()["gpio"]["inputs"][k]["level"]     # debounced, as the loop takes it
+            return None if level is None else bool(level)
+
+        ready = None
+        if cp is not None:
+            chips = bench.devices.pwm_peer
+            duty = (lambda port=port, chips=chips: chips.duty(port)) if chips and port in chips.configs else None
+            plug = (lambda src=cp.source, adcs=adcs, duty=duty: adcs.plug(src, "C", duty)) if adcs is not None else None
+            ready = (lambda b, step_id=step_id, what=what, port=port, plug=plug:
+                     pilot_test_box(b, step_id, what, port, "ERR_CALIBRATION_CONTACTOR", plug))
+        cycle = contactor_cycle(step_id, what, command, feedback, settle_s, ready,
+                                (lambda: True) if sim else None, section=f"gpio.{drive.name}")
+
+        def run(b, cycle=cycle, adcs=adcs, cp=cp, port=port):
+            b.command("setpoint", value_w=0.0)         # no current offered while it switches
+            try:
+                verdict = cycle.run(b)
+                faults = port_faults(b, port)
+                if not verdict.ok and faults != "none":
+                    verdict.detail += f"; port faults: {faults}"
+                return verdict
+            finally:
+                b.command("setpoint", value_w=TEST_CHARGE_W)
+                if adcs is not None:
+                    adcs.plug(cp.source, None)
+        steps.append(Step(step_id, f"{what}: open, closed, open with its feedback", run))
+    return steps

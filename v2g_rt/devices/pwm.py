@@ -22,6 +22,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from .. import _core
+from ..site import PHASES
 from . import DeviceError
 
 SECTION = "pwm"              # [pwm.NAME]: one table per pilot
@@ -163,3 +165,90 @@ def safe_outputs(site) -> str:
 def _write(path: str, value: int) -> None:
     with open(path, "w") as f:
         f.write(f"{value}\n")
+
+
+# calibration: test currents whose duties on the map are whole quanta, on both of its segments:
+# 10, 30, 50 % (6-51 A: I / 0.6) and 90 % (51-80 A: I / 2.5 + 64) where the port's rating allows
+TEST_CURRENTS_A = (6.0, 18.0, 30.0, 65.0)
+
+
+def watts_per_amp(site, port) -> float:
+    evse = site.node(port.evse)
+    return evse.voltage_v * bin(PHASES[evse.phases]).count("1")
+
+
+def calibration_steps(site, bench) -> list:
+    """Per pilot: with a test box in state C at its port (calibrate.pilot_test_box), the port alone
+    in service and the fleet setpoint at each test current, so the loop turns it into a duty as
+    it turns any setpoint: the duty the I/O thread read back from sysfs and the engineer's logic
+    analyser reading must both be within one pilot quantum (pilot_duty_step_pct) of the map's
+    duty for that current (calibrate.duty_readback; ERR_CALIBRATION_DUTY). A sim site's test box
+    is the SPI ADC far side's (its CP follows the chip's PWM) and its logic analyser reads the sim
+    pwmchip's files. Afterwards the port is out of service again and the CP as it was."""
+    from ..calibrate import CalibrationError, Step, duty_readback, pilot_test_box, port_alone, port_faults
+    from ..pilot import pilot_current, pilot_duty, pilot_floor
+    from .spi import cp_channel
+
+    steps = []
+    quantum = site.control.pilot_duty_step_pct
+    for cfg in site.sections["pwm"]:
+        port = next(p for p in site.ports if p.id == cfg.port)
+        wpa = watts_per_amp(site, port)
+        amps = [a for a in TEST_CURRENTS_A if a * wpa <= port.rating_charge_w]
+        cp = cp_channel(site, cfg.port)
+        if not amps or cp is None:
+            continue
+        chips = bench.devices.pwm_peer if cfg.backend == "sim" else None
+        adcs = bench.devices.spi_peer
+        adcs = adcs if adcs is not None and cp.source in adcs.by_source else None
+        step_id, what = f"pwm.{cfg.name}.duty", f"pilot of port {cfg.port} ([pwm.{cfg.name}])"
+
+        def set_duty(pct, cfg=cfg, wpa=wpa):
+            amps = pilot_current(pct)
+            bench.command("setpoint", value_w=amps * wpa)
+            want = _core.pilot_duty_to_ns(pilot_duty(pilot_floor(amps, quantum)), cfg.period_ns)
+            d = _read_back(bench, cfg, want, amps * wpa / site.control.port_ramp_w_per_s + 2.0)
+            if d["duty_ns"] != want:
+                raise CalibrationError("ERR_CALIBRATION_PILOT", f"pilot of port {cfg.port}: the loop offers "
+                                       f"{100.0 * d['duty_ns'] / cfg.period_ns:g} %, not {pct:g} % for {amps:g} A; "
+                                       f"port faults: {port_faults(bench, cfg.port)}")
+            if d["readback_ns"] < 0:
+                raise CalibrationError("ERR_CALIBRATION_DUTY", f"pilot of port {cfg.port}: no duty read back from "
+                                       f"{d['path']} ({d['write_errors']} write and {d['readback_errors']} read "
+                                       f"errors, last errno {d['last_errno']})")
+            return 100.0 * d["readback_ns"] / cfg.period_ns
+
+        measured = (lambda cfg=cfg, chips=chips: chips.duty(cfg.port) or 0.0) if chips else None
+        plug = None
+        if adcs is not None:
+            duty = (lambda cfg=cfg, chips=chips: chips.duty(cfg.port)) if chips else None
+            plug = lambda src=cp.source, adcs=adcs, duty=duty: adcs.plug(src, "C", duty)     # noqa: E731
+        check = duty_readback(step_id, what, set_duty, tuple(pilot_duty(a) for a in amps), quantum + 1e-9,
+                              measured, settle_s=0.0, section=f"pwm.{cfg.name}")
+
+        def run(b, step_id=step_id, what=what, cfg=cfg, amps=amps, wpa=wpa, plug=plug, adcs=adcs, src=cp.source,
+                check=check):
+            try:
+                refused = pilot_test_box(b, step_id, what, cfg.port, "ERR_CALIBRATION_PILOT", plug)
+                if refused is not None:
+                    return refused
+                with port_alone(b, cfg.port, amps[0] * wpa):
+                    return check.run(b)
+            finally:
+                if adcs is not None:
+                    adcs.plug(src, None)
+        steps.append(Step(step_id, f"{what}: duty at {', '.join(f'{a:g}' for a in amps)} A with a test box in "
+                                   f"state C", run))
+    return steps
+
+
+def _read_back(bench, cfg: PwmConfig, want_ns: int, wait_s: float) -> dict:
+    """The pilot's I/O statistics once the loop asks want_ns and the I/O thread read it back from
+    sysfs, or as they are after wait_s."""
+    waited = 0.0
+    while True:
+        d = next(d for d in bench.ctrl.device_stats()["pwm"] if d["port"] == cfg.port)
+        if (d["duty_ns"] == d["readback_ns"] == want_ns) or waited >= wait_s:
+            return d
+        bench.settle(0.1)
+        waited += 0.1
