@@ -1,0 +1,98 @@
+"""calibrate's pilot and contactor steps on the packaged direct-wired site, in process and in
+virtual time, with faults the command line cannot inject: a pwmchip that runs a duty of its own,
+a vehicle already plugged in, a test box that never reaches state C, a contactor that does not
+pull in. The controller, its devices and the sim far sides are the real ones (SimSite)."""
+from importlib import resources
+
+import pytest
+
+from v2g_rt import config
+from v2g_rt.calibrate import Answers, Bench, collect_steps, isolate_ports, settle_s
+from v2g_rt.devices import pwm
+from v2g_rt.sim.commissioning import SimSite
+
+
+@pytest.fixture
+def rig(tmp_path):
+    site = config.parse(resources.files("v2g_rt.data").joinpath("examples/direct-wired.toml").read_text(), "dw.toml")
+    sim = SimSite(site)
+
+    def bench(answers=""):
+        path = tmp_path / "answers.toml"
+        path.write_text(answers)
+        b = Bench(sim.site, sim.ctrl, sim.devices, sim.advance, Answers(str(path)), None, None)
+        isolate_ports(b)
+        b.settle(settle_s(sim.site))
+        return b
+    sim.bench = bench
+    yield sim
+    sim.close()
+
+
+def step(b, step_id):
+    return next(s for s in collect_steps(b.site, b) if s.id == step_id)
+
+
+def drive_sets(sim, k):
+    return sim.ctrl.device_stats()["gpio"]["outputs"][k]["sets"]
+
+
+def test_a_chip_that_runs_a_duty_of_its_own_fails_on_its_read_back(rig):
+    b = rig.bench()
+    rig.devices.pwm_peer.hold("wb2.1", 400_000)             # 40 % whatever is written
+    v = step(b, "pwm.wb2_1.duty").run(b)
+    assert not v.ok and v.code == "ERR_CALIBRATION_DUTY" and "commanded 10 %, read back 40 %" in v.detail
+    rig.devices.pwm_peer.hold("wb2.1", None)
+    v = step(b, "pwm.wb1_1.duty").run(b)                     # the others are fine
+    assert v.ok, v.detail
+
+
+def test_the_duty_step_leaves_the_port_out_of_service_and_the_cp_as_it_was(rig):
+    b = rig.bench()
+    assert step(b, "pwm.wb1_2.duty").run(b).ok
+    b.settle(1.0)
+    row = rig.ctrl.snapshot().port("wb1.2")
+    assert b.cp_state("wb1.2") == "A" and not row["connected"] and not row["contactor_closed"]
+    assert row["setpoint_w"] == 0.0 and rig.devices.pwm_peer.duty("wb1.2") == 100.0
+
+
+def test_a_vehicle_plugged_in_is_never_switched_unless_confirmed_as_the_test_box(rig):
+    b = rig.bench('[gpio.wb1_1_coil.cycle]\ntest_box = "no"\n[pwm.wb1_1.duty]\ntest_box = "no"\n')
+    rig.devices.spi_peer.plug("port/wb1.1/cp_v", "B")       # a vehicle, connected, not ready
+    b.settle(1.0)
+    before = drive_sets(rig, 0)
+    v = step(b, "gpio.wb1_1_coil.cycle").run(b)
+    assert not v.ok and v.code == "ERR_CALIBRATION_CONTACTOR" and "no test box confirmed (CP state B)" in v.detail
+    v = step(b, "pwm.wb1_1.duty").run(b)
+    assert not v.ok and v.code == "ERR_CALIBRATION_PILOT" and "(CP state B)" in v.detail
+    assert drive_sets(rig, 0) == before and rig.devices.pwm_peer.duty("wb1.1") == 100.0
+
+
+def test_without_state_c_the_interlock_never_closes_the_contactor(rig):
+    b = rig.bench()
+    spi = rig.devices.spi_peer
+    real_plug = spi.plug
+
+    def stuck_in_b(src, state, duty=None):                   # a test box whose switch stays in B
+        real_plug(src, "B" if state == "C" else state, duty)
+    spi.plug = stuck_in_b
+    before = drive_sets(rig, 1)
+    v = step(b, "gpio.wb1_2_coil.cycle").run(b)
+    assert not v.ok and v.code == "ERR_CALIBRATION_CONTACTOR" and "CP state B with the test box, expected C" in v.detail
+    assert drive_sets(rig, 1) == before and not rig.devices.gpio_peer.closed("wb1.2")
+
+
+def test_a_contactor_that_does_not_pull_in_fails_and_the_interlock_latches_it(rig):
+    b = rig.bench()
+    rig.devices.gpio_peer.contactors["wb2.1"].stick()
+    v = step(b, "gpio.wb2_1_coil.cycle").run(b)
+    assert not v.ok and v.code == "ERR_CALIBRATION_CONTACTOR" and "commanded closed, feedback open" in v.detail
+    assert "contactor (ERR_CONTACTOR_MISMATCH)" in v.detail
+    assert not rig.ctrl.snapshot().port("wb2.1")["contactor_closed"]
+
+
+def test_test_currents_stay_within_each_ports_rating():
+    site = config.parse(resources.files("v2g_rt.data").joinpath("examples/direct-wired.toml").read_text(), "dw.toml")
+    for p in site.ports:
+        top = max(a for a in pwm.TEST_CURRENTS_A if a * pwm.watts_per_amp(site, p) <= p.rating_charge_w)
+        assert top == 30.0                                   # 32 A ports: 65 A (the upper segment) is not offered
