@@ -1,13 +1,16 @@
 """calibrate's pilot and contactor steps on the packaged direct-wired site, in process and in
 virtual time, with faults the command line cannot inject: a pwmchip that runs a duty of its own,
 a vehicle already plugged in, a test box that never reaches state C, a contactor that does not
-pull in. The controller, its devices and the sim far sides are the real ones (SimSite)."""
+pull in; and a port without a pilot. The controller, its devices and the sim far sides are the
+real ones (SimSite)."""
+import tomllib
 from importlib import resources
 
 import pytest
 
+from helpers import GPIO_SITE
 from v2g_rt import config
-from v2g_rt.calibrate import Answers, Bench, collect_steps, isolate_ports, settle_s
+from v2g_rt.calibrate import Answers, Bench, calibrate, collect_steps, isolate_ports, settle_s
 from v2g_rt.devices import pwm
 from v2g_rt.sim.commissioning import SimSite
 
@@ -96,3 +99,33 @@ def test_test_currents_stay_within_each_ports_rating():
     for p in site.ports:
         top = max(a for a in pwm.TEST_CURRENTS_A if a * pwm.watts_per_amp(site, p) <= p.rating_charge_w)
         assert top == 30.0                                   # 32 A ports: 65 A (the upper segment) is not offered
+
+
+CONTACTOR_LINES = """
+[gpio.k1_aux]
+backend = "sim"
+line = 0
+role = "contactor_feedback"
+port = "e1.1"
+[gpio.k1_coil]
+backend = "sim"
+line = 1
+role = "contactor_drive"
+port = "e1.1"
+"""
+
+
+def test_a_port_without_a_pilot_is_cycled_once_no_vehicle_is_confirmed(tmp_path):
+    """An EVSE the plant plays (link = "sim": its test load is connected) with GPIO contactors."""
+    text = (GPIO_SITE + CONTACTOR_LINES).replace("contactor_settle_s = 0.01", "contactor_settle_s = 0.2")
+    site = config.parse(text.replace("contactor_max_age_s = 0.05", "contactor_max_age_s = 1"), "gpio.toml")
+    out = tmp_path / "calibration.toml"
+    outcome, written = calibrate(site, out, show=lambda line: None)
+    assert written == out and not outcome.failed
+    assert tomllib.loads(out.read_text())["answers"]["gpio.k1_coil.cycle"] == {"no_vehicle": True}
+    answers = tmp_path / "answers.toml"
+    answers.write_text('[gpio.k1_coil.cycle]\nno_vehicle = "no"\n')
+    outcome, written = calibrate(site, tmp_path / "other.toml", str(answers), show=lambda line: None)
+    (step_, verdict), = outcome.failed
+    assert written is None and verdict.code == "ERR_CALIBRATION_CONTACTOR"
+    assert "not confirmed free of a vehicle" in verdict.detail
