@@ -457,7 +457,7 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
         total, _, taken, _ = measure(first)
         if taken < 0.5 * TEST_CHARGE_W:
             return Verdict.fail("ERR_CALIBRATION_METER", f"port {first} took {taken:.0f} W of the {TEST_CHARGE_W:.0f} W "
-                                                         f"test charge: connect the test box (or a vehicle) there")
+                                                         f"test charge: {_why_not_taken(b, first)}")
         ratio = total / taken
         if -METER_SIGN_BAND[1] <= ratio <= -METER_SIGN_BAND[0]:
             return Verdict.fail("ERR_CALIBRATION_CT_REVERSED", f"the meter at {root.id} read {total:+.0f} W while port "
@@ -473,7 +473,7 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
             total, phases, taken, contactor = measure(pid)
             if taken < 0.5 * TEST_CHARGE_W:
                 return Verdict.fail("ERR_CALIBRATION_METER", f"port {pid} took {taken:.0f} W of the "
-                                    f"{TEST_CHARGE_W:.0f} W test charge: connect the test box (or a vehicle) there")
+                                    f"{TEST_CHARGE_W:.0f} W test charge: {_why_not_taken(b, pid)}")
             if contactor is not None and contactor != (True, False):
                 shown = ["none" if c is None else "closed" if c else "open" for c in contactor]
                 return Verdict.fail("ERR_CALIBRATION_CONTACTOR", f"port {pid}: contactor feedback {shown[0]} while "
@@ -500,6 +500,11 @@ def meter_steps(site: Site, bench: Bench) -> list[Step]:
         steps.append(Step(f"port.{p.id}.phase", f"port {p.id}: {TEST_CHARGE_W / 1e3:g} kW test charge on the meter",
                           phase(p.id, site.node(p.evse))))
     return steps
+
+
+def _why_not_taken(bench: Bench, port: str) -> str:
+    faults = port_faults(bench, port)
+    return "connect the test box (or a vehicle) there" if faults == "none" else f"port faults: {faults}"
 
 
 def settle_s(site: Site) -> float:
@@ -533,7 +538,12 @@ def _test_charge(bench: Bench, pid: str) -> tuple[float, tuple | None, float, tu
 
 
 def _contactor(bench: Bench, source: str | None, within_s: float) -> bool | None:
-    """The contactor feedback reported within the last within_s (None: none that fresh)."""
+    """The contactor feedback reported within the last within_s (None: none that fresh); a GPIO
+    feedback line's level as the loop takes it."""
+    from .devices.gpio import feedback_level
+    level = feedback_level(bench.site, bench.ctrl, source.split("/")[1]) if source else None
+    if level is not None:
+        return level
     got = bench.ctrl.latest(source) if source else None
     if got is None or bench.ctrl.now_ns() - got[1] > within_s * 1e9:
         return None

@@ -129,3 +129,23 @@ def test_a_port_without_a_pilot_is_cycled_once_no_vehicle_is_confirmed(tmp_path)
     (step_, verdict), = outcome.failed
     assert written is None and verdict.code == "ERR_CALIBRATION_CONTACTOR"
     assert "not confirmed free of a vehicle" in verdict.detail
+
+
+def test_a_gpio_wired_ports_test_charge_sees_its_feedback_and_a_weld(tmp_path):
+    """The packaged depot with one port's contactor on GPIO lines: the meter step's test charge
+    reads the line's level (the loop takes it straight into its input, not through the exchange)."""
+    text = resources.files("v2g_rt.data").joinpath("default-site.toml").read_text()
+    site = config.parse(text + CONTACTOR_LINES.replace('"e1.1"', '"evse01.1"'), "depot-gpio.toml")
+    shown = []
+    outcome, written = calibrate(site, tmp_path / "c.toml", show=shown.append)
+    assert written is not None, [(s.id, v.detail) for s, v in outcome.failed]
+    at = shown.index(next(line for line in shown if "port evse01.1: 2 kW test charge" in line))
+    assert "contactor closed and opened with its feedback" in shown[at + 1]
+    assert any(line.strip().startswith("ok: open, closed, open: the feedback followed each") for line in shown)
+    outcome, written = calibrate(site, tmp_path / "w.toml", inject="welded-contactor", show=lambda line: None)
+    failed = {s.id: v for s, v in outcome.failed}
+    assert written is None and {k: v.code for k, v in failed.items()} == {
+        "gpio.k1_coil.cycle": "ERR_CALIBRATION_CONTACTOR",
+        "meter.grid.sign": "ERR_CALIBRATION_METER", "port.evse01.1.phase": "ERR_CALIBRATION_METER"}
+    # the latched weld keeps the port from its test charge, and the meter steps say so
+    assert failed["port.evse01.1.phase"].detail.endswith("port faults: contactor (ERR_CONTACTOR_MISMATCH)")

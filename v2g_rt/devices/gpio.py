@@ -154,6 +154,18 @@ def gpio_ports(site) -> set[str]:
     return {cfg.port for cfg in site.sections.get(SECTION) or ()}
 
 
+def feedback_level(site, ctrl, port: str) -> bool | None:
+    """A port's debounced contactor feedback as the loop takes it (True: closed), None without a
+    feedback line or before its level is known. The loop publishes it into the port's input every
+    cycle, not through the exchange that Controller.latest reads; the core lists its feedback
+    lines in attach order."""
+    inputs = [cfg.port for cfg in site.sections.get(SECTION) or () if cfg.feedback]
+    if port not in inputs:
+        return None
+    level = ctrl.device_stats()["gpio"]["inputs"][inputs.index(port)]["level"]
+    return None if level is None else bool(level)
+
+
 def debounce_cycles(cfg: GpioConfig, period_s: float) -> int:
     return math.ceil(cfg.debounce_ms / 1e3 / period_s - 1e-9) if cfg.debounce_ms else 0
 
@@ -388,7 +400,6 @@ def calibration_steps(site, bench) -> list:
     from .spi import cp_channel
 
     lines: dict[str, dict[str, GpioConfig]] = {}
-    inputs = [cfg for cfg in site.sections[SECTION] if cfg.feedback]      # the core's inputs, in attach order
     for cfg in site.sections[SECTION]:
         lines.setdefault(cfg.port, {})[cfg.role] = cfg
     settle_s = site.control.contactor_settle_s + 0.3
@@ -407,9 +418,8 @@ def calibration_steps(site, bench) -> list:
         def command(closed, port=port):
             bench.command("enable_port" if closed else "disable_port", port=port)
 
-        def feedback(k=inputs.index(fb)):
-            level = bench.ctrl.device_stats()["gpio"]["inputs"][k]["level"]     # debounced, as the loop takes it
-            return None if level is None else bool(level)
+        def feedback(port=port):
+            return feedback_level(site, bench.ctrl, port)
 
         ready = None
         if cp is not None:
