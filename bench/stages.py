@@ -11,7 +11,9 @@ bins), the setpoint frames sent per cycle, and what a frame costs the write stag
 difference of the two runs' mean write time over the frames per cycle (most cycles send none,
 so the p50s are alike; the frames show in the mean and the p99). A third controller runs the
 mailbox site with the horizon planner's guidance fresh throughout (a new plan every 50 ms):
-what following guidance costs the read and update stages.
+what following guidance costs the read and update stages. A fourth keeps the setpoint queue full
+(every slot of native/schedule.pxi's queue holds a scheduled setpoint, one window opening every
+50 ms and a new one queued behind it): what scanning the queue and publishing it costs.
 Virtual time: no sleep, so the numbers are compute, not wake latency.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from v2g_rt import Control, Controller, depot
+from v2g_rt import Control, Controller, _core, depot
 from v2g_rt.devices.can import CanConfig
 from v2g_rt.sim.peers import attach
 from v2g_rt.sim.session import Session
@@ -53,7 +55,19 @@ def drain(sock, stop: threading.Event) -> None:
             return
 
 
-def run(ports: int, link: str, seconds: float, guided: bool = False) -> dict:
+def setpoint_w(k: int, ports: int) -> float:
+    return (1 if k % 2 else -1) * 3_000.0 * ports * (0.3 + 0.7 * (k % 7) / 7)
+
+
+def schedule(ctrl, k: int, ports: int) -> None:
+    """Setpoint k, its window opening at k x 50 ms after the start (the queue has room: one opened)."""
+    ok = ctrl.submit({"kind": "setpoint", "id": f"q{k}", "value_w": setpoint_w(k, ports), "expires_in_s": 3600,
+                      "starts_ns": S + k * 50 * MS + MS // 2})
+    if not ok:
+        raise RuntimeError(f"scheduled setpoint {k} refused: {ok.code}")
+
+
+def run(ports: int, link: str, seconds: float, guided: bool = False, scheduled: bool = False) -> dict:
     ctrl = Controller(site(ports, link), clock="virtual")
     devices = attach(ctrl, ctrl.site)
     stop = threading.Event()
@@ -65,19 +79,25 @@ def run(ports: int, link: str, seconds: float, guided: bool = False) -> dict:
                 departure_in_s=3600 * (2 + i % 6), max_charge_w=11_000, max_discharge_w=11_000,
                 min_soc=0.2, v2g=True).publish(ctrl, pid, S)
     cycles = int(seconds * 1000)
+    queue = _core.CAPACITY["scheduled_per_kind"] if scheduled else 0
+    for k in range(queue):
+        schedule(ctrl, k, ports)
     for k in range(cycles // 50):
-        value = (1 if k % 2 else -1) * 3_000.0 * ports * (0.3 + 0.7 * (k % 7) / 7)
-        ctrl.submit({"kind": "setpoint", "id": f"b{k}", "value_w": value, "expires_in_s": 3600})
+        value = setpoint_w(k, ports)
+        if not scheduled:
+            ctrl.submit({"kind": "setpoint", "id": f"b{k}", "value_w": value, "expires_in_s": 3600})
         if guided:
             plan = [(11_000.0 if value > 0 else -11_000.0) * ((i + k) % 3) / 2 for i in range(ports)]
             ctrl.guide(plan, ctrl.now_ns() + S, plan_id=k + 1)
         ctrl.run_steps(50, MS)
+        if scheduled:
+            schedule(ctrl, k + queue, ports)       # behind the one that opened
     st = ctrl.stats()
     stop.set()
     drainer.join()
     devices.close()
     frames = st["devices"]["can"]["setpoints"]["frames_sent"]
-    return {"link": link + ("+guidance" if guided else ""), "ports": ports, "cycles": cycles, "stages": st["stages"],
+    return {"link": link + ("+guidance" if guided else "+schedule" if scheduled else ""), "ports": ports, "cycles": cycles, "stages": st["stages"],
             "frames_per_cycle": round(frames / cycles, 3), "frames_refused": st["devices"]["can"]["setpoints"]["frames_refused"]}
 
 
@@ -91,6 +111,7 @@ def main(argv=None) -> int:
     for ports in args.ports:
         runs = {link: run(ports, link, args.seconds) for link in ("sim", "can")}
         runs["sim+guidance"] = run(ports, "sim", args.seconds, guided=True)
+        runs["sim+schedule"] = run(ports, "sim", args.seconds, scheduled=True)
         w_sim, w_can = runs["sim"]["stages"]["write"], runs["can"]["stages"]["write"]
         per_cycle = runs["can"]["frames_per_cycle"]
         per_frame = round((w_can["mean_us"] - w_sim["mean_us"]) / per_cycle, 2) if per_cycle else None

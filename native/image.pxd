@@ -19,7 +19,7 @@ cdef enum:
     SNAP_FRESH = 4           # flag in SnapshotBuffers.middle: not yet taken by a reader
     MAX_CURVE = 16           # points of the frequency-watt curve
     STAGE_BIN_NS = 100       # per-stage compute histograms: 100 ns bins
-    MAX_SCHEDULED = 16       # future grid commands held per kind (schedule.pxi)
+    MAX_SCHEDULED = 192      # future grid commands held per kind: 48 h of 15-minute windows (schedule.pxi)
 
 cdef enum:  # Stage of a cycle
     STAGE_READ = 0

@@ -60,7 +60,7 @@ _ENTRIES = [
     ("ERR_CMD_QUEUE_FULL", "The command queue to the real-time loop is full; the command was not applied.",
      "A sender flooding commands faster than the loop drains them (256 per cycle).",
      "Throttle the sender; only the latest setpoint matters."),
-    ("ERR_CMD_SCHEDULE_FULL", "The loop already holds its maximum of future commands of this kind (16 per "
+    ("ERR_CMD_SCHEDULE_FULL", "The loop already holds its maximum of future commands of this kind (192 per "
      "kind); the scheduled command was not accepted.",
      "A sender announcing more windows ahead than the queue holds, or a cancel not yet taken by the loop.",
      "Send fewer windows ahead (the next ones when earlier ones have started), or cancel queued ones "

@@ -9,9 +9,10 @@ is fed each step is what a real site has, through Controller.measure like any li
   current: no taper, no look into ev2gym's battery model), min SoC, V2G;
 * each port's power over the previous step (port/ID/power_w): ev2gym's own accounting of it;
 * the operator's setpoints as setpoint commands, each with its step as its window: submitted at
-  its step (ahead=False: the schedule is not known ahead), or ahead as scheduled commands
-  (starts_ns) as far as the loop's queue holds them (16 per kind: 4 h of 15-minute steps), the
-  planner reading them through Controller.scheduled() (ahead=True: known ahead).
+  its step (ahead=False: the schedule is not known ahead), or the whole day's as scheduled
+  commands (starts_ns) before the first step, as an aggregator sends a day-ahead plan (the loop's
+  queue holds 192 per kind: 48 h of 15-minute windows), the planner reading them through
+  Controller.scheduled() (ahead=True: known ahead).
 The outputs (Controller.outputs: the write stage's per-port setpoint, 0 W while a contactor is
 open) become ev2gym's actions as in adapter.py.
 
@@ -31,7 +32,6 @@ import adapter
 
 S = 1_000_000_000
 PROBE_W_PER_S = 2.0
-QUEUE = 16                # scheduled commands the loop holds per kind
 
 
 def build_site(env, battery_frame):
@@ -102,8 +102,8 @@ class ControllerPolicy:
         return np.array([adapter.kw_to_action(cs, ev, p) for (cs, ev), p in zip(plist, w)])
 
     def submit_setpoints(self, env, k):
-        """Step k's setpoint now; ahead, every later one the queue has room for, each with its start."""
-        last = min(env.simulation_length, k + 1 + (QUEUE if self.ahead else 0))
+        """Step k's setpoint now; ahead, every later one of the day too, each with its start."""
+        last = env.simulation_length if self.ahead else min(env.simulation_length, k + 1)
         while self.submitted < last:
             j = self.submitted
             start = self.t0_ns + int(j * self.dt_s * S)
@@ -112,8 +112,6 @@ class ControllerPolicy:
             if j > k:
                 cmd["starts_ns"] = start
             ok = self.ctrl.submit(cmd)
-            if ok.code == "ERR_CMD_SCHEDULE_FULL":
-                return
             assert ok, ok.reason
             self.submitted += 1
 

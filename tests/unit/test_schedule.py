@@ -147,6 +147,20 @@ def test_the_queue_is_bounded_per_kind_and_a_full_one_is_refused_with_its_code()
     assert c.snapshot().site["schedule_refused"] == 0
 
 
+def test_a_day_ahead_plan_of_quarter_hours_fits_and_each_opens_in_its_window():
+    c = controller()
+    q = 900 * S
+    for k in range(96):
+        assert setpoint(c, f"d{k}", 1000.0 + k, starts_ns=(k + 1) * q, expires_ns=(k + 2) * q)
+    assert len([x for x in c.scheduled() if x["state"] == "pending"]) == 96
+    assert active_w(c) is None
+    for k in range(96):
+        assert at(c, (k + 1) * q) == 1000.0 + k
+        assert at(c, (k + 2) * q - MS) == 1000.0 + k
+    assert at(c, 97 * q) is None
+    assert c.snapshot().site["schedule_refused"] == 0
+
+
 @pytest.mark.parametrize("cmd, code", [
     ({"kind": "cancel", "of": "setpoint", "starts_in_s": 5}, "ERR_CMD_BAD_FIELD"),
     ({"kind": "reset_fault", "port": 0, "starts_in_s": 5}, "ERR_CMD_BAD_FIELD"),
