@@ -76,8 +76,8 @@ GRID_COMMANDS = N_GRID_COMMANDS
 BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
             "safe_state", "stale_meter", "base_load", "children", "parent", "ev_limit",
             "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband", "thermal",
-            "phase_current", "site_ramp", "frequency", "measured", "relief")
-assert len(BINDINGS) == BIND_RELIEF + 1
+            "phase_current", "site_ramp", "frequency", "measured", "relief", "guidance")
+assert len(BINDINGS) == BIND_GUIDANCE + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
           "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,

@@ -225,6 +225,16 @@ cdef void sort_ports(Image* im) noexcept nogil:
             im.order[k] = src[k]
 
 
+cdef inline bint follows_plan(const Image* im, const Port* p, bint charging, bint guided) noexcept nogil:
+    """Fresh guidance plans this port to move power in this direction, and the port is not an
+    urgent EV (whose departure energy outranks any plan)."""
+    if not guided:
+        return False
+    if charging:
+        return p.plan_w > 0.0 and not (0.0 <= p.laxity_s <= im.opt.urgency_window_s)
+    return p.plan_w < 0.0
+
+
 cdef void set_keys(Image* im, bint charging) noexcept nogil:
     # Charging, in tiers (lower key first):
     #   urgent   0 <= laxity <= urgency window: it misses its departure energy unless
@@ -238,7 +248,8 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
     # Discharging: most slack first (late departure, high SoC).
     # Fresh guidance (guidance.pxi) puts the ports the planner wants moving power in this
     # direction now ahead of the rest (after the urgent ones), the largest planned share of
-    # their power first; the rest keep the order above.
+    # their power first; the rest keep the order above. cycle_arbitrate gives them their
+    # planned power first and more only when the others cannot take the rest (top_up_planned).
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
     cdef int32_t i
@@ -250,9 +261,9 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
         soc = p.soc if p.soc == p.soc else 0.0
         if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0):
             p.key = 4.0 * NEVER_S
-        elif guided and charging and p.plan_w > 0.0 and not (0.0 <= p.laxity_s <= im.opt.urgency_window_s):
+        elif charging and follows_plan(im, p, charging, guided):
             p.key = -0.5 * NEVER_S - fmin(p.plan_w / p.max_w, 1.0) - (0.01 if p.target_w > 0.0 else 0.0)
-        elif guided and not charging and p.plan_w < 0.0:
+        elif follows_plan(im, p, charging, guided):
             p.key = -2.0 * NEVER_S - fmin(-p.plan_w / -p.min_w, 1.0) - (0.01 if p.target_w < 0.0 else 0.0)
         elif charging:
             if p.energy_request_wh <= 0.0:
@@ -386,14 +397,48 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
     return total
 
 
+cdef double top_up_planned(Image* im, bint charging, double remaining, int32_t tbind) noexcept nogil:
+    """What the ports given their planned power (and less than they may take) still take of
+    remaining, in the arbitration's order: a plan made for another target, or ports that take
+    less than planned, never leave the fleet short. Returns what is still remaining."""
+    cdef int32_t k, b, bn
+    cdef double have, extra, total
+    cdef Port* p
+    for k in range(im.n_ports):
+        if remaining <= 1e-6:
+            break
+        p = &im.port[im.order[k]]
+        if p.relief_w > 0.0 or not follows_plan(im, p, charging, True):
+            continue
+        have = p.target_w if charging else -p.target_w
+        extra = fmin((p.max_w if charging else -p.min_w) - have, remaining)
+        if extra <= 0.0:
+            continue
+        b = tbind
+        bn = -1
+        extra = port_room(im, p, charging, extra, &b, &bn)
+        total = have + extra
+        if p.pilot_step_pct > 0.0 and charging:
+            total = fmax(pilot_floor_a(total / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp, have)
+        if total <= have:
+            continue
+        take_room(im, p, charging, total - have)
+        remaining -= expected_take(p, charging, total) - expected_take(p, charging, have)
+        p.target_w = total if charging else -total
+        p.binding = b
+        p.binding_node = bn
+    return remaining
+
+
 cdef void cycle_arbitrate(Image* im) noexcept nogil:
     cdef double target, remaining, give, room, relief
     cdef int32_t tbind, b, bn, i, k
-    cdef bint charging, capped
+    cdef bint charging, capped, guided
     cdef Port* p
     cdef Node* n
 
     target = fleet_target(im, &tbind, &capped)
+    guided = guidance_fresh(im)
     im.requested_w = target
     charging = target >= 0.0
     for i in range(im.n_nodes):
@@ -428,6 +473,9 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             give = -p.min_w - p.relief_w
             b = p.bind_min
         bn = -1
+        if follows_plan(im, p, charging, guided) and fabs(p.plan_w) < give:
+            give = fabs(p.plan_w)                 # its planned power first (top_up_planned)
+            b = BIND_GUIDANCE
         if give > remaining:
             give = remaining
             b = tbind
@@ -439,6 +487,8 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
         p.target_w = give if charging else (-(give + p.relief_w) if give + p.relief_w > 0.0 else 0.0)
         p.binding = b
         p.binding_node = bn
+    if guided:
+        remaining = top_up_planned(im, charging, remaining, tbind)
 
     for i in range(im.n_nodes):
         n = &im.node[i]

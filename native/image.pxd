@@ -122,6 +122,7 @@ cdef enum:  # Binding
     BIND_FREQUENCY = 21      # frequency response moved the fleet target
     BIND_MEASURED = 22       # the port takes less than it was given (closed loop)
     BIND_RELIEF = 23         # discharging to bring an overloaded node (non-EV load) within its import limit
+    BIND_GUIDANCE = 24       # given the power the planner planned for it (guidance.pxi)
 
 cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
             # clear when the vehicle leaves, latched bits only on a reset command

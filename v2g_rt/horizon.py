@@ -15,7 +15,11 @@ import). Each EV's shortfall costs 100 / (the energy it could reach charging at 
 it leaves) per kWh: a point of its own satisfaction as ev2gym's energy satisfaction counts it, so
 a kWh goes where it raises an EV's share most; a small
 cost on throughput forbids cycling, and a smaller one on lateness charges earlier among ties
-(energy in the battery early keeps options open for export windows later).
+(energy in the battery early keeps options open for export windows later). Where the planner
+has seen an EV take less than planned, the EV's own taper bounds it: its power at most taper_i x
+the room left in its battery (per hour; a first-order CC-CV, so a step of h hours fills at most
+1 - exp(-taper_i h) of the room at its start), taper_i learned from what it took
+(services/planner.py): the plan then asks of the others what a full EV will not take.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class Fleet:
     departure_in_s: np.ndarray       # NaN: unknown (stays past the horizon)
     max_charge_w: np.ndarray
     max_discharge_w: np.ndarray      # 0: no V2G
+    taper: np.ndarray | None = None  # power / room left seen in its taper (1/h; NaN: not seen)
 
 
 @dataclass
@@ -207,6 +212,24 @@ def build(fleet: Fleet, sched: Schedule, hs):
     rlo.append(-exp_)
     rhi.append(imp)
     r += T
+    # learned taper: h_t c_it <= tau_it (cap_i - E_i,t-1), tau_it = 1 - exp(-taper_i h_t)
+    taper = np.full(n, np.nan) if fleet.taper is None else np.asarray(fleet.taper, float)
+    seen = np.flatnonzero(np.isfinite(taper) & (taper > 0.0))
+    if seen.size:
+        tau = 1.0 - np.exp(-taper[seen, None] * h[None, :])                              # m x T
+        m = seen.size
+        kk = (seen[:, None] * T + np.arange(T)[None, :]).ravel()
+        rid = r + np.arange(m * T)
+        rows.append(rid)
+        cols.append(ic + kk)
+        vals.append(np.repeat(h[None, :], m, 0).ravel())
+        later = (np.arange(T)[None, :] > 0).repeat(m, 0).ravel()
+        rows.append(rid[later])
+        cols.append(ie + kk[later] - 1)
+        vals.append(tau.ravel()[later])
+        rlo.append(np.full(m * T, -np.inf))
+        rhi.append((tau * np.where(np.arange(T)[None, :] > 0, cap[seen, None], (cap - e0)[seen, None])).ravel())
+        r += m * T
 
     rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     order = np.lexsort((rows, cols))

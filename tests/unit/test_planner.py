@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from helpers import MS, S, assert_within_limits, ev, make_site
 from v2g_rt import Control, Controller, config, horizon
-from v2g_rt.services.planner import Planner, PlannerConfig, schedule_of
+from v2g_rt._core import BINDINGS
+from v2g_rt.services.planner import Planner, PlannerConfig, learn_taper, schedule_of
 
 PERIOD = 100 * MS
 
@@ -96,6 +97,27 @@ def test_guidance_does_not_outrank_an_urgent_ev():
     ctrl.guide({b: 11_000.0}, ctrl.now_ns() + 100 * S)
     run(ctrl, 1)
     assert serving(ctrl) == [a]
+
+
+def test_a_planned_port_gets_its_plan_and_the_rest_goes_to_the_others():
+    ctrl = charging(4, setpoint_w=20_000)
+    a, b = ctrl.port_ids[2:]
+    ctrl.guide({a: 4_000.0, b: 6_000.0}, ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    w = dict(zip(ctrl.port_ids, ctrl.snapshot().ports["setpoint_w"]))
+    assert w[a] == pytest.approx(4_000) and w[b] == pytest.approx(6_000)     # not their full 11 kW
+    assert sum(w.values()) == pytest.approx(20_000)                          # the others take the rest
+    assert BINDINGS[ctrl.snapshot().port(a)["binding"]] == "guidance"
+
+
+def test_a_plan_short_of_the_setpoint_is_topped_up_on_the_planned_ports():
+    ctrl = charging(2, setpoint_w=20_000)
+    a, b = ctrl.port_ids
+    ctrl.guide({a: 2_000.0, b: 2_000.0}, ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    w = ctrl.snapshot().ports["setpoint_w"]
+    assert w.sum() == pytest.approx(20_000)                   # the plan was for less: both topped up
+    assert (w <= 11_000 + 1e-6).all()
 
 
 @settings(max_examples=40)
@@ -184,6 +206,43 @@ def test_an_export_window_known_ahead_charges_the_ev_that_can_give_it_first():
     assert plan.plan_w[0] == pytest.approx(11_000) and plan.plan_w[1] == pytest.approx(0, abs=1e-6)
     blind = horizon.Solver().solve(planner_for(ctrl).fleet(ctrl.snapshot()), schedule_of(ctrl.snapshot(), now, cfg, 0.0), 10.0)
     assert blind.plan_w[0] < 11_000 - 1                # not knowing the window, it would not
+
+
+def test_a_learned_taper_bounds_what_the_lp_plans_for_an_ev():
+    cap = np.full(2, 60e3)
+    fleet = horizon.Fleet(np.arange(2), cap * 0.9, cap, cap * 0.1, cap * 0.1, np.full(2, 8 * 3600.0),
+                          np.full(2, 11e3), np.zeros(2), taper=np.array([0.5, np.nan]))
+    step = horizon.steps(0.0, 900.0, 8 * 3600.0)
+    sp = np.full(len(step), np.nan)
+    sp[0] = 6_000.0
+    plan = horizon.Solver().solve(fleet, horizon.Schedule(step, sp, np.full(len(step), 1e6), np.full(len(step), 1e6)), 10.0)
+    assert plan.status == "Optimal" and plan.tracking_kwh < 1e-6
+    room_wh = 6_000.0
+    assert plan.plan_w[0] <= room_wh * (1 - math.exp(-0.5 * 0.25)) / 0.25 + 1e-3    # 2.94 kW of room left
+    assert plan.plan_w.sum() == pytest.approx(6_000.0)                              # the other takes the rest
+
+
+def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_planned_and_forgets_it():
+    ctrl = controller(2)
+    a, b = ctrl.port_ids
+    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=3_000.0)
+    ev(soc=0.5, capacity_wh=60_000).publish(ctrl, b, ctrl.now_ns(), power_w=5_000.0)
+    run(ctrl, 1)
+    taper, planned = np.full(2, np.nan), np.array([11_000.0, 5_000.0])
+    learn_taper(taper, planned, ctrl.snapshot(), 0.25)
+    assert taper[0] == pytest.approx(math.log1p(750 / 6_000) / 0.25)     # 6 kWh of room left after 0.75 kWh
+    assert np.isnan(taper[1])                                              # took its plan
+    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=2_950.0)
+    run(ctrl, 1)
+    learn_taper(taper, np.array([3_000.0, 5_000.0]), ctrl.snapshot(), 0.25)
+    assert np.isnan(taper[0])                                              # it took what the taper allowed
+    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=3_000.0)
+    run(ctrl, 1)
+    learn_taper(taper, planned, ctrl.snapshot(), 0.25)
+    ctrl.measure(f"port/{a}/connected", 0.0)
+    run(ctrl, 1)
+    learn_taper(taper, planned, ctrl.snapshot(), 0.25)
+    assert np.isnan(taper[0])                                              # gone with its EV
 
 
 # ------------------------------------------------------------------ the service

@@ -26,6 +26,8 @@ TICK_S = 1.0                  # how often the service looks at the snapshot
 KILL_GRACE_S = 2.0            # past its budget a solve gets this long before its worker is killed
 START_TIMEOUT_S = 30.0        # a new worker's first answer (imports numpy and highspy)
 DEPARTURE_QUANTUM_S = 300.0   # departures that move less than this are the same fleet
+TAPER_SEEN = 0.9              # an EV taking less than this share of its planned power is in its taper
+TAPER_GONE = 0.97             # ... and one taking this share of it is not (its estimate was too low)
 
 log = logging.getLogger("v2g_rt")
 
@@ -118,10 +120,11 @@ class Worker:
         return self.proc.pid if self.proc is not None and self.proc.is_alive() else None
 
 
-def fleet_of(snap, rating_charge_w, rating_discharge_w) -> horizon.Fleet:
+def fleet_of(snap, rating_charge_w, rating_discharge_w, taper=None) -> horizon.Fleet:
     """The connected EVs as the snapshot shows them: what they announce, within their port's
-    rating (the loop's envelope now says what they may do this minute, not over the day); a
-    port whose SoC or capacity is unknown, or that is faulted, is not planned."""
+    rating (the loop's envelope now says what they may do this minute, not over the day), and
+    per port the taper learned from what it took (learn_taper; NaN: none seen); a port whose SoC
+    or capacity is unknown, or that is faulted, is not planned."""
     p = snap.ports
     ok = (p["connected"] & (p["faults"] == 0) & np.isfinite(p["soc"]) & np.isfinite(p["capacity_wh"])
           & (p["capacity_wh"] > 0))
@@ -132,7 +135,27 @@ def fleet_of(snap, rating_charge_w, rating_discharge_w) -> horizon.Fleet:
     discharge = np.where(p["v2g"][idx], np.fmin(np.asarray(rating_discharge_w)[idx], p["ev_max_discharge_w"][idx]), 0.0)
     return horizon.Fleet(idx, p["soc"][idx] * cap, cap, np.nan_to_num(p["min_soc"][idx]) * cap,
                          np.maximum(request, 0.0), p["departure_in_s"][idx].astype(float),
-                         np.maximum(charge, 0.0), np.maximum(discharge, 0.0))
+                         np.maximum(charge, 0.0), np.maximum(discharge, 0.0),
+                         None if taper is None else np.asarray(taper, float)[idx])
+
+
+def learn_taper(taper, planned, snap, hours: float) -> None:
+    """Update each port's taper estimate (1/h, in place) from what it took over the last `hours`
+    of what was planned for it. An EV that took clearly less than planned (the arbitration gives
+    a planned port at least its plan) is in its taper: power = taper x room left, so over h hours
+    the room fell from room + taken to room, taper = ln((room + taken) / room) / h. One that took
+    about its plan is not bounded that low: its estimate goes. A port that is not connected has none."""
+    p = snap.ports
+    taper[~p["connected"].astype(bool)] = np.nan
+    took = np.nan_to_num(p["measured_w"], nan=-1.0)
+    with np.errstate(invalid="ignore"):
+        short = (took > 0) & (took < TAPER_SEEN * planned)
+        taper[(took >= TAPER_GONE * planned) & (planned > 0)] = np.nan
+    if hours <= 0 or not short.any():
+        return
+    room = np.maximum((1.0 - p["soc"][short]) * p["capacity_wh"][short], 1e-3)
+    taken = took[short] * hours
+    taper[short] = np.where(np.isfinite(room), np.log1p(taken / room) / hours, np.nan)
 
 
 def schedule_of(snap, now_ns: int, cfg: PlannerConfig, default_w: float, commands=()) -> horizon.Schedule:
@@ -199,6 +222,9 @@ class Planner(Service):
         self.signature = None
         self.solve_s: list[float] = []           # recent solve times (bounded)
         self.plan_id = 0
+        n = len(ctrl.port_ids)
+        self.planned = np.full(n, np.nan)        # the power last planned per port (W; NaN: none)
+        self.taper = np.full(n, np.nan)          # learned per port (learn_taper)
 
     def run(self) -> None:
         try:
@@ -210,6 +236,8 @@ class Planner(Service):
     def plan_if_due(self, now_ns: int) -> bool:
         """Plan if the fleet or the schedule changed, a plan step began, or plan_interval_s passed."""
         snap = self.ctrl.snapshot()
+        if self.last_ns is not None:
+            learn_taper(self.taper, self.planned, snap, min(now_ns - self.last_ns, self.cfg.step_s * 1e9) / 3.6e12)
         fleet = self.fleet(snap)
         sched = schedule_of(snap, now_ns, self.cfg, self.default_w, self.ctrl.scheduled())
         sig = _signature(fleet, sched, now_ns / 1e9)
@@ -222,7 +250,7 @@ class Planner(Service):
         return True
 
     def fleet(self, snap) -> horizon.Fleet:
-        return fleet_of(snap, self.rating_charge_w, self.rating_discharge_w)
+        return fleet_of(snap, self.rating_charge_w, self.rating_discharge_w, self.taper)
 
     def plan(self, fleet: horizon.Fleet, sched: horizon.Schedule, now_ns: int) -> horizon.Plan | None:
         self.last_ns = now_ns
@@ -250,6 +278,7 @@ class Planner(Service):
         ttl_ns = int(min(self.cfg.guidance_ttl_s, sched.step_s[0]) * 1e9)
         self.plan_id += 1
         self.ctrl.guide(plan, now_ns + ttl_ns, self.plan_id)
+        self.planned = plan
         return result
 
     def stop(self) -> None:
