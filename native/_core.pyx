@@ -129,7 +129,8 @@ def _layout(name):
             ("latch_seq", "u8", _off(&_pr.latch_seq, b)), ("capacity_wh", "f8", _off(&_pr.capacity_wh, b)),
             ("min_soc", "f8", _off(&_pr.min_soc, b)), ("plan_w", "f8", _off(&_pr.plan_w, b)),
             ("ev_max_charge_w", "f8", _off(&_pr.ev_max_charge_w, b)),
-            ("ev_max_discharge_w", "f8", _off(&_pr.ev_max_discharge_w, b))]
+            ("ev_max_discharge_w", "f8", _off(&_pr.ev_max_discharge_w, b)),
+            ("given_w", "f8", _off(&_pr.given_w, b))]
     if name == "node":
         b = <void*>&_nr
         return sizeof(NodeRow), [

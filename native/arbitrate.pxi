@@ -226,12 +226,11 @@ cdef void sort_ports(Image* im) noexcept nogil:
 
 
 cdef inline bint follows_plan(const Image* im, const Port* p, bint charging, bint guided) noexcept nogil:
-    """Fresh guidance plans this port to move power in this direction, and the port is not an
-    urgent EV (whose departure energy outranks any plan)."""
+    """Fresh guidance plans this port to move power in this direction."""
     if not guided:
         return False
     if charging:
-        return p.plan_w > 0.0 and not (0.0 <= p.laxity_s <= im.opt.urgency_window_s)
+        return p.plan_w > 0.0
     return p.plan_w < 0.0
 
 
@@ -247,9 +246,11 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
     #   surplus  satisfied vehicles take what is left, the emptiest first
     # Discharging: most slack first (late departure, high SoC).
     # Fresh guidance (guidance.pxi) puts the ports the planner wants moving power in this
-    # direction now ahead of the rest (after the urgent ones), the largest planned share of
-    # their power first; the rest keep the order above. cycle_arbitrate gives them their
-    # planned power first and more only when the others cannot take the rest (top_up_planned).
+    # direction now ahead of the rest, the largest planned share of their power first; the
+    # rest keep the order above, except that a planned port is not urgent: the plan weighed
+    # its departure energy against every other EV's (an urgent EV the plan does not cover,
+    # NaN, still comes first). cycle_arbitrate gives planned ports their planned power first
+    # and more only when the others cannot take the rest (top_up_planned).
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
     cdef int32_t i
@@ -268,7 +269,7 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
         elif charging:
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc
-            elif 0.0 <= p.laxity_s <= im.opt.urgency_window_s:
+            elif 0.0 <= p.laxity_s <= im.opt.urgency_window_s and not (guided and p.plan_w == p.plan_w):
                 p.key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
             else:
                 stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S

@@ -282,6 +282,7 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         r.ev_max_discharge_w = port_value(im, p, SRC_PORT_MAX_DISCHARGE_W, &ok)
         if not ok:
             r.ev_max_discharge_w = NAN
+        r.given_w = p.given_w
     s.site.latch_counter = im.latch_counter
     s.site.setpoint_expires_ns = im.grid_cmd[CMD_SETPOINT].expires_ns if im.grid_cmd[CMD_SETPOINT].active else 0
     s.site.guidance_expires_ns = im.guide_expires_ns

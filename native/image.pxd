@@ -242,6 +242,7 @@ cdef struct PortRow:
     double plan_w                  # the planner's advice in force (NaN: none or expired)
     double ev_max_charge_w         # what the EV announces (NaN: nothing fresh), for the planner
     double ev_max_discharge_w
+    double given_w                 # what it was given when its power was last measured (closed loop)
 
 cdef struct NodeRow:
     uint64_t cycle
@@ -435,6 +436,7 @@ cdef struct Port:
     double cap_charge_w
     double cap_discharge_w
     int64_t short_since_ns       # since when it takes less than given (0: it does not)
+    double given_w               # the setpoint its latest fresh power was compared with
 
 cdef struct Upstream:
     int32_t input

@@ -167,6 +167,7 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
     if not fresh:
         p.short_since_ns = 0
         return
+    p.given_w = given
     short = p.contactor_closed and ((given > 0.0 and got < given - fmax(CL_TOLERANCE_W, CL_TOLERANCE * given)) or
                                     (given < 0.0 and got > given + fmax(CL_TOLERANCE_W, -CL_TOLERANCE * given)))
     if short:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from helpers import MS, S, assert_within_limits, ev, make_site
 from v2g_rt import Control, Controller, config, horizon
 from v2g_rt._core import BINDINGS
-from v2g_rt.services.planner import Planner, PlannerConfig, learn_taper, schedule_of
+from v2g_rt.services.planner import Planner, PlannerConfig, learn_taper, schedule_of, site_taper
 
 PERIOD = 100 * MS
 
@@ -88,12 +88,18 @@ def test_guidance_cannot_make_a_port_discharge_that_may_not():
     assert (ctrl.snapshot().ports["setpoint_w"] >= 0).all()
 
 
-def test_guidance_does_not_outrank_an_urgent_ev():
+def urgent_and_patient():
+    """Port a urgent (laxity 155 s), port b patient, a setpoint one of them can take."""
     ctrl = controller(2)
     a, b = ctrl.port_ids
-    ev(departure_in_s=6700, energy_request_wh=20_000).publish(ctrl, a, ctrl.now_ns())   # laxity 155 s
+    ev(departure_in_s=6700, energy_request_wh=20_000).publish(ctrl, a, ctrl.now_ns())
     ev(departure_in_s=8 * 3600).publish(ctrl, b, ctrl.now_ns())
     ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": 11_000, "expires_in_s": 3600})
+    return ctrl, a, b
+
+
+def test_guidance_does_not_outrank_an_urgent_ev_it_does_not_cover():
+    ctrl, a, b = urgent_and_patient()
     ctrl.guide({b: 11_000.0}, ctrl.now_ns() + 100 * S)
     run(ctrl, 1)
     assert serving(ctrl) == [a]
@@ -118,6 +124,17 @@ def test_a_plan_short_of_the_setpoint_is_topped_up_on_the_planned_ports():
     w = ctrl.snapshot().ports["setpoint_w"]
     assert w.sum() == pytest.approx(20_000)                   # the plan was for less: both topped up
     assert (w <= 11_000 + 1e-6).all()
+
+
+def test_an_urgent_ev_the_plan_covers_gets_what_the_plan_gives_it():
+    # near its departure an EV is urgent to the plain order; the planner weighed its departure
+    # energy against the others' (and in a real battery the last percent comes slowly)
+    ctrl, a, b = urgent_and_patient()
+    ctrl.guide({a: 0.0, b: 11_000.0}, ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    assert serving(ctrl) == [b]
+    run(ctrl, 100)                                       # the plan expired: urgent first again
+    assert serving(ctrl) == [a]
 
 
 @settings(max_examples=40)
@@ -222,27 +239,44 @@ def test_a_learned_taper_bounds_what_the_lp_plans_for_an_ev():
     assert plan.plan_w.sum() == pytest.approx(6_000.0)                              # the other takes the rest
 
 
-def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_planned_and_forgets_it():
+def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_given_and_forgets_it():
     ctrl = controller(2)
     a, b = ctrl.port_ids
-    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=3_000.0)
-    ev(soc=0.5, capacity_wh=60_000).publish(ctrl, b, ctrl.now_ns(), power_w=5_000.0)
-    run(ctrl, 1)
-    taper, planned = np.full(2, np.nan), np.array([11_000.0, 5_000.0])
-    learn_taper(taper, planned, ctrl.snapshot(), 0.25)
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": 22_000, "expires_in_s": 3600})
+
+    def took(wa, wb=11_000.0):
+        ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=wa)
+        ev(soc=0.5, capacity_wh=60_000).publish(ctrl, b, ctrl.now_ns(), power_w=wb)
+        run(ctrl, 0.2)
+        return ctrl.snapshot()
+
+    took(11_000.0)
+    snap = took(3_000.0)
+    assert snap.ports["given_w"] == pytest.approx([11_000.0, 11_000.0])
+    taper = np.full(2, np.nan)
+    seen = learn_taper(taper, snap, 0.25)
     assert taper[0] == pytest.approx(math.log1p(750 / 6_000) / 0.25)     # 6 kWh of room left after 0.75 kWh
-    assert np.isnan(taper[1])                                              # took its plan
-    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=2_950.0)
-    run(ctrl, 1)
-    learn_taper(taper, np.array([3_000.0, 5_000.0]), ctrl.snapshot(), 0.25)
-    assert np.isnan(taper[0])                                              # it took what the taper allowed
-    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, a, ctrl.now_ns(), power_w=3_000.0)
-    run(ctrl, 1)
-    learn_taper(taper, planned, ctrl.snapshot(), 0.25)
+    assert seen == pytest.approx([taper[0] * 60_000 / 11_000])            # in the EV's own scale
+    assert np.isnan(taper[1])                                              # took all it was given
+    learn_taper(taper, took(10_900.0), 0.25)
+    assert np.isnan(taper[0])                   # it took what it was given: the estimate goes
+    snap = took(3_000.0, 500.0)
+    learn_taper(taper, snap, 0.25)
+    assert np.isnan(taper[1])                   # 500 W at half full is no CC-CV taper: not learned
     ctrl.measure(f"port/{a}/connected", 0.0)
     run(ctrl, 1)
-    learn_taper(taper, planned, ctrl.snapshot(), 0.25)
-    assert np.isnan(taper[0])                                              # gone with its EV
+    learn_taper(taper, ctrl.snapshot(), 0.25)
+    assert np.isnan(taper[0])                   # gone with its EV
+
+
+def test_an_ev_not_seen_tapering_gets_the_tapers_seen_at_the_site():
+    ctrl = controller(2)
+    ev(capacity_wh=60_000, max_charge_w=11_000).publish(ctrl, ctrl.port_ids[0], ctrl.now_ns())
+    ev(capacity_wh=30_000, max_charge_w=7_000).publish(ctrl, ctrl.port_ids[1], ctrl.now_ns())
+    run(ctrl, 1)
+    own = np.array([0.7, np.nan])
+    assert site_taper(own, [5.0] * 4, ctrl.snapshot()) is own                 # too few seen yet
+    assert site_taper(own, [5.0] * 5, ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
 
 
 # ------------------------------------------------------------------ the service

@@ -10,6 +10,7 @@ begins, and at least every plan_interval_s.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import multiprocessing
@@ -26,8 +27,10 @@ TICK_S = 1.0                  # how often the service looks at the snapshot
 KILL_GRACE_S = 2.0            # past its budget a solve gets this long before its worker is killed
 START_TIMEOUT_S = 30.0        # a new worker's first answer (imports numpy and highspy)
 DEPARTURE_QUANTUM_S = 300.0   # departures that move less than this are the same fleet
-TAPER_SEEN = 0.9              # an EV taking less than this share of its planned power is in its taper
+TAPER_SEEN = 0.9              # an EV taking less than this share of what it is given is in its taper ...
 TAPER_GONE = 0.97             # ... and one taking this share of it is not (its estimate was too low)
+TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
+TAPER_PRIOR_MIN = 5           # ... once this many were seen
 
 log = logging.getLogger("v2g_rt")
 
@@ -139,23 +142,44 @@ def fleet_of(snap, rating_charge_w, rating_discharge_w, taper=None) -> horizon.F
                          None if taper is None else np.asarray(taper, float)[idx])
 
 
-def learn_taper(taper, planned, snap, hours: float) -> None:
+def learn_taper(taper, snap, hours: float) -> np.ndarray:
     """Update each port's taper estimate (1/h, in place) from what it took over the last `hours`
-    of what was planned for it. An EV that took clearly less than planned (the arbitration gives
-    a planned port at least its plan) is in its taper: power = taper x room left, so over h hours
+    of what the loop gave it (given_w: the setpoint its measured power answers). An EV that took
+    clearly less than given is in its taper: power = taper x room left, so over h hours
     the room fell from room + taken to room, taper = ln((room + taken) / room) / h. One that took
-    about its plan is not bounded that low: its estimate goes. A port that is not connected has none."""
+    about its plan is not bounded that low: its estimate goes. A port that is not connected has none.
+    Returns the tapers just seen in the EVs' own scale (taper x capacity / announced power: the
+    inverse of the room, in hours of full power, below which an EV tapers)."""
     p = snap.ports
     taper[~p["connected"].astype(bool)] = np.nan
     took = np.nan_to_num(p["measured_w"], nan=-1.0)
     with np.errstate(invalid="ignore"):
-        short = (took > 0) & (took < TAPER_SEEN * planned)
-        taper[(took >= TAPER_GONE * planned) & (planned > 0)] = np.nan
+        given = p["given_w"]
+        short = (took > 0) & (took < TAPER_SEEN * given)
+        taper[(took >= TAPER_GONE * given) & (given > 0)] = np.nan
     if hours <= 0 or not short.any():
-        return
+        return np.zeros(0)
     room = np.maximum((1.0 - p["soc"][short]) * p["capacity_wh"][short], 1e-3)
-    taken = took[short] * hours
-    taper[short] = np.where(np.isfinite(room), np.log1p(taken / room) / hours, np.nan)
+    rate = np.log1p(took[short] * hours / room) / hours
+    scale = rate * p["capacity_wh"][short] / p["ev_max_charge_w"][short]
+    # a CC-CV taper starts at some SoC below full, so at its start the EV takes its full power
+    # with room / capacity left: scale >= 1. Below that the EV took less for another reason
+    # (a limit of its own): no taper is learned from it
+    ok = np.isfinite(scale) & (scale >= 1.0)
+    taper[np.flatnonzero(short)[ok]] = rate[ok]
+    return scale[ok]
+
+
+def site_taper(taper, seen, snap) -> np.ndarray:
+    """Each port's own taper, or for an EV not yet seen tapering the median of those seen at this
+    site (in the EV's scale: its announced power and capacity), once TAPER_PRIOR_MIN were seen:
+    a site learns from its own measurements how EVs near full take less than they announce."""
+    if len(seen) < TAPER_PRIOR_MIN:
+        return taper
+    p = snap.ports
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prior = float(np.median(seen)) * p["ev_max_charge_w"] / p["capacity_wh"]
+    return np.where(np.isfinite(taper), taper, np.where(np.isfinite(prior) & (prior > 0), prior, np.nan))
 
 
 def schedule_of(snap, now_ns: int, cfg: PlannerConfig, default_w: float, commands=()) -> horizon.Schedule:
@@ -223,8 +247,8 @@ class Planner(Service):
         self.solve_s: list[float] = []           # recent solve times (bounded)
         self.plan_id = 0
         n = len(ctrl.port_ids)
-        self.planned = np.full(n, np.nan)        # the power last planned per port (W; NaN: none)
         self.taper = np.full(n, np.nan)          # learned per port (learn_taper)
+        self.tapers_seen = collections.deque(maxlen=TAPER_HISTORY)
 
     def run(self) -> None:
         try:
@@ -236,8 +260,6 @@ class Planner(Service):
     def plan_if_due(self, now_ns: int) -> bool:
         """Plan if the fleet or the schedule changed, a plan step began, or plan_interval_s passed."""
         snap = self.ctrl.snapshot()
-        if self.last_ns is not None:
-            learn_taper(self.taper, self.planned, snap, min(now_ns - self.last_ns, self.cfg.step_s * 1e9) / 3.6e12)
         fleet = self.fleet(snap)
         sched = schedule_of(snap, now_ns, self.cfg, self.default_w, self.ctrl.scheduled())
         sig = _signature(fleet, sched, now_ns / 1e9)
@@ -246,11 +268,16 @@ class Planner(Service):
         if not due:
             return False
         self.signature = sig
+        if self.last_ns is not None:
+            hours = min(now_ns - self.last_ns, self.cfg.step_s * 1e9) / 3.6e12
+            self.tapers_seen.extend(learn_taper(self.taper, snap, hours))
+            fleet = self.fleet(snap)
         self.plan(fleet, sched, now_ns)
         return True
 
     def fleet(self, snap) -> horizon.Fleet:
-        return fleet_of(snap, self.rating_charge_w, self.rating_discharge_w, self.taper)
+        taper = site_taper(self.taper, self.tapers_seen, snap)
+        return fleet_of(snap, self.rating_charge_w, self.rating_discharge_w, taper)
 
     def plan(self, fleet: horizon.Fleet, sched: horizon.Schedule, now_ns: int) -> horizon.Plan | None:
         self.last_ns = now_ns
@@ -278,7 +305,6 @@ class Planner(Service):
         ttl_ns = int(min(self.cfg.guidance_ttl_s, sched.step_s[0]) * 1e9)
         self.plan_id += 1
         self.ctrl.guide(plan, now_ns + ttl_ns, self.plan_id)
-        self.planned = plan
         return result
 
     def stop(self) -> None:
