@@ -269,14 +269,14 @@ def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_given_and_fo
     assert np.isnan(taper[0])                   # gone with its EV
 
 
-def test_an_ev_not_seen_tapering_gets_the_tapers_seen_at_the_site():
+def test_an_ev_not_seen_tapering_gets_the_median_taper_seen_at_the_site():
     ctrl = controller(2)
     ev(capacity_wh=60_000, max_charge_w=11_000).publish(ctrl, ctrl.port_ids[0], ctrl.now_ns())
     ev(capacity_wh=30_000, max_charge_w=7_000).publish(ctrl, ctrl.port_ids[1], ctrl.now_ns())
     run(ctrl, 1)
     own = np.array([0.7, np.nan])
-    assert site_taper(own, [5.0] * 4, ctrl.snapshot()) is own                 # too few seen yet
-    assert site_taper(own, [5.0] * 5, ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
+    assert site_taper(own, [5.0], ctrl.snapshot()) is own                     # too few seen yet
+    assert site_taper(own, [4.0, 6.0], ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
 
 
 # ------------------------------------------------------------------ the service
