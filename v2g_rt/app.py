@@ -25,9 +25,12 @@ log = logging.getLogger("v2g_rt")
 
 
 def simulated(site: Site) -> bool:
-    """Some EVSE's far side is the simulated plant: link = "sim", or "can" on the sim bus."""
+    """Some EVSE's far side is the simulated plant: link = "sim", "can" on the sim bus, or "pwm"
+    with a simulated pwmchip (the plant's vehicles plug into its pilot)."""
     can = site.sections.get("can")
-    return any(n.link == "sim" or (n.link == "can" and can and can.backend == "sim") for n in site.nodes)
+    pilots = any(cfg.backend == "sim" for cfg in site.sections.get("pwm") or ())
+    return any(n.link == "sim" or (n.link == "can" and can and can.backend == "sim") or (n.link == "pwm" and pilots)
+               for n in site.nodes)
 
 
 class App:

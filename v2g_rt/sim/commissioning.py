@@ -42,7 +42,9 @@ def first_phase(phases: str) -> int:
 
 class CommissioningPlant(Plant):
     """The plant whose meter is the SunSpec meter peer: per phase, the base load in thirds and each
-    port's test load on the phase its L1 is wired to."""
+    port's test load on the phase its L1 is wired to. No vehicle at a pilot: the test box is."""
+
+    pilot_vehicles = False
 
     def __init__(self, site: Site, ctrl: Controller, t0_ns: int, devices, wiring: list[int], ct_sign: float,
                  meter: MeterPeer):
@@ -92,10 +94,8 @@ class SimSite:
             raise
         cfg = self.plant.cfg
         self.cycles = max(1, round(cfg.step_s * S) // site.period_ns)
-        self.chips = self.devices.pwm_peer
-        if self.chips:
-            self.chips.by_hand()
-        fast = self.plant.fast_peers or self.chips is not None          # pilots: their CPs go stale fast
+        self.plant.by_hand()
+        fast = self.plant.fast_peers or self.devices.pwm_peer is not None   # pilots: their CPs go stale fast
         self.chunk = max(1, round(PEER_POLL_S * S) // site.period_ns) if fast else self.cycles
 
     def _miswire(self, inject: str | None) -> None:
@@ -144,10 +144,7 @@ class SimSite:
             self.ctrl.poll_io()
 
     def poll_fast(self) -> None:
-        self.plant.poll_peers(self.ctrl.now_ns())
-        self.ctrl.poll_io()
-        if self.chips:
-            self.chips.serve()
+        self.plant.poll_fast(self.ctrl.now_ns())
 
     def meter_config(self) -> ModbusConfig:
         root = next(n.id for n in self.site.nodes if n.parent is None)

@@ -36,6 +36,7 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
     t = S
     ctrl.step(t)
     plant = Plant(site, ctrl, cfg, t, devices)
+    plant.by_hand()
     plant.poll_peers(t)            # a modem answers the first probe before a vehicle is seen plugged in
     plant.publish(t)
     step_ns = round(cfg.step_s * S)
@@ -49,7 +50,7 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
     while t < end:
         for k in range(0, cycles, chunk):
             ctrl.run_steps(min(chunk, cycles - k))
-            plant.poll_peers(ctrl.now_ns())
+            plant.poll_fast(ctrl.now_ns())
         plant.advance(t, step_ns / S)
         t += step_ns
         plant.events(t)

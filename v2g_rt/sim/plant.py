@@ -19,6 +19,7 @@ import numpy as np
 from .. import _core
 from ..config import _show, is_number
 from ..controller import Controller
+from ..pilot import pilot_current
 from ..site import PHASES, Site, node_source, port_source, upstream_heartbeat
 
 SECTION = "sim"          # [sim]: the simulated site's plant
@@ -166,8 +167,14 @@ class Books:
 PEER_POLL_S = 0.01               # how often the drivers let the fast far sides (GPIO contactors, PLC modems) act
 
 
+def watts_per_amp(evse) -> float:
+    return evse.voltage_v * bin(PHASES[evse.phases]).count("1")
+
+
 class Plant:
     """Vectorised EV fleet, base load, DMS and grid for one site."""
+
+    pilot_vehicles = True        # vehicles arrive at direct-wired pilots too (not at commissioning)
 
     def __init__(self, site: Site, ctrl: Controller, cfg: PlantConfig, t0_ns: int, devices=None):
         self.site, self.ctrl, self.cfg = site, ctrl, cfg
@@ -175,6 +182,7 @@ class Plant:
         self.i2c_peer = devices.i2c_peer if devices else None
         self.gpio_peer = devices.gpio_peer if devices else None
         self.spi_peer = devices.spi_peer if devices else None
+        self.pwm_peer = devices.pwm_peer if devices else None
         self.plc_peer = devices.plc_peer if devices else None      # modems the loop probes itself
         self.rng = np.random.default_rng(cfg.seed)
         self.t0_ns = t0_ns
@@ -260,7 +268,16 @@ class Plant:
         self.welded = {port_index[pid]: h for pid, h in cfg.contactor_welds}
         self.closed = np.zeros(n, bool)
         self.faults_seen: dict[str, set] = {}
-        occupied = (self.rng.random(n) < cfg.occupancy) & self.mine
+        # a direct-wired pilot's vehicle shows itself on the CP alone: it plugs into the SPI ADC's
+        # pilot (state B), closes S2 (C) while the PWM offers a current and draws what the duty the
+        # pwmchip drives offers (the pilot map), within its own limits
+        self.pilots = [(j, port_source(p.id, "cp_v"), p.id, watts_per_amp(site.node(p.evse)))
+                       for j, p in enumerate(site.ports)
+                       if self.pilot_vehicles and site.node(p.evse).link == "pwm" and self.spi_peer and self.pwm_peer
+                       and port_source(p.id, "cp_v") in self.spi_peer.by_source and p.id in self.pwm_peer.configs]
+        self.hosts = self.mine.copy()             # ports where the plant's vehicles arrive
+        self.hosts[[j for j, *_ in self.pilots]] = True
+        occupied = (self.rng.random(n) < cfg.occupancy) & self.hosts
         for j in np.flatnonzero(occupied):
             self._arrive(j, t0_ns)
 
@@ -314,6 +331,10 @@ class Plant:
         self.v2g[j] = r.random() < c.v2g_share
         self.power[j] = 0.0
         self.books.arrivals += 1
+        for k, src, pid, _ in self.pilots:
+            if k == j:
+                self.v2g[j] = False                # a pilot offers a charging current only
+                self.spi_peer.plug(src, "B", lambda pid=pid: self.pwm_peer.duty(pid))
 
     # ------------------------------------------------------------ one step
 
@@ -338,6 +359,10 @@ class Plant:
             self.poll_peers(t_ns)
             for j, pid in self.gpio_ports:
                 self.closed[j] = self.gpio_peer.closed(pid)
+        for j, _, pid, wpa in self.pilots:                    # what the PWM offers the vehicle
+            duty = self.pwm_peer.duty(pid)
+            setpoint[j] = pilot_current(duty) * wpa if duty is not None and 0.0 < duty < 100.0 else 0.0
+            valid[j] = True                                    # the pilot is steady: no dead-man
         want = np.where(valid & self.occupied & (self.closed | ~self._has_contactor()), setpoint, 0.0)
         p = np.clip(want, -self.ev_max_discharge(), self.ev_max_charge())
         # never beyond full or below the minimum within the step
@@ -390,7 +415,10 @@ class Plant:
                 b.unmet_energy_wh += short
         self.occupied &= ~leaving
         self.power[leaving] = 0.0
-        free = np.flatnonzero(~self.occupied & self.mine)
+        for j, src, _, _ in self.pilots:
+            if leaving[j]:
+                self.spi_peer.plug(src, None)
+        free = np.flatnonzero(~self.occupied & self.hosts)
         rate = self.cfg.arrivals_per_port_h * self.cfg.step_s / 3600.0
         for j in free[self.rng.random(free.size) < rate]:
             self._arrive(j, t_ns)
@@ -462,7 +490,7 @@ class Plant:
 
     @property
     def fast_peers(self) -> bool:
-        return bool(self.gpio_ports or self.plc_modems)
+        return bool(self.gpio_ports or self.plc_modems or self.pilots)
 
     def poll_peers(self, t_ns: int) -> None:
         """Far sides faster than a plant step: GPIO-wired contactors follow their coils within
@@ -472,6 +500,24 @@ class Plant:
             self.gpio_peer.poll(t_ns)
         if self.plc_modems:
             self.plc_peer.poll(t_ns)
+        for j, src, pid, _ in self.pilots:                    # S2: closed while offered a current and not full
+            if self.occupied[j]:
+                duty = self.pwm_peer.duty(pid)
+                wants = self.soc[j] < 0.999 and duty is not None and 0.0 < duty < 100.0
+                self.spi_peer.plug(src, "C" if wants else "B", lambda pid=pid: self.pwm_peer.duty(pid))
+
+    def by_hand(self) -> None:
+        """Virtual time: the driver serves the far sides itself (poll_fast), no thread does."""
+        if self.pwm_peer:
+            self.pwm_peer.by_hand()
+
+    def poll_fast(self, t_ns: int) -> None:
+        """Virtual time, every PEER_POLL_S between steps: the fast far sides, the I/O jobs due by
+        now (a pilot's CP is sampled there) and the pwmchips answering what they were written."""
+        self.poll_peers(t_ns)
+        self.ctrl.poll_io()
+        if self.pwm_peer:
+            self.pwm_peer.serve()
 
     def _has_contactor(self) -> np.ndarray:
         has = np.zeros(self.n, bool)
