@@ -233,6 +233,7 @@ _OPTION_FIELDS = {
     "discharge_reserve_s": (_off(&_op.discharge_reserve_s, &_op), "f8"),
     "discharge_taper_s": (_off(&_op.discharge_taper_s, &_op), "f8"),
     "urgency_window_s": (_off(&_op.urgency_window_s, &_op), "f8"),
+    "setpoint_draws_reserve": (_off(&_op.setpoint_draws_reserve, &_op), "f8"),
     "overrun_streak_safe": (_off(&_op.overrun_streak_safe, &_op), "u8"),
     "safe_exit_s": (_off(&_op.safe_exit_ns, &_op), "ns"),
     "site_ramp_w_per_s": (_off(&_op.site_ramp_w_per_s, &_op), "f8"),

@@ -3,7 +3,7 @@
 # interlock. A greedy pass in priority order under the headroom of every node
 # on the port's path: exact for the tree's limits (a polymatroid), O(n log n).
 
-from libc.math cimport exp, fabs, fmin, fmax, INFINITY
+from libc.math cimport exp, fabs, fmin, fmax, sqrt, INFINITY
 
 cdef double STICKY_S = 60.0         # ordering bonus that keeps a served port served
 
@@ -57,15 +57,16 @@ cdef void pass_up(Image* im, double hours, double* up, double* down) noexcept no
     down[0] = im.node[0].rem_export_w
 
 
-cdef void fleet_capability(Image* im, double* most_charge, double* most_discharge) noexcept nogil:
-    """The most the fleet can charge and discharge now. A node's per-phase current limit caps what
+cdef void fleet_capability(Image* im, double* most_charge, double* most_discharge, bint reserve) noexcept nogil:
+    """The most the fleet can charge and discharge now (reserve: drawing on the departure
+    reserves, each port down to its floor_w). A node's per-phase current limit caps what
     passes up through it phase by phase (each phase's power scaled to the limit: exact for
     single-phase and balanced three-phase ports, an upper bound otherwise)."""
     cdef int32_t i, d, ph, nph
     cdef Port* p
     cdef Node* n
     cdef Node* up
-    cdef double w, cut, f, lim
+    cdef double w, cut, f, lim, lo
     cdef double* rem
     clear_sums(im)
     for i in range(im.n_nodes):
@@ -74,8 +75,9 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
     for i in range(im.n_ports):
         p = &im.port[i]
         n = &im.node[p.evse]
+        lo = p.floor_w if reserve else p.min_w
         n.rem_import_w += p.max_w
-        n.rem_export_w -= p.min_w
+        n.rem_export_w -= lo
         nph = (p.phase_mask & 1) + (p.phase_mask >> 1 & 1) + (p.phase_mask >> 2 & 1)
         if nph == 0 or not p.watts_per_amp > 0.0:
             continue
@@ -83,8 +85,8 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
             if p.phase_mask & (1 << ph):
                 n.phase_w[0][ph] += p.max_w / nph
                 n.phase_a[0][ph] += p.max_w / p.watts_per_amp
-                n.phase_w[1][ph] -= p.min_w / nph
-                n.phase_a[1][ph] -= p.min_w / p.watts_per_amp
+                n.phase_w[1][ph] -= lo / nph
+                n.phase_a[1][ph] -= lo / p.watts_per_amp
     for i in range(im.n_nodes - 1, -1, -1):   # children come after their parents
         n = &im.node[i]
         for d in range(2):
@@ -166,9 +168,11 @@ cdef double fleet_target(Image* im, int32_t* tbind, bint* capped) noexcept nogil
         target = 0.0
         tbind[0] = BIND_SAFE_STATE
     fleet_energy(im)
-    fleet_capability(im, &up, &down)
+    fleet_capability(im, &up, &down, False)
     im.fleet_max_w = up
     im.fleet_min_w = -down
+    if tbind[0] == BIND_SETPOINT and target < -down and im.opt.setpoint_draws_reserve > 0.5:
+        fleet_capability(im, &up, &down, True)
     target = fmax(fmin(target, up), -down)
     if im.opt.freq_mode != FREQ_OFF:
         f = input_value(im, im.freq_input, &ok)
@@ -225,26 +229,38 @@ cdef void sort_ports(Image* im) noexcept nogil:
             im.order[k] = src[k]
 
 
-cdef inline bint follows_plan(const Image* im, const Port* p, bint charging, bint guided) noexcept nogil:
-    """Fresh guidance plans this port to move power in this direction."""
-    if not guided:
-        return False
-    if charging:
-        return p.plan_w > 0.0
-    return p.plan_w < 0.0
+cdef double FILL_KEY_END = 1e12     # keys in [0, FILL_KEY_END): the water-filled tier (= NEVER_S)
+cdef double UNKNOWN_STAY_S = 86400.0   # a vehicle that sends no departure spreads its request over a day
 
 
-cdef void set_keys(Image* im, bint charging) noexcept nogil:
+cdef inline double fill_weight(const Image* im, const Port* p, bint charging) noexcept nogil:
+    """A port's weight in the water-filled tier. Charging: the power that meets its request by its
+    departure (each in proportion to it, so that all progress alike and none is left to the end,
+    when its battery takes less), at least 0.1 % of its limit. Discharging: its limit."""
+    cdef double stay, reach, soc
+    if not charging:
+        return -p.min_w - p.relief_w
+    stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S
+    reach = p.capacity_wh if p.capacity_wh == p.capacity_wh else NEVER_S
+    soc = p.soc if p.soc == p.soc else 0.0
+    reach = fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0)
+    reach = fmax(reach, 1000.0) / 1000.0
+    return p.max_w / (reach * sqrt(reach))
+
+
+cdef void set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # Charging, in tiers (lower key first):
     #   urgent   0 <= laxity <= urgency window: it misses its departure energy unless
-    #            served now; least laxity first
-    #   needing  the rest that still want energy, smallest reachable energy first:
-    #            min(capacity, energy now + max power x time left), ties by laxity. A kWh
-    #            raises such an EV's share of what it could reach the most, and vehicles
-    #            that cannot be filled anyway (negative laxity) do not crowd out those
-    #            that can; a vehicle past its departure can reach no more than it has
+    #            served now; least laxity first, each up to its limit
+    #   needing  the rest that still want energy. fill: water-filled (cycle_arbitrate), keyed by
+    #            their limit, smallest first. Served one after the other, the few first in line
+    #            would take all: a vehicle near full takes less than it is given (CC-CV) and the
+    #            closed loop only sees it a settle time later, while spread over the fleet each
+    #            takes what it is given. Not fill: smallest reachable energy first:
+    #            min(capacity, energy now + max power x time left), ties by laxity
     #   surplus  satisfied vehicles take what is left, the emptiest first
-    # Discharging: most slack first (late departure, high SoC).
+    # Discharging: fill: water-filled, keyed by their limit; not fill (load relief): most slack
+    # first (late departure, high SoC).
     # Fresh guidance (guidance.pxi) puts the ports the planner wants moving power in this
     # direction now ahead of the rest, the largest planned share of their power first; the
     # rest keep the order above, except that a planned port is not urgent: the plan weighed
@@ -269,7 +285,9 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
         elif charging:
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc
-            elif 0.0 <= p.laxity_s <= im.opt.urgency_window_s and not (guided and p.plan_w == p.plan_w):
+            elif fill:
+                p.key = p.max_w / fill_weight(im, p, True)
+            elif 0.0 <= p.laxity_s <= im.opt.urgency_window_s:
                 p.key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
             else:
                 stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S
@@ -277,6 +295,8 @@ cdef void set_keys(Image* im, bint charging) noexcept nogil:
                 reach = fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0)
                 p.key = (reach + 1e-9 * fmax(fmin(p.laxity_s, 1e6), -1e6)
                          - (p.max_w * STICKY_S / 3600.0 if p.target_w > 0.0 else 0.0))
+        elif fill:
+            p.key = 1.0
         else:
             p.key = -p.laxity_s - soc
             if p.target_w < 0.0:
@@ -358,7 +378,7 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
                 overloaded = overloaded or n.overload_a[ph] > 0.0
     if not overloaded:
         return 0.0
-    set_keys(im, False)
+    set_keys(im, False, False)
     sort_ports(im)
     for k in range(im.n_ports):
         p = &im.port[im.order[k]]
@@ -398,43 +418,64 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
     return total
 
 
-cdef double top_up_planned(Image* im, bint charging, double remaining, int32_t tbind) noexcept nogil:
-    """What the ports given their planned power (and less than they may take) still take of
-    remaining, in the arbitration's order: a plan made for another target, or ports that take
-    less than planned, never leave the fleet short. Returns what is still remaining."""
-    cdef int32_t k, b, bn
-    cdef double have, extra, total
-    cdef Port* p
-    for k in range(im.n_ports):
-        if remaining <= 1e-6:
-            break
-        p = &im.port[im.order[k]]
-        if p.relief_w > 0.0 or not follows_plan(im, p, charging, True):
-            continue
-        have = p.target_w if charging else -p.target_w
-        extra = fmin((p.max_w if charging else -p.min_w) - have, remaining)
-        if extra <= 0.0:
-            continue
+cdef double serve(Image* im, Port* p, bint charging, double give, bint shared, double remaining,
+                  int32_t tbind) noexcept nogil:
+    """Give p up to give more (W >= 0; shared: its share of the setpoint) within every node on
+    its path and the pilot's steps; the setpoint's remaining, less what p will take of it."""
+    cdef int32_t b = tbind if shared else (p.bind_max if charging else p.bind_min)
+    cdef int32_t bn = -1
+    cdef double had = p.target_w if charging else -p.target_w - p.relief_w
+    if had < 0.0:
+        had = 0.0
+    if give > remaining:
+        give = remaining
         b = tbind
-        bn = -1
-        extra = port_room(im, p, charging, extra, &b, &bn)
-        total = have + extra
-        if p.pilot_step_pct > 0.0 and charging:
-            total = fmax(pilot_floor_a(total / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp, have)
-        if total <= have:
-            continue
-        take_room(im, p, charging, total - have)
-        remaining -= expected_take(p, charging, total) - expected_take(p, charging, have)
-        p.target_w = total if charging else -total
+    give = port_room(im, p, charging, give, &b, &bn)
+    if p.pilot_step_pct > 0.0 and charging:  # 0 or >= 6 A, in steps the pilot expresses
+        give = pilot_floor_a((had + give) / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp - had
+        if give < 0.0:
+            give = 0.0
+    take_room(im, p, charging, give)          # the limits count what a port is given ...
+    remaining -= expected_take(p, charging, had + give) - expected_take(p, charging, had)   # ... the setpoint what it will take
+    had += give
+    p.target_w = had if charging else (-(had + p.relief_w) if had + p.relief_w > 0.0 else 0.0)
+    if give > 0.0 or had == 0.0:
         p.binding = b
         p.binding_node = bn
     return remaining
 
 
+cdef double draw_reserves(Image* im, double remaining, int32_t tbind) noexcept nogil:
+    """An export setpoint the fleet cannot meet within its ports' departure reserves: the rest
+    from the reserves (each port down to its floor_w, never below its minimum SoC), every port
+    the same fraction of what it has there, then greedily what the nodes left. The rest."""
+    cdef int32_t k, rnd
+    cdef double total = 0.0, lim, f
+    cdef Port* p
+    for k in range(im.n_ports):
+        p = &im.port[k]
+        if p.floor_w < p.min_w and not (p.relief_w > 0.0 and -p.min_w - p.relief_w <= 0.0):
+            total += -p.floor_w + p.target_w
+    if total <= 0.0:
+        return remaining
+    f = fmin(remaining / total, 1.0)
+    for rnd in range(2):
+        for k in range(im.n_ports):
+            p = &im.port[im.order[k]]
+            if not p.floor_w < p.min_w or (p.relief_w > 0.0 and -p.min_w - p.relief_w <= 0.0):
+                continue
+            lim = (-p.floor_w + p.target_w) * (f if rnd == 0 else 1.0)
+            if lim > 0.0:
+                remaining = serve(im, p, False, lim, False, remaining, tbind)
+            if remaining <= 1e-6:
+                return remaining
+    return remaining
+
+
 cdef void cycle_arbitrate(Image* im) noexcept nogil:
-    cdef double target, remaining, give, room, relief
-    cdef int32_t tbind, b, bn, i, k
-    cdef bint charging, capped, guided
+    cdef double target, remaining, room, relief, lim, share, w, weights
+    cdef int32_t tbind, i, k
+    cdef bint charging, capped, fill
     cdef Port* p
     cdef Node* n
 
@@ -452,44 +493,49 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
     relief = relieve_overloads(im)
     if charging:                # relief is not credited to the import room (see relieve_overloads)
         for i in range(im.n_nodes):
-            n = &im.node[i]
-            if n.phase_limit_a < INFINITY:
-                memcpy(n.rem_phase_a, n.phase_import_a, sizeof(n.rem_phase_a))
-    set_keys(im, charging)
+            memcpy(im.node[i].rem_phase_a, im.node[i].phase_import_a, sizeof(im.node[i].rem_phase_a))
+    set_keys(im, charging, True)
     sort_ports(im)
 
     # When the fleet cannot do more, the nodes' limits say who gets what. The setpoint is the
     # fleet's: relief counts towards a discharge and is made up by charging elsewhere.
     remaining = INFINITY if capped and target != 0.0 else fabs(target)
     remaining = remaining + relief if charging else fmax(remaining - relief, 0.0)
+    weights = 0.0
+    for k in range(im.n_ports):
+        p = &im.port[k]
+        p.target_w = 0.0
+        if 0.0 <= p.key < FILL_KEY_END:
+            weights += fill_weight(im, p, charging)
+    # In key order; the water-filled tier (smallest limit first) each at most an equal share of
+    # what is left, so the shares of those that cannot take theirs go to the rest. Then, if the
+    # nodes cut some below their share, a greedy pass over the tier gives the rest: the
+    # allocation stays exact (the tree's limits are a polymatroid, so is what they leave).
     for k in range(im.n_ports):
         p = &im.port[im.order[k]]
+        fill = 0.0 <= p.key < FILL_KEY_END
+        share = INFINITY
+        if fill:
+            w = fill_weight(im, p, charging)
+            share = remaining * w / weights if weights > 0.0 else INFINITY
+            weights -= w
         if p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0):
             p.target_w = -p.relief_w              # binding and node: relieve_overloads'
             continue
-        if charging:
-            give = p.max_w
-            b = p.bind_max
-        else:
-            give = -p.min_w - p.relief_w
-            b = p.bind_min
-        bn = -1
-        if follows_plan(im, p, charging, guided) and fabs(p.plan_w) < give:
-            give = fabs(p.plan_w)                 # its planned power first (top_up_planned)
-            b = BIND_GUIDANCE
-        if give > remaining:
-            give = remaining
-            b = tbind
-        give = port_room(im, p, charging, give, &b, &bn)
-        if p.pilot_step_pct > 0.0 and charging:  # 0 or >= 6 A, in steps the pilot expresses
-            give = pilot_floor_a(give / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp
-        take_room(im, p, charging, give)          # the limits count what a port is given ...
-        remaining -= expected_take(p, charging, give)   # ... the setpoint what it will take
-        p.target_w = give if charging else (-(give + p.relief_w) if give + p.relief_w > 0.0 else 0.0)
-        p.binding = b
-        p.binding_node = bn
-    if guided:
-        remaining = top_up_planned(im, charging, remaining, tbind)
+        lim = p.max_w if charging else -p.min_w - p.relief_w
+        remaining = serve(im, p, charging, fmin(lim, share), share < lim, remaining, tbind)
+    if remaining > 1e-6:
+        for k in range(im.n_ports):
+            p = &im.port[im.order[k]]
+            if not 0.0 <= p.key < FILL_KEY_END or (p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0)):
+                continue
+            lim = p.max_w - p.target_w if charging else -p.min_w + p.target_w
+            if lim > 0.0:
+                remaining = serve(im, p, charging, lim, False, remaining, tbind)
+            if remaining <= 1e-6:
+                break
+    if (remaining > 1e-6 and not charging and tbind == BIND_SETPOINT and im.opt.setpoint_draws_reserve > 0.5):
+        remaining = draw_reserves(im, remaining, tbind)
 
     for i in range(im.n_nodes):
         n = &im.node[i]

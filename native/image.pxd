@@ -416,6 +416,7 @@ cdef struct Port:
     double min_soc
     double measured_w
     double min_w
+    double floor_w               # min_w without the departure reserve (<= 0)
     double max_w
     double target_w
     double setpoint_w
@@ -453,6 +454,7 @@ cdef struct Options:
     double discharge_reserve_s    # no discharge once laxity falls to this
     double discharge_taper_s      # discharge tapers to zero over this much laxity
     double urgency_window_s       # laxity below this (and >= 0) is served first
+    double setpoint_draws_reserve # 1: an export setpoint the fleet cannot meet otherwise draws on floor_w
     uint64_t overrun_streak_safe  # this many overruns in a row enter Safe State
     int64_t safe_exit_ns          # healthy this long before leaving Safe State
     double site_ramp_w_per_s

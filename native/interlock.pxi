@@ -194,7 +194,7 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
 
 cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     cdef bint ok, soc_ok, cap_ok, req_ok, dep_ok, min_ok
-    cdef double v, hi, lo, min_soc, e_avail, hold_s
+    cdef double v, hi, lo, min_soc, e_avail, hold_s, floor = 0.0
     cdef int32_t bmax, bmin
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
     closed_loop(im, p, ok)
@@ -213,6 +213,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
         p.v2g = 0
         p.max_w = 0.0
         p.min_w = 0.0
+        p.floor_w = 0.0
         p.bind_max = BIND_FAULT if p.faults else (BIND_SAFE_STATE if im.stopping else BIND_NOT_CONNECTED)
         p.bind_min = p.bind_max
         p.cap_charge_w = 0.0                 # the next vehicle starts uncapped
@@ -285,6 +286,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
             if e_avail < lo:
                 lo = e_avail if e_avail > 0.0 else 0.0
                 bmin = BIND_SOC
+            floor = lo
             # Keep enough time to still deliver the departure energy.
             if p.laxity_s <= im.opt.discharge_reserve_s:
                 lo = 0.0
@@ -295,8 +297,11 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     if p.cap_discharge_w > 0.0 and p.cap_discharge_w < lo:
         lo = p.cap_discharge_w
         bmin = BIND_MEASURED
+    if p.cap_discharge_w > 0.0 and p.cap_discharge_w < floor:
+        floor = p.cap_discharge_w
     p.max_w = hi
     p.min_w = -lo if lo > 0.0 else 0.0
+    p.floor_w = -floor if floor > lo else p.min_w
     p.bind_max = bmax
     p.bind_min = bmin
 

@@ -107,6 +107,9 @@ class Control:
     discharge_reserve_s: float = option(1800.0, minval=0, maxval=86400, **_S)
     discharge_taper_s: float = option(900.0, above=0, maxval=86400, **_S)
     urgency_window_s: float = option(300.0, minval=0, maxval=86400, **_S)   # laxity below this is served first
+    # an operator's export setpoint the fleet cannot meet within the departure reserve above draws
+    # on it (never below min SoC): the grid command before the EVs' departure energy
+    setpoint_draws_reserve: bool = option(False, "get_bool")
     overrun_streak_safe: int = option(3, "get_int", minval=1, maxval=10**6)
     safe_exit_s: float = option(60.0, minval=0, maxval=86400, **_S)
     session_max_age_s: float = option(10.0, above=0, maxval=3600, **_S)

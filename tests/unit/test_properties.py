@@ -1,4 +1,5 @@
 """Properties of the control law over random sites, fleets, commands and frequencies (virtual time)."""
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -70,14 +71,14 @@ def run(site, base, sessions, setpoint=None, frequency=None, heartbeat=True):
     return c
 
 
-def check_limits(c, site, base, tol=1e-6):
+def check_limits(c, site, base, tol=1e-6, envelope=True):
     snap = c.snapshot()
     sums = node_sums(c)
     for n in site.nodes:
         flow = sums[n.id] + (base if n.parent is None else 0.0)
         assert -n.export_limit_w - tol <= flow <= n.import_limit_w + tol, (n.id, flow)
     w = snap.ports["setpoint_w"]
-    assert (w <= snap.ports["max_w"] + tol).all() and (w >= snap.ports["min_w"] - tol).all()
+    assert (w <= snap.ports["max_w"] + tol).all() and (not envelope or (w >= snap.ports["min_w"] - tol).all())
 
 
 @PROPS
@@ -204,3 +205,57 @@ def test_curve_equals_linear_interpolation_of_unevenly_spaced_points(points, hz)
     freq = Frequency(mode="curve", response_time_s=0.0, curve=tuple(points))
     xs, ys = zip(*points)
     assert response(freq, hz) == pytest.approx(float(np.interp(hz, xs, ys)), rel=1e-9, abs=1e-6)
+
+
+# The arbitration's water-filled tier spreads a setpoint instead of concentrating it, and an export
+# setpoint draws on the departure reserves only when told to (setpoint_draws_reserve), never below
+# a port's minimum SoC.
+
+def alike(n, setpoint, **control):
+    """n identical EVs on a site whose nodes never bind: only the setpoint does."""
+    site = depot(n, ports_per_evse=1, port_charge_w=11_000.0, port_discharge_w=11_000.0, grid_import_w=1e7,
+                 grid_export_w=1e7, transformer_w=1e7, group_w=1e7, meter=False, rt=NORMAL_PRIORITY)
+    site = replace(site, control=replace(site.control, session_max_age_s=3600.0, port_ramp_w_per_s=math.inf,
+                                        **control))
+    c = Controller(site, clock="virtual")
+    c.step(S)
+    for pid in c.port_ids:
+        Session(soc=0.5, capacity_wh=60_000, energy_request_wh=20_000, departure_in_s=6 * 3600,
+                max_charge_w=11_000, max_discharge_w=11_000, min_soc=0.2, v2g=True).publish(c, pid, S)
+    assert c.submit({"kind": "setpoint", "id": 1, "value_w": setpoint, "expires_in_s": 600})
+    c.run_steps(200)
+    return c.snapshot().ports["setpoint_w"]
+
+
+@given(n=st.integers(2, 40), frac=st.floats(0.01, 1.0), sign=st.sampled_from([1.0, -1.0]))
+@PROPS
+def test_alike_evs_share_a_setpoint_equally(n, frac, sign):
+    w = alike(n, sign * frac * n * 11_000.0)
+    assert w.sum() == pytest.approx(sign * frac * n * 11_000.0, rel=1e-9, abs=1e-6)
+    assert w.max() - w.min() <= 1e-6 * n * 11_000.0        # spread over all, none concentrated
+
+
+@PROPS
+@given(data=st.data(), setpoint=st.floats(-600_000, 0))
+def test_export_setpoint_draws_on_reserves_only_when_told_within_every_limit(data, setpoint):
+    site, base = data.draw(sites())
+    sessions = data.draw(evs(len(site.ports)))
+    kept = run(site, base, sessions, setpoint)
+    drawn_site = replace(site, control=replace(site.control, setpoint_draws_reserve=True))
+    drawn = run(drawn_site, base, sessions, setpoint)
+    reserve = site.control.discharge_reserve_s
+    check_limits(kept, site, base)
+    check_limits(drawn, drawn_site, base, envelope=False)      # min_w is the guarded envelope
+    k, d = kept.snapshot(), drawn.snapshot()
+    for sess, rk, rd in zip(sessions, k.ports, d.ports):
+        if sess is None:
+            continue
+        if rk["laxity_s"] <= reserve:                     # the guard holds by default
+            assert rk["setpoint_w"] >= 0.0
+        if rd["setpoint_w"] < 0.0:                        # never below min SoC, not even for a cycle
+            assert sess.v2g and sess.soc > sess.min_soc
+            assert -rd["setpoint_w"] * 0.01 / 3600 <= (sess.soc - sess.min_soc) * sess.capacity_wh + 1e-9
+    # drawing on the reserves only ever exports more, never past the setpoint
+    assert setpoint - 1e-6 <= d.site["fleet_w"] <= k.site["fleet_w"] + 1e-6 * max(1.0, abs(setpoint))
+    if lp_can_meet(kept, site, base, setpoint):
+        assert d.site["fleet_w"] == pytest.approx(setpoint, abs=1e-6 * max(1.0, abs(setpoint)))
