@@ -230,48 +230,50 @@ cdef void sort_ports(Image* im) noexcept nogil:
 
 
 cdef double FILL_KEY_END = 1e12     # keys in [0, FILL_KEY_END): the water-filled tier (= NEVER_S)
-cdef double UNKNOWN_STAY_S = 86400.0   # a vehicle that sends no departure spreads its request over a day
-
-
-cdef inline double fill_weight(const Image* im, const Port* p, bint charging) noexcept nogil:
-    """A port's weight in the water-filled tier. Charging: the power that meets its request by its
-    departure (each in proportion to it, so that all progress alike and none is left to the end,
-    when its battery takes less), at least 0.1 % of its limit. Discharging: its limit."""
+cdef inline double fill_key(const Port* p) noexcept nogil:
+    """A charging port's key in the water-filled tier: its limit over its weight, the order in
+    which the ports reach their limits as the water rises. Its weight: its limit without the
+    closed loop's cap (a vehicle near its request, or announcing less, gets less) over its
+    reachable energy (kWh, 1 to 1000: min(capacity, energy now + max power x time left)) to the
+    power 1.5. The smaller its reach, the larger its share (a kWh raises its share of what it
+    could reach the most, as the strict order had it), yet every port gets some, and a vehicle
+    that cannot be filled anyway does not crowd out those that can. Not the closed loop's cap:
+    a port it caps is given its cap, so it stays short and capped instead of probing back up."""
     cdef double stay, reach, soc
-    if not charging:
-        return -p.min_w - p.relief_w
     stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S
     reach = p.capacity_wh if p.capacity_wh == p.capacity_wh else NEVER_S
     soc = p.soc if p.soc == p.soc else 0.0
-    reach = fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0)
-    reach = fmax(reach, 1000.0) / 1000.0
-    return p.max_w / (reach * sqrt(reach))
+    reach = fmin(fmax(fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0) / 1000.0, 1.0), 1e3)
+    return p.max_w * reach * sqrt(reach) / fmax(p.open_max_w, p.max_w)
+
+
+cdef inline double key_weight(const Port* p, bint charging) noexcept nogil:
+    """The weight of a port of the water-filled tier, from its key (set_keys): charging, its
+    limit over fill_key; discharging, 1 (an equal share each)."""
+    return p.max_w / p.key if charging else 1.0
 
 
 cdef void set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # Charging, in tiers (lower key first):
-    #   urgent   0 <= laxity <= urgency window: it misses its departure energy unless
-    #            served now; least laxity first, each up to its limit
-    #   needing  the rest that still want energy. fill: water-filled (cycle_arbitrate), keyed by
-    #            their limit, smallest first. Served one after the other, the few first in line
-    #            would take all: a vehicle near full takes less than it is given (CC-CV) and the
-    #            closed loop only sees it a settle time later, while spread over the fleet each
-    #            takes what it is given. Not fill: smallest reachable energy first:
-    #            min(capacity, energy now + max power x time left), ties by laxity
+    #   fill     every port that still wants energy, water-filled (cycle_arbitrate) by fill_key.
+    #            Served one after the other (urgent by least laxity, then smallest reachable
+    #            energy), the few first in line took all: a vehicle near full takes less than it
+    #            is given (CC-CV) and the closed loop sees it only a settle time later (in EV2Gym:
+    #            a 15-minute step), while spread over the fleet each takes what it is given. A
+    #            strict urgent tier lost the most: the vehicles about to leave are the ones near
+    #            full (bench/ev2gym: tracking error x10, satisfaction lower too).
     #   surplus  satisfied vehicles take what is left, the emptiest first
-    # Discharging: fill: water-filled, keyed by their limit; not fill (load relief): most slack
-    # first (late departure, high SoC).
+    # Discharging: fill: water-filled, an equal share each, keyed by limit; not fill (load relief):
+    # most slack first (late departure, high SoC).
     # Fresh guidance (guidance.pxi) puts the ports the planner wants moving power in this
-    # direction now ahead of the rest, the largest planned share of their power first; the
-    # rest keep the order above, except that a planned port is not urgent: the plan weighed
-    # its departure energy against every other EV's (an urgent EV the plan does not cover,
-    # NaN, still comes first). cycle_arbitrate gives planned ports their planned power first
-    # and more only when the others cannot take the rest (top_up_planned).
+    # direction now ahead of the rest, the largest planned share of their power first, after the
+    # urgent ones (0 <= laxity <= urgency window, least laxity first) that the planner may not
+    # outrank; the rest keep the order above.
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
     cdef int32_t i
     cdef Port* p
-    cdef double soc, reach, stay
+    cdef double soc
     cdef bint guided = guidance_fresh(im)
     for i in range(im.n_ports):
         p = &im.port[i]
@@ -285,18 +287,12 @@ cdef void set_keys(Image* im, bint charging, bint fill) noexcept nogil:
         elif charging:
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc
-            elif fill:
-                p.key = p.max_w / fill_weight(im, p, True)
-            elif 0.0 <= p.laxity_s <= im.opt.urgency_window_s:
+            elif guided and 0.0 <= p.laxity_s <= im.opt.urgency_window_s:
                 p.key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
             else:
-                stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S
-                reach = p.capacity_wh if p.capacity_wh == p.capacity_wh else NEVER_S
-                reach = fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0)
-                p.key = (reach + 1e-9 * fmax(fmin(p.laxity_s, 1e6), -1e6)
-                         - (p.max_w * STICKY_S / 3600.0 if p.target_w > 0.0 else 0.0))
+                p.key = fill_key(p)
         elif fill:
-            p.key = 1.0
+            p.key = -p.min_w - p.relief_w
         else:
             p.key = -p.laxity_s - soc
             if p.target_w < 0.0:
@@ -435,7 +431,8 @@ cdef double serve(Image* im, Port* p, bint charging, double give, bint shared, d
         give = pilot_floor_a((had + give) / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp - had
         if give < 0.0:
             give = 0.0
-    take_room(im, p, charging, give)          # the limits count what a port is given ...
+    if give > 0.0:
+        take_room(im, p, charging, give)      # the limits count what a port is given ...
     remaining -= expected_take(p, charging, had + give) - expected_take(p, charging, had)   # ... the setpoint what it will take
     had += give
     p.target_w = had if charging else (-(had + p.relief_w) if had + p.relief_w > 0.0 else 0.0)
@@ -506,17 +503,19 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
         p = &im.port[k]
         p.target_w = 0.0
         if 0.0 <= p.key < FILL_KEY_END:
-            weights += fill_weight(im, p, charging)
-    # In key order; the water-filled tier (smallest limit first) each at most an equal share of
-    # what is left, so the shares of those that cannot take theirs go to the rest. Then, if the
-    # nodes cut some below their share, a greedy pass over the tier gives the rest: the
-    # allocation stays exact (the tree's limits are a polymatroid, so is what they leave).
+            weights += key_weight(p, charging)
+    # In key order; the water-filled tier (the first to reach its limit first) each at most its
+    # weighted share of what is left, so the shares of those that cannot take theirs go to the
+    # rest. Then, if the nodes cut some below their share or a capped port will take less, a
+    # greedy pass over the tier gives the rest: the allocation stays exact (the tree's limits
+    # are a polymatroid, so is what they leave). Not when the fleet is capped: the first pass
+    # was already greedy.
     for k in range(im.n_ports):
         p = &im.port[im.order[k]]
         fill = 0.0 <= p.key < FILL_KEY_END
         share = INFINITY
         if fill:
-            w = fill_weight(im, p, charging)
+            w = key_weight(p, charging)
             share = remaining * w / weights if weights > 0.0 else INFINITY
             weights -= w
         if p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0):
@@ -524,7 +523,7 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             continue
         lim = p.max_w if charging else -p.min_w - p.relief_w
         remaining = serve(im, p, charging, fmin(lim, share), share < lim, remaining, tbind)
-    if remaining > 1e-6:
+    if 1e-6 < remaining < INFINITY:
         for k in range(im.n_ports):
             p = &im.port[im.order[k]]
             if not 0.0 <= p.key < FILL_KEY_END or (p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0)):

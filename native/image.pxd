@@ -418,6 +418,7 @@ cdef struct Port:
     double min_w
     double floor_w               # min_w without the departure reserve (<= 0)
     double max_w
+    double open_max_w            # max_w without the closed loop's cap
     double target_w
     double setpoint_w
     double key

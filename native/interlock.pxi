@@ -214,6 +214,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
         p.max_w = 0.0
         p.min_w = 0.0
         p.floor_w = 0.0
+        p.open_max_w = 0.0
         p.bind_max = BIND_FAULT if p.faults else (BIND_SAFE_STATE if im.stopping else BIND_NOT_CONNECTED)
         p.bind_min = p.bind_max
         p.cap_charge_w = 0.0                 # the next vehicle starts uncapped
@@ -245,6 +246,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     if req_ok and p.energy_request_wh >= 0.0 and p.energy_request_wh * 3600.0 / hold_s < hi:
         hi = p.energy_request_wh * 3600.0 / hold_s
         bmax = BIND_SOC
+    p.open_max_w = hi
     if p.cap_charge_w > 0.0 and p.cap_charge_w < hi:
         hi = p.cap_charge_w
         bmax = BIND_MEASURED

@@ -33,15 +33,21 @@ def test_follows_a_setpoint_inside_the_limits():
     assert w.sum() == pytest.approx(50_000)                 # no setpoint: charge within the limit
 
 
-def test_urgent_first_then_the_smallest_reachable_energy():
+def test_scarce_power_is_spread_the_smallest_reachable_energy_getting_the_most():
     p = fleet(3)
     p["soc"] = [0.3, 0.5, 0.5]
     p["capacity_wh"] = [100_000, 30_000, 60_000]
-    # the last one misses its 10 kWh (3273 s at 11 kW) unless served now: laxity 127 s
+    # the last one would miss its 10 kWh (3273 s at 11 kW) unless served at once: laxity 127 s;
+    # it is not served first (a strict urgent tier lost the most, see arbitrate.pxi set_keys)
     p["departure_s"] = [1000 + 10 * 3600, 1000 + 10 * 3600, 1000 + 3400]
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=15_000)
-    # no more than its 10 kWh over the 3400 s until it leaves; then the 30 kWh car before the 100 kWh one
-    assert list(w) == pytest.approx([0.0, 15_000 - 10_000 / 3400 * 3600, 10_000 / 3400 * 3600])
+    # limits: their 10 kWh within the hour the answer holds, the last one's within its 3400 s
+    limit = np.array([10_000, 10_000, 10_000 / 3400 * 3600])
+    # reachable energy (kWh): min(capacity, energy now + limit x time left); shares go as reach^-1.5
+    reach = np.minimum(p["capacity_wh"], p["soc"] * p["capacity_wh"] + limit * [10, 10, 3400 / 3600]) / 1000
+    weight = reach ** -1.5
+    assert list(w) == pytest.approx(list(15_000 * weight / weight.sum()))   # no port reaches its limit
+    assert w[1] > w[2] > w[0] > 0
 
 
 def test_no_history_between_calls():
@@ -79,7 +85,7 @@ def test_departure_in_the_past_ranks_by_what_it_has_and_never_discharges():
     p["departure_s"][2] = 500.0                            # already late: it can reach only what it has,
     p["soc"][2] = 0.25                                     # 15 kWh: less than the others can reach
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=11_000)
-    assert w[2] == 10_000.0                                # its 10 kWh within the hour the answer holds
+    assert w[2] > max(w[0], w[1]) > 0                      # the largest share, not all of it
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=-30_000)
     assert w[2] == 0.0
 
@@ -121,7 +127,7 @@ def test_calls_in_sequence_close_the_loop_through_measured_w():
         p["measured_w"] = np.minimum(w, taper)
     assert w[0] < 30 + 600 and w[1] == pytest.approx(3_400 - 30)
     fresh = v2g_rt.arbitrate(p, 1.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=3_400, dt_s=5)
-    assert fresh[0] == 3_400                             # time went back: a new sequence, no history
+    assert fresh[0] > 30 + 600                           # time went back: a new sequence, no history
 
 
 def test_arrays_without_measured_w_keep_working():

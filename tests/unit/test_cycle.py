@@ -161,17 +161,19 @@ def test_measured_non_ev_load_is_meter_minus_fleet():
     assert c.snapshot().node("grid")["non_ev_w"] == pytest.approx(BASE_LOAD)
 
 
-def test_urgent_first_then_smallest_reachable_energy_when_power_is_scarce():
+def test_scarce_power_is_spread_by_reachable_energy_urgent_or_not():
     c = Controller(make_site(4, ports_per_evse=1, grid_import_w=1e6, transformer_w=1e6, group_w=1e6), clock="virtual")
     c.step(S)
     # 20 kWh at 11 kW takes 6545 s: a departure in 6700 s leaves 155 s of laxity (urgent)
-    for pid, dep in zip(c.port_ids, (8 * 3600, 6700, 4 * 3600, 3 * 3600)):
+    for pid, dep in zip(c.port_ids, (8 * 3600, 6700, 4 * 3600, 1800)):
         ev(departure_in_s=dep, energy_request_wh=20_000).publish(c, pid, S)
     setpoint(c, 16_500.0, "sp")
     settle(c, 2 * S)
-    snap = c.snapshot()
-    # then all can reach a full 60 kWh: equal reach, the least laxity (3 h) goes next
-    assert list(snap.ports["setpoint_w"]) == [0.0, 11_000.0, 0.0, 5_500.0]
+    w = c.snapshot().ports["setpoint_w"]
+    # shares as reach^-1.5, reach = min(60 kWh, 30 kWh + 11 kW x time left): the urgent one
+    # (50.5 kWh) is not served first, the one leaving in 30 min (35.5 kWh) gets the most
+    reach = np.minimum(60.0, 30.0 + 11.0 * np.array([8 * 3600, 6700, 4 * 3600, 1800]) / 3600)
+    assert list(w) == pytest.approx(list(16_500.0 * reach ** -1.5 / (reach ** -1.5).sum()), rel=1e-4)
 
 
 def test_discharge_respects_v2g_min_soc_and_departure_energy():
