@@ -248,8 +248,8 @@ cdef inline double fill_key(const Port* p) noexcept nogil:
 
 
 cdef inline double key_weight(const Port* p, bint charging) noexcept nogil:
-    """The weight of a port of the water-filled tier, from its key (set_keys): charging, its
-    limit over fill_key; discharging, 1 (an equal share each)."""
+    """The weight of a port of the water-filled tier, from its key: charging, its limit over
+    fill_key; discharging, 1 (an equal share each)."""
     return p.max_w / p.key if charging else 1.0
 
 

@@ -43,9 +43,9 @@ def test_scarce_power_is_spread_the_smallest_reachable_energy_getting_the_most()
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=15_000)
     # limits: their 10 kWh within the hour the answer holds, the last one's within its 3400 s
     limit = np.array([10_000, 10_000, 10_000 / 3400 * 3600])
-    # reachable energy (kWh): min(capacity, energy now + limit x time left); shares go as reach^-1.5
+    # reachable energy (kWh): min(capacity, energy now + limit x time left); shares as limit / reach^1.5
     reach = np.minimum(p["capacity_wh"], p["soc"] * p["capacity_wh"] + limit * [10, 10, 3400 / 3600]) / 1000
-    weight = reach ** -1.5
+    weight = limit / reach ** 1.5
     assert list(w) == pytest.approx(list(15_000 * weight / weight.sum()))   # no port reaches its limit
     assert w[1] > w[2] > w[0] > 0
 

@@ -358,7 +358,7 @@ def test_control_options_are_declared_once():
     from v2g_rt import Control, _core
     names = {f.name for f in fields(Control)}
     assert set(_core.CONTROL_OPTIONS) <= names
-    assert all(f.metadata["accessor"] in ("get_float", "get_int") for f in fields(Control))
+    assert all(f.metadata["accessor"] in ("get_float", "get_int", "get_bool") for f in fields(Control))
     core = _core.Core(1_000_000, True)
     with pytest.raises(TypeError, match="unknown control option"):
         core.configure(ramp_w_per_s=1.0)
