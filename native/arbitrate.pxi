@@ -253,7 +253,7 @@ cdef inline double key_weight(const Port* p, bint charging) noexcept nogil:
     return p.max_w / p.key if charging else 1.0
 
 
-cdef void set_keys(Image* im, bint charging, bint fill) noexcept nogil:
+cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # Charging, in tiers (lower key first):
     #   fill     every port that still wants energy, water-filled (cycle_arbitrate) by fill_key.
     #            Served one after the other (urgent by least laxity, then smallest reachable
@@ -271,9 +271,10 @@ cdef void set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # outrank; the rest keep the order above.
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
+    # fill: the water-filled tier's total weight (key_weight), each target_w zeroed after its key.
     cdef int32_t i
     cdef Port* p
-    cdef double soc
+    cdef double soc, weights = 0.0
     cdef bint guided = guidance_fresh(im)
     for i in range(im.n_ports):
         p = &im.port[i]
@@ -297,6 +298,11 @@ cdef void set_keys(Image* im, bint charging, bint fill) noexcept nogil:
             p.key = -p.laxity_s - soc
             if p.target_w < 0.0:
                 p.key -= STICKY_S
+        if fill:
+            p.target_w = 0.0
+            if 0.0 <= p.key < FILL_KEY_END:
+                weights += key_weight(p, charging)
+    return weights
 
 
 cdef double port_room(Image* im, Port* p, bint charging, double give, int32_t* b, int32_t* bn) noexcept nogil:
@@ -491,19 +497,13 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
     if charging:                # relief is not credited to the import room (see relieve_overloads)
         for i in range(im.n_nodes):
             memcpy(im.node[i].rem_phase_a, im.node[i].phase_import_a, sizeof(im.node[i].rem_phase_a))
-    set_keys(im, charging, True)
+    weights = set_keys(im, charging, True)
     sort_ports(im)
 
     # When the fleet cannot do more, the nodes' limits say who gets what. The setpoint is the
     # fleet's: relief counts towards a discharge and is made up by charging elsewhere.
     remaining = INFINITY if capped and target != 0.0 else fabs(target)
     remaining = remaining + relief if charging else fmax(remaining - relief, 0.0)
-    weights = 0.0
-    for k in range(im.n_ports):
-        p = &im.port[k]
-        p.target_w = 0.0
-        if 0.0 <= p.key < FILL_KEY_END:
-            weights += key_weight(p, charging)
     # In key order; the water-filled tier (the first to reach its limit first) each at most its
     # weighted share of what is left, so the shares of those that cannot take theirs go to the
     # rest. Then, if the nodes cut some below their share or a capped port will take less, a
