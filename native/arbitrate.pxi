@@ -229,7 +229,18 @@ cdef void sort_ports(Image* im) noexcept nogil:
             im.order[k] = src[k]
 
 
+cdef inline bint follows_plan(const Image* im, const Port* p, bint charging, bint guided) noexcept nogil:
+    """Fresh guidance plans this port to move power in this direction."""
+    if not guided:
+        return False
+    if charging:
+        return p.plan_w > 0.0
+    return p.plan_w < 0.0
+
+
 cdef double FILL_KEY_END = 1e12     # keys in [0, FILL_KEY_END): the water-filled tier (= NEVER_S)
+
+
 cdef inline double fill_key(const Port* p) noexcept nogil:
     """A charging port's key in the water-filled tier: its limit over its weight, the order in
     which the ports reach their limits as the water rises. Its weight: its limit without the
@@ -266,9 +277,11 @@ cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # Discharging: fill: water-filled, an equal share each, keyed by limit; not fill (load relief):
     # most slack first (late departure, high SoC).
     # Fresh guidance (guidance.pxi) puts the ports the planner wants moving power in this
-    # direction now ahead of the rest, the largest planned share of their power first, after the
-    # urgent ones (0 <= laxity <= urgency window, least laxity first) that the planner may not
-    # outrank; the rest keep the order above.
+    # direction now ahead of the rest, the largest planned share of their power first; the
+    # rest keep the order above, except that an urgent EV (0 <= laxity <= urgency window) the
+    # plan does not cover (NaN) comes first, by least laxity: the plan weighed a planned port's
+    # departure energy against every other EV's. cycle_arbitrate gives planned ports their
+    # planned power first and more only when the others cannot take the rest (top_up_planned).
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
     # fill: the water-filled tier's total weight (key_weight), each target_w zeroed after its key.
@@ -288,7 +301,7 @@ cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
         elif charging:
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc
-            elif guided and 0.0 <= p.laxity_s <= im.opt.urgency_window_s:
+            elif guided and 0.0 <= p.laxity_s <= im.opt.urgency_window_s and not p.plan_w == p.plan_w:
                 p.key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
             else:
                 p.key = fill_key(p)
@@ -420,11 +433,10 @@ cdef double relieve_overloads(Image* im) noexcept nogil:
     return total
 
 
-cdef double serve(Image* im, Port* p, bint charging, double give, bint shared, double remaining,
+cdef double serve(Image* im, Port* p, bint charging, double give, int32_t b, double remaining,
                   int32_t tbind) noexcept nogil:
-    """Give p up to give more (W >= 0; shared: its share of the setpoint) within every node on
-    its path and the pilot's steps; the setpoint's remaining, less what p will take of it."""
-    cdef int32_t b = tbind if shared else (p.bind_max if charging else p.bind_min)
+    """Give p up to give more (W >= 0, bound by b) within every node on its path and the pilot's
+    steps; the setpoint's remaining, less what p will take of it."""
     cdef int32_t bn = -1
     cdef double had = p.target_w if charging else -p.target_w - p.relief_w
     if had < 0.0:
@@ -443,6 +455,39 @@ cdef double serve(Image* im, Port* p, bint charging, double give, bint shared, d
     had += give
     p.target_w = had if charging else (-(had + p.relief_w) if had + p.relief_w > 0.0 else 0.0)
     if give > 0.0 or had == 0.0:
+        p.binding = b
+        p.binding_node = bn
+    return remaining
+
+
+cdef double top_up_planned(Image* im, bint charging, double remaining, int32_t tbind) noexcept nogil:
+    """What the ports given their planned power (and less than they may take) still take of
+    remaining, in the arbitration's order: a plan made for another target, or ports that take
+    less than planned, never leave the fleet short. Returns what is still remaining."""
+    cdef int32_t k, b, bn
+    cdef double have, extra, total
+    cdef Port* p
+    for k in range(im.n_ports):
+        if remaining <= 1e-6:
+            break
+        p = &im.port[im.order[k]]
+        if p.relief_w > 0.0 or not follows_plan(im, p, charging, True):
+            continue
+        have = p.target_w if charging else -p.target_w
+        extra = fmin((p.max_w if charging else -p.min_w) - have, remaining)
+        if extra <= 0.0:
+            continue
+        b = tbind
+        bn = -1
+        extra = port_room(im, p, charging, extra, &b, &bn)
+        total = have + extra
+        if p.pilot_step_pct > 0.0 and charging:
+            total = fmax(pilot_floor_a(total / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp, have)
+        if total <= have:
+            continue
+        take_room(im, p, charging, total - have)
+        remaining -= expected_take(p, charging, total) - expected_take(p, charging, have)
+        p.target_w = total if charging else -total
         p.binding = b
         p.binding_node = bn
     return remaining
@@ -469,7 +514,7 @@ cdef double draw_reserves(Image* im, double remaining, int32_t tbind) noexcept n
                 continue
             lim = (-p.floor_w + p.target_w) * (f if rnd == 0 else 1.0)
             if lim > 0.0:
-                remaining = serve(im, p, False, lim, False, remaining, tbind)
+                remaining = serve(im, p, False, lim, p.bind_min, remaining, tbind)
             if remaining <= 1e-6:
                 return remaining
     return remaining
@@ -477,8 +522,8 @@ cdef double draw_reserves(Image* im, double remaining, int32_t tbind) noexcept n
 
 cdef void cycle_arbitrate(Image* im) noexcept nogil:
     cdef double target, remaining, room, relief, lim, share, w, weights
-    cdef int32_t tbind, i, k
-    cdef bint charging, capped, fill
+    cdef int32_t tbind, i, k, b
+    cdef bint charging, capped, guided, fill
     cdef Port* p
     cdef Node* n
 
@@ -496,7 +541,9 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
     relief = relieve_overloads(im)
     if charging:                # relief is not credited to the import room (see relieve_overloads)
         for i in range(im.n_nodes):
-            memcpy(im.node[i].rem_phase_a, im.node[i].phase_import_a, sizeof(im.node[i].rem_phase_a))
+            n = &im.node[i]
+            if n.phase_limit_a < INFINITY:
+                memcpy(n.rem_phase_a, n.phase_import_a, sizeof(n.rem_phase_a))
     weights = set_keys(im, charging, True)
     sort_ports(im)
 
@@ -522,7 +569,14 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             p.target_w = -p.relief_w              # binding and node: relieve_overloads'
             continue
         lim = p.max_w if charging else -p.min_w - p.relief_w
-        remaining = serve(im, p, charging, fmin(lim, share), share < lim, remaining, tbind)
+        b = p.bind_max if charging else p.bind_min
+        if follows_plan(im, p, charging, guided) and fabs(p.plan_w) < lim:
+            lim = fabs(p.plan_w)                  # its planned power first (top_up_planned)
+            b = BIND_GUIDANCE
+        if share < lim:
+            lim = share
+            b = tbind
+        remaining = serve(im, p, charging, lim, b, remaining, tbind)
     if 1e-6 < remaining < INFINITY:
         for k in range(im.n_ports):
             p = &im.port[im.order[k]]
@@ -530,9 +584,11 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
                 continue
             lim = p.max_w - p.target_w if charging else -p.min_w + p.target_w
             if lim > 0.0:
-                remaining = serve(im, p, charging, lim, False, remaining, tbind)
+                remaining = serve(im, p, charging, lim, p.bind_max if charging else p.bind_min, remaining, tbind)
             if remaining <= 1e-6:
                 break
+    if guided:
+        remaining = top_up_planned(im, charging, remaining, tbind)
     if (remaining > 1e-6 and not charging and tbind == BIND_SETPOINT and im.opt.setpoint_draws_reserve > 0.5):
         remaining = draw_reserves(im, remaining, tbind)
 
