@@ -255,7 +255,28 @@ def test_export_setpoint_draws_on_reserves_only_when_told_within_every_limit(dat
         if rd["setpoint_w"] < 0.0:                        # never below min SoC, not even for a cycle
             assert sess.v2g and sess.soc > sess.min_soc
             assert -rd["setpoint_w"] * 0.01 / 3600 <= (sess.soc - sess.min_soc) * sess.capacity_wh + 1e-9
+    event("drew on the reserves" if d.site["fleet_w"] < k.site["fleet_w"] - 1.0 else "no draw")
     # drawing on the reserves only ever exports more, never past the setpoint
     assert setpoint - 1e-6 <= d.site["fleet_w"] <= k.site["fleet_w"] + 1e-6 * max(1.0, abs(setpoint))
     if lp_can_meet(kept, site, base, setpoint):
         assert d.site["fleet_w"] == pytest.approx(setpoint, abs=1e-6 * max(1.0, abs(setpoint)))
+
+
+def test_an_export_setpoint_draws_on_reserves_only_when_told():
+    # 40 kWh wanted within the hour at 11 kW: every EV would miss its departure energy (laxity < 0)
+    site = depot(4, ports_per_evse=1, port_charge_w=11_000.0, port_discharge_w=11_000.0, grid_import_w=1e7,
+                 grid_export_w=1e7, transformer_w=1e7, group_w=1e7, meter=False, rt=NORMAL_PRIORITY)
+    fleet = []
+    for draw in (False, True):
+        s = replace(site, control=replace(site.control, session_max_age_s=3600.0, port_ramp_w_per_s=math.inf,
+                                          setpoint_draws_reserve=draw))
+        c = Controller(s, clock="virtual")
+        c.step(S)
+        for pid in c.port_ids:
+            Session(soc=0.5, capacity_wh=100_000, energy_request_wh=40_000, departure_in_s=3600,
+                    max_charge_w=11_000, max_discharge_w=11_000, min_soc=0.2, v2g=True).publish(c, pid, S)
+        assert c.submit({"kind": "setpoint", "id": 1, "value_w": -20_000.0, "expires_in_s": 600})
+        c.run_steps(200)
+        fleet.append(c.snapshot().ports["setpoint_w"])
+    assert (fleet[0] == 0.0).all()                          # the guard keeps every departure reserve
+    assert fleet[1] == pytest.approx([-5_000.0] * 4)        # told: the setpoint, an equal share each
