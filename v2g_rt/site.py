@@ -67,6 +67,11 @@ class Node:
     thermal: Thermal | None = None          # transformers: hot-spot model
     pilot: bool = False                     # EVSEs: an IEC 61851 control pilot sets its ports' current
 
+    @property
+    def watts_per_amp(self) -> float:
+        """EVSEs: W per A of a port's current, on each phase it draws from."""
+        return self.voltage_v * bin(PHASES[self.phases]).count("1")
+
 
 @dataclass(frozen=True)
 class Port:

@@ -97,7 +97,7 @@ def test_a_contactor_that_does_not_pull_in_fails_and_the_interlock_latches_it(ri
 def test_test_currents_stay_within_each_ports_rating():
     site = config.parse(resources.files("v2g_rt.data").joinpath("examples/direct-wired.toml").read_text(), "dw.toml")
     for p in site.ports:
-        top = max(a for a in pwm.TEST_CURRENTS_A if a * pwm.watts_per_amp(site, p) <= p.rating_charge_w)
+        top = max(a for a in pwm.TEST_CURRENTS_A if a * site.node(p.evse).watts_per_amp <= p.rating_charge_w)
         assert top == 30.0                                   # 32 A ports: 65 A (the upper segment) is not offered
 
 

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 
 from .. import _core
-from ..site import PHASES
 from . import DeviceError
 
 SECTION = "pwm"              # [pwm.NAME]: one table per pilot
@@ -172,11 +171,6 @@ def _write(path: str, value: int) -> None:
 TEST_CURRENTS_A = (6.0, 18.0, 30.0, 65.0)
 
 
-def watts_per_amp(site, port) -> float:
-    evse = site.node(port.evse)
-    return evse.voltage_v * bin(PHASES[evse.phases]).count("1")
-
-
 def calibration_steps(site, bench) -> list:
     """Per pilot: with a test box in state C at its port (calibrate.pilot_test_box), the port alone
     in service and the fleet setpoint at each test current, so the loop turns it into a duty as
@@ -193,7 +187,7 @@ def calibration_steps(site, bench) -> list:
     quantum = site.control.pilot_duty_step_pct
     for cfg in site.sections["pwm"]:
         port = next(p for p in site.ports if p.id == cfg.port)
-        wpa = watts_per_amp(site, port)
+        wpa = site.node(port.evse).watts_per_amp
         amps = [a for a in TEST_CURRENTS_A if a * wpa <= port.rating_charge_w]
         cp = cp_channel(site, cfg.port)
         if not amps or cp is None:

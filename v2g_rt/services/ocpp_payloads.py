@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..site import PHASES
 
 V201, V21 = "ocpp2.0.1", "ocpp2.1"
 FALLBACK_ID = 1
@@ -69,10 +68,6 @@ def meter_readings(meter_values) -> list[tuple[str | None, str, float]]:
     return out
 
 
-def phase_count(node) -> int:
-    return bin(PHASES[node.phases]).count("1")
-
-
 def charging_needs(needs: dict, node, now: dt.datetime) -> list[tuple[str, float]]:
     """NotifyEVChargingNeeds' charging_needs as port sources: AC currents become W by the EVSE's
     phases and phase voltage; the departure becomes seconds from now."""
@@ -84,7 +79,7 @@ def charging_needs(needs: dict, node, now: dt.datetime) -> list[tuple[str, float
     dc = needs.get("dc_charging_parameters")
     if ac:
         out.append(("energy_request_wh", float(ac["energy_amount"])))
-        out.append(("max_charge_w", float(ac["ev_max_current"]) * phase_count(node) * node.voltage_v))
+        out.append(("max_charge_w", float(ac["ev_max_current"]) * node.watts_per_amp))
     if dc:
         if dc.get("energy_amount") is not None:
             out.append(("energy_request_wh", float(dc["energy_amount"])))

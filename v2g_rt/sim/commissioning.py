@@ -29,7 +29,7 @@ from ..site import PHASES, Site
 from .drive import SIMULATE_PERIOD_S, plant_config
 from .peers import attach
 from .peers.modbus import MeterPeer
-from .plant import FREE, PEER_POLL_S, Plant
+from .plant import FREE, Plant
 
 S = 1_000_000_000
 INJECTS = ("reversed-ct", "swapped-phases", "dead-channel", "welded-contactor")
@@ -95,8 +95,6 @@ class SimSite:
         cfg = self.plant.cfg
         self.cycles = max(1, round(cfg.step_s * S) // site.period_ns)
         self.plant.by_hand()
-        fast = self.plant.fast_peers or self.devices.pwm_peer is not None   # pilots: their CPs go stale fast
-        self.chunk = max(1, round(PEER_POLL_S * S) // site.period_ns) if fast else self.cycles
 
     def _miswire(self, inject: str | None) -> None:
         site = self.site
@@ -130,21 +128,9 @@ class SimSite:
 
     def advance(self, seconds: float) -> None:
         """At least `seconds` of virtual time, in plant steps."""
-        step_ns = self.cycles * self.site.period_ns
         end = self.t + round(seconds * S)
         while self.t < end:
-            for k in range(0, self.cycles, self.chunk):
-                self.ctrl.run_steps(min(self.chunk, self.cycles - k))
-                if self.chunk < self.cycles:
-                    self.poll_fast()
-            self.plant.advance(self.t, step_ns / S)
-            self.t += step_ns
-            self.plant.events(self.t)
-            self.plant.publish(self.t)
-            self.ctrl.poll_io()
-
-    def poll_fast(self) -> None:
-        self.plant.poll_fast(self.ctrl.now_ns())
+            self.t = self.plant.step_virtual(self.t, self.cycles)
 
     def meter_config(self) -> ModbusConfig:
         root = next(n.id for n in self.site.nodes if n.parent is None)

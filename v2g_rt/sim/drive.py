@@ -39,23 +39,13 @@ def simulate(site: Site, hours: float, out: Path, *, period_s: float | None = No
     plant.by_hand()
     plant.poll_peers(t)            # a modem answers the first probe before a vehicle is seen plugged in
     plant.publish(t)
-    step_ns = round(cfg.step_s * S)
-    cycles = max(1, step_ns // site.period_ns)
-    step_ns = cycles * site.period_ns
+    cycles = max(1, round(cfg.step_s * S) // site.period_ns)
     end = t + round(hours * 3600 * S)
     next_sample = t
     rows = []
     wall0 = time.perf_counter()
-    chunk = max(1, round(PEER_POLL_S * S) // site.period_ns) if plant.fast_peers else cycles
     while t < end:
-        for k in range(0, cycles, chunk):
-            ctrl.run_steps(min(chunk, cycles - k))
-            plant.poll_fast(ctrl.now_ns())
-        plant.advance(t, step_ns / S)
-        t += step_ns
-        plant.events(t)
-        plant.publish(t)
-        ctrl.poll_io()
+        t = plant.step_virtual(t, cycles)
         if t >= next_sample:
             rows.append(plant.sample(t))
             next_sample += round(sample_s * S)

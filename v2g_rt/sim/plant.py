@@ -167,10 +167,6 @@ class Books:
 PEER_POLL_S = 0.01               # how often the drivers let the fast far sides (GPIO contactors, PLC modems) act
 
 
-def watts_per_amp(evse) -> float:
-    return evse.voltage_v * bin(PHASES[evse.phases]).count("1")
-
-
 class Plant:
     """Vectorised EV fleet, base load, DMS and grid for one site."""
 
@@ -271,7 +267,7 @@ class Plant:
         # a direct-wired pilot's vehicle shows itself on the CP alone: it plugs into the SPI ADC's
         # pilot (state B), closes S2 (C) while the PWM offers a current and draws what the duty the
         # pwmchip drives offers (the pilot map), within its own limits
-        self.pilots = [(j, port_source(p.id, "cp_v"), p.id, watts_per_amp(site.node(p.evse)))
+        self.pilots = [(j, port_source(p.id, "cp_v"), p.id, site.node(p.evse).watts_per_amp)
                        for j, p in enumerate(site.ports)
                        if self.pilot_vehicles and site.node(p.evse).link == "pwm" and self.spi_peer and self.pwm_peer
                        and port_source(p.id, "cp_v") in self.spi_peer.by_source and p.id in self.pwm_peer.configs]
@@ -490,7 +486,7 @@ class Plant:
 
     @property
     def fast_peers(self) -> bool:
-        return bool(self.gpio_ports or self.plc_modems or self.pilots)
+        return bool(self.gpio_ports or self.plc_modems or self.pwm_peer)      # pilots: their CPs go stale fast
 
     def poll_peers(self, t_ns: int) -> None:
         """Far sides faster than a plant step: GPIO-wired contactors follow their coils within
@@ -510,6 +506,22 @@ class Plant:
         """Virtual time: the driver serves the far sides itself (poll_fast), no thread does."""
         if self.pwm_peer:
             self.pwm_peer.by_hand()
+
+    def step_virtual(self, t_ns: int, cycles: int) -> int:
+        """One plant step from t_ns in virtual time: the loop's cycles, with the fast far sides
+        served every PEER_POLL_S between them, then the plant's own step; the time reached."""
+        period = self.site.period_ns
+        chunk = max(1, round(PEER_POLL_S * S) // period) if self.fast_peers else cycles
+        for k in range(0, cycles, chunk):
+            self.ctrl.run_steps(min(chunk, cycles - k))
+            if chunk < cycles:
+                self.poll_fast(self.ctrl.now_ns())
+        self.advance(t_ns, cycles * period / S)
+        t_ns += cycles * period
+        self.events(t_ns)
+        self.publish(t_ns)
+        self.ctrl.poll_io()
+        return t_ns
 
     def poll_fast(self, t_ns: int) -> None:
         """Virtual time, every PEER_POLL_S between steps: the fast far sides, the I/O jobs due by
