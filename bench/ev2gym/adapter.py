@@ -68,12 +68,35 @@ def port_limits_kw(cs, ev):
     return ch, dis
 
 
+def battery_limits_kw(cs, ev):
+    """port_limits_kw battery-side: each times ev2gym's efficiency at the current of that limit
+    (an EV that announces less than the charger's rating runs at its own current, not the
+    charger's, and the efficiency table is keyed by that current)."""
+    v = w_per_amp(cs, ev) / 1000
+    ch, dis = port_limits_kw(cs, ev)
+    return (ch * efficiency(ev, ch / v) if ch > 0 else 0.0,
+            dis * efficiency(ev, -dis / v) if dis > 0 else 0.0)
+
+
 def pilot_kw(cs, ev, battery_kw):
-    """Charger-side kW whose battery-side effect (after ev2gym's efficiency) is battery_kw."""
+    """Charger-side kW whose battery-side effect (after ev2gym's efficiency) is closest to
+    battery_kw. The efficiency depends on the rounded pilot current itself, so the battery side
+    jumps where the table steps (9.49 A at 90 % and 9.5 A at 93 %): a target in such a gap has
+    no exact pilot, and the nearest side of the step is taken."""
     v = w_per_amp(cs, ev)
+
+    def battery(a):
+        return a * v * efficiency(ev, a) / 1000
+
+    found = set()
     amps = battery_kw * 1000 / v
-    for _ in range(4):  # the efficiency depends on the (rounded) pilot current itself
+    for _ in range(4):
         amps = battery_kw * 1000 / v / efficiency(ev, amps)
+        found.add(amps)
+        step = math.floor(abs(amps) + 0.5) - 0.5          # the table steps at half amps
+        found.update(math.copysign(x, amps) for x in (step - 1e-6, step + 1e-6, step + 1 - 1e-6, step + 1 + 1e-6)
+                     if x > 0)
+    amps = min(found, key=lambda a: abs(battery(a) - battery_kw))
     return amps * v / 1000
 
 
@@ -108,12 +131,10 @@ def fill_ports(env, new_ports_fn=new_ports, battery_frame=False):
         if ev is None:
             ports["connected"][i] = False
             continue
-        ch, dis = port_limits_kw(cs, ev)      # as the EV announces them: no taper, no look inside
+        # as the EV announces them: no taper, no look inside
+        ch, dis = battery_limits_kw(cs, ev) if battery_frame else port_limits_kw(cs, ev)
         drew = ev.current_energy * 3600 / dt    # battery-side kW over the last step
-        if battery_frame:
-            v = w_per_amp(cs, ev) / 1000
-            ch, dis = ch * efficiency(ev, ch / v), dis * efficiency(ev, -dis / v)
-        elif drew:
+        if drew and not battery_frame:
             drew /= efficiency(ev, cs.current_signal[cs.evs_connected.index(ev)])
         if "measured_w" in ports.dtype.names:
             ports["measured_w"][i] = drew * 1000

@@ -139,13 +139,10 @@ class ControllerPolicy:
                 put(pid, "connected", 0)
                 put(pid, "power_w", 0)
                 continue
-            ch, dis = adapter.port_limits_kw(cs, ev)             # as announced: no taper, no oracle
-            eta_c = adapter.efficiency(ev, cs.max_charge_current)
-            eta_d = adapter.efficiency(ev, -abs(cs.max_discharge_current))
+            # as announced: no taper, no oracle
+            ch, dis = (adapter.battery_limits_kw if self.battery_frame else adapter.port_limits_kw)(cs, ev)
             drew = ev.current_energy / dt_h if ev.current_energy else 0.0   # battery-side kW, last step
-            if self.battery_frame:
-                ch, dis = ch * eta_c, dis * eta_d
-            elif drew:
+            if drew and not self.battery_frame:
                 signal = cs.current_signal[cs.evs_connected.index(ev)]
                 drew /= adapter.efficiency(ev, signal)
             for kind, v in (("connected", 1), ("soc", min(1.0, ev.current_capacity / ev.battery_capacity)),
