@@ -76,8 +76,9 @@ GRID_COMMANDS = N_GRID_COMMANDS
 BINDINGS = ("none", "rating", "grid_command", "setpoint", "load_shed", "default_profile",
             "safe_state", "stale_meter", "base_load", "children", "parent", "ev_limit",
             "soc", "not_connected", "no_v2g", "fault", "ramp", "deadband", "thermal",
-            "phase_current", "site_ramp", "frequency", "measured", "relief", "guidance")
-assert len(BINDINGS) == BIND_GUIDANCE + 1
+            "phase_current", "site_ramp", "frequency", "measured", "relief", "guidance",
+            "taper")
+assert len(BINDINGS) == BIND_TAPER + 1
 
 FAULTS = {"session_stale": FAULT_SESSION_STALE, "overtemp": FAULT_OVERTEMP, "temp_stale": FAULT_TEMP_STALE,
           "iso_timeout": FAULT_ISO_TIMEOUT, "contactor": FAULT_CONTACTOR, "journal": FAULT_JOURNAL,
@@ -152,6 +153,7 @@ def _layout(name):
             ("setpoint_w", "f8", _off(&_sr.setpoint_w, b)), ("requested_w", "f8", _off(&_sr.requested_w, b)),
             ("fleet_target_w", "f8", _off(&_sr.fleet_target_w, b)), ("fleet_w", "f8", _off(&_sr.fleet_w, b)),
             ("fleet_measured_w", "f8", _off(&_sr.fleet_measured_w, b)),
+            ("taper_span", "f8", _off(&_sr.taper_span, b)),
             ("import_limit_w", "f8", _off(&_sr.import_limit_w, b)),
             ("export_limit_w", "f8", _off(&_sr.export_limit_w, b)),
             ("load_shed_w", "f8", _off(&_sr.load_shed_w, b)), ("frequency_hz", "f8", _off(&_sr.frequency_hz, b)),

@@ -218,6 +218,7 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     s.site.fleet_target_w = im.fleet_target_w
     s.site.fleet_w = im.fleet_w
     s.site.fleet_measured_w = im.fleet_measured_w
+    s.site.taper_span = im.taper_span
     s.site.import_limit_w = im.import_limit_w
     s.site.export_limit_w = im.export_limit_w
     s.site.load_shed_w = im.grid_cmd[CMD_LOAD_SHED].value if im.grid_cmd[CMD_LOAD_SHED].active else NAN

@@ -65,10 +65,12 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
             p = &im.port[i]
             cap_charge, cap_discharge = p.cap_charge_w, p.cap_discharge_w
             short_since, given = p.short_since_ns, p.setpoint_w
+            steady, steady_since = p.steady_w, p.steady_since_ns
             memset(p, 0, sizeof(Port))
             if carry and connected[i]:       # the closed loop goes on: what it was given, its caps
                 p.cap_charge_w, p.cap_discharge_w = cap_charge, cap_discharge
                 p.short_since_ns, p.setpoint_w = short_since, given
+                p.steady_w, p.steady_since_ns = steady, steady_since
                 p.contactor_closed = 1
             p.npath = 1
             p.phase_mask = 7

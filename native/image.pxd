@@ -123,6 +123,7 @@ cdef enum:  # Binding
     BIND_MEASURED = 22       # the port takes less than it was given (closed loop)
     BIND_RELIEF = 23         # discharging to bring an overloaded node (non-EV load) within its import limit
     BIND_GUIDANCE = 24       # given the power the planner planned for it (guidance.pxi)
+    BIND_TAPER = 25          # near full: what the site's vehicles were seen to take there (learn_taper)
 
 cdef enum:  # PortFault: transient bits are recomputed every cycle, session bits
             # clear when the vehicle leaves, latched bits only on a reset command
@@ -266,6 +267,7 @@ cdef struct SiteRow:
     double fleet_target_w
     double fleet_w
     double fleet_measured_w
+    double taper_span             # learned: the SoC span over which this site's EVs taper (0: none seen)
     double import_limit_w
     double export_limit_w
     double load_shed_w
@@ -438,6 +440,8 @@ cdef struct Port:
     double cap_charge_w
     double cap_discharge_w
     int64_t short_since_ns       # since when it takes less than given (0: it does not)
+    double steady_w              # the setpoint it has been given, within the closed loop's tolerance ...
+    int64_t steady_since_ns      # ... since then
     double given_w               # the setpoint its latest fresh power was compared with
 
 cdef struct Upstream:
@@ -543,6 +547,8 @@ cdef struct Image:
     double fleet_target_w
     double fleet_w
     double fleet_measured_w
+    double taper_span             # learned: the SoC span over which this site's EVs taper (0: none seen)
+    int32_t taper_held            # this cycle a port at its taper cap took what it was given
     double import_limit_w
     double export_limit_w
     int32_t site_binding

@@ -153,26 +153,57 @@ cdef double CL_MARGIN_W = 500.0       # a cap is what the port takes plus this (
 cdef double CL_MARGIN = 0.10
 
 
+cdef double TAPER_GAIN = 0.25        # a taper seen moves the site's span this share of the way
+cdef double TAPER_PROBE_S = 14400.0  # ... and it shrinks by itself over this long while EVs take all
+
+
+cdef void learn_taper(Image* im, Port* p, double got) noexcept nogil:
+    """A port short of what it was given: an EV in its CC-CV taper takes about its announced
+    power x (1 - SoC) / span (the taper starts span below full, later at less current), so
+    what it took gives its span, and the site's span moves towards it. Every EV tapers, so the
+    next one near full is given no more than it will take, and what it would not take goes to
+    the others in the same arbitration instead of a settle time later."""
+    cdef bint ok
+    cdef double span, emax = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
+    if not ok or emax > p.rating_charge_w:
+        emax = p.rating_charge_w
+    if not (0.0 < p.soc < 1.0) or got <= 0.0:
+        return
+    span = emax * (1.0 - p.soc) / got
+    if span >= 1.0:
+        return                              # no taper at this SoC: the EV holds back for itself
+    im.taper_span = span if im.taper_span <= 0.0 else im.taper_span + TAPER_GAIN * (span - im.taper_span)
+
+
 cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
     """Compare what the port takes (fresh: its power_w this cycle) with what it was given (last
     cycle's setpoint). Short by more than the tolerance for settle_ns (counted from the contactor
     closing at the earliest, so a vehicle may take its time to start): capped at what it takes
     plus a margin, in that direction. A cap rises by probe_w_per_s while the port is not short,
     and goes once it reaches the rating. A port that never reported power is never capped (open
-    loop); one whose power went stale keeps its caps and does not probe."""
+    loop); one whose power went stale keeps its caps and does not probe. A shortfall first seen
+    in a measurement taken after its setpoint changed, and settle_ns after that change, is a
+    taper's (not a ramp's or a late reading's), and learned at once (learn_taper)."""
     cdef double given = p.setpoint_w
     cdef double got = p.measured_w
     cdef double step
     cdef bint short
+    if fabs(given - p.steady_w) > fmax(CL_TOLERANCE_W, CL_TOLERANCE * fabs(given)):
+        p.steady_w = given
+        p.steady_since_ns = im.last_now_ns if im.last_now_ns > 0 else im.now_ns   # the cycle that set it
     if not fresh:
         p.short_since_ns = 0
         return
     p.given_w = given
+    if im.input[p.src[SRC_PORT_POWER_W]].t_ns < p.steady_since_ns:
+        return                               # taken before this setpoint: judged by the next one
     short = p.contactor_closed and ((given > 0.0 and got < given - fmax(CL_TOLERANCE_W, CL_TOLERANCE * given)) or
                                     (given < 0.0 and got > given + fmax(CL_TOLERANCE_W, -CL_TOLERANCE * given)))
     if short:
         if p.short_since_ns == 0:
             p.short_since_ns = im.now_ns if im.now_ns > p.contactor_since_ns else p.contactor_since_ns
+            if given > 0.0 and p.steady_since_ns >= p.contactor_since_ns and v2g_sat_sub(im.now_ns, p.steady_since_ns) >= im.opt.settle_ns:
+                learn_taper(im, p, got)
         elif v2g_sat_sub(im.now_ns, p.short_since_ns) >= im.opt.settle_ns:
             if given > 0.0:
                 p.cap_charge_w = fmax(got, 0.0) + fmax(CL_MARGIN_W, CL_MARGIN * fmax(got, 0.0))
@@ -193,11 +224,12 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
 
 
 cdef void port_envelope(Image* im, Port* p) noexcept nogil:
-    cdef bint ok, soc_ok, cap_ok, req_ok, dep_ok, min_ok
-    cdef double v, hi, lo, min_soc, e_avail, hold_s, floor = 0.0
+    cdef bint ok, ok_power, soc_ok, cap_ok, req_ok, dep_ok, min_ok
+    cdef double v, hi, lo, emax, min_soc, e_avail, hold_s, floor = 0.0
     cdef int32_t bmax, bmin
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
     closed_loop(im, p, ok)
+    ok_power = ok
     if not ok:
         p.measured_w = p.setpoint_w
     port_faults(im, p)
@@ -235,6 +267,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     if ok and v < hi:
         hi = v if v > 0.0 else 0.0
         bmax = BIND_EV_LIMIT
+    emax = hi
     if soc_ok and p.soc >= 1.0:
         hi = 0.0
         bmax = BIND_SOC
@@ -246,6 +279,15 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     if req_ok and p.energy_request_wh >= 0.0 and p.energy_request_wh * 3600.0 / hold_s < hi:
         hi = p.energy_request_wh * 3600.0 / hold_s
         bmax = BIND_SOC
+    if soc_ok and p.soc < 1.0 and im.taper_span > 0.0:
+        # Below the taper's line (learn_taper) until the output's hold ends: at most
+        # emax (1 - SoC at the end) / span, the SoC at the end rising by what it is given.
+        v = emax * (1.0 - p.soc) / (im.taper_span + (emax * hold_s / 3600.0 / p.capacity_wh if cap_ok and p.capacity_wh > 0.0 else 0.0))
+        if v < hi:
+            hi = v
+            bmax = BIND_TAPER
+            if ok_power and p.given_w > 0.0 and p.measured_w >= p.given_w - fmax(CL_TOLERANCE_W, CL_TOLERANCE * p.given_w):
+                im.taper_held = 1            # it took all: the span may be smaller (cycle_interlock)
     p.open_max_w = hi
     if p.cap_charge_w > 0.0 and p.cap_charge_w < hi:
         hi = p.cap_charge_w
@@ -496,6 +538,9 @@ cdef void cycle_interlock(Image* im) noexcept nogil:
     update_safe_state(im)
     for i in range(im.n_nodes):
         node_heatsink(im, &im.node[i])
+    im.taper_held = 0
     for i in range(im.n_ports):
         port_envelope(im, &im.port[i])
+    if im.taper_held:
+        im.taper_span *= fmax(1.0 - cycle_dt_s(im) / TAPER_PROBE_S, 0.5)
     node_headroom(im)

@@ -119,3 +119,37 @@ def test_a_feasible_setpoint_is_met_within_a_bounded_number_of_settle_times_and_
     refresh_every(f, 2.0, settle_times * 10.0 + 4.0, within_limits)
     # met up to the tolerance under which a port is not judged short (250 W or 5 % each)
     assert abs(f.taken.sum() - target) <= 0.05 * RATING_W * len(limits) + 1.0
+
+
+def test_a_taper_seen_once_caps_the_next_vehicle_near_full_before_it_is_short():
+    """An EV that enters its taper while its setpoint is steady teaches the site the taper's span
+    (announced power x (1 - SoC) / what it took); the next EV near full is given no more than
+    that line allows from its first cycle, so the setpoint is met without a settle time lost."""
+    f = Fleet([RATING_W] * 3)
+    soc = [0.95, 0.3, 0.3]
+
+    def refresh(seconds, total):
+        for _ in range(int(total / seconds)):
+            f.run(seconds)
+            for j, pid in enumerate(f.ids):
+                for kind, v in (("soc", soc[j]), ("capacity_wh", 80_000), ("energy_request_wh", 40_000),
+                                ("departure_in_s", 8 * 3600), ("max_charge_w", RATING_W), ("v2g", 0)):
+                    f.ctrl.measure(f"port/{pid}/{kind}", v, f.t)
+
+    f.setpoint(12_000)
+    refresh(2.0, 14.0)                                # steady, each taking all it is given
+    assert f.ctrl.snapshot().site["taper_span"] == 0.0
+    f.limits[0] = 2_750.0                             # port 0 enters its taper: span 11 kW x 0.05 / 2.75 kW
+    refresh(2.0, 4.0)
+    assert f.ctrl.snapshot().site["taper_span"] == pytest.approx(0.2, rel=0.01)
+    soc[1], f.limits[1] = 0.95, 2_750.0               # another vehicle at the same SoC, the same taper
+    refresh(0.1, 0.4)                                 # its data arrives, the cycles act, the plant takes
+    snap = f.ctrl.snapshot()
+    assert snap.port(f.ids[1])["max_w"] <= 2_750.0      # emax x 0.05 / (0.2 + the SoC it gains in its hold)
+    assert f.taken.sum() == pytest.approx(12_000, abs=50)
+
+
+def test_an_ev_that_holds_back_far_from_full_teaches_no_taper():
+    f = Fleet([2_000.0, RATING_W])                    # port 0 takes 2 kW at SoC 0.3: its own limit
+    refresh_every(f, 2.0, 30.0)
+    assert f.ctrl.snapshot().site["taper_span"] == 0.0
