@@ -245,6 +245,7 @@ _OPTION_FIELDS = {
     "stop_open_below_w": (_off(&_op.stop_open_below_w, &_op), "f8"),
     "settle_s": (_off(&_op.settle_ns, &_op), "ns"),
     "probe_w_per_s": (_off(&_op.probe_w_per_s, &_op), "f8"),
+    "taper_span": (_off(&_op.taper_span, &_op), "f8"),
 }
 CONTROL_OPTIONS = tuple(_OPTION_FIELDS)
 

@@ -267,7 +267,7 @@ cdef struct SiteRow:
     double fleet_target_w
     double fleet_w
     double fleet_measured_w
-    double taper_span             # learned: the SoC span over which this site's EVs taper (0: none seen)
+    double taper_span             # the taper span in use: learned, else [control] taper_span
     double import_limit_w
     double export_limit_w
     double load_shed_w
@@ -469,6 +469,7 @@ cdef struct Options:
     double stop_open_below_w
     int64_t settle_ns             # taking less than given this long caps a port near what it takes
     double probe_w_per_s          # a capped port's cap rises this fast
+    double taper_span             # the taper's span until one is seen (Image.taper_span)
     int32_t freq_mode
     double freq_nominal_hz
     double freq_db_under_hz
@@ -547,7 +548,7 @@ cdef struct Image:
     double fleet_target_w
     double fleet_w
     double fleet_measured_w
-    double taper_span             # learned: the SoC span over which this site's EVs taper (0: none seen)
+    double taper_span             # the SoC span over which this site's EVs taper: learned, else opt's
     int32_t taper_held            # this cycle a port at its taper cap took what it was given
     double import_limit_w
     double export_limit_w

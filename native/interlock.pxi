@@ -539,6 +539,8 @@ cdef void cycle_interlock(Image* im) noexcept nogil:
     for i in range(im.n_nodes):
         node_heatsink(im, &im.node[i])
     im.taper_held = 0
+    if im.taper_span <= 0.0:
+        im.taper_span = im.opt.taper_span    # none seen yet: the configured span
     for i in range(im.n_ports):
         port_envelope(im, &im.port[i])
     if im.taper_held:

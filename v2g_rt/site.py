@@ -131,6 +131,9 @@ class Control:
     # cap rises by probe_w_per_s until the port takes less again, or reaches its rating
     settle_s: float = option(10.0, above=0, maxval=3600, **_S)
     probe_w_per_s: float = option(200.0, above=0, unit="W/s", allow_inf=True)
+    # the SoC span below full over which a vehicle's CC-CV taper brings its power to 0, until the
+    # closed loop has seen one (learn_taper); 0: none until seen
+    taper_span: float = option(0.2, minval=0, maxval=1)
     # the duty resolution of the EVSEs' control pilots (pilot = true): their current steps
     pilot_duty_step_pct: float = option(0.1, above=0, maxval=10, unit="%")
     # a PWM pilot's CP voltage (link = "pwm") older than this stops its port (FAULT_PILOT)

@@ -43,6 +43,9 @@ def test_scarce_power_is_spread_the_smallest_reachable_energy_getting_the_most()
     w = v2g_rt.arbitrate(p, 1000.0, import_limit_w=1e6, export_limit_w=1e6, setpoint_w=15_000)
     # limits: their 10 kWh within the hour the answer holds, the last one's within its 3400 s
     limit = np.array([10_000, 10_000, 10_000 / 3400 * 3600])
+    # ... and the taper's line (taper_span 0.2) at the SoC each reaches by the hold's end at 11 kW
+    hold_h = np.array([1, 1, 3400 / 3600])
+    limit = np.minimum(limit, 11_000 * (1 - p["soc"]) / (0.2 + 11_000 * hold_h / p["capacity_wh"]))
     # reachable energy (kWh): min(capacity, energy now + limit x time left); shares as limit / reach^1.5
     reach = np.minimum(p["capacity_wh"], p["soc"] * p["capacity_wh"] + limit * [10, 10, 3400 / 3600]) / 1000
     weight = limit / reach ** 1.5

@@ -15,8 +15,8 @@ PERIOD_NS = 10_000_000
 PLANT_EVERY = 10                  # the EVs report their power every 100 ms
 
 
-def site(n, import_limit_w=1e6, settle_s=10.0):
-    text = (f'[site]\nname = "cl"\nperiod_ms = 10\n[control]\nsettle_s = {settle_s}\n'
+def site(n, import_limit_w=1e6, settle_s=10.0, taper_span=0.2):
+    text = (f'[site]\nname = "cl"\nperiod_ms = 10\n[control]\nsettle_s = {settle_s}\ntaper_span = {taper_span}\n'
             f'[node.grid]\nkind = "grid"\nimport_limit_w = {import_limit_w}\nexport_limit_w = 1000000\n')
     text += "".join(f'[node.e{i:02d}]\nkind = "evse"\nparent = "grid"\nport_max_charge_w = {RATING_W}\n'
                     for i in range(n))
@@ -27,10 +27,10 @@ class Fleet:
     """n EVs that announce the port's rating but take at most limits[i] (a taper the controller
     cannot see), stepped with the controller in virtual time."""
 
-    def __init__(self, limits, import_limit_w=1e6, reports=None):
+    def __init__(self, limits, import_limit_w=1e6, reports=None, taper_span=0.2):
         self.limits = np.asarray(limits, float)
         self.n = len(limits)
-        self.ctrl = Controller(site(self.n, import_limit_w), clock="virtual")
+        self.ctrl = Controller(site(self.n, import_limit_w, taper_span=taper_span), clock="virtual")
         self.reports = np.ones(self.n, bool) if reports is None else np.asarray(reports, bool)
         self.t = PERIOD_NS
         self.taken = np.zeros(self.n)
@@ -121,35 +121,51 @@ def test_a_feasible_setpoint_is_met_within_a_bounded_number_of_settle_times_and_
     assert abs(f.taken.sum() - target) <= 0.05 * RATING_W * len(limits) + 1.0
 
 
-def test_a_taper_seen_once_caps_the_next_vehicle_near_full_before_it_is_short():
-    """An EV that enters its taper while its setpoint is steady teaches the site the taper's span
-    (announced power x (1 - SoC) / what it took); the next EV near full is given no more than
-    that line allows from its first cycle, so the setpoint is met without a settle time lost."""
-    f = Fleet([RATING_W] * 3)
-    soc = [0.95, 0.3, 0.3]
+def taper_fleet(taper_span):
+    """Three EVs at 12 kW of setpoint, port 0 near full; refresh(seconds, total) keeps their data
+    fresh at the SoCs in f.soc."""
+    f = Fleet([RATING_W] * 3, taper_span=taper_span)
+    f.soc = [0.95, 0.3, 0.3]
 
     def refresh(seconds, total):
         for _ in range(int(total / seconds)):
             f.run(seconds)
             for j, pid in enumerate(f.ids):
-                for kind, v in (("soc", soc[j]), ("capacity_wh", 80_000), ("energy_request_wh", 40_000),
+                for kind, v in (("soc", f.soc[j]), ("capacity_wh", 80_000), ("energy_request_wh", 40_000),
                                 ("departure_in_s", 8 * 3600), ("max_charge_w", RATING_W), ("v2g", 0)):
                     f.ctrl.measure(f"port/{pid}/{kind}", v, f.t)
-
+    f.refresh = refresh
     f.setpoint(12_000)
-    refresh(2.0, 14.0)                                # steady, each taking all it is given
+    return f
+
+
+def test_a_taper_seen_once_caps_the_next_vehicle_near_full_before_it_is_short():
+    """An EV that enters its taper while its setpoint is steady teaches the site the taper's span
+    (announced power x (1 - SoC) / what it took); the next EV near full is given no more than
+    that line allows from its first cycle, so the setpoint is met without a settle time lost."""
+    f = taper_fleet(taper_span=0.0)                   # nothing known before one is seen
+    f.refresh(2.0, 14.0)                              # steady, each taking all it is given
     assert f.ctrl.snapshot().site["taper_span"] == 0.0
     f.limits[0] = 2_750.0                             # port 0 enters its taper: span 11 kW x 0.05 / 2.75 kW
-    refresh(2.0, 4.0)
+    f.refresh(2.0, 4.0)
     assert f.ctrl.snapshot().site["taper_span"] == pytest.approx(0.2, rel=0.01)
-    soc[1], f.limits[1] = 0.95, 2_750.0               # another vehicle at the same SoC, the same taper
-    refresh(0.1, 0.4)                                 # its data arrives, the cycles act, the plant takes
+    f.soc[1], f.limits[1] = 0.95, 2_750.0             # another vehicle at the same SoC, the same taper
+    f.refresh(0.1, 0.4)                               # its data arrives, the cycles act, the plant takes
     snap = f.ctrl.snapshot()
     assert snap.port(f.ids[1])["max_w"] <= 2_750.0      # emax x 0.05 / (0.2 + the SoC it gains in its hold)
     assert f.taken.sum() == pytest.approx(12_000, abs=50)
 
 
+def test_the_configured_span_holds_until_a_taper_is_seen():
+    f = taper_fleet(taper_span=0.2)
+    f.limits[0] = 2_750.0                             # the span it was configured with
+    f.refresh(0.1, 0.4)
+    snap = f.ctrl.snapshot()
+    assert snap.port(f.ids[0])["max_w"] <= 2_750.0 and BINDINGS[snap.port(f.ids[0])["binding"]] != "measured"
+    assert f.taken.sum() == pytest.approx(12_000, abs=50) and snap.site["taper_span"] == pytest.approx(0.2, rel=1e-3)
+
+
 def test_an_ev_that_holds_back_far_from_full_teaches_no_taper():
-    f = Fleet([2_000.0, RATING_W])                    # port 0 takes 2 kW at SoC 0.3: its own limit
+    f = Fleet([2_000.0, RATING_W], taper_span=0.0)    # port 0 takes 2 kW at SoC 0.3: its own limit
     refresh_every(f, 2.0, 30.0)
     assert f.ctrl.snapshot().site["taper_span"] == 0.0
