@@ -16,3 +16,19 @@ def test_stages_smoke(tmp_path):
     assert can["frames_per_cycle"] > 0 and can["frames_refused"] == 0 and sim["frames_per_cycle"] == 0
     assert set(can["stages"]) == {"read", "update", "write", "publish"} and can["stages"]["write"]["count"] == 1001   # the first step, then 1000
     assert guided["stages"]["update"]["count"] == 1001
+
+
+def test_stages_ab_smoke(tmp_path):
+    """The interleaved A/B: this tree against itself, one round (a ratio near 1 is the run's to
+    report, not a test's to assert)."""
+    import sys
+    spec = importlib.util.spec_from_file_location("stages_ab", pathlib.Path(__file__).with_name("stages_ab.py"))
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    src = pathlib.Path(__file__).resolve().parent.parent
+    out = tmp_path / "ab.json"
+    assert ab.main(["--base-python", sys.executable, "--base-src", str(src), "--ports", "8", "--seconds", "0.2",
+                    "--rounds", "1", "--json", str(out)]) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["ports"] == 8 and set(case["ratio"]) == {"read", "update", "write", "publish"}
+    assert case["this"]["update"]["p99_us"] > 0 and case["base"]["update"]["p99_us"] > 0

@@ -68,10 +68,15 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
     cdef Node* up
     cdef double w, cut, f, lim, lo
     cdef double* rem
+    cdef bint phased = False                  # the phase books only where some node has a limit
     clear_sums(im)
     for i in range(im.n_nodes):
-        memset(im.node[i].phase_w, 0, sizeof(im.node[i].phase_w))
-        memset(im.node[i].phase_a, 0, sizeof(im.node[i].phase_a))
+        if im.node[i].phase_limit_a < INFINITY:
+            phased = True
+    if phased:
+        for i in range(im.n_nodes):
+            memset(im.node[i].phase_w, 0, sizeof(im.node[i].phase_w))
+            memset(im.node[i].phase_a, 0, sizeof(im.node[i].phase_a))
     for i in range(im.n_ports):
         p = &im.port[i]
         n = &im.node[p.evse]
@@ -79,7 +84,7 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
         n.rem_import_w += p.max_w
         n.rem_export_w -= lo
         nph = (p.phase_mask & 1) + (p.phase_mask >> 1 & 1) + (p.phase_mask >> 2 & 1)
-        if nph == 0 or not p.watts_per_amp > 0.0:
+        if not phased or nph == 0 or not p.watts_per_amp > 0.0:
             continue
         for ph in range(3):
             if p.phase_mask & (1 << ph):
@@ -112,9 +117,10 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
                     up.rem_import_w += rem[0]
                 else:
                     up.rem_export_w += rem[0]
-                for ph in range(3):
-                    up.phase_w[d][ph] += n.phase_w[d][ph] * f
-                    up.phase_a[d][ph] += n.phase_a[d][ph] * f
+                if phased:
+                    for ph in range(3):
+                        up.phase_w[d][ph] += n.phase_w[d][ph] * f
+                        up.phase_a[d][ph] += n.phase_a[d][ph] * f
     most_charge[0] = im.node[0].rem_import_w
     most_discharge[0] = im.node[0].rem_export_w
 
