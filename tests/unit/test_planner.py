@@ -139,6 +139,38 @@ def test_an_urgent_ev_the_plan_covers_gets_what_the_plan_gives_it():
     assert serving(ctrl) == [a, b]
 
 
+def behind_schedule(draws_reserve):
+    """Two V2G EVs both short of their departure energy (their guard forbids any export), an
+    export setpoint of 5 kW; setpoint_draws_reserve as given."""
+    site = make_site(2, period_s=0.1, grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6, group_w=1e6,
+                     meter=False, control=Control(port_ramp_w_per_s=float("inf"), session_max_age_s=1e6,
+                                                  setpoint_draws_reserve=draws_reserve))
+    ctrl = Controller(site, clock="virtual")
+    ctrl.step(PERIOD)
+    plug(ctrl, soc=0.5, departure_in_s=3600, energy_request_wh=30_000)
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": -5_000, "expires_in_s": 3600})
+    run(ctrl, 1)
+    return ctrl
+
+
+def test_a_planned_export_draws_on_that_ports_reserve_only_where_the_operator_allows_it():
+    ctrl = behind_schedule(True)
+    assert ctrl.snapshot().ports["setpoint_w"] == pytest.approx([-2_500, -2_500])   # unguided: alike
+    a, b = ctrl.port_ids
+    ctrl.guide({a: -5_000.0, b: 0.0}, ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    snap = ctrl.snapshot()
+    assert snap.ports["setpoint_w"] == pytest.approx([-5_000, 0])        # the plan chose who gives it
+    assert (snap.ports["min_w"] == 0).all()                              # from its reserve
+    ctrl.guide({a: -20_000.0, b: 0.0}, ctrl.now_ns() + 100 * S)        # more than the setpoint: no more
+    run(ctrl, 1)
+    assert ctrl.snapshot().ports["setpoint_w"].sum() == pytest.approx(-5_000)
+    kept = behind_schedule(False)
+    kept.guide({a: -5_000.0, b: 0.0}, kept.now_ns() + 100 * S)
+    run(kept, 1)
+    assert (kept.snapshot().ports["setpoint_w"] == 0).all()               # the guard holds: no export
+
+
 @settings(max_examples=40)
 @given(plan=st.lists(st.one_of(st.floats(-2e4, 2e4), st.just(math.nan)), min_size=12, max_size=12),
        setpoint=st.floats(-150_000, 150_000), import_w=st.floats(0, 100_000))
@@ -227,6 +259,21 @@ def test_an_export_window_known_ahead_charges_the_ev_that_can_give_it_first():
     assert blind.plan_w[0] < 11_000 - 1                # not knowing the window, it would not
 
 
+def test_the_lp_never_discharges_one_ev_into_another():
+    # the loop moves the fleet one way at a time: a plan trading energy between EVs is one it
+    # cannot follow. EV 0 (V2G, full) could give EV 1 (leaving in an hour, short) what the
+    # schedule (0 W for 2 h) does not
+    cap = np.full(2, 60e3)
+    fleet = horizon.Fleet(np.arange(2), cap * np.array([0.9, 0.2]), cap, cap * 0.1, np.array([0.0, 10e3]),
+                          np.array([8 * 3600.0, 3600.0]), np.full(2, 11e3), np.array([11e3, 0.0]))
+    step = horizon.steps(0.0, 900.0, 2 * 3600.0)
+    sched = horizon.Schedule(step, np.zeros(len(step)), np.full(len(step), 1e6), np.full(len(step), 1e6))
+    plan = horizon.Solver().solve(fleet, sched, 10.0)
+    assert plan.status == "Optimal"
+    assert plan.plan_w == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert plan.shortfall_kwh == pytest.approx(10.0)
+
+
 def test_a_learned_taper_bounds_what_the_lp_plans_for_an_ev():
     cap = np.full(2, 60e3)
     fleet = horizon.Fleet(np.arange(2), cap * 0.9, cap, cap * 0.1, cap * 0.1, np.full(2, 8 * 3600.0),
@@ -302,6 +349,33 @@ def test_the_planner_hands_a_plan_the_loop_follows_and_replans_only_when_due():
         assert planner.plan_if_due(ctrl.now_ns() + 61 * S)              # plan_interval_s passed
     finally:
         planner.worker.kill()
+
+
+def test_knowing_only_the_present_setpoint_the_planner_guides_exports_not_charging():
+    # one step known: the LP's charging plan would be the greedy order onto a few EVs at full
+    # power; the loop's water-fill spreads it. Who exports is still the plan's to say
+    ctrl = controller(4)
+    for i, pid in enumerate(ctrl.port_ids):
+        ev(capacity_wh=40_000 + 10_000 * i).publish(ctrl, pid, ctrl.now_ns())
+    ctrl.submit({"id": "now", "kind": "setpoint", "value_w": 11_000, "expires_in_s": 600})
+    run(ctrl, 1)
+    plain = ctrl.snapshot().ports["setpoint_w"].copy()
+    planner = planner_for(ctrl)
+    try:
+        assert planner.plan_if_due(ctrl.now_ns())
+        assert planner.last.plan_w.max() > 0                             # the LP did plan charging ...
+        run(ctrl, 1)
+        snap = ctrl.snapshot()
+        assert snap.site["guidance_fresh"] == 1
+        assert (snap.ports["plan_w"] == 0).all()                         # ... it was not handed on
+        assert snap.ports["setpoint_w"] == pytest.approx(plain)
+        ctrl.submit({"id": "export", "kind": "setpoint", "value_w": -11_000, "expires_in_s": 600})
+        run(ctrl, 0.2)
+        assert planner.plan_if_due(ctrl.now_ns())
+        run(ctrl, 1)
+        assert np.nansum(ctrl.snapshot().ports["plan_w"]) == pytest.approx(-11_000, abs=1)
+    finally:
+        planner.stop()
 
 
 def test_a_worker_killed_mid_solve_costs_guidance_not_control():
