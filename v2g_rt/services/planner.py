@@ -142,31 +142,45 @@ def fleet_of(snap, rating_charge_w, rating_discharge_w, taper=None) -> horizon.F
                          None if taper is None else np.asarray(taper, float)[idx])
 
 
-def learn_taper(taper, snap, hours: float) -> np.ndarray:
+def learn_taper(taper, snap, hours: float, before=None) -> np.ndarray:
     """Update each port's taper estimate (1/h, in place) from what it took over the last `hours`
     of what the loop gave it (given_w: the setpoint its measured power answers). An EV that took
     clearly less than given is in its taper: power = taper x room left, so over h hours
     the room fell from room + taken to room, taper = ln((room + taken) / room) / h. One that took
     about its plan is not bounded that low: its estimate goes. A port that is not connected has none.
     Returns the tapers just seen in the EVs' own scale (taper x capacity / announced power: the
-    inverse of the room, in hours of full power, below which an EV tapers)."""
+    inverse of the room, in hours of full power, below which an EV tapers).
+    before: the ports' soc, capacity_wh and ev_max_charge_w `hours` ago (snapshot fields): an EV
+    that left since then and whose charger reported the power of its last interval (a session's
+    closing meter reading) shows its taper too, where EVs taper the most: in the last step
+    before leaving, near full. It adds to the site's tapers only."""
     p = snap.ports
-    taper[~p["connected"].astype(bool)] = np.nan
+    gone = ~p["connected"].astype(bool)
+    taper[gone] = np.nan
     took = np.nan_to_num(p["measured_w"], nan=-1.0)
     with np.errstate(invalid="ignore"):
         given = p["given_w"]
         short = (took > 0) & (took < TAPER_SEEN * given)
-        taper[(took >= TAPER_GONE * given) & (given > 0)] = np.nan
+        taper[(took >= TAPER_GONE * given) & (given > 0) & ~gone] = np.nan
     if hours <= 0 or not short.any():
         return np.zeros(0)
-    room = np.maximum((1.0 - p["soc"][short]) * p["capacity_wh"][short], 1e-3)
-    rate = np.log1p(took[short] * hours / room) / hours
-    scale = rate * p["capacity_wh"][short] / p["ev_max_charge_w"][short]
+    soc, cap, most = p["soc"].copy(), p["capacity_wh"].copy(), p["ev_max_charge_w"].copy()
+    left = short & gone
+    if before is not None and left.any():
+        b_soc, b_cap, b_most = before
+        # its room at the end of the interval: the room it had less what it took
+        soc[left] = b_soc[left] + took[left] * hours / b_cap[left]
+        cap[left], most[left] = b_cap[left], b_most[left]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        room = (1.0 - soc) * cap
+        ok = short & (room > 1e-3)
+        rate = np.log1p(took * hours / room) / hours
+        scale = rate * cap / most
     # a CC-CV taper starts at some SoC below full, so at its start the EV takes its full power
     # with room / capacity left: scale >= 1. Below that the EV took less for another reason
     # (a limit of its own): no taper is learned from it
-    ok = np.isfinite(scale) & (scale >= 1.0)
-    taper[np.flatnonzero(short)[ok]] = rate[ok]
+    ok &= np.isfinite(scale) & (scale >= 1.0)
+    taper[ok & ~gone] = rate[ok & ~gone]
     return scale[ok]
 
 
@@ -249,6 +263,7 @@ class Planner(Service):
         n = len(ctrl.port_ids)
         self.taper = np.full(n, np.nan)          # learned per port (learn_taper)
         self.tapers_seen = collections.deque(maxlen=TAPER_HISTORY)
+        self.before = None                       # the ports as the last plan saw them (learn_taper)
 
     def run(self) -> None:
         try:
@@ -270,8 +285,10 @@ class Planner(Service):
         self.signature = sig
         if self.last_ns is not None:
             hours = min(now_ns - self.last_ns, self.cfg.step_s * 1e9) / 3.6e12
-            self.tapers_seen.extend(learn_taper(self.taper, snap, hours))
+            self.tapers_seen.extend(learn_taper(self.taper, snap, hours, self.before))
             fleet = self.fleet(snap)
+        p = snap.ports
+        self.before = (p["soc"].copy(), p["capacity_wh"].copy(), p["ev_max_charge_w"].copy())
         self.plan(fleet, sched, now_ns)
         return True
 
