@@ -30,7 +30,7 @@ DEPARTURE_QUANTUM_S = 300.0   # departures that move less than this are the same
 TAPER_SEEN = 0.97             # an EV taking less than this share of what it is given is in its taper ...
 TAPER_GONE = 0.99             # ... and one taking this share of it is not (its estimate was too low)
 TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
-TAPER_PRIOR_MIN = 2           # ... once this many were seen
+TAPER_PRIOR_MIN = 1           # ... once one was seen
 
 log = logging.getLogger("v2g_rt")
 
