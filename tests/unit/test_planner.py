@@ -318,14 +318,39 @@ def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_given_and_fo
     assert np.isnan(taper[0])                   # gone with its EV
 
 
-def test_an_ev_not_seen_tapering_gets_the_median_taper_seen_at_the_site():
+def test_an_ev_not_seen_tapering_gets_a_slow_taper_of_those_seen_at_the_site():
     ctrl = controller(2)
     ev(capacity_wh=60_000, max_charge_w=11_000).publish(ctrl, ctrl.port_ids[0], ctrl.now_ns())
     ev(capacity_wh=30_000, max_charge_w=7_000).publish(ctrl, ctrl.port_ids[1], ctrl.now_ns())
     run(ctrl, 1)
     own = np.array([0.7, np.nan])
-    assert site_taper(own, [5.0], ctrl.snapshot()) is own                     # too few seen yet
-    assert site_taper(own, [4.0, 6.0], ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
+    assert site_taper(own, [], ctrl.snapshot()) is own                        # none seen yet
+    assert site_taper(own, [4.0, 6.0], ctrl.snapshot()) == pytest.approx([0.7, 4.5 * 7_000 / 30_000])   # 25th pct
+
+
+def test_an_ev_that_left_shows_its_taper_in_its_last_interval():
+    # the charger's closing meter reading: port a's EV (60 kWh at 90 %, 11 kW announced) took
+    # 3 kW of 11 kW over its last quarter hour and left; port b's took what it was given
+    ctrl = controller(2)
+    a, b = ctrl.port_ids
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": 22_000, "expires_in_s": 3600})
+    for pid in (a, b):
+        ev(soc=0.9, capacity_wh=60_000).publish(ctrl, pid, ctrl.now_ns(), power_w=11_000.0)
+    run(ctrl, 0.2)
+    p = ctrl.snapshot().ports
+    before = (p["soc"].copy(), p["capacity_wh"].copy(), p["ev_max_charge_w"].copy())
+    ctrl.measure(f"port/{a}/connected", 0.0)
+    ctrl.measure(f"port/{a}/power_w", 3_000.0)
+    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, b, ctrl.now_ns(), power_w=11_000.0)
+    ctrl.step(ctrl.now_ns() + PERIOD)                   # the cycle that takes them, as the planner sees it
+    snap = ctrl.snapshot()
+    assert snap.ports["connected"][0] == 0 and snap.ports["given_w"][0] == pytest.approx(11_000)
+    taper = np.full(2, np.nan)
+    seen = learn_taper(taper, snap, 0.25, before)
+    rate = math.log(6_000 / (6_000 - 750)) / 0.25                       # 6 kWh of room, 0.75 kWh taken
+    assert seen == pytest.approx([rate * 60_000 / 11_000])
+    assert np.isnan(taper).all()                                         # the site's, not a port's
+    assert learn_taper(np.full(2, np.nan), snap, 0.25).size == 0        # without the ports before: nothing
 
 
 # ------------------------------------------------------------------ the service

@@ -31,6 +31,7 @@ TAPER_SEEN = 0.97             # an EV taking less than this share of what it is 
 TAPER_GONE = 0.99             # ... and one taking this share of it is not (its estimate was too low)
 TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
 TAPER_PRIOR_MIN = 1           # ... once one was seen
+TAPER_PRIOR_PCT = 25.0        # the prior: this percentile of them (the slower tapers)
 
 log = logging.getLogger("v2g_rt")
 
@@ -192,7 +193,7 @@ def site_taper(taper, seen, snap) -> np.ndarray:
         return taper
     p = snap.ports
     with np.errstate(invalid="ignore", divide="ignore"):
-        prior = float(np.median(seen)) * p["ev_max_charge_w"] / p["capacity_wh"]
+        prior = float(np.percentile(seen, TAPER_PRIOR_PCT)) * p["ev_max_charge_w"] / p["capacity_wh"]
     return np.where(np.isfinite(taper), taper, np.where(np.isfinite(prior) & (prior > 0), prior, np.nan))
 
 
