@@ -307,7 +307,7 @@ def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_given_and_fo
     assert taper[0] == pytest.approx(math.log1p(750 / 6_000) / 0.25)     # 6 kWh of room left after 0.75 kWh
     assert seen == pytest.approx([taper[0] * 60_000 / 11_000])            # in the EV's own scale
     assert np.isnan(taper[1])                                              # took all it was given
-    learn_taper(taper, took(10_900.0), 0.25)
+    learn_taper(taper, took(10_990.0), 0.25)
     assert np.isnan(taper[0])                   # it took what it was given: the estimate goes
     snap = took(3_000.0, 500.0)
     learn_taper(taper, snap, 0.25)
