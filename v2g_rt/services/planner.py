@@ -32,6 +32,7 @@ TAPER_GONE = 0.995            # ... and one taking this share of it is not (its 
 TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
 TAPER_PRIOR_MIN = 1           # ... once one was seen
 TAPER_PRIOR_PCT = 25.0        # the prior: this percentile of them (the slower tapers)
+TAPER_DEFAULT = 5.0           # the prior before any was seen: at full power, a taper from 1/5 of room left
 
 log = logging.getLogger("v2g_rt")
 
@@ -186,14 +187,14 @@ def learn_taper(taper, snap, hours: float, before=None) -> np.ndarray:
 
 
 def site_taper(taper, seen, snap) -> np.ndarray:
-    """Each port's own taper, or for an EV not yet seen tapering the median of those seen at this
-    site (in the EV's scale: its announced power and capacity), once TAPER_PRIOR_MIN were seen:
-    a site learns from its own measurements how EVs near full take less than they announce."""
-    if len(seen) < TAPER_PRIOR_MIN:
-        return taper
+    """Each port's own taper, or for an EV not yet seen tapering the TAPER_PRIOR_PCT percentile of
+    those seen at this site (in the EV's scale: its announced power and capacity), once
+    TAPER_PRIOR_MIN were seen: a site learns from its own measurements how EVs near full take less
+    than they announce. Before that, TAPER_DEFAULT (a CC-CV knee at 80 % SoC)."""
     p = snap.ports
+    scale = float(np.percentile(seen, TAPER_PRIOR_PCT)) if len(seen) >= TAPER_PRIOR_MIN else TAPER_DEFAULT
     with np.errstate(invalid="ignore", divide="ignore"):
-        prior = float(np.percentile(seen, TAPER_PRIOR_PCT)) * p["ev_max_charge_w"] / p["capacity_wh"]
+        prior = scale * p["ev_max_charge_w"] / p["capacity_wh"]
     return np.where(np.isfinite(taper), taper, np.where(np.isfinite(prior) & (prior > 0), prior, np.nan))
 
 
@@ -320,13 +321,6 @@ class Planner(Service):
             return None
         plan = np.full(len(self.ctrl.port_ids), np.nan)
         plan[fleet.port] = result.plan_w
-        if not np.isfinite(sched.setpoint_w[1:]).any():
-            # Only the present setpoint known: the LP sees no later step to weigh a departure
-            # against, so its charging plan is the greedy order (the smallest reach first, at full
-            # power), the EVs about to leave near full, which take less than given within the
-            # step. The loop's water-fill spreads it (bench/ev2gym PublicPST 256: 12.8 kWh of
-            # tracking error guided, 2.5 not). The plan still says who exports.
-            plan[plan > 0.0] = 0.0
         ttl_ns = int(min(self.cfg.guidance_ttl_s, sched.step_s[0]) * 1e9)
         self.plan_id += 1
         self.ctrl.guide(plan, now_ns + ttl_ns, self.plan_id)
