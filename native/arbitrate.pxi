@@ -241,8 +241,9 @@ cdef inline bint follows_plan(const Image* im, const Port* p, bint charging, bin
 cdef inline bint plan_draws_reserve(const Image* im) noexcept nogil:
     """An export setpoint may draw on the departure reserves (setpoint_draws_reserve): then a
     port the plan has discharging may go down to its floor_w, not only to its guard (min_w). The
-    plan weighed its departure energy against every other EV's, where draw_reserves takes the
-    same fraction from every port, whether it leaves soon or can charge back later."""
+    plan weighed its departure energy against every other EV's, where the unguided draw on the
+    reserves takes the same fraction from every port, whether it leaves soon or can charge back
+    later."""
     cdef const ActiveCommand* c = &im.grid_cmd[CMD_SETPOINT]
     return c.active and c.value < 0.0 and im.opt.setpoint_draws_reserve > 0.5 and not im.safe_state
 
