@@ -244,6 +244,23 @@ cdef inline bint follows_plan(const Image* im, const Port* p, bint charging, bin
     return p.plan_w < 0.0
 
 
+cdef inline bint plan_draws_reserve(const Image* im) noexcept nogil:
+    """An export setpoint may draw on the departure reserves (setpoint_draws_reserve): then a
+    port the plan has discharging may go down to its floor_w, not only to its guard (min_w). The
+    plan weighed its departure energy against every other EV's, where the unguided draw on the
+    reserves takes the same fraction from every port, whether it leaves soon or can charge back
+    later."""
+    cdef const ActiveCommand* c = &im.grid_cmd[CMD_SETPOINT]
+    return c.active and c.value < 0.0 and im.opt.setpoint_draws_reserve > 0.5 and not im.safe_state
+
+
+cdef inline double guided_discharge_w(const Image* im, const Port* p) noexcept nogil:
+    """The most a port the plan has discharging may give (W >= 0), relief not counted."""
+    if plan_draws_reserve(im) and p.floor_w < p.min_w:
+        return -p.floor_w
+    return -p.min_w
+
+
 cdef double FILL_KEY_END = 1e12     # keys in [0, FILL_KEY_END): the water-filled tier (= NEVER_S)
 
 
@@ -298,12 +315,13 @@ cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     for i in range(im.n_ports):
         p = &im.port[i]
         soc = p.soc if p.soc == p.soc else 0.0
-        if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0):
+        if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0
+                                              and not (fill and guided_discharge_w(im, p) > 0.0 and follows_plan(im, p, charging, guided))):
             p.key = 4.0 * NEVER_S
         elif charging and follows_plan(im, p, charging, guided):
             p.key = -0.5 * NEVER_S - fmin(p.plan_w / p.max_w, 1.0) - (0.01 if p.target_w > 0.0 else 0.0)
         elif follows_plan(im, p, charging, guided):
-            p.key = -2.0 * NEVER_S - fmin(-p.plan_w / -p.min_w, 1.0) - (0.01 if p.target_w < 0.0 else 0.0)
+            p.key = -2.0 * NEVER_S - fmin(-p.plan_w / guided_discharge_w(im, p), 1.0) - (0.01 if p.target_w < 0.0 else 0.0)
         elif charging:
             if p.energy_request_wh <= 0.0:
                 p.key = 2.0 * NEVER_S + soc
@@ -576,9 +594,12 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
             continue
         lim = p.max_w if charging else -p.min_w - p.relief_w
         b = p.bind_max if charging else p.bind_min
-        if follows_plan(im, p, charging, guided) and fabs(p.plan_w) < lim:
-            lim = fabs(p.plan_w)                  # its planned power first (top_up_planned)
-            b = BIND_GUIDANCE
+        if follows_plan(im, p, charging, guided):
+            if not charging:
+                lim = guided_discharge_w(im, p) - p.relief_w
+            if fabs(p.plan_w) < lim:
+                lim = fabs(p.plan_w)              # its planned power first (top_up_planned)
+                b = BIND_GUIDANCE
         if share < lim:
             lim = share
             b = tbind

@@ -7,7 +7,8 @@ time budget. It runs in the planner's worker process (services/planner.py), neve
 Units inside the model are kW and kWh (numbers of order 1 keep HiGHS well-conditioned).
 Per EV i and step t (length h_t hours; the first step runs from now to the next multiple of
 step_s): charge c_it in [0, P_i a_it], discharge d_it in [0, D_i a_it] with a_it the share of the
-step before its departure, energy E_it = E_i,t-1 + h_t (c_it - d_it) in [Emin_i, capacity_i], and
+step before its departure (charge only in steps whose setpoint is >= 0 or unknown, discharge only
+in those where it is < 0: the loop moves the fleet one way at a time), energy E_it = E_i,t-1 + h_t (c_it - d_it) in [Emin_i, capacity_i], and
 shortfall s_i >= E_i0 + request_i - E_i,k_i at its last step k_i. Per step the fleet's power stays
 within the site's import and export headroom; where a setpoint is known, |setpoint - fleet| costs
 TRACK_WEIGHT per kWh, else the fleet follows the default profile (no discharge, at most its
@@ -150,8 +151,12 @@ def build(fleet: Fleet, sched: Schedule, hs):
     ic, idd, ie, isht, itr = 0, n * T, 2 * n * T, 3 * n * T, 3 * n * T + n
     lower = np.zeros(nc)
     upper = np.empty(nc)
-    upper[ic:idd] = (fleet.max_charge_w[:, None] / 1000.0 * avail).ravel()
-    upper[idd:ie] = (fleet.max_discharge_w[:, None] / 1000.0 * avail).ravel()
+    # the loop moves the whole fleet one way per cycle (the sign of its target): EVs charge in
+    # steps whose setpoint is >= 0 or unknown and discharge only where it is < 0. Without this
+    # the LP trades energy between EVs (one discharging into another) that the loop never does
+    export = tracked & (np.nan_to_num(sched.setpoint_w) < 0.0)
+    upper[ic:idd] = (fleet.max_charge_w[:, None] / 1000.0 * avail * ~export[None, :]).ravel()
+    upper[idd:ie] = (fleet.max_discharge_w[:, None] / 1000.0 * avail * export[None, :]).ravel()
     lower[ie:isht] = np.repeat(emin, T)
     upper[ie:isht] = np.repeat(cap, T)
     upper[isht:itr] = np.inf

@@ -7,7 +7,8 @@ is fed each step is what a real site has, through Controller.measure like any li
 * what each EV reports: connected, SoC, capacity, energy request (desired - current), departure,
   its maximum charge and discharge power as announced (the EV's maximum at this charger's
   current: no taper, no look into ev2gym's battery model), min SoC, V2G;
-* each port's power over the previous step (port/ID/power_w): ev2gym's own accounting of it;
+* each port's power over the previous step (port/ID/power_w): ev2gym's own accounting of it,
+  also for an EV that left since (a charger's closing meter reading of the session);
 * the operator's setpoints as setpoint commands, each with its step as its window: submitted at
   its step (ahead=False: the schedule is not known ahead), or the whole day's as scheduled
   commands (starts_ns) before the first step, as an aggregator sends a day-ahead plan (the loop's
@@ -82,6 +83,8 @@ class ControllerPolicy:
                                                             step_s=self.dt_s, time_budget_s=30.0,
                                                             guidance_ttl_s=self.dt_s))
         self.cycles, self.cycle_s = 0, 0.0
+        self.parked = {}                        # port index -> the EV parked there at the last step
+        self.slot = [j for cs in env.charging_stations for j in range(len(cs.evs_connected))]
         self.solve_s = []
 
     def close(self):
@@ -126,6 +129,14 @@ class ControllerPolicy:
         self.cycle_s += time.perf_counter() - t
         self.cycles += 1
 
+    def drew_kw(self, cs, ev, dt_h, j):
+        """What the EV at slot j drew over the last step (battery-side kW in the battery frame);
+        for an EV that left since, as a charger reports a session's closing meter reading."""
+        drew = ev.current_energy / dt_h if ev.current_energy else 0.0
+        if drew and not self.battery_frame:
+            drew /= adapter.efficiency(ev, cs.current_signal[j])
+        return drew
+
     def publish(self, env, plist, stamp):
         dt_h = self.dt_s / 3600
         idx, val = [], []
@@ -134,17 +145,16 @@ class ControllerPolicy:
             idx.append(self.ctrl.source_index(f"port/{pid}/{kind}"))
             val.append(float(v))
 
-        for pid, (cs, ev) in zip(self.ctrl.port_ids, plist):
+        for i, (pid, (cs, ev)) in enumerate(zip(self.ctrl.port_ids, plist)):
             if ev is None:
                 put(pid, "connected", 0)
-                put(pid, "power_w", 0)
+                left = self.parked.pop(i, None)
+                put(pid, "power_w", self.drew_kw(cs, left, dt_h, self.slot[i]) * 1000 if left else 0.0)
                 continue
+            self.parked[i] = ev
             # as announced: no taper, no oracle
             ch, dis = (adapter.battery_limits_kw if self.battery_frame else adapter.port_limits_kw)(cs, ev)
-            drew = ev.current_energy / dt_h if ev.current_energy else 0.0   # battery-side kW, last step
-            if drew and not self.battery_frame:
-                signal = cs.current_signal[cs.evs_connected.index(ev)]
-                drew /= adapter.efficiency(ev, signal)
+            drew = self.drew_kw(cs, ev, dt_h, self.slot[i])
             for kind, v in (("connected", 1), ("soc", min(1.0, ev.current_capacity / ev.battery_capacity)),
                             ("capacity_wh", ev.battery_capacity * 1000),
                             ("energy_request_wh", max(0.0, ev.desired_capacity - ev.current_capacity) * 1000),

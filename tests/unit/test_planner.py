@@ -139,6 +139,38 @@ def test_an_urgent_ev_the_plan_covers_gets_what_the_plan_gives_it():
     assert serving(ctrl) == [a, b]
 
 
+def behind_schedule(draws_reserve):
+    """Two V2G EVs both short of their departure energy (their guard forbids any export), an
+    export setpoint of 5 kW; setpoint_draws_reserve as given."""
+    site = make_site(2, period_s=0.1, grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6, group_w=1e6,
+                     meter=False, control=Control(port_ramp_w_per_s=float("inf"), session_max_age_s=1e6,
+                                                  setpoint_draws_reserve=draws_reserve))
+    ctrl = Controller(site, clock="virtual")
+    ctrl.step(PERIOD)
+    plug(ctrl, soc=0.5, departure_in_s=3600, energy_request_wh=30_000)
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": -5_000, "expires_in_s": 3600})
+    run(ctrl, 1)
+    return ctrl
+
+
+def test_a_planned_export_draws_on_that_ports_reserve_only_where_the_operator_allows_it():
+    ctrl = behind_schedule(True)
+    assert ctrl.snapshot().ports["setpoint_w"] == pytest.approx([-2_500, -2_500])   # unguided: alike
+    a, b = ctrl.port_ids
+    ctrl.guide({a: -5_000.0, b: 0.0}, ctrl.now_ns() + 100 * S)
+    run(ctrl, 1)
+    snap = ctrl.snapshot()
+    assert snap.ports["setpoint_w"] == pytest.approx([-5_000, 0])        # the plan chose who gives it
+    assert (snap.ports["min_w"] == 0).all()                              # from its reserve
+    ctrl.guide({a: -20_000.0, b: 0.0}, ctrl.now_ns() + 100 * S)        # more than the setpoint: no more
+    run(ctrl, 1)
+    assert ctrl.snapshot().ports["setpoint_w"].sum() == pytest.approx(-5_000)
+    kept = behind_schedule(False)
+    kept.guide({a: -5_000.0, b: 0.0}, kept.now_ns() + 100 * S)
+    run(kept, 1)
+    assert (kept.snapshot().ports["setpoint_w"] == 0).all()               # the guard holds: no export
+
+
 @settings(max_examples=40)
 @given(plan=st.lists(st.one_of(st.floats(-2e4, 2e4), st.just(math.nan)), min_size=12, max_size=12),
        setpoint=st.floats(-150_000, 150_000), import_w=st.floats(0, 100_000))
@@ -227,6 +259,21 @@ def test_an_export_window_known_ahead_charges_the_ev_that_can_give_it_first():
     assert blind.plan_w[0] < 11_000 - 1                # not knowing the window, it would not
 
 
+def test_the_lp_never_discharges_one_ev_into_another():
+    # the loop moves the fleet one way at a time: a plan trading energy between EVs is one it
+    # cannot follow. EV 0 (V2G, full) could give EV 1 (leaving in an hour, short) what the
+    # schedule (0 W for 2 h) does not
+    cap = np.full(2, 60e3)
+    fleet = horizon.Fleet(np.arange(2), cap * np.array([0.9, 0.2]), cap, cap * 0.1, np.array([0.0, 10e3]),
+                          np.array([8 * 3600.0, 3600.0]), np.full(2, 11e3), np.array([11e3, 0.0]))
+    step = horizon.steps(0.0, 900.0, 2 * 3600.0)
+    sched = horizon.Schedule(step, np.zeros(len(step)), np.full(len(step), 1e6), np.full(len(step), 1e6))
+    plan = horizon.Solver().solve(fleet, sched, 10.0)
+    assert plan.status == "Optimal"
+    assert plan.plan_w == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert plan.shortfall_kwh == pytest.approx(10.0)
+
+
 def test_a_learned_taper_bounds_what_the_lp_plans_for_an_ev():
     cap = np.full(2, 60e3)
     fleet = horizon.Fleet(np.arange(2), cap * 0.9, cap, cap * 0.1, cap * 0.1, np.full(2, 8 * 3600.0),
@@ -260,7 +307,7 @@ def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_given_and_fo
     assert taper[0] == pytest.approx(math.log1p(750 / 6_000) / 0.25)     # 6 kWh of room left after 0.75 kWh
     assert seen == pytest.approx([taper[0] * 60_000 / 11_000])            # in the EV's own scale
     assert np.isnan(taper[1])                                              # took all it was given
-    learn_taper(taper, took(10_900.0), 0.25)
+    learn_taper(taper, took(10_990.0), 0.25)
     assert np.isnan(taper[0])                   # it took what it was given: the estimate goes
     snap = took(3_000.0, 500.0)
     learn_taper(taper, snap, 0.25)
@@ -271,14 +318,40 @@ def test_the_planner_learns_a_taper_from_an_ev_that_takes_less_than_given_and_fo
     assert np.isnan(taper[0])                   # gone with its EV
 
 
-def test_an_ev_not_seen_tapering_gets_the_median_taper_seen_at_the_site():
+def test_an_ev_not_seen_tapering_gets_a_slow_taper_of_those_seen_at_the_site():
     ctrl = controller(2)
     ev(capacity_wh=60_000, max_charge_w=11_000).publish(ctrl, ctrl.port_ids[0], ctrl.now_ns())
     ev(capacity_wh=30_000, max_charge_w=7_000).publish(ctrl, ctrl.port_ids[1], ctrl.now_ns())
     run(ctrl, 1)
     own = np.array([0.7, np.nan])
-    assert site_taper(own, [5.0], ctrl.snapshot()) is own                     # too few seen yet
-    assert site_taper(own, [4.0, 6.0], ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
+    assert site_taper(own, [4.0, 6.0], ctrl.snapshot()) == pytest.approx([0.7, 4.5 * 7_000 / 30_000])   # 25th pct
+    # none seen yet: a knee at 80 % SoC (at full power the EV fills 1/5 of its capacity an hour)
+    assert site_taper(own, [], ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
+
+
+def test_an_ev_that_left_shows_its_taper_in_its_last_interval():
+    # the charger's closing meter reading: port a's EV (60 kWh at 90 %, 11 kW announced) took
+    # 3 kW of 11 kW over its last quarter hour and left; port b's took what it was given
+    ctrl = controller(2)
+    a, b = ctrl.port_ids
+    ctrl.submit({"id": "sp", "kind": "setpoint", "value_w": 22_000, "expires_in_s": 3600})
+    for pid in (a, b):
+        ev(soc=0.9, capacity_wh=60_000).publish(ctrl, pid, ctrl.now_ns(), power_w=11_000.0)
+    run(ctrl, 0.2)
+    p = ctrl.snapshot().ports
+    before = (p["soc"].copy(), p["capacity_wh"].copy(), p["ev_max_charge_w"].copy())
+    ctrl.measure(f"port/{a}/connected", 0.0)
+    ctrl.measure(f"port/{a}/power_w", 3_000.0)
+    ev(soc=0.9, capacity_wh=60_000).publish(ctrl, b, ctrl.now_ns(), power_w=11_000.0)
+    ctrl.step(ctrl.now_ns() + PERIOD)                   # the cycle that takes them, as the planner sees it
+    snap = ctrl.snapshot()
+    assert snap.ports["connected"][0] == 0 and snap.ports["given_w"][0] == pytest.approx(11_000)
+    taper = np.full(2, np.nan)
+    seen = learn_taper(taper, snap, 0.25, before)
+    rate = math.log(6_000 / (6_000 - 750)) / 0.25                       # 6 kWh of room, 0.75 kWh taken
+    assert seen == pytest.approx([rate * 60_000 / 11_000])
+    assert np.isnan(taper).all()                                         # the site's, not a port's
+    assert learn_taper(np.full(2, np.nan), snap, 0.25).size == 0        # without the ports before: nothing
 
 
 # ------------------------------------------------------------------ the service

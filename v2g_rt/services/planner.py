@@ -27,10 +27,12 @@ TICK_S = 1.0                  # how often the service looks at the snapshot
 KILL_GRACE_S = 2.0            # past its budget a solve gets this long before its worker is killed
 START_TIMEOUT_S = 30.0        # a new worker's first answer (imports numpy and highspy)
 DEPARTURE_QUANTUM_S = 300.0   # departures that move less than this are the same fleet
-TAPER_SEEN = 0.9              # an EV taking less than this share of what it is given is in its taper ...
-TAPER_GONE = 0.97             # ... and one taking this share of it is not (its estimate was too low)
+TAPER_SEEN = 0.985            # an EV taking less than this share of what it is given is in its taper ...
+TAPER_GONE = 0.995            # ... and one taking this share of it is not (its estimate was too low)
 TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
-TAPER_PRIOR_MIN = 2           # ... once this many were seen
+TAPER_PRIOR_MIN = 1           # ... once one was seen
+TAPER_PRIOR_PCT = 25.0        # the prior: this percentile of them (the slower tapers)
+TAPER_DEFAULT = 5.0           # the prior before any was seen: at full power, a taper from 1/5 of room left
 
 log = logging.getLogger("v2g_rt")
 
@@ -142,43 +144,57 @@ def fleet_of(snap, rating_charge_w, rating_discharge_w, taper=None) -> horizon.F
                          None if taper is None else np.asarray(taper, float)[idx])
 
 
-def learn_taper(taper, snap, hours: float) -> np.ndarray:
+def learn_taper(taper, snap, hours: float, before=None) -> np.ndarray:
     """Update each port's taper estimate (1/h, in place) from what it took over the last `hours`
     of what the loop gave it (given_w: the setpoint its measured power answers). An EV that took
     clearly less than given is in its taper: power = taper x room left, so over h hours
     the room fell from room + taken to room, taper = ln((room + taken) / room) / h. One that took
     about its plan is not bounded that low: its estimate goes. A port that is not connected has none.
     Returns the tapers just seen in the EVs' own scale (taper x capacity / announced power: the
-    inverse of the room, in hours of full power, below which an EV tapers)."""
+    inverse of the room, in hours of full power, below which an EV tapers).
+    before: the ports' soc, capacity_wh and ev_max_charge_w `hours` ago (snapshot fields): an EV
+    that left since then and whose charger reported the power of its last interval (a session's
+    closing meter reading) shows its taper too, where EVs taper the most: in the last step
+    before leaving, near full. It adds to the site's tapers only."""
     p = snap.ports
-    taper[~p["connected"].astype(bool)] = np.nan
+    gone = ~p["connected"].astype(bool)
+    taper[gone] = np.nan
     took = np.nan_to_num(p["measured_w"], nan=-1.0)
     with np.errstate(invalid="ignore"):
         given = p["given_w"]
         short = (took > 0) & (took < TAPER_SEEN * given)
-        taper[(took >= TAPER_GONE * given) & (given > 0)] = np.nan
+        taper[(took >= TAPER_GONE * given) & (given > 0) & ~gone] = np.nan
     if hours <= 0 or not short.any():
         return np.zeros(0)
-    room = np.maximum((1.0 - p["soc"][short]) * p["capacity_wh"][short], 1e-3)
-    rate = np.log1p(took[short] * hours / room) / hours
-    scale = rate * p["capacity_wh"][short] / p["ev_max_charge_w"][short]
+    soc, cap, most = p["soc"].copy(), p["capacity_wh"].copy(), p["ev_max_charge_w"].copy()
+    left = short & gone
+    if before is not None and left.any():
+        b_soc, b_cap, b_most = before
+        # its room at the end of the interval: the room it had less what it took
+        soc[left] = b_soc[left] + took[left] * hours / b_cap[left]
+        cap[left], most[left] = b_cap[left], b_most[left]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        room = (1.0 - soc) * cap
+        ok = short & (room > 1e-3)
+        rate = np.log1p(took * hours / room) / hours
+        scale = rate * cap / most
     # a CC-CV taper starts at some SoC below full, so at its start the EV takes its full power
     # with room / capacity left: scale >= 1. Below that the EV took less for another reason
     # (a limit of its own): no taper is learned from it
-    ok = np.isfinite(scale) & (scale >= 1.0)
-    taper[np.flatnonzero(short)[ok]] = rate[ok]
+    ok &= np.isfinite(scale) & (scale >= 1.0)
+    taper[ok & ~gone] = rate[ok & ~gone]
     return scale[ok]
 
 
 def site_taper(taper, seen, snap) -> np.ndarray:
-    """Each port's own taper, or for an EV not yet seen tapering the median of those seen at this
-    site (in the EV's scale: its announced power and capacity), once TAPER_PRIOR_MIN were seen:
-    a site learns from its own measurements how EVs near full take less than they announce."""
-    if len(seen) < TAPER_PRIOR_MIN:
-        return taper
+    """Each port's own taper, or for an EV not yet seen tapering the TAPER_PRIOR_PCT percentile of
+    those seen at this site (in the EV's scale: its announced power and capacity), once
+    TAPER_PRIOR_MIN were seen: a site learns from its own measurements how EVs near full take less
+    than they announce. Before that, TAPER_DEFAULT (a CC-CV knee at 80 % SoC)."""
     p = snap.ports
+    scale = float(np.percentile(seen, TAPER_PRIOR_PCT)) if len(seen) >= TAPER_PRIOR_MIN else TAPER_DEFAULT
     with np.errstate(invalid="ignore", divide="ignore"):
-        prior = float(np.median(seen)) * p["ev_max_charge_w"] / p["capacity_wh"]
+        prior = scale * p["ev_max_charge_w"] / p["capacity_wh"]
     return np.where(np.isfinite(taper), taper, np.where(np.isfinite(prior) & (prior > 0), prior, np.nan))
 
 
@@ -249,6 +265,7 @@ class Planner(Service):
         n = len(ctrl.port_ids)
         self.taper = np.full(n, np.nan)          # learned per port (learn_taper)
         self.tapers_seen = collections.deque(maxlen=TAPER_HISTORY)
+        self.before = None                       # the ports as the last plan saw them (learn_taper)
 
     def run(self) -> None:
         try:
@@ -270,8 +287,10 @@ class Planner(Service):
         self.signature = sig
         if self.last_ns is not None:
             hours = min(now_ns - self.last_ns, self.cfg.step_s * 1e9) / 3.6e12
-            self.tapers_seen.extend(learn_taper(self.taper, snap, hours))
+            self.tapers_seen.extend(learn_taper(self.taper, snap, hours, self.before))
             fleet = self.fleet(snap)
+        p = snap.ports
+        self.before = (p["soc"].copy(), p["capacity_wh"].copy(), p["ev_max_charge_w"].copy())
         self.plan(fleet, sched, now_ns)
         return True
 
