@@ -23,3 +23,14 @@ def test_ev2gym_smoke(tmp_path, monkeypatch):
     for plan in ("ctl_plan", "ctl_plan_ahead"):
         assert runs[plan]["planner_solves"] > 0 and runs[plan]["planner_failures"] == 0
     sys.modules.pop("run", None)
+
+
+def test_ev2gym_steps_smoke(monkeypatch, capsys):
+    """steps.py: the per-step differences add up to the two tracking errors' difference."""
+    monkeypatch.syspath_prepend(str(HERE))
+    import steps
+    out = steps.main(["--scenario", "PublicPST", "--ports", "8", "--seed", "0", "--top", "3"])
+    assert out["worse"] - out["better"] == pytest.approx(out["first"] - out["second"], abs=1e-9)
+    assert "error difference" in capsys.readouterr().out
+    for name in ("steps", "run"):
+        sys.modules.pop(name, None)
