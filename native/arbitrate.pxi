@@ -209,6 +209,11 @@ cdef void sort_ports(Image* im) noexcept nogil:
     cdef int32_t* src = im.order
     cdef int32_t* dst = im.order_tmp
     cdef int32_t* tmp
+    for k in range(1, n):                 # keys change little from cycle to cycle: often in order
+        if im.port[src[k - 1]].key > im.port[src[k]].key:
+            break
+    else:
+        return
     while width < n:
         lo = 0
         while lo < n:
