@@ -169,3 +169,37 @@ def test_an_ev_that_holds_back_far_from_full_teaches_no_taper():
     f = Fleet([2_000.0, RATING_W], taper_span=0.0)    # port 0 takes 2 kW at SoC 0.3: its own limit
     refresh_every(f, 2.0, 30.0)
     assert f.ctrl.snapshot().site["taper_span"] == 0.0
+
+
+def test_a_reading_taken_before_the_setpoint_rose_is_not_judged_so_the_taper_after_it_is_learned():
+    """A link that reports each port's power once per 15-minute step, the average of the step
+    (EV2Gym, a charger's meter interval): the loop cycles at the step's start and a second later.
+    The setpoint rises in step 2 just as port 0 enters its taper. The second cycle must not judge
+    step 1's reading against step 2's higher setpoint: that false shortfall would open the episode,
+    and step 2's real one, judged at step 3, would only cap the port and teach nothing."""
+    S, step_s = 1_000_000_000, 900
+    text = ('[site]\nname = "steps"\nperiod_ms = 10\n[control]\nsettle_s = 10\nsession_max_age_s = 1800\n'
+            f'output_hold_s = {step_s}\ntaper_span = 0\nport_ramp_w_per_s = inf\n'
+            '[node.grid]\nkind = "grid"\nimport_limit_w = 1000000\nexport_limit_w = 1000000\n')
+    text += "".join(f'[node.e{i}]\nkind = "evse"\nparent = "grid"\nport_max_charge_w = {RATING_W}\n' for i in range(3))
+    ctrl = Controller(config.parse(text, "steps.toml"), clock="virtual")
+    ctrl.step(S)
+    ids = ctrl.port_ids
+    soc, took = [0.95, 0.3, 0.3], [0.0, 0.0, 0.0]
+    spans = []
+    for k in range(6):
+        t = 2 * S + k * step_s * S
+        for j, pid in enumerate(ids):
+            for kind, v in (("connected", 1), ("soc", soc[j]), ("capacity_wh", 80_000), ("energy_request_wh", 40_000),
+                            ("departure_in_s", 8 * 3600), ("max_charge_w", RATING_W), ("v2g", 0), ("power_w", took[j])):
+                assert ctrl.measure(f"port/{pid}/{kind}", v, ctrl.now_ns())
+        assert ctrl.submit({"id": f"sp{k}", "kind": "setpoint", "value_w": [9_000.0, 9_000.0, 10_500.0, 9_000.0][k % 4],
+                            "expires_in_s": 2 * step_s})
+        ctrl.step(t)
+        spans.append(ctrl.snapshot().site["taper_span"])
+        ctrl.step(t + S)
+        given = ctrl.outputs()["setpoint_w"]
+        limit = [2_200.0 if k >= 2 else RATING_W, RATING_W, RATING_W]    # port 0 enters its taper in step 2
+        took = [min(g, lim) for g, lim in zip(given, limit)]
+    # step 2's reading (taken in its taper) reaches the loop at step 3's first cycle: learned there
+    assert spans[:3] == [0.0, 0.0, 0.0] and spans[3] == pytest.approx(11_000 * 0.05 / 2_200, rel=0.02)
