@@ -73,6 +73,7 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
     for i in range(im.n_nodes):
         if im.node[i].phase_limit_a < INFINITY:
             phased = True
+            break
     if phased:
         for i in range(im.n_nodes):
             memset(im.node[i].phase_w, 0, sizeof(im.node[i].phase_w))

@@ -549,7 +549,6 @@ cdef struct Image:
     double fleet_w
     double fleet_measured_w
     double taper_span             # the SoC span over which this site's EVs taper: learned, else opt's
-    int32_t taper_held            # this cycle a port at its taper cap took what it was given
     double import_limit_w
     double export_limit_w
     int32_t site_binding

@@ -153,6 +153,20 @@ cdef double CL_MARGIN_W = 500.0       # a cap is what the port takes plus this (
 cdef double CL_MARGIN = 0.10
 
 
+cdef inline double cl_tolerance(double w) noexcept nogil:
+    """How far from w (W) a port may take before it counts as short: 250 W or 5 %."""
+    return fmax(CL_TOLERANCE_W, CL_TOLERANCE * fabs(w))
+
+
+cdef inline double announced_max_w(const Image* im, const Port* p, bint* announced) noexcept nogil:
+    """The most the port may charge by its rating and what its EV announces (announced: the EV's
+    figure is the lower, fresh one)."""
+    cdef bint ok
+    cdef double v = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
+    announced[0] = ok and v < p.rating_charge_w
+    return (v if v > 0.0 else 0.0) if announced[0] else p.rating_charge_w
+
+
 cdef double TAPER_GAIN = 0.25        # a taper seen moves the site's span this share of the way
 cdef double TAPER_PROBE_S = 14400.0  # ... and it shrinks by itself over this long while EVs take all
 
@@ -163,10 +177,8 @@ cdef void learn_taper(Image* im, Port* p, double got) noexcept nogil:
     what it took gives its span, and the site's span moves towards it. Every EV tapers, so the
     next one near full is given no more than it will take, and what it would not take goes to
     the others in the same arbitration instead of a settle time later."""
-    cdef bint ok
-    cdef double span, emax = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
-    if not ok or emax > p.rating_charge_w:
-        emax = p.rating_charge_w
+    cdef bint announced
+    cdef double span, emax = announced_max_w(im, p, &announced)
     if not (0.0 < p.soc < 1.0) or got <= 0.0:
         return
     span = emax * (1.0 - p.soc) / got
@@ -188,7 +200,7 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
     cdef double got = p.measured_w
     cdef double step
     cdef bint short
-    if fabs(given - p.steady_w) > fmax(CL_TOLERANCE_W, CL_TOLERANCE * fabs(given)):
+    if fabs(given - p.steady_w) > cl_tolerance(given):
         p.steady_w = given
         p.steady_since_ns = im.last_now_ns if im.last_now_ns > 0 else im.now_ns   # the cycle that set it
     if not fresh:
@@ -197,8 +209,8 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
     p.given_w = given
     if im.input[p.src[SRC_PORT_POWER_W]].t_ns < p.steady_since_ns:
         return                               # taken before this setpoint: judged by the next one
-    short = p.contactor_closed and ((given > 0.0 and got < given - fmax(CL_TOLERANCE_W, CL_TOLERANCE * given)) or
-                                    (given < 0.0 and got > given + fmax(CL_TOLERANCE_W, -CL_TOLERANCE * given)))
+    short = p.contactor_closed and ((given > 0.0 and got < given - cl_tolerance(given)) or
+                                    (given < 0.0 and got > given + cl_tolerance(given)))
     if short:
         if p.short_since_ns == 0:
             p.short_since_ns = im.now_ns if im.now_ns > p.contactor_since_ns else p.contactor_since_ns
@@ -223,8 +235,10 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
             p.cap_discharge_w = 0.0
 
 
-cdef void port_envelope(Image* im, Port* p) noexcept nogil:
-    cdef bint ok, ok_power, soc_ok, cap_ok, req_ok, dep_ok, min_ok
+cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
+    """The port's charge and discharge limits this cycle. True: it is held at the taper's line
+    and took all it was given there (the span may be smaller than the site's)."""
+    cdef bint ok, ok_power, soc_ok, cap_ok, req_ok, dep_ok, min_ok, held = False
     cdef double v, hi, lo, emax, min_soc, e_avail, hold_s, floor = 0.0
     cdef int32_t bmax, bmin
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
@@ -252,7 +266,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
         p.cap_charge_w = 0.0                 # the next vehicle starts uncapped
         p.cap_discharge_w = 0.0
         p.short_since_ns = 0
-        return
+        return False
 
     p.soc = port_value(im, p, SRC_PORT_SOC, &soc_ok)
     p.capacity_wh = port_value(im, p, SRC_PORT_CAPACITY_WH, &cap_ok)
@@ -261,13 +275,9 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     # Departure arrives relative to its measurement's timestamp (ISO 15118 style).
     p.departure_in_s = v - v2g_sat_sub(im.now_ns, im.input[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
 
-    hi = p.rating_charge_w
-    bmax = BIND_RATING
-    v = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
-    if ok and v < hi:
-        hi = v if v > 0.0 else 0.0
-        bmax = BIND_EV_LIMIT
-    emax = hi
+    emax = announced_max_w(im, p, &ok)
+    hi = emax
+    bmax = BIND_EV_LIMIT if ok else BIND_RATING
     if soc_ok and p.soc >= 1.0:
         hi = 0.0
         bmax = BIND_SOC
@@ -286,8 +296,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
         if v < hi:
             hi = v
             bmax = BIND_TAPER
-            if ok_power and p.given_w > 0.0 and p.measured_w >= p.given_w - fmax(CL_TOLERANCE_W, CL_TOLERANCE * p.given_w):
-                im.taper_held = 1            # it took all: the span may be smaller (cycle_interlock)
+            held = ok_power and p.given_w > 0.0 and p.measured_w >= p.given_w - cl_tolerance(p.given_w)
     p.open_max_w = hi
     if p.cap_charge_w > 0.0 and p.cap_charge_w < hi:
         hi = p.cap_charge_w
@@ -348,6 +357,7 @@ cdef void port_envelope(Image* im, Port* p) noexcept nogil:
     p.floor_w = -floor if floor > lo else p.min_w
     p.bind_max = bmax
     p.bind_min = bmin
+    return held
 
 
 cdef double transformer_hot_spot(Image* im, Node* n, double load_w) noexcept nogil:
@@ -535,14 +545,14 @@ cdef void node_headroom(Image* im) noexcept nogil:
 
 cdef void cycle_interlock(Image* im) noexcept nogil:
     cdef int32_t i
+    cdef bint held = False
     update_safe_state(im)
     for i in range(im.n_nodes):
         node_heatsink(im, &im.node[i])
-    im.taper_held = 0
     if im.taper_span <= 0.0:
         im.taper_span = im.opt.taper_span    # none seen yet: the configured span
     for i in range(im.n_ports):
-        port_envelope(im, &im.port[i])
-    if im.taper_held:
+        held |= port_envelope(im, &im.port[i])
+    if held:
         im.taper_span *= fmax(1.0 - cycle_dt_s(im) / TAPER_PROBE_S, 0.5)
     node_headroom(im)

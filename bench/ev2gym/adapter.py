@@ -100,6 +100,15 @@ def pilot_kw(cs, ev, battery_kw):
     return amps * v / 1000
 
 
+def drew_kw(cs, ev, j, dt_h, battery_frame):
+    """What the EV at charger slot j drew over the last step of dt_h hours: battery-side kW in
+    the battery frame, else charger-side (ev2gym's efficiency at that slot's pilot undone)."""
+    drew = ev.current_energy / dt_h if ev.current_energy else 0.0
+    if drew and not battery_frame:
+        drew /= efficiency(ev, cs.current_signal[j])
+    return drew
+
+
 def transformer_limits_kw(tr, k):
     base = tr.inflexible_load[k] + tr.solar_power[k]
     return max(0.0, tr.max_power[k] - base), max(0.0, base - tr.min_power[k])
@@ -133,9 +142,7 @@ def fill_ports(env, new_ports_fn=new_ports, battery_frame=False):
             continue
         # as the EV announces them: no taper, no look inside
         ch, dis = battery_limits_kw(cs, ev) if battery_frame else port_limits_kw(cs, ev)
-        drew = ev.current_energy * 3600 / dt    # battery-side kW over the last step
-        if drew and not battery_frame:
-            drew /= efficiency(ev, cs.current_signal[cs.evs_connected.index(ev)])
+        drew = drew_kw(cs, ev, cs.evs_connected.index(ev), dt / 3600, battery_frame)
         if "measured_w" in ports.dtype.names:
             ports["measured_w"][i] = drew * 1000
         ports["connected"][i] = True

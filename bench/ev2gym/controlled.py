@@ -129,14 +129,6 @@ class ControllerPolicy:
         self.cycle_s += time.perf_counter() - t
         self.cycles += 1
 
-    def drew_kw(self, cs, ev, dt_h, j):
-        """What the EV at slot j drew over the last step (battery-side kW in the battery frame);
-        for an EV that left since, as a charger reports a session's closing meter reading."""
-        drew = ev.current_energy / dt_h if ev.current_energy else 0.0
-        if drew and not self.battery_frame:
-            drew /= adapter.efficiency(ev, cs.current_signal[j])
-        return drew
-
     def publish(self, env, plist, stamp):
         dt_h = self.dt_s / 3600
         idx, val = [], []
@@ -149,12 +141,13 @@ class ControllerPolicy:
             if ev is None:
                 put(pid, "connected", 0)
                 left = self.parked.pop(i, None)
-                put(pid, "power_w", self.drew_kw(cs, left, dt_h, self.slot[i]) * 1000 if left else 0.0)
+                put(pid, "power_w", adapter.drew_kw(cs, left, self.slot[i], dt_h, self.battery_frame) * 1000
+                    if left else 0.0)     # an EV that left: its charger's closing meter reading
                 continue
             self.parked[i] = ev
             # as announced: no taper, no oracle
             ch, dis = (adapter.battery_limits_kw if self.battery_frame else adapter.port_limits_kw)(cs, ev)
-            drew = self.drew_kw(cs, ev, dt_h, self.slot[i])
+            drew = adapter.drew_kw(cs, ev, self.slot[i], dt_h, self.battery_frame)
             for kind, v in (("connected", 1), ("soc", min(1.0, ev.current_capacity / ev.battery_capacity)),
                             ("capacity_wh", ev.battery_capacity * 1000),
                             ("energy_request_wh", max(0.0, ev.desired_capacity - ev.current_capacity) * 1000),

@@ -21,11 +21,11 @@ from v2g_rt.services.planner import Planner, PlannerConfig, learn_taper, schedul
 PERIOD = 100 * MS
 
 
-def controller(ports=4, **kw):
+def controller(ports=4, taper_span=0.0, **kw):
     site = make_site(ports, period_s=0.1, grid_import_w=1e6, grid_export_w=1e6, transformer_w=1e6,
                      group_w=1e6, meter=False,
-                     # taper_span 0: the loop's own taper line would hide the planner's learning here
-                     control=Control(port_ramp_w_per_s=float("inf"), session_max_age_s=1e6, taper_span=0.0),
+                     # taper_span 0 by default: the loop's own taper line would hide the planner's learning
+                     control=Control(port_ramp_w_per_s=float("inf"), session_max_age_s=1e6, taper_span=taper_span),
                      **kw)
     ctrl = Controller(site, clock="virtual")
     ctrl.step(PERIOD)
@@ -324,9 +324,11 @@ def test_an_ev_not_seen_tapering_gets_a_slow_taper_of_those_seen_at_the_site():
     ev(capacity_wh=30_000, max_charge_w=7_000).publish(ctrl, ctrl.port_ids[1], ctrl.now_ns())
     run(ctrl, 1)
     own = np.array([0.7, np.nan])
-    assert site_taper(own, [4.0, 6.0], ctrl.snapshot()) == pytest.approx([0.7, 4.5 * 7_000 / 30_000])   # 25th pct
-    # none seen yet: a knee at 80 % SoC (at full power the EV fills 1/5 of its capacity an hour)
-    assert site_taper(own, [], ctrl.snapshot()) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
+    assert site_taper(own, [4.0, 6.0], ctrl.snapshot(), 0.2) == pytest.approx([0.7, 4.5 * 7_000 / 30_000])   # 25th pct
+    # none seen yet: the loop's taper_span 0.2, a knee at 80 % SoC (at full power the EV fills
+    # 1/5 of its capacity an hour)
+    assert site_taper(own, [], ctrl.snapshot(), 0.2) == pytest.approx([0.7, 5.0 * 7_000 / 30_000])
+    assert np.isnan(site_taper(own, [], ctrl.snapshot(), 0.0)[1])      # taper_span 0: none until seen
 
 
 def test_an_ev_that_left_shows_its_taper_in_its_last_interval():

@@ -32,7 +32,6 @@ TAPER_GONE = 0.995            # ... and one taking this share of it is not (its 
 TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
 TAPER_PRIOR_MIN = 1           # ... once one was seen
 TAPER_PRIOR_PCT = 25.0        # the prior: this percentile of them (the slower tapers)
-TAPER_DEFAULT = 5.0           # the prior before any was seen: at full power, a taper from 1/5 of room left
 
 log = logging.getLogger("v2g_rt")
 
@@ -186,13 +185,18 @@ def learn_taper(taper, snap, hours: float, before=None) -> np.ndarray:
     return scale[ok]
 
 
-def site_taper(taper, seen, snap) -> np.ndarray:
+def site_taper(taper, seen, snap, span: float) -> np.ndarray:
     """Each port's own taper, or for an EV not yet seen tapering the TAPER_PRIOR_PCT percentile of
     those seen at this site (in the EV's scale: its announced power and capacity), once
     TAPER_PRIOR_MIN were seen: a site learns from its own measurements how EVs near full take less
-    than they announce. Before that, TAPER_DEFAULT (a CC-CV knee at 80 % SoC)."""
+    than they announce. Before that, the loop's configured one ([control] taper_span, the SoC span
+    of the taper below full: at full power at its knee, taper x capacity / power = 1 / span;
+    0: none)."""
     p = snap.ports
-    scale = float(np.percentile(seen, TAPER_PRIOR_PCT)) if len(seen) >= TAPER_PRIOR_MIN else TAPER_DEFAULT
+    if len(seen) >= TAPER_PRIOR_MIN:
+        scale = float(np.percentile(seen, TAPER_PRIOR_PCT))
+    else:
+        scale = 1.0 / span if span > 0.0 else math.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         prior = scale * p["ev_max_charge_w"] / p["capacity_wh"]
     return np.where(np.isfinite(taper), taper, np.where(np.isfinite(prior) & (prior > 0), prior, np.nan))
@@ -295,7 +299,7 @@ class Planner(Service):
         return True
 
     def fleet(self, snap) -> horizon.Fleet:
-        taper = site_taper(self.taper, self.tapers_seen, snap)
+        taper = site_taper(self.taper, self.tapers_seen, snap, self.ctrl.site.control.taper_span)
         return fleet_of(snap, self.rating_charge_w, self.rating_discharge_w, taper)
 
     def plan(self, fleet: horizon.Fleet, sched: horizon.Schedule, now_ns: int) -> horizon.Plan | None:
