@@ -3,7 +3,7 @@
 # interlock. A greedy pass in priority order under the headroom of every node
 # on the port's path: exact for the tree's limits (a polymatroid), O(n log n).
 
-from libc.math cimport exp, fabs, fmin, fmax, sqrt, INFINITY
+from libc.math cimport exp, fabs, sqrt, INFINITY
 
 cdef double STICKY_S = 60.0         # ordering bonus that keeps a served port served
 
@@ -126,7 +126,7 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
     most_discharge[0] = im.node[0].rem_export_w
 
 
-cdef double FLEX_HORIZON_S = 3600.0
+cdef double FLEX_HORIZON_H = 1.0
 
 
 cdef void fleet_energy(Image* im) noexcept nogil:
@@ -141,22 +141,22 @@ cdef void fleet_energy(Image* im) noexcept nogil:
     clear_sums(im)
     for i in range(im.n_ports):
         p = &im.port[i]
-        take = p.max_w * FLEX_HORIZON_S / 3600.0
+        take = p.max_w * FLEX_HORIZON_H
         if p.energy_request_wh == p.energy_request_wh:
             take = fmin(take, fmax(p.energy_request_wh, 0.0))
         elif p.soc == p.soc and p.capacity_wh == p.capacity_wh:
             take = fmin(take, fmax((1.0 - p.soc) * p.capacity_wh, 0.0))
-        give = -p.min_w * FLEX_HORIZON_S / 3600.0
+        give = -p.min_w * FLEX_HORIZON_H
         if give > 0.0:
             give = fmin(give, fmax((p.soc - p.min_soc) * p.capacity_wh, 0.0))
             slack = p.laxity_s - im.opt.discharge_reserve_s
             if p.max_w > 0.0 and slack < NEVER_S:
-                give = fmin(give, fmax(slack, 0.0) / (3600.0 / -p.min_w + 3600.0 / p.max_w))
+                give = fmin(give, fmax(slack, 0.0) * -p.min_w * p.max_w / (3600.0 * (p.max_w - p.min_w)))
             elif p.max_w <= 0.0 and p.energy_request_wh > 0.0:
                 give = 0.0
         im.node[p.evse].rem_import_w += take
         im.node[p.evse].rem_export_w += give
-    pass_up(im, FLEX_HORIZON_S / 3600.0, &im.flex_charge_wh, &im.flex_discharge_wh)
+    pass_up(im, FLEX_HORIZON_H, &im.flex_charge_wh, &im.flex_discharge_wh)
 
 
 cdef double fleet_target(Image* im, int32_t* tbind, bint* capped) noexcept nogil:
@@ -270,27 +270,26 @@ cdef inline double guided_discharge_w(const Image* im, const Port* p) noexcept n
 cdef double FILL_KEY_END = 1e12     # keys in [0, FILL_KEY_END): the water-filled tier (= NEVER_S)
 
 
-cdef inline double fill_key(const Port* p) noexcept nogil:
-    """A charging port's key in the water-filled tier: its limit over its weight, the order in
-    which the ports reach their limits as the water rises. Its weight: its limit without the
-    closed loop's cap (a vehicle near its request, or announcing less, gets less) over its
-    reachable energy (kWh, 1 to 1000: min(capacity, energy now + max power x time left)) to the
-    power 1.5. The smaller its reach, the larger its share (a kWh raises its share of what it
-    could reach the most, as the strict order had it), yet every port gets some, and a vehicle
-    that cannot be filled anyway does not crowd out those that can. Not the closed loop's cap:
-    a port it caps is given its cap, so it stays short and capped instead of probing back up."""
-    cdef double stay, reach, soc
+cdef inline double fill_key(Port* p) noexcept nogil:
+    """A charging port's key in the water-filled tier: its limit over its weight (p.weight,
+    set here), the order in which the ports reach their limits as the water rises. Its weight:
+    its limit without the closed loop's cap (a vehicle near its request, or announcing less,
+    gets less) over its reachable energy (kWh, 1 to 1000: min(capacity, energy now + max power
+    x time left)) to the power 1.5. The smaller its reach, the larger its share (a kWh raises
+    its share of what it could reach the most, as the strict order had it), yet every port gets
+    some, and a vehicle that cannot be filled anyway does not crowd out those that can. Not the
+    closed loop's cap: a port it caps is given its cap, so it stays short and capped instead of
+    probing back up."""
+    cdef double stay, reach, soc, q, m, d
     stay = p.departure_in_s if p.departure_in_s == p.departure_in_s else NEVER_S
     reach = p.capacity_wh if p.capacity_wh == p.capacity_wh else NEVER_S
     soc = p.soc if p.soc == p.soc else 0.0
-    reach = fmin(fmax(fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) / 3600.0) / 1000.0, 1.0), 1e3)
-    return p.max_w * reach * sqrt(reach) / fmax(p.open_max_w, p.max_w)
-
-
-cdef inline double key_weight(const Port* p, bint charging) noexcept nogil:
-    """The weight of a port of the water-filled tier, from its key: charging, its limit over
-    fill_key; discharging, 1 (an equal share each)."""
-    return p.max_w / p.key if charging else 1.0
+    reach = fmin(fmax(fmin(reach, soc * reach + p.max_w * fmax(stay, 0.0) * (1.0 / 3600.0)) * 1e-3, 1.0), 1e3)
+    q = reach * sqrt(reach)
+    m = fmax(p.open_max_w, p.max_w)
+    d = 1.0 / (q * m)                          # one division for both: m / q and max_w q / m
+    p.weight = m * m * d
+    return p.max_w * q * q * d
 
 
 cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
@@ -313,7 +312,7 @@ cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # planned power first and more only when the others cannot take the rest (top_up_planned).
     # A served port keeps a small bonus (hysteresis), and keys are never NaN: a NaN
     # breaks the sort and makes the allocation flip between ports every cycle.
-    # fill: the water-filled tier's total weight (key_weight), each target_w zeroed after its key.
+    # fill: the water-filled tier's total weight (p.weight), each target_w zeroed after its key.
     cdef int32_t i
     cdef Port* p
     cdef double soc, weights = 0.0
@@ -344,7 +343,9 @@ cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
         if fill:
             p.target_w = 0.0
             if 0.0 <= p.key < FILL_KEY_END:
-                weights += key_weight(p, charging)
+                if not charging:
+                    p.weight = 1.0                 # discharging: an equal share each
+                weights += p.weight
     return weights
 
 
@@ -592,7 +593,7 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
         fill = 0.0 <= p.key < FILL_KEY_END
         share = INFINITY
         if fill:
-            w = key_weight(p, charging)
+            w = p.weight
             share = remaining * w / weights if weights > 0.0 else INFINITY
             weights -= w
         if p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0):

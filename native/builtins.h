@@ -55,6 +55,13 @@ static inline int64_t v2g_sat_sub(int64_t a, int64_t b)
 static inline int64_t v2g_sat_add(int64_t a, int64_t b)
 { int64_t r; if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN; return r; }
 
+/* fmin and fmax with C99's answer (a NaN operand gives the other), inline: glibc's are
+ * calls through the PLT in the middle of the per-port loops, and gcc expands its builtins
+ * inline only under -ffinite-math-only, which would break the loop's NaN tests. */
+static inline double v2g_fmin(double a, double b) { return (a < b || b != b) ? a : b; }
+
+static inline double v2g_fmax(double a, double b) { return (a > b || b != b) ? a : b; }
+
 /* Seconds to ns, saturating; NaN gives 0. A plain cast of an out-of-range
  * double is undefined behaviour. */
 static inline int64_t v2g_s_to_ns(double s)

@@ -16,7 +16,7 @@
 # runs without the GIL, allocates nothing and does work bounded by the
 # configured number of ports, nodes and sources.
 
-from libc.math cimport fabs, fmin, copysign, NAN
+from libc.math cimport fabs, copysign, NAN
 
 cdef extern from *:
     """

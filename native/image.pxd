@@ -424,6 +424,7 @@ cdef struct Port:
     double target_w
     double setpoint_w
     double key
+    double weight                # its weight in the water-filled tier (set_keys; its key is max_w over it)
     int32_t bind_max
     int32_t bind_min
     int32_t binding

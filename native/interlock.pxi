@@ -3,7 +3,7 @@
 # PLC loss), thermal derates (EVSE heat sink, transformer hot spot), stale data,
 # Safe State. Nothing here can be overridden by a command.
 
-from libc.math cimport exp, pow, fabs, fmin, fmax, NAN
+from libc.math cimport exp, pow, fabs, NAN
 
 cdef double AMBIENT_WORST_C = 40.0   # assumed while a transformer's temperatures are stale
 cdef double NEVER_S = 1e12           # "no deadline": departure unknown (the laxity of such a port)
@@ -239,7 +239,7 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     """The port's charge and discharge limits this cycle. True: it is held at the taper's line
     and took all it was given there (the span may be smaller than the site's)."""
     cdef bint ok, ok_power, soc_ok, cap_ok, req_ok, dep_ok, min_ok, held = False
-    cdef double v, hi, lo, emax, min_soc, e_avail, hold_s, floor = 0.0
+    cdef double v, hi, lo, emax, min_soc, e_avail, e_full, e_span, hold_s, floor = 0.0
     cdef int32_t bmax, bmin
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
     closed_loop(im, p, ok)
@@ -286,15 +286,22 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     hold_s = im.opt.output_hold_ns * 1e-9
     if dep_ok and 0.0 < p.departure_in_s < hold_s:
         hold_s = p.departure_in_s
-    if req_ok and p.energy_request_wh >= 0.0 and p.energy_request_wh * 3600.0 / hold_s < hi:
+    # (The caps are compared multiplied out and divided only where they bind: a chain of
+    # divisions per port was the largest cost of the cycle at 256 ports.)
+    if req_ok and p.energy_request_wh >= 0.0 and p.energy_request_wh * 3600.0 < hi * hold_s:
         hi = p.energy_request_wh * 3600.0 / hold_s
         bmax = BIND_SOC
     if soc_ok and p.soc < 1.0 and im.taper_span > 0.0:
         # Below the taper's line (learn_taper) until the output's hold ends: at most
-        # emax (1 - SoC at the end) / span, the SoC at the end rising by what it is given.
-        v = emax * (1.0 - p.soc) / (im.taper_span + (emax * hold_s / 3600.0 / p.capacity_wh if cap_ok and p.capacity_wh > 0.0 else 0.0))
-        if v < hi:
-            hi = v
+        # emax (1 - SoC at the end) / span, the SoC at the end rising by what it is given:
+        # emax (1 - SoC) capacity / (span capacity + emax hold_h).
+        e_full = emax * (1.0 - p.soc)
+        e_span = im.taper_span
+        if cap_ok and p.capacity_wh > 0.0:
+            e_full *= p.capacity_wh
+            e_span = e_span * p.capacity_wh + emax * hold_s * (1.0 / 3600.0)
+        if e_full < hi * e_span:
+            hi = e_full / e_span
             bmax = BIND_TAPER
             held = ok_power and p.given_w > 0.0 and p.measured_w >= p.given_w - cl_tolerance(p.given_w)
     p.open_max_w = hi
@@ -335,9 +342,9 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
             bmin = BIND_SOC
         else:
             # Never below the minimum SoC while an output holds at the EV.
-            e_avail = (p.soc - min_soc) * p.capacity_wh * 3600.0 / hold_s
-            if e_avail < lo:
-                lo = e_avail if e_avail > 0.0 else 0.0
+            e_avail = (p.soc - min_soc) * p.capacity_wh * 3600.0
+            if e_avail < lo * hold_s:
+                lo = e_avail / hold_s if e_avail > 0.0 else 0.0
                 bmin = BIND_SOC
             floor = lo
             # Keep enough time to still deliver the departure energy.

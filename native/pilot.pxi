@@ -5,7 +5,7 @@
 # 85 % is 51 A and the next duty up already means 52.5 A or more, so currents between are
 # expressed as 51 A (never more than asked).
 
-from libc.math cimport floor, fmax, fabs
+from libc.math cimport floor, fabs
 
 cdef double PILOT_MIN_A = 6.0
 cdef double PILOT_MAX_A = 80.0

@@ -76,6 +76,8 @@ cdef extern from "builtins.h" nogil:
     int64_t v2g_sat_sub(int64_t a, int64_t b)
     int64_t v2g_sat_add(int64_t a, int64_t b)
     int64_t v2g_s_to_ns(double s)
+    double fmin "v2g_fmin"(double a, double b)
+    double fmax "v2g_fmax"(double a, double b)
     double v2g_load_f64(const double *p)
     void v2g_store_f64(double *p, double v)
     int64_t v2g_load_i64(const int64_t *p)
