@@ -128,15 +128,15 @@ cdef void cycle_shape(Image* im) noexcept nogil:
         if scale < 1.0 and fabs(p.setpoint_w) > fabs(p.ramp_base_w):
             p.setpoint_w = p.ramp_base_w + (p.setpoint_w - p.ramp_base_w) * scale
             p.binding = BIND_SITE_RAMP
+        p.pilot_duty_pct = 100.0                 # no PWM pilot, or no current: a steady +12 V
         if p.pilot_step_pct > 0.0:               # a ramp's steps too are currents a pilot offers,
             p.setpoint_w = pilot_floor_a(p.setpoint_w / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp
             if p.setpoint_w == 0.0 and p.target_w > 0.0:     # and the first is 6 A, none less
                 p.setpoint_w = pilot_floor_a(fmin(p.target_w / p.watts_per_amp, PILOT_MIN_A),
                                              p.pilot_step_pct) * p.watts_per_amp
-        # A PWM pilot offers the setpoint's current, or none at all: 100 % is a steady +12 V.
-        p.pilot_duty_pct = pilot_duty_pct(p.setpoint_w / p.watts_per_amp)
-        if p.pilot_duty_pct == 0.0:
-            p.pilot_duty_pct = 100.0
+            p.pilot_duty_pct = pilot_duty_pct(p.setpoint_w / p.watts_per_amp)   # the setpoint's current
+            if p.pilot_duty_pct == 0.0:
+                p.pilot_duty_pct = 100.0
         im.fleet_w += p.setpoint_w
         if p.setpoint_w > 0.0:
             im.ports_charging += 1

@@ -386,6 +386,9 @@ def _pilot_problems(site: Site, n: Node) -> list[Problem]:
     pilots = {c.port for c in site.sections.get("pwm") or ()}
     sampled = {ch.source for adc in site.sections.get("spi") or () for ch in adc.channels}
     out = []
+    if not n.pilot:
+        out.append(Problem(_section(n), "pilot", "pilot = false, but link = \"pwm\" drives an IEC 61851 control "
+                           "pilot (its duty offers the current); remove pilot = false", "ERR_CONFIG_DEVICE"))
     for p in site.ports:
         if p.evse != n.id:
             continue

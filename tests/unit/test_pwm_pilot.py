@@ -261,6 +261,13 @@ def test_a_pwm_channel_on_a_port_of_another_link_is_refused():
     assert "[pwm.wb2_1] port" in str(e.value) and "'wb9.1' is not a port" in str(e.value)
 
 
+def test_a_pwm_link_without_a_pilot_is_refused():
+    text = example_text().replace('link = "pwm"                # pilot = true follows', 'link = "pwm"\npilot = false  #', 1)
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(text, "dw.toml")
+    assert "[node.wb1] pilot" in str(e.value) and "ERR_CONFIG_DEVICE" in str(e.value)
+
+
 def test_the_cycle_never_writes_sysfs_itself(rig):
     """The write stage only stores the duty: with the I/O jobs not polled, nothing reaches the chip."""
     rig.state["wb1.1"] = "B"
