@@ -30,5 +30,5 @@ def test_stages_ab_smoke(tmp_path):
     assert ab.main(["--base-python", sys.executable, "--base-src", str(src), "--ports", "8", "--seconds", "0.2",
                     "--rounds", "1", "--json", str(out)]) == 0
     (case,) = json.loads(out.read_text())["cases"]
-    assert case["ports"] == 8 and set(case["ratio"]) == {"read", "update", "write", "publish"}
+    assert case["ports"] == 8 and set(case["ratio"]) == set(case["median_ratio"]) == {"read", "update", "write", "publish"}
     assert case["this"]["update"]["p99_us"] > 0 and case["base"]["update"]["p99_us"] > 0
