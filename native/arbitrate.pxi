@@ -211,7 +211,7 @@ cdef void sort_ports(Image* im) noexcept nogil:
     cdef int32_t* dst = im.order_tmp
     cdef int32_t* tmp
     for k in range(1, n):                 # keys change little from cycle to cycle: often in order
-        if im.port[src[k - 1]].key > im.port[src[k]].key:
+        if im.key[src[k - 1]] > im.key[src[k]]:
             break
     else:
         return
@@ -224,7 +224,7 @@ cdef void sort_ports(Image* im) noexcept nogil:
             b = mid
             k = lo
             while k < hi:
-                if a < mid and (b >= hi or im.port[src[a]].key <= im.port[src[b]].key):
+                if a < mid and (b >= hi or im.key[src[a]] <= im.key[src[b]]):
                     dst[k] = src[a]
                     a += 1
                 else:
@@ -315,34 +315,35 @@ cdef double set_keys(Image* im, bint charging, bint fill) noexcept nogil:
     # fill: the water-filled tier's total weight (p.weight), each target_w zeroed after its key.
     cdef int32_t i
     cdef Port* p
-    cdef double soc, weights = 0.0
+    cdef double soc, key, weights = 0.0
     cdef bint guided = guidance_fresh(im)
     for i in range(im.n_ports):
         p = &im.port[i]
         soc = p.soc if p.soc == p.soc else 0.0
         if (charging and p.max_w <= 0.0) or (not charging and p.min_w >= 0.0
                                               and not (fill and guided_discharge_w(im, p) > 0.0 and follows_plan(im, p, charging, guided))):
-            p.key = 4.0 * NEVER_S
+            key = 4.0 * NEVER_S
         elif charging and follows_plan(im, p, charging, guided):
-            p.key = -0.5 * NEVER_S - fmin(p.plan_w / p.max_w, 1.0) - (0.01 if p.target_w > 0.0 else 0.0)
+            key = -0.5 * NEVER_S - fmin(p.plan_w / p.max_w, 1.0) - (0.01 if p.target_w > 0.0 else 0.0)
         elif follows_plan(im, p, charging, guided):
-            p.key = -2.0 * NEVER_S - fmin(-p.plan_w / guided_discharge_w(im, p), 1.0) - (0.01 if p.target_w < 0.0 else 0.0)
+            key = -2.0 * NEVER_S - fmin(-p.plan_w / guided_discharge_w(im, p), 1.0) - (0.01 if p.target_w < 0.0 else 0.0)
         elif charging:
             if p.energy_request_wh <= 0.0:
-                p.key = 2.0 * NEVER_S + soc
+                key = 2.0 * NEVER_S + soc
             elif guided and 0.0 <= p.laxity_s <= im.opt.urgency_window_s and not p.plan_w == p.plan_w:
-                p.key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
+                key = -NEVER_S + p.laxity_s - (STICKY_S if p.target_w > 0.0 else 0.0)
             else:
-                p.key = fill_key(p)
+                key = fill_key(p)
         elif fill:
-            p.key = -p.min_w - p.relief_w
+            key = -p.min_w - p.relief_w
         else:
-            p.key = -p.laxity_s - soc
+            key = -p.laxity_s - soc
             if p.target_w < 0.0:
-                p.key -= STICKY_S
+                key -= STICKY_S
+        im.key[i] = key
         if fill:
             p.target_w = 0.0
-            if 0.0 <= p.key < FILL_KEY_END:
+            if 0.0 <= key < FILL_KEY_END:
                 if not charging:
                     p.weight = 1.0                 # discharging: an equal share each
                 weights += p.weight
@@ -590,7 +591,7 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
     # was already greedy.
     for k in range(im.n_ports):
         p = &im.port[im.order[k]]
-        fill = 0.0 <= p.key < FILL_KEY_END
+        fill = 0.0 <= im.key[im.order[k]] < FILL_KEY_END
         share = INFINITY
         if fill:
             w = p.weight
@@ -614,7 +615,7 @@ cdef void cycle_arbitrate(Image* im) noexcept nogil:
     if 1e-6 < remaining < INFINITY:
         for k in range(im.n_ports):
             p = &im.port[im.order[k]]
-            if not 0.0 <= p.key < FILL_KEY_END or (p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0)):
+            if not 0.0 <= im.key[im.order[k]] < FILL_KEY_END or (p.relief_w > 0.0 and (charging or -p.min_w - p.relief_w <= 0.0)):
                 continue
             lim = p.max_w - p.target_w if charging else -p.min_w + p.target_w
             if lim > 0.0:

@@ -423,7 +423,6 @@ cdef struct Port:
     double open_max_w            # max_w without the closed loop's cap
     double target_w
     double setpoint_w
-    double key
     double weight                # its weight in the water-filled tier (set_keys; its key is max_w over it)
     int32_t bind_max
     int32_t bind_min
@@ -569,6 +568,7 @@ cdef struct Image:
     Port port[MAX_PORTS]
     Input input[MAX_SOURCES]
     Upstream upstream[MAX_UPSTREAMS]
+    double key[MAX_PORTS]        # each port's arbitration key (set_keys), side by side for sort_ports
     int32_t order[MAX_PORTS]
     int32_t order_tmp[MAX_PORTS]
     uint64_t guide_seq            # the guidance version the ports hold (0: none yet)
