@@ -210,7 +210,6 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     cdef PortRow* r
     cdef NodeRow* nr
     cdef bint fresh = guidance_fresh(im)
-    cdef bint ok
     s.site.cycle = im.cycle
     s.site.t_ns = im.now_ns
     s.site.setpoint_w = im.grid_cmd[CMD_SETPOINT].value if im.grid_cmd[CMD_SETPOINT].active else NAN
@@ -277,12 +276,8 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         r.capacity_wh = p.capacity_wh
         r.min_soc = p.min_soc
         r.plan_w = p.plan_w if fresh else NAN
-        r.ev_max_charge_w = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
-        if not ok:
-            r.ev_max_charge_w = NAN
-        r.ev_max_discharge_w = port_value(im, p, SRC_PORT_MAX_DISCHARGE_W, &ok)
-        if not ok:
-            r.ev_max_discharge_w = NAN
+        r.ev_max_charge_w = p.ev_max_charge_w
+        r.ev_max_discharge_w = p.ev_max_discharge_w
         r.given_w = p.given_w
     s.site.latch_counter = im.latch_counter
     s.site.setpoint_expires_ns = im.grid_cmd[CMD_SETPOINT].expires_ns if im.grid_cmd[CMD_SETPOINT].active else 0

@@ -416,6 +416,8 @@ cdef struct Port:
     double departure_in_s
     double laxity_s
     double min_soc
+    double ev_max_charge_w       # what its EV announces, fresh (NaN: nothing fresh)
+    double ev_max_discharge_w
     double measured_w
     double min_w
     double floor_w               # min_w without the departure reserve (<= 0)

@@ -158,13 +158,18 @@ cdef inline double cl_tolerance(double w) noexcept nogil:
     return fmax(CL_TOLERANCE_W, CL_TOLERANCE * fabs(w))
 
 
-cdef inline double announced_max_w(const Image* im, const Port* p, bint* announced) noexcept nogil:
-    """The most the port may charge by its rating and what its EV announces (announced: the EV's
-    figure is the lower, fresh one)."""
+cdef inline double announced_w(const Image* im, const Port* p, int field) noexcept nogil:
+    """What the EV announces as field (SRC_PORT_MAX_CHARGE_W, ..._DISCHARGE_W): NaN if nothing fresh."""
     cdef bint ok
-    cdef double v = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
-    announced[0] = ok and v < p.rating_charge_w
-    return (v if v > 0.0 else 0.0) if announced[0] else p.rating_charge_w
+    cdef double v = port_value(im, p, field, &ok)
+    return v if ok else NAN
+
+
+cdef inline double announced_max_w(const Port* p, double ev_max_w, bint* announced) noexcept nogil:
+    """The most the port may charge by its rating and what its EV announces (ev_max_w, NaN: none;
+    announced: the EV's figure is the lower)."""
+    announced[0] = ev_max_w < p.rating_charge_w
+    return (ev_max_w if ev_max_w > 0.0 else 0.0) if announced[0] else p.rating_charge_w
 
 
 cdef double TAPER_GAIN = 0.25        # a taper seen moves the site's span this share of the way
@@ -178,7 +183,7 @@ cdef void learn_taper(Image* im, Port* p, double got) noexcept nogil:
     next one near full is given no more than it will take, and what it would not take goes to
     the others in the same arbitration instead of a settle time later."""
     cdef bint announced
-    cdef double span, emax = announced_max_w(im, p, &announced)
+    cdef double span, emax = announced_max_w(p, announced_w(im, p, SRC_PORT_MAX_CHARGE_W), &announced)
     if not (0.0 < p.soc < 1.0) or got <= 0.0:
         return
     span = emax * (1.0 - p.soc) / got
@@ -250,6 +255,8 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     # The EVSE's heat-sink faults are the port's own: a trip or a stale temperature holds it at
     # 0 W by its envelope, not only by the EVSE node's headroom further down.
     p.faults |= im.node[p.evse].faults & (FAULT_OVERTEMP | FAULT_TEMP_STALE)
+    p.ev_max_charge_w = announced_w(im, p, SRC_PORT_MAX_CHARGE_W)
+    p.ev_max_discharge_w = announced_w(im, p, SRC_PORT_MAX_DISCHARGE_W)
     if not p.connected or p.faults & ~FAULT_SESSION_STALE or im.stopping:
         p.soc = NAN
         p.capacity_wh = NAN
@@ -275,7 +282,7 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     # Departure arrives relative to its measurement's timestamp (ISO 15118 style).
     p.departure_in_s = v - v2g_sat_sub(im.now_ns, im.input[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
 
-    emax = announced_max_w(im, p, &ok)
+    emax = announced_max_w(p, p.ev_max_charge_w, &ok)
     hi = emax
     bmax = BIND_EV_LIMIT if ok else BIND_RATING
     if soc_ok and p.soc >= 1.0:
@@ -331,9 +338,9 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
         lo = 0.0
         bmin = BIND_SAFE_STATE
     else:
-        v = port_value(im, p, SRC_PORT_MAX_DISCHARGE_W, &ok)
-        if not ok or v < lo:
-            lo = v if ok and v > 0.0 else 0.0
+        v = p.ev_max_discharge_w
+        if not v == v or v < lo:
+            lo = v if v > 0.0 else 0.0
             bmin = BIND_EV_LIMIT
         min_soc = port_value(im, p, SRC_PORT_MIN_SOC, &min_ok)
         p.min_soc = min_soc
