@@ -32,3 +32,20 @@ def test_stages_ab_smoke(tmp_path):
     (case,) = json.loads(out.read_text())["cases"]
     assert case["ports"] == 8 and set(case["ratio"]) == set(case["median_ratio"]) == {"read", "update", "write", "publish"}
     assert case["this"]["update"]["p99_us"] > 0 and case["base"]["update"]["p99_us"] > 0
+
+
+def test_cycle_instructions_smoke(tmp_path):
+    """Instructions per cycle under callgrind: this tree against itself counts the same."""
+    import sys
+    spec = importlib.util.spec_from_file_location("cycle_instructions",
+                                                  pathlib.Path(__file__).with_name("cycle_instructions.py"))
+    ci = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ci)
+    src = pathlib.Path(__file__).resolve().parent.parent
+    out = tmp_path / "ci.json"
+    assert ci.main(["--base-python", sys.executable, "--base-src", str(src), "--ports", "8", "--seconds", "0.05",
+                    "--json", str(out)]) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    assert set(case["this"]) == {"read", "update", "publish", "cycle"}
+    assert case["this"]["update"] > 1000 and case["this"]["cycle"] > case["this"]["update"]
+    assert all(abs(r - 1) < 0.01 for r in case["ratio"].values()), case

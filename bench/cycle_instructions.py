@@ -1,0 +1,72 @@
+"""Instructions per cycle of two installed trees, stage by stage: a count the machine's load does
+not move, beside stages_ab.py's times.
+
+    python bench/cycle_instructions.py --base-python /work/venv-base/bin/python --base-src /work/base-src \
+        [--python python3] [--src .] [--ports 50 256] [--seconds 0.5] [--json FILE]
+
+Each tree's own bench/stages.py run(ports, "sim", seconds) runs once under valgrind's callgrind
+(deterministic: one run is enough). Per stage, the instructions of the loop's own functions over
+the cycles run, inclusive: read (cycle_read), update (cycle_interlock + cycle_arbitrate +
+cycle_shape), publish (snapshot_fill), and the whole cycle (cycle_run: also the write stage,
+which the compiler inlines into it). Instructions are not time (a cache miss costs more than an
+add), but they resolve a few per cent where timing on a shared machine does not. Needs valgrind
+(apt-get install valgrind).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STAGES = {"read": ("cycle_read",), "update": ("cycle_interlock", "cycle_arbitrate", "cycle_shape"),
+          "publish": ("snapshot_fill",), "cycle": ("cycle_run",)}
+PROBE = ("import json, sys; sys.path.insert(0, sys.argv[1]); import stages; "
+         "print(json.dumps(stages.run(int(sys.argv[2]), 'sim', float(sys.argv[3]))['stages']['update']['count']))")
+FUNCTION = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+\S*:__pyx_f_6v2g_rt_5_core_(\w+) ", re.M)
+
+
+def instructions(python: str, src: Path, ports: int, seconds: float) -> dict:
+    """Instructions per cycle by stage for one tree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-P", "-c",
+                              PROBE, str(src / "bench"), str(ports), str(seconds)],
+                             capture_output=True, text=True, check=True, cwd="/")
+        cycles = int(run.stdout.strip().splitlines()[-1])
+        report = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+                                capture_output=True, text=True, check=True).stdout
+    total = {}
+    for count, name in FUNCTION.findall(report):
+        total.setdefault(name, int(count.replace(",", "")))   # the first line of a name is its own
+    return {stage: round(sum(total.get(f, 0) for f in names) / cycles) for stage, names in STAGES.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-python", required=True)
+    ap.add_argument("--base-src", type=Path, required=True, help="the base tree (its bench/stages.py)")
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parent.parent)
+    ap.add_argument("--ports", type=int, nargs="+", default=[50, 256])
+    ap.add_argument("--seconds", type=float, default=0.5, help="virtual seconds per run")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    result = {"seconds": a.seconds, "cases": []}
+    for p in a.ports:
+        b = instructions(a.base_python, a.base_src.resolve(), p, a.seconds)
+        t = instructions(a.python, a.src.resolve(), p, a.seconds)
+        ratio = {st: round(t[st] / b[st], 3) if b[st] else None for st in STAGES}
+        result["cases"].append({"ports": p, "base": b, "this": t, "ratio": ratio})
+        for st in STAGES:
+            print(f"{p:4d} ports {st:8s} {b[st]:9d} -> {t[st]:9d} instructions per cycle   ratio {ratio[st]}")
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
