@@ -14,13 +14,15 @@ add), but they resolve a few per cent where timing on a shared machine does not.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stages_ab import two_trees  # noqa: E402
 
 STAGES = {"read": ("cycle_read",), "update": ("cycle_interlock", "cycle_arbitrate", "cycle_shape"),
           "publish": ("snapshot_fill",), "cycle": ("cycle_run",)}
@@ -46,15 +48,7 @@ def instructions(python: str, src: Path, ports: int, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base-python", required=True)
-    ap.add_argument("--base-src", type=Path, required=True, help="the base tree (its bench/stages.py)")
-    ap.add_argument("--python", default=sys.executable)
-    ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parent.parent)
-    ap.add_argument("--ports", type=int, nargs="+", default=[50, 256])
-    ap.add_argument("--seconds", type=float, default=0.5, help="virtual seconds per run")
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args(argv)
+    a = two_trees(__doc__.splitlines()[0], 0.5).parse_args(argv)
     result = {"seconds": a.seconds, "cases": []}
     for p in a.ports:
         b = instructions(a.base_python, a.base_src.resolve(), p, a.seconds)

@@ -45,17 +45,23 @@ def median_ratio(base: list[dict], this: list[dict]) -> dict:
                  for q in ("p50_us", "p99_us")} for st in STAGES}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def two_trees(description: str, seconds: float) -> argparse.ArgumentParser:
+    """The options of a comparison of two installed trees (this one and cycle_instructions.py)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--base-python", required=True)
     ap.add_argument("--base-src", type=Path, required=True, help="the base tree (its bench/stages.py)")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parent.parent)
     ap.add_argument("--ports", type=int, nargs="+", default=[50, 256])
-    ap.add_argument("--seconds", type=float, default=2.0, help="virtual seconds per run")
+    ap.add_argument("--seconds", type=float, default=seconds, help="virtual seconds per run")
+    ap.add_argument("--json", type=Path)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = two_trees(__doc__.splitlines()[0], 2.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cpu", type=int, default=-1, help="pin both trees to this CPU (default -1: any)")
-    ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     cpu = a.cpu if a.cpu >= 0 else None
     trees = {"base": (a.base_python, a.base_src.resolve()), "this": (a.python, a.src.resolve())}
