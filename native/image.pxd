@@ -386,6 +386,8 @@ cdef struct Node:
     double phase_w[2][3]         # fleet_capability: charge / discharge power passed up per phase ...
     double phase_a[2][3]         # ... and its current
     double need_w                # arbitration: overload still to relieve
+    double flex_take_wh          # fleet_energy: what the ports below take over the hour, summed so far ...
+    double flex_give_wh          # ... and give
     double alloc_w
     double derate
     double temperature_c
@@ -547,6 +549,7 @@ cdef struct Image:
     double fleet_min_w            # ... and discharge (negative)
     double flex_charge_wh         # what it could take over the next hour
     double flex_discharge_wh      # ... and give, no EV missing its departure energy
+    int32_t flex_next             # the first port fleet_energy has not summed in this round
     double fleet_target_w
     double fleet_w
     double fleet_measured_w

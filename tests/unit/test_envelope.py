@@ -7,11 +7,11 @@ from v2g_rt import Controller, config
 S = 1_000_000_000
 
 
-def fleet(import_limit_w=100_000):
+def fleet(import_limit_w=100_000, evses=2):
     text = (f'[site]\nname = "flex"\nperiod_ms = 10\n[node.grid]\nkind = "grid"\nimport_limit_w = {import_limit_w}\n'
             'export_limit_w = 100000\n')
     text += "".join(f'[node.e{i}]\nkind = "evse"\nparent = "grid"\nport_max_charge_w = 11000\n'
-                    'port_max_discharge_w = 11000\n' for i in range(2))
+                    'port_max_discharge_w = 11000\n' for i in range(evses))
     ctrl = Controller(config.parse(text, "flex.toml"), clock="virtual")
     ctrl.step(S)
     return ctrl
@@ -75,3 +75,21 @@ def test_the_aggregator_gets_the_envelope_in_state():
     flex = body["flex_charge_wh"]
     assert not reports.moved(body, body | {"flex_charge_wh": flex + 500.0}, 1000)    # within the deadband
     assert reports.moved(body, body | {"flex_charge_wh": flex + 1_500.0}, 1000)
+
+
+def test_a_large_fleet_is_summed_over_a_few_cycles_and_whole_after_them():
+    """Reporting only, the envelope sums at most 32 ports a cycle: 100 ports take 4 cycles a
+    round, so within two rounds of a change it is whole again, the same as had every port been
+    summed at once."""
+    ctrl = fleet(import_limit_w=10_000_000, evses=100)
+    t = S
+    for request in (1_000.0, 2_500.0):
+        for k, pid in enumerate(ctrl.port_ids):
+            plug(ctrl, pid, energy_request_wh=request * (1 + k % 7), departure_in_s=8 * 3600)
+        seen = []
+        for _ in range(8):
+            t += 10_000_000
+            ctrl.step(t)
+            seen.append(ctrl.snapshot().site["flex_charge_wh"])
+        assert seen[-1] == pytest.approx(sum(min(request * (1 + k % 7), 11_000.0) for k in range(100)))   # an hour at 11 kW
+        assert len(set(seen)) > 1 and seen[0] != seen[-1]          # not summed in one cycle
