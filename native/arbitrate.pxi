@@ -84,8 +84,10 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
         lo = p.floor_w if reserve else p.min_w
         n.rem_import_w += p.max_w
         n.rem_export_w -= lo
+        if not phased:
+            continue
         nph = (p.phase_mask & 1) + (p.phase_mask >> 1 & 1) + (p.phase_mask >> 2 & 1)
-        if not phased or nph == 0 or not p.watts_per_amp > 0.0:
+        if nph == 0 or not p.watts_per_amp > 0.0:
             continue
         for ph in range(3):
             if p.phase_mask & (1 << ph):
