@@ -100,7 +100,7 @@ cdef void cycle_shape(Image* im) noexcept nogil:
     cdef double dt_s = cycle_dt_s(im)
     cdef double step = im.opt.port_ramp_w_per_s * dt_s
     cdef double site_step = im.opt.site_ramp_w_per_s * dt_s
-    cdef double prev, tgt, base, rise = 0.0, scale = 1.0
+    cdef double prev, tgt, base, duty, rise = 0.0, scale = 1.0
     cdef int32_t i
     cdef Port* p
     for i in range(im.n_ports):
@@ -134,9 +134,9 @@ cdef void cycle_shape(Image* im) noexcept nogil:
             if p.setpoint_w == 0.0 and p.target_w > 0.0:     # and the first is 6 A, none less
                 p.setpoint_w = pilot_floor_a(fmin(p.target_w / p.watts_per_amp, PILOT_MIN_A),
                                              p.pilot_step_pct) * p.watts_per_amp
-            p.pilot_duty_pct = pilot_duty_pct(p.setpoint_w / p.watts_per_amp)   # the setpoint's current
-            if p.pilot_duty_pct == 0.0:
-                p.pilot_duty_pct = 100.0
+            duty = pilot_duty_pct(p.setpoint_w / p.watts_per_amp)   # 0: below 6 A, none offered
+            if duty > 0.0:
+                p.pilot_duty_pct = duty                 # the setpoint's current
         im.fleet_w += p.setpoint_w
         if p.setpoint_w > 0.0:
             im.ports_charging += 1

@@ -183,7 +183,7 @@ cdef void learn_taper(Image* im, Port* p, double got) noexcept nogil:
     next one near full is given no more than it will take, and what it would not take goes to
     the others in the same arbitration instead of a settle time later."""
     cdef bint announced
-    cdef double span, emax = announced_max_w(p, announced_w(im, p, SRC_PORT_MAX_CHARGE_W), &announced)
+    cdef double span, emax = announced_max_w(p, p.ev_max_charge_w, &announced)
     if not (0.0 < p.soc < 1.0) or got <= 0.0:
         return
     span = emax * (1.0 - p.soc) / got
@@ -246,6 +246,8 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     cdef bint ok, ok_power, soc_ok, cap_ok, req_ok, dep_ok, min_ok, held = False
     cdef double v, hi, lo, emax, min_soc, e_avail, e_full, e_span, hold_s, floor = 0.0
     cdef int32_t bmax, bmin
+    p.ev_max_charge_w = announced_w(im, p, SRC_PORT_MAX_CHARGE_W)     # first: closed_loop (learn_taper) uses it
+    p.ev_max_discharge_w = announced_w(im, p, SRC_PORT_MAX_DISCHARGE_W)
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
     closed_loop(im, p, ok)
     ok_power = ok
@@ -255,8 +257,6 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     # The EVSE's heat-sink faults are the port's own: a trip or a stale temperature holds it at
     # 0 W by its envelope, not only by the EVSE node's headroom further down.
     p.faults |= im.node[p.evse].faults & (FAULT_OVERTEMP | FAULT_TEMP_STALE)
-    p.ev_max_charge_w = announced_w(im, p, SRC_PORT_MAX_CHARGE_W)
-    p.ev_max_discharge_w = announced_w(im, p, SRC_PORT_MAX_DISCHARGE_W)
     if not p.connected or p.faults & ~FAULT_SESSION_STALE or im.stopping:
         p.soc = NAN
         p.capacity_wh = NAN
