@@ -80,10 +80,7 @@ cdef void cycle_read(Image* im, Io* io) noexcept nogil:
             i = (w << 6) + v2g_ctz64(bits)
             bits &= bits - 1
             if slot_read(&im.ex.slot[i], &v, &t):
-                im.input[i].value = v
-                im.input[i].t_ns = t
-                im.input[i].received = 1
-                im.input[i].applied_cycle = im.cycle
+                input_take(im, i, v, t)
                 im.measurements_applied += 1
     for n in range(N_GRID_COMMANDS):
         if im.grid_cmd[n].active and im.now_ns >= im.grid_cmd[n].expires_ns:

@@ -95,8 +95,8 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
                 x = &im.input[i * SCRATCH_FIELDS + k]
                 x.value = cols[k]
                 x.t_ns = im.now_ns
-                x.max_age_ns = INT64_MAX
                 x.received = cols[k] == cols[k]     # NaN: unknown
+                x.fresh_until_ns = INT64_MAX if x.received else INT64_MIN
             im.order[i] = <int32_t>i
         cycle_interlock(im)
         cycle_arbitrate(im)

@@ -11,6 +11,7 @@ cdef void gate_count(Gate* g, int code) noexcept nogil
 cdef int gate_write(Exchange* ex, int32_t i, int32_t writer, double value, int64_t t_ns,
                     int64_t now_ns) noexcept nogil
 cdef bint slot_read(Slot* s, double* value, int64_t* t_ns) noexcept nogil
+cdef void input_take(Image* im, int32_t i, double value, int64_t t_ns) noexcept nogil
 
 # snapshot: a triple buffer; the loop publishes, one (locked) reader takes the latest
 cdef void snap_init(SnapshotBuffers* sb) noexcept nogil

@@ -155,7 +155,7 @@ cdef enum:  # SafeReason
 cdef struct Input:
     double value
     int64_t t_ns
-    int64_t max_age_ns
+    int64_t fresh_until_ns       # fresh while now_ns is at most this (INT64_MIN: never received)
     uint64_t applied_cycle       # the cycle that took the current value
     int32_t kind
     int32_t target

@@ -10,9 +10,7 @@ cdef double NEVER_S = 1e12           # "no deadline": departure unknown (the lax
 
 
 cdef inline bint input_fresh(const Image* im, int32_t i) noexcept nogil:
-    if i < 0 or not im.input[i].received:
-        return False
-    return v2g_sat_sub(im.now_ns, im.input[i].t_ns) <= im.input[i].max_age_ns
+    return i >= 0 and im.now_ns <= im.input[i].fresh_until_ns
 
 
 cdef inline double input_value(const Image* im, int32_t i, bint* ok) noexcept nogil:

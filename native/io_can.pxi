@@ -68,7 +68,6 @@ cdef void can_decode(Image* im, CanReader* r, CanWriter* w, const can_frame* f) 
     cdef int32_t i
     cdef int code
     cdef CanSignal* s
-    cdef Input* x
     cdef Gate* g
     if pf < 240 and claim_rx(w, im, pgn, sa, (id29 >> 8) & 0xFF, f):
         return
@@ -99,11 +98,7 @@ cdef void can_decode(Image* im, CanReader* r, CanWriter* w, const can_frame* f) 
         if code != GATE_OK:
             bump(&r.gate_rejected, 1)
             continue
-        x = &im.input[s.input]
-        x.value = value
-        x.t_ns = im.now_ns
-        x.received = 1
-        x.applied_cycle = im.cycle
+        input_take(im, s.input, value, im.now_ns)
         bump(&r.decoded, 1)
     if not matched:
         bump(&r.unknown_pgn, 1)

@@ -69,7 +69,6 @@ cdef void gpio_read_line(Image* im, GpioIo* g, GpioIn* l) noexcept nogil:
 
 cdef void gpio_publish(Image* im, GpioIn* l) noexcept nogil:
     cdef Gate* gt
-    cdef Input* x
     cdef int code
     if l.raw != l.stable and im.cycle - l.raw_cycle >= <uint64_t>l.debounce_cycles:
         l.stable = l.raw
@@ -81,11 +80,7 @@ cdef void gpio_publish(Image* im, GpioIn* l) noexcept nogil:
     if code != GATE_OK:
         bump(&l.gate_rejected, 1)
         return
-    x = &im.input[l.input]
-    x.value = l.stable
-    x.t_ns = im.now_ns
-    x.received = 1
-    x.applied_cycle = im.cycle
+    input_take(im, l.input, l.stable, im.now_ns)
 
 
 cdef void gpio_drain(Image* im, GpioIo* g) noexcept nogil:

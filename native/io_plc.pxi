@@ -32,7 +32,6 @@ cdef inline bint same_mac(const uint8_t* a, const uint8_t* b) noexcept nogil:
 cdef void plc_outcome(Image* im, PlcModem* m, bint lost) noexcept nogil:
     """One probe's outcome into the window; the loss published through the gate."""
     cdef Gate* g
-    cdef Input* x
     cdef int code
     if m.filled == m.window:
         m.lost_in_window -= m.ring[m.head]
@@ -52,11 +51,7 @@ cdef void plc_outcome(Image* im, PlcModem* m, bint lost) noexcept nogil:
     if code != GATE_OK:
         bump(&m.gate_rejected, 1)
         return
-    x = &im.input[m.input]
-    x.value = m.loss
-    x.t_ns = im.now_ns
-    x.received = 1
-    x.applied_cycle = im.cycle
+    input_take(im, m.input, m.loss, im.now_ns)
 
 
 cdef bint port_connected(Image* im, PlcModem* m) noexcept nogil:
