@@ -607,8 +607,6 @@ cdef class Core:
             self.im.upstream[self.im.n_upstreams].input = i
             self.im.upstream[self.im.n_upstreams].lost = 1
             self.im.n_upstreams += 1
-        self.im.input[i].kind = k
-        self.im.input[i].target = target
         self.im.input[i].fresh_until_ns = INT64_MIN
         g = &self.im.ex.gate[i]
         g.lo, g.hi, g.max_age_ns, g.writer = lo, hi, v2g_s_to_ns(max_age_s), WRITER_PYTHON

@@ -94,9 +94,9 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
                 p.src[k] = <int32_t>(i * SCRATCH_FIELDS + k)
                 x = &im.input[i * SCRATCH_FIELDS + k]
                 x.value = cols[k]
-                x.t_ns = im.now_ns
-                x.received = cols[k] == cols[k]     # NaN: unknown
-                x.fresh_until_ns = INT64_MAX if x.received else INT64_MIN
+                x.fresh_until_ns = INT64_MAX if cols[k] == cols[k] else INT64_MIN    # NaN: unknown
+                im.input_stamp[i * SCRATCH_FIELDS + k].t_ns = im.now_ns
+                im.input_stamp[i * SCRATCH_FIELDS + k].received = cols[k] == cols[k]
             im.order[i] = <int32_t>i
         cycle_interlock(im)
         cycle_arbitrate(im)

@@ -125,12 +125,12 @@ cdef inline void input_take(Image* im, int32_t i, double value, int64_t t_ns) no
     """The loop takes a measurement the gate let in as input i. Its freshness is decided here,
     once, rather than by every reader of every input every cycle (the largest single cost of
     the per-port passes)."""
-    cdef Input* x = &im.input[i]
-    x.value = value
-    x.t_ns = t_ns
-    x.fresh_until_ns = v2g_sat_add(t_ns, im.ex.gate[i].max_age_ns)
-    x.received = 1
-    x.applied_cycle = im.cycle
+    cdef InputStamp* s = &im.input_stamp[i]
+    im.input[i].value = value
+    im.input[i].fresh_until_ns = v2g_sat_add(t_ns, im.ex.gate[i].max_age_ns)
+    s.t_ns = t_ns
+    s.received = 1
+    s.applied_cycle = im.cycle
 
 
 cdef inline void snap_init(SnapshotBuffers* sb) noexcept nogil:

@@ -152,13 +152,13 @@ cdef enum:  # SafeReason
     SAFE_OVERRUN = 2              # repeated cycle overruns
     SAFE_STOPPED = 4              # the loop stopped: the published outputs are the safe ones
 
-cdef struct Input:
+cdef struct Input:            # what the per-port passes read of a source, every cycle
     double value
-    int64_t t_ns
     int64_t fresh_until_ns       # fresh while now_ns is at most this (INT64_MIN: never received)
+
+cdef struct InputStamp:       # ... and what few of them read (Input stays 16 bytes: 4 a cache line)
+    int64_t t_ns
     uint64_t applied_cycle       # the cycle that took the current value
-    int32_t kind
-    int32_t target
     int32_t received
 
 cdef struct Slot:            # producer side of one measurement source (seqlock; odd = being written)
@@ -572,6 +572,7 @@ cdef struct Image:
     Node node[MAX_NODES]
     Port port[MAX_PORTS]
     Input input[MAX_SOURCES]
+    InputStamp input_stamp[MAX_SOURCES]
     Upstream upstream[MAX_UPSTREAMS]
     double key[MAX_PORTS]        # each port's arbitration key (set_keys), side by side for sort_ports
     int32_t order[MAX_PORTS]

@@ -118,7 +118,7 @@ cdef void port_faults(Image* im, Port* p) noexcept nogil:
     p.connected = ok and v > 0.5
     if not ok:
         isrc = p.src[SRC_PORT_CONNECTED]
-        if isrc >= 0 and im.input[isrc].received and im.input[isrc].value > 0.5:
+        if isrc >= 0 and im.input_stamp[isrc].received and im.input[isrc].value > 0.5:
             p.faults |= FAULT_SESSION_STALE
     if p.src[SRC_PORT_CP_V] >= 0:
         pilot_check(im, p)
@@ -210,7 +210,7 @@ cdef void closed_loop(Image* im, Port* p, bint fresh) noexcept nogil:
         p.short_since_ns = 0
         return
     p.given_w = given
-    if im.input[p.src[SRC_PORT_POWER_W]].t_ns < p.steady_since_ns:
+    if im.input_stamp[p.src[SRC_PORT_POWER_W]].t_ns < p.steady_since_ns:
         return                               # taken before this setpoint: judged by the next one
     short = p.contactor_closed and ((given > 0.0 and got < given - cl_tolerance(given)) or
                                     (given < 0.0 and got > given + cl_tolerance(given)))
@@ -278,7 +278,7 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     p.energy_request_wh = port_value(im, p, SRC_PORT_ENERGY_REQUEST_WH, &req_ok)
     v = port_value(im, p, SRC_PORT_DEPARTURE_IN_S, &dep_ok)
     # Departure arrives relative to its measurement's timestamp (ISO 15118 style).
-    p.departure_in_s = v - v2g_sat_sub(im.now_ns, im.input[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
+    p.departure_in_s = v - v2g_sat_sub(im.now_ns, im.input_stamp[p.src[SRC_PORT_DEPARTURE_IN_S]].t_ns) * 1e-9 if dep_ok else NAN
 
     emax = announced_max_w(p, p.ev_max_charge_w, &ok)
     hi = emax
@@ -459,7 +459,7 @@ cdef void node_phases(Image* im, Node* n, double lmin, double lmax) noexcept nog
             n.non_ev_phase_a[ph] = NAN
         elif input_fresh(im, m):
             v = n.non_ev_phase_a[ph]
-            if im.input[m].applied_cycle == im.cycle or v != v:
+            if im.input_stamp[m].applied_cycle == im.cycle or v != v:
                 n.non_ev_phase_a[ph] = im.input[m].value / n.voltage_v - n.fleet_phase_a[ph]
             lo = n.non_ev_phase_a[ph]
             hi = lo
@@ -524,7 +524,7 @@ cdef void node_headroom(Image* im) noexcept nogil:
             if ok:
                 # Sample and hold: the meter saw the fleet as it was when the reading
                 # arrived, not as it is after later setpoint changes.
-                if im.input[n.meter].applied_cycle == im.cycle or n.non_ev_w != n.non_ev_w:
+                if im.input_stamp[n.meter].applied_cycle == im.cycle or n.non_ev_w != n.non_ev_w:
                     n.non_ev_w = im.input[n.meter].value - n.fleet_measured_w
                 lmin = n.non_ev_w
                 lmax = n.non_ev_w

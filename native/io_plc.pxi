@@ -56,7 +56,7 @@ cdef void plc_outcome(Image* im, PlcModem* m, bint lost) noexcept nogil:
 
 cdef bint port_connected(Image* im, PlcModem* m) noexcept nogil:
     cdef int32_t i = im.port[m.port].src[SRC_PORT_CONNECTED]
-    return i >= 0 and im.input[i].received != 0 and im.input[i].value > 0.5
+    return i >= 0 and im.input_stamp[i].received != 0 and im.input[i].value > 0.5
 
 
 cdef void plc_link(Image* im, PlcModem* m, bint up) noexcept nogil:
