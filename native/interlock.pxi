@@ -486,7 +486,8 @@ cdef void node_headroom(Image* im) noexcept nogil:
     cdef bint ok
     for i in range(im.n_nodes):
         im.node[i].fleet_measured_w = 0.0
-        memset(im.node[i].fleet_phase_a, 0, sizeof(im.node[i].fleet_phase_a))
+        if im.node[i].phase_meter[0] >= 0:
+            memset(im.node[i].fleet_phase_a, 0, sizeof(im.node[i].fleet_phase_a))
     for i in range(im.n_ports):
         p = &im.port[i]
         for k in range(p.npath):
