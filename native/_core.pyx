@@ -557,6 +557,7 @@ cdef class Core:
         if not 0.0 <= pilot_step_pct <= 10.0:
             raise ValueError("a pilot's duty step is 0 (no pilot) .. 10 %")
         p.pilot_step_pct = pilot_step_pct
+        p.pilot_duty_pct = 100.0             # a steady +12 V until a PWM pilot's setpoint offers a current
         p.binding_node = -1
         p.plan_w = NAN
         for k in range(N_PORT_SOURCES):

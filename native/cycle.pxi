@@ -125,15 +125,13 @@ cdef void cycle_shape(Image* im) noexcept nogil:
         if scale < 1.0 and fabs(p.setpoint_w) > fabs(p.ramp_base_w):
             p.setpoint_w = p.ramp_base_w + (p.setpoint_w - p.ramp_base_w) * scale
             p.binding = BIND_SITE_RAMP
-        p.pilot_duty_pct = 100.0                 # no PWM pilot, or no current: a steady +12 V
         if p.pilot_step_pct > 0.0:               # a ramp's steps too are currents a pilot offers,
             p.setpoint_w = pilot_floor_a(p.setpoint_w / p.watts_per_amp, p.pilot_step_pct) * p.watts_per_amp
             if p.setpoint_w == 0.0 and p.target_w > 0.0:     # and the first is 6 A, none less
                 p.setpoint_w = pilot_floor_a(fmin(p.target_w / p.watts_per_amp, PILOT_MIN_A),
                                              p.pilot_step_pct) * p.watts_per_amp
             duty = pilot_duty_pct(p.setpoint_w / p.watts_per_amp)   # 0: below 6 A, none offered
-            if duty > 0.0:
-                p.pilot_duty_pct = duty                 # the setpoint's current
+            p.pilot_duty_pct = duty if duty > 0.0 else 100.0        # no current: a steady +12 V
         im.fleet_w += p.setpoint_w
         if p.setpoint_w > 0.0:
             im.ports_charging += 1
@@ -178,6 +176,7 @@ cdef void cycle_write(Image* im, Io* io) noexcept nogil:
     cdef Outbox* ob = &im.outbox
     cdef int64_t valid = v2g_sat_add(im.now_ns, im.opt.output_hold_ns)
     cdef int64_t half = im.opt.output_hold_ns // 2
+    cdef double deadband = im.opt.deadband_w
     cdef bint moved = False
     cdef int32_t i
     cdef Port* p
@@ -185,7 +184,7 @@ cdef void cycle_write(Image* im, Io* io) noexcept nogil:
     for i in range(im.n_ports):
         p = &im.port[i]
         o = &ob.out[i]
-        if (o.sequence == 0 or fabs(p.setpoint_w - o.setpoint_w) > im.opt.deadband_w
+        if (o.sequence == 0 or fabs(p.setpoint_w - o.setpoint_w) > deadband
                 or (p.setpoint_w == 0.0) != (o.setpoint_w == 0.0) or p.contactor_closed != o.contactor_closed
                 or v2g_sat_sub(valid, o.valid_until_ns) >= half):
             output_put(ob, i, p.setpoint_w, valid, p.contactor_closed, im.now_ns)
@@ -207,6 +206,7 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
     cdef PortRow* r
     cdef NodeRow* nr
     cdef bint fresh = guidance_fresh(im)
+    cdef int64_t valid = v2g_sat_add(im.now_ns, im.opt.output_hold_ns)
     s.site.cycle = im.cycle
     s.site.t_ns = im.now_ns
     s.site.setpoint_w = im.grid_cmd[CMD_SETPOINT].value if im.grid_cmd[CMD_SETPOINT].active else NAN
@@ -253,7 +253,7 @@ cdef void snapshot_fill(Image* im, Snapshot* s) noexcept nogil:
         p = &im.port[i]
         r = &s.port[i]
         r.cycle = im.cycle
-        r.valid_until_ns = v2g_sat_add(im.now_ns, im.opt.output_hold_ns)
+        r.valid_until_ns = valid
         r.setpoint_w = p.setpoint_w
         r.target_w = p.target_w
         r.min_w = p.min_w
