@@ -129,7 +129,7 @@ cdef void fleet_capability(Image* im, double* most_charge, double* most_discharg
 
 
 cdef double FLEX_HORIZON_H = 1.0
-cdef int32_t FLEX_PORTS_PER_CYCLE = 32
+cdef int32_t FLEX_PORTS_PER_CYCLE = 16
 
 
 cdef void fleet_energy(Image* im) noexcept nogil:
@@ -139,8 +139,8 @@ cdef void fleet_energy(Image* im) noexcept nogil:
     the hour, capped by the energy above its minimum SoC and by what its departure allows: giving E
     costs E / discharge power + E / charge power of its slack beyond discharge_reserve_s.
     A report, not a limit: a cycle sums at most FLEX_PORTS_PER_CYCLE ports, so at 256 ports the
-    envelope is whole every 8 cycles (8 ms at 1 kHz) instead of costing a pass over every port
-    each cycle; up to 32 ports it is whole every cycle."""
+    envelope is whole every 16 cycles (16 ms at 1 kHz) instead of costing a pass over every port
+    each cycle; up to 16 ports it is whole every cycle."""
     cdef int32_t i, end
     cdef Port* p
     cdef double take, give, slack
