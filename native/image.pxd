@@ -353,7 +353,7 @@ cdef struct Thermal:             # transformer: first-order top-oil and hot-spot
 
 cdef struct Node:
     # What every cycle reads or writes of every node comes first, in the fewest cache lines
-    # (about three of ten): at 50 ports the nodes and ports no longer fit the L1 cache when a
+    # (four or five of ten): at 50 ports the nodes and ports no longer fit the L1 cache when a
     # walk touches every line of each. Phase books and the heat sink's thresholds, read only
     # where a node has them, come last.
     int32_t parent
@@ -384,11 +384,11 @@ cdef struct Node:
     double temperature_c
     double flex_take_wh          # fleet_energy: what the ports below take over the hour, summed so far ...
     double flex_give_wh          # ... and give
+    double non_ev_phase_a[3]     # held between meter samples; NaN: no per-phase meter or stale (the snapshot's)
     Thermal thermal              # (enabled, its first field, is read every cycle)
     # only where the node has a phase limit, per-phase meters or a heat sink
     double voltage_v             # phase-to-neutral: turns a phase's metered power into its current
     double fleet_phase_a[3]      # the fleet's measured current per phase, import + (per-phase meters)
-    double non_ev_phase_a[3]     # held between meter samples; NaN: no per-phase meter or stale
     double phase_import_a[3]     # per-phase current room for the fleet: charging ...
     double phase_export_a[3]     # ... and discharging (non-EV load taken into account)
     double overload_a[3]         # non-EV current above the phase limit: what discharge must relieve
