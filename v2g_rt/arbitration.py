@@ -50,6 +50,9 @@ def new_ports(n: int) -> np.ndarray:
     return ports
 
 
+NOW_LIMIT_S = 9e9
+
+
 def _finite_nonneg(name: str, v) -> float:
     v = float(v)
     if not math.isfinite(v) or v < 0:
@@ -72,8 +75,8 @@ def arbitrate(ports: np.ndarray, now_s: float, *, import_limit_w: float, export_
     imp = _finite_nonneg("import_limit_w", import_limit_w)
     exp = _finite_nonneg("export_limit_w", export_limit_w)
     now_s = float(now_s)
-    if not math.isfinite(now_s):
-        raise ValueError(f"now_s must be finite, not {now_s!r}")
+    if not abs(now_s) < NOW_LIMIT_S:       # the loop's clock is int64 ns; NaN fails too
+        raise ValueError(f"now_s must be a number of s within +-{NOW_LIMIT_S:g}, not {now_s!r}")
     dt_s = float(dt_s)
     if not (math.isfinite(dt_s) and dt_s > 0):
         raise ValueError(f"dt_s must be a finite number of s > 0, not {dt_s!r}")

@@ -115,6 +115,12 @@ def test_contradictory_limits_give_zero():
     assert (w == 0).all()
 
 
+@pytest.mark.parametrize("now_s", [math.nan, math.inf, -9.3e9, 9.3e9])
+def test_a_time_outside_the_loops_clock_is_refused(now_s):
+    with pytest.raises(ValueError, match="now_s"):
+        v2g_rt.arbitrate(fleet(), now_s, import_limit_w=1.0, export_limit_w=1.0)
+
+
 def test_wrong_array_is_refused():
     with pytest.raises(ValueError, match="new_ports"):
         v2g_rt.arbitrate(np.zeros(3), 0.0, import_limit_w=1.0, export_limit_w=1.0)
