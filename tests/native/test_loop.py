@@ -56,7 +56,7 @@ def test_loop_keeps_cycling_while_python_holds_the_gil():
     skipped = slots - len(inside)
     # A loop that needed the GIL would run none of the window's cycles; at normal priority this
     # VM's wake spikes skip some (13 of 250 once, under the full suite's load).
-    assert skipped <= slots // 4, (len(inside), slots)
+    assert skipped <= slots // 10, (len(inside), slots)
     # ...on schedule: every planned wake is a whole number of periods after the first.
     assert np.all((np.diff(inside["planned_ns"]) % period) == 0)
 
