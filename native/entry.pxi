@@ -37,7 +37,7 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
     cdef double cols[10]
     cdef double cap_charge, cap_discharge, given
     cdef int64_t short_since
-    cdef bint carry
+    cdef bint carry, known
     if n > MAX_PORTS:
         raise ValueError(f"{n} ports; at most {MAX_PORTS}")
     if _scratch == NULL:
@@ -93,10 +93,11 @@ def arbitrate_rows(const uint8_t[::1] connected, const double[::1] soc, const do
             for k in range(SCRATCH_FIELDS):
                 p.src[k] = <int32_t>(i * SCRATCH_FIELDS + k)
                 x = &im.input[i * SCRATCH_FIELDS + k]
+                known = cols[k] == cols[k]          # NaN: unknown
                 x.value = cols[k]
-                x.fresh_until_ns = INT64_MAX if cols[k] == cols[k] else INT64_MIN    # NaN: unknown
+                x.fresh_until_ns = INT64_MAX if known else INT64_MIN
                 im.input_stamp[i * SCRATCH_FIELDS + k].t_ns = im.now_ns
-                im.input_stamp[i * SCRATCH_FIELDS + k].received = cols[k] == cols[k]
+                im.input_stamp[i * SCRATCH_FIELDS + k].received = known
             im.order[i] = <int32_t>i
         cycle_interlock(im)
         cycle_arbitrate(im)

@@ -156,13 +156,6 @@ cdef inline double cl_tolerance(double w) noexcept nogil:
     return fmax(CL_TOLERANCE_W, CL_TOLERANCE * fabs(w))
 
 
-cdef inline double announced_w(const Image* im, const Port* p, int field) noexcept nogil:
-    """What the EV announces as field (SRC_PORT_MAX_CHARGE_W, ..._DISCHARGE_W): NaN if nothing fresh."""
-    cdef bint ok
-    cdef double v = port_value(im, p, field, &ok)
-    return v if ok else NAN
-
-
 cdef inline double announced_max_w(const Port* p, double ev_max_w, bint* announced) noexcept nogil:
     """The most the port may charge by its rating and what its EV announces (ev_max_w, NaN: none;
     announced: the EV's figure is the lower)."""
@@ -244,8 +237,9 @@ cdef bint port_envelope(Image* im, Port* p) noexcept nogil:
     cdef bint ok, ok_power, soc_ok, cap_ok, req_ok, dep_ok, min_ok, held = False
     cdef double v, hi, lo, emax, min_soc, e_avail, e_full, e_span, hold_s, floor = 0.0
     cdef int32_t bmax, bmin
-    p.ev_max_charge_w = announced_w(im, p, SRC_PORT_MAX_CHARGE_W)     # first: closed_loop (learn_taper) uses it
-    p.ev_max_discharge_w = announced_w(im, p, SRC_PORT_MAX_DISCHARGE_W)
+    # What the EV announces (NaN: nothing fresh), first: closed_loop (learn_taper) uses it.
+    p.ev_max_charge_w = port_value(im, p, SRC_PORT_MAX_CHARGE_W, &ok)
+    p.ev_max_discharge_w = port_value(im, p, SRC_PORT_MAX_DISCHARGE_W, &ok)
     p.measured_w = port_value(im, p, SRC_PORT_POWER_W, &ok)
     closed_loop(im, p, ok)
     ok_power = ok

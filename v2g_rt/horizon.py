@@ -9,7 +9,8 @@ Per EV i and step t (length h_t hours; the first step runs from now to the next 
 step_s): charge c_it in [0, P_i a_it], discharge d_it in [0, D_i a_it] with a_it the share of the
 step before its departure (charge only in steps whose setpoint is >= 0 or unknown, discharge only
 in those where it is < 0: the loop moves the fleet one way at a time), energy
-E_it = E_i,t-1 + h_t (c_it - d_it) in [Emin_i, capacity_i], and shortfall s_i >= E_i0 + request_i - E_i,k_i at its last step k_i. Per step the fleet's power stays
+E_it = E_i,t-1 + h_t (c_it - d_it) in [Emin_i, capacity_i], and shortfall
+s_i >= E_i0 + request_i - E_i,k_i at its last step k_i. Per step the fleet's power stays
 within the site's import and export headroom; where a setpoint is known, |setpoint - fleet| costs
 TRACK_WEIGHT per kWh, else the fleet follows the default profile (no discharge, at most its
 import). Each EV's shortfall costs 100 / (the energy it could reach charging at full power until
