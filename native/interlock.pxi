@@ -478,19 +478,27 @@ cdef void node_headroom(Image* im) noexcept nogil:
     cdef double imp, exp_, lmin, lmax
     cdef int32_t bi, be, ph
     cdef bint ok
+    cdef bint phases = False
     for i in range(im.n_nodes):
         im.node[i].fleet_measured_w = 0.0
         if im.node[i].phase_meter[0] >= 0:
             memset(im.node[i].fleet_phase_a, 0, sizeof(im.node[i].fleet_phase_a))
+            phases = True
+    # Each port's power goes to its EVSE, each node's sum to its parent (children come after their
+    # parents): one add per port and per node, not one per node on every port's path.
     for i in range(im.n_ports):
         p = &im.port[i]
-        for k in range(p.npath):
-            n = &im.node[p.path[k]]
-            n.fleet_measured_w += p.measured_w
-            if n.phase_meter[0] >= 0:        # only per-phase meters need the fleet's phase currents
-                for ph in range(3):
-                    if p.phase_mask & (1 << ph):
-                        n.fleet_phase_a[ph] += p.measured_w / p.watts_per_amp
+        im.node[p.path[0]].fleet_measured_w += p.measured_w
+        if phases:                           # only per-phase meters need the fleet's phase currents
+            for k in range(p.npath):
+                n = &im.node[p.path[k]]
+                if n.phase_meter[0] >= 0:
+                    for ph in range(3):
+                        if p.phase_mask & (1 << ph):
+                            n.fleet_phase_a[ph] += p.measured_w / p.watts_per_amp
+    for i in range(im.n_nodes - 1, 0, -1):
+        n = &im.node[i]
+        im.node[n.parent].fleet_measured_w += n.fleet_measured_w
     im.fleet_measured_w = im.node[0].fleet_measured_w
     for i in range(im.n_nodes):
         n = &im.node[i]

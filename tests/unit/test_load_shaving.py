@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import S, ev, make_site
+from helpers import S, ev, make_site, node_sums
 from v2g_rt import Control, Controller, Upstream
 from v2g_rt.controller import BINDINGS
 
@@ -147,6 +147,32 @@ def test_fleet_capability_honours_per_phase_current_limits():
     assert snap.site["fleet_max_w"] == pytest.approx(9_200.0)
     assert snap.site["fleet_min_w"] == pytest.approx(-9_200.0)
     assert snap.site["fleet_w"] == pytest.approx(9_200.0)            # and the allocation agrees
+
+
+def test_each_metered_node_subtracts_the_ports_below_it():
+    """A meter at every level of the tree: a node's non-EV load is its reading less what the
+    ports below it measured, and nothing of the ports under its siblings."""
+    from dataclasses import replace
+
+    base = make_site(12, evses_per_group=2)               # three groups under the transformer
+    s = replace(base, nodes=tuple(replace(n, meter_max_age_s=5.0) for n in base.nodes))
+    c = Controller(s, clock="virtual")
+    t = S
+    c.step(t)
+    drew = {pid: (-1.0) ** k * 1_000.0 * (k + 1) + 0.25 * k for k, pid in enumerate(c.port_ids)}
+    for pid, w in drew.items():
+        ev().publish(c, pid, t)
+        c.measure(f"port/{pid}/power_w", w, t)
+    readings = {n.id: 5_000.0 * (k + 1) for k, n in enumerate(s.nodes)}
+    for nid, w in readings.items():
+        c.measure(f"node/{nid}/power_w", w, t)
+    c.step(t + s.period_ns)
+    snap = c.snapshot()
+    below = node_sums(c, "measured_w")
+    assert snap.ports["measured_w"] == pytest.approx([drew[pid] for pid in c.port_ids])
+    for n in s.nodes:
+        assert snap.node(n.id)["non_ev_w"] == pytest.approx(readings[n.id] - below[n.id], abs=1e-9), n.id
+    assert snap.site["fleet_measured_w"] == pytest.approx(sum(drew.values()))
 
 
 # ---------------------------------------------------------------- per-phase non-EV currents
