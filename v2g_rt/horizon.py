@@ -21,7 +21,10 @@ cost on throughput forbids cycling, and a smaller one on lateness charges earlie
 has seen an EV take less than planned, the EV's own taper bounds it: its power at most taper_i x
 the room left in its battery (per hour; a first-order CC-CV, so a step of h hours fills at most
 1 - exp(-taper_i h) of the room at its start), taper_i learned from what it took
-(services/planner.py): the plan then asks of the others what a full EV will not take.
+(services/planner.py): the plan then asks of the others what a full EV will not take. EVs not
+yet connected take up to arrivals_w of each step from arrivals_from_s on (never the first, none
+in export steps), each kWh worth arrivals_worth points: a known future is then not kept for the
+EVs present when later arrivals would take it.
 """
 from __future__ import annotations
 
@@ -53,12 +56,18 @@ class Fleet:
 @dataclass
 class Schedule:
     """The known schedule per step: step lengths (s) and, per step, setpoint (W, NaN: none),
-    the fleet's import and export headroom (W magnitudes) and the default profile (W)."""
+    the fleet's import and export headroom (W magnitudes) and the default profile (W).
+    arrivals_w: the power EVs not yet connected are expected to take in the steps that start
+    arrivals_from_s or later, never in the first (what arrived lately, services/planner.py), each
+    kWh of it worth arrivals_worth points."""
     step_s: np.ndarray
     setpoint_w: np.ndarray
     import_w: np.ndarray
     export_w: np.ndarray
     default_w: float = 0.0
+    arrivals_w: float = 0.0
+    arrivals_worth: float = 0.0
+    arrivals_from_s: float = 0.0
 
 
 @dataclass
@@ -71,6 +80,13 @@ class Plan:
     tracking_kwh: float = math.nan
     shortfall_kwh: float = math.nan
     extra: dict = field(default_factory=dict)
+
+
+def worth(energy_kwh, capacity_kwh, charge_kw, departure_in_s):
+    """Points of an EV's satisfaction per kWh it is short: 100 / the energy it could reach charging
+    at full power until it leaves (ev2gym's energy satisfaction counts it so)."""
+    reach = np.minimum(capacity_kwh, energy_kwh + charge_kw * np.minimum(departure_in_s, 7 * 86400.0) / 3600.0)
+    return 100.0 / np.maximum(reach, 1e-3)
 
 
 def steps(now_s: float, step_s: float, horizon_s: float) -> np.ndarray:
@@ -147,9 +163,9 @@ def build(fleet: Fleet, sched: Schedule, hs):
     goal = np.minimum(e0 + fleet.request_wh / 1000.0, cap)
     tracked = ~np.isnan(sched.setpoint_w)
 
-    # columns: c (n*T), d (n*T), E (n*T), s (n), u/v tracking (2T)
-    nc = 3 * n * T + n + 2 * T
-    ic, idd, ie, isht, itr = 0, n * T, 2 * n * T, 3 * n * T, 3 * n * T + n
+    # columns: c (n*T), d (n*T), E (n*T), s (n), u/v tracking (2T), a: arrivals (T)
+    nc = 3 * n * T + n + 3 * T
+    ic, idd, ie, isht, itr, iar = 0, n * T, 2 * n * T, 3 * n * T, 3 * n * T + n, 3 * n * T + n + 2 * T
     lower = np.zeros(nc)
     upper = np.empty(nc)
     # the loop moves the whole fleet one way per cycle (the sign of its target): EVs charge in
@@ -161,14 +177,18 @@ def build(fleet: Fleet, sched: Schedule, hs):
     lower[ie:isht] = np.repeat(emin, T)
     upper[ie:isht] = np.repeat(cap, T)
     upper[isht:itr] = np.inf
-    upper[itr:] = np.where(np.concatenate([tracked, tracked]), np.inf, 0.0)
+    upper[itr:iar] = np.where(np.concatenate([tracked, tracked]), np.inf, 0.0)
+    # EVs that arrive take part of a known future (none in the first step, nothing in export steps):
+    # without them the plan keeps room in the present EVs for energy that arrivals will take
+    later = (start >= sched.arrivals_from_s) & (np.arange(T) > 0)
+    upper[iar:] = np.where(later & ~export, max(sched.arrivals_w, 0.0) / 1000.0, 0.0)
     cost = np.zeros(nc)
     late = LATENESS_WEIGHT * np.arange(T)
     cost[ic:idd] = (THROUGHPUT_WEIGHT * h + late)[None, :].repeat(n, 0).ravel()
     cost[idd:ie] = (THROUGHPUT_WEIGHT * h)[None, :].repeat(n, 0).ravel()
-    reach = np.minimum(cap, e0 + fleet.max_charge_w / 1000.0 * np.minimum(dep, 7 * 86400.0) / 3600.0)
-    cost[isht:itr] = 100.0 / np.maximum(reach, 1e-3)
-    cost[itr:] = TRACK_WEIGHT * np.concatenate([h, h])
+    cost[isht:itr] = worth(e0, cap, fleet.max_charge_w / 1000.0, dep)
+    cost[itr:iar] = TRACK_WEIGHT * np.concatenate([h, h])
+    cost[iar:] = -max(sched.arrivals_worth, 0.0) * h
 
     rows, cols, vals, rlo, rhi = [], [], [], [], []
     r = 0
@@ -201,9 +221,9 @@ def build(fleet: Fleet, sched: Schedule, hs):
     rows += [rid, rid]
     cols += [ic + k, idd + k]
     vals += [np.ones(n * T), -np.ones(n * T)]
-    rows += [r + np.arange(T), r + np.arange(T)]
-    cols += [itr + np.arange(T), itr + T + np.arange(T)]
-    vals += [-np.ones(T), np.ones(T)]
+    rows += [r + np.arange(T), r + np.arange(T), r + np.arange(T)]
+    cols += [itr + np.arange(T), itr + T + np.arange(T), iar + np.arange(T)]
+    vals += [-np.ones(T), np.ones(T), np.ones(T)]
     sp = np.nan_to_num(sched.setpoint_w / 1000.0)
     imp, exp_ = sched.import_w / 1000.0, sched.export_w / 1000.0
     default = max(sched.default_w / 1000.0, 0.0)
@@ -212,9 +232,9 @@ def build(fleet: Fleet, sched: Schedule, hs):
     r += T
     # limits on the physical fleet power (the setpoint rows above carry u, v)
     rid = r + tt.ravel()
-    rows += [rid, rid]
-    cols += [ic + k, idd + k]
-    vals += [np.ones(n * T), -np.ones(n * T)]
+    rows += [rid, rid, r + np.arange(T)]
+    cols += [ic + k, idd + k, iar + np.arange(T)]
+    vals += [np.ones(n * T), -np.ones(n * T), np.ones(T)]
     rlo.append(-exp_)
     rhi.append(imp)
     r += T

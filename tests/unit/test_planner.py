@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from helpers import MS, S, assert_within_limits, ev, make_site
 from v2g_rt import Control, Controller, config, horizon
 from v2g_rt._core import BINDINGS
-from v2g_rt.services.planner import Planner, PlannerConfig, learn_taper, schedule_of, site_taper
+from v2g_rt.services.planner import Arrivals, Planner, PlannerConfig, learn_taper, schedule_of, site_taper
 
 PERIOD = 100 * MS
 
@@ -259,6 +259,51 @@ def test_an_export_window_known_ahead_charges_the_ev_that_can_give_it_first():
     assert blind.plan_w[0] < 11_000 - 1                # not knowing the window, it would not
 
 
+
+def test_with_arrivals_expected_an_ev_present_charges_now_instead_of_waiting_for_the_future():
+    # A (64 kWh, leaving in an hour) is short whatever it gets; B (12 kWh, staying 10 h) wants 2 kWh.
+    # A known 1 kW for 9 h after the first hour is more than B can take. Without arrivals the plan
+    # keeps B's room for it and gives A everything now; with EVs expected to arrive and take it
+    # from 2 h on (at more points per kWh than A's), B keeps room only for the hour before that
+    fleet = horizon.Fleet(np.arange(2), np.array([40e3, 10e3]), np.array([64e3, 12e3]), np.zeros(2),
+                          np.array([24e3, 2e3]), np.array([3600.0, 10 * 3600.0]), np.array([11e3, 3.6e3]), np.zeros(2))
+    step = horizon.steps(0.0, 900.0, 10 * 3600.0)
+    sp = np.where(np.arange(len(step)) < 4, 8_000.0, 1_000.0)
+    sched = horizon.Schedule(step, sp, np.full(len(step), 1e6), np.full(len(step), 1e6))
+    alone = horizon.Solver().solve(fleet, sched, 10.0)
+    assert alone.status == "Optimal" and alone.plan_w == pytest.approx([8_000.0, 0.0], abs=1e-6)
+    sched.arrivals_w, sched.arrivals_worth, sched.arrivals_from_s = 3_000.0, 5.0, 2 * 3600.0
+    shared = horizon.Solver().solve(fleet, sched, 10.0)
+    assert shared.status == "Optimal"
+    # B takes a kWh of A's first hour (A short by 16 kWh alone, 17 so), the other in the second
+    assert (alone.shortfall_kwh, shared.shortfall_kwh) == pytest.approx((16.0, 17.0))
+    assert shared.plan_w.sum() == pytest.approx(8_000.0)      # arrivals never take the present step ...
+    assert shared.tracking_kwh < 1e-6                          # ... and B keeps room for the second hour
+    sched.arrivals_from_s = 10 * 3600.0                        # none within the horizon
+    assert horizon.Solver().solve(fleet, sched, 10.0).plan_w == pytest.approx([8_000.0, 0.0], abs=1e-6)
+
+
+def test_arrivals_are_what_evs_connected_lately_asked_for_and_are_forgotten_after_the_window():
+    ctrl = controller(4)
+    arrivals = Arrivals(window_s=4 * 3600.0)
+    ratings = [p.rating_charge_w for p in ctrl.site.ports]
+    arrivals.see(ctrl.snapshot(), ctrl.now_ns(), ratings)
+    assert arrivals.expected(ctrl.now_ns() + 3600 * S) == (0.0, 0.0)          # none seen yet
+    a, b = ctrl.port_ids[:2]
+    ev(soc=0.5, capacity_wh=60_000, energy_request_wh=20_000).publish(ctrl, a, ctrl.now_ns())
+    ev(soc=0.5, capacity_wh=20_000, energy_request_wh=10_000).publish(ctrl, b, ctrl.now_ns())
+    run(ctrl, 1)
+    t = ctrl.now_ns() + 3600 * S - PERIOD * 10                               # an hour after the first look
+    arrivals.see(ctrl.snapshot(), t, ratings)
+    w, worth = arrivals.expected(t)
+    assert w == pytest.approx(30_000.0, rel=1e-3)                            # 30 kWh asked in an hour
+    assert worth == pytest.approx((20 * 100 / 60 + 10 * 100 / 20) / 30)     # both can fill up: 100 / capacity
+    arrivals.see(ctrl.snapshot(), t + 2 * 3600 * S, ratings)                 # nobody new: the same EVs
+    assert arrivals.expected(t + 2 * 3600 * S)[0] == pytest.approx(10_000.0, rel=1e-3)
+    arrivals.see(ctrl.snapshot(), t + 5 * 3600 * S, ratings)
+    assert arrivals.expected(t + 5 * 3600 * S) == (0.0, 0.0)
+
+
 def test_the_lp_never_discharges_one_ev_into_another():
     # the loop moves the fleet one way at a time: a plan trading energy between EVs is one it
     # cannot follow. EV 0 (V2G, full) could give EV 1 (leaving in an hour, short) what the
@@ -373,6 +418,7 @@ def test_the_planner_hands_a_plan_the_loop_follows_and_replans_only_when_due():
         assert snap.site["guidance_fresh"] == 1
         assert np.nansum(snap.ports["plan_w"]) == pytest.approx(11_000, abs=1)
         assert planner.stats()["solves"] == 1 and planner.stats()["last_status"] == "Optimal"
+        assert planner.stats()["arrivals_expected_w"] == 0              # EVs there at the first look did not arrive
         assert not planner.plan_if_due(ctrl.now_ns() + 10 * S)          # nothing changed
         assert planner.plan_if_due(ctrl.now_ns() + 61 * S)              # plan_interval_s passed
     finally:

@@ -32,6 +32,8 @@ TAPER_GONE = 0.995            # ... and one taking this share of it is not (its 
 TAPER_HISTORY = 256           # tapers seen at this site, kept for EVs not yet seen tapering ...
 TAPER_PRIOR_MIN = 1           # ... once one was seen
 TAPER_PRIOR_PCT = 25.0        # the prior: this percentile of them (the slower tapers)
+ARRIVALS_WINDOW_S = 4 * 3600.0  # arrivals over this long past say what EVs not yet here will take ...
+ARRIVALS_FROM_S = 2 * 3600.0    # ... from this far ahead: the EVs present keep room for what comes sooner
 
 log = logging.getLogger("v2g_rt")
 
@@ -241,6 +243,48 @@ def schedule_of(snap, now_ns: int, cfg: PlannerConfig, default_w: float, command
     return horizon.Schedule(step_s, sp, imp, exp_, default_w)
 
 
+class Arrivals:
+    """What EVs arriving lately asked for: the power and the worth per kWh (horizon.worth) the
+    plan expects of the EVs not yet connected, from ARRIVALS_FROM_S ahead. A known future
+    setpoint is then not kept for the EVs present: over a public site's day, later arrivals take
+    it, and an EV that could have charged now would wait for energy that goes to them (EV2Gym
+    PublicPST, schedule known ahead, seed 3: a 12 kWh EV got nothing in 11 hours). The next hours
+    are still the present EVs' to track: at the end of a day nobody arrives to take them."""
+
+    def __init__(self, window_s: float = ARRIVALS_WINDOW_S):
+        self.window_ns = int(window_s * 1e9)
+        self.seen = collections.deque(maxlen=4096)  # (t_ns, kWh asked, worth per kWh)
+        self.connected = None
+        self.since_ns = None
+
+    def see(self, snap, now_ns: int, rating_charge_w) -> None:
+        """Note the EVs connected since the last look, with what they asked for on arrival."""
+        p = snap.ports
+        now = p["connected"].astype(bool)
+        if self.connected is not None:
+            new = np.flatnonzero(now & ~self.connected & np.isfinite(p["soc"]) & np.isfinite(p["capacity_wh"]))
+            if new.size:
+                cap = p["capacity_wh"][new] / 1000.0
+                asked = np.maximum(np.nan_to_num(p["energy_request_wh"][new]), 0.0) / 1000.0
+                charge = np.fmin(np.asarray(rating_charge_w)[new], p["ev_max_charge_w"][new]) / 1000.0
+                dep = np.nan_to_num(p["departure_in_s"][new].astype(float), nan=np.inf)
+                w = horizon.worth(p["soc"][new] * cap, cap, np.nan_to_num(charge), dep)
+                self.seen.extend(zip([now_ns] * new.size, asked, w))
+        else:
+            self.since_ns = now_ns
+        self.connected = now
+        while self.seen and self.seen[0][0] < now_ns - self.window_ns:
+            self.seen.popleft()
+
+    def expected(self, now_ns: int) -> tuple[float, float]:
+        """(W, points per kWh) the EVs not yet here will take; (0, 0) before any was seen."""
+        span_ns = min(self.window_ns, now_ns - self.since_ns) if self.since_ns is not None else 0
+        kwh = sum(a for _, a, _ in self.seen)
+        if span_ns <= 0 or kwh <= 0.0:
+            return 0.0, 0.0
+        return kwh * 1000.0 / (span_ns / 3.6e12), sum(a * w for _, a, w in self.seen) / kwh
+
+
 def _signature(fleet: horizon.Fleet, sched: horizon.Schedule, now_s: float) -> tuple:
     dep = np.round((now_s + np.nan_to_num(fleet.departure_in_s, nan=1e12)) / DEPARTURE_QUANTUM_S)
     return (tuple(fleet.port), tuple(dep), tuple(np.round(np.nan_to_num(sched.setpoint_w, nan=-1e18))),
@@ -270,6 +314,7 @@ class Planner(Service):
         self.taper = np.full(n, np.nan)          # learned per port (learn_taper)
         self.tapers_seen = collections.deque(maxlen=TAPER_HISTORY)
         self.before = None                       # the ports as the last plan saw them (learn_taper)
+        self.arrivals = Arrivals()
 
     def run(self) -> None:
         try:
@@ -282,7 +327,10 @@ class Planner(Service):
         """Plan if the fleet or the schedule changed, a plan step began, or plan_interval_s passed."""
         snap = self.ctrl.snapshot()
         fleet = self.fleet(snap)
+        self.arrivals.see(snap, now_ns, self.rating_charge_w)
         sched = schedule_of(snap, now_ns, self.cfg, self.default_w, self.ctrl.scheduled())
+        sched.arrivals_w, sched.arrivals_worth = self.arrivals.expected(now_ns)
+        sched.arrivals_from_s = ARRIVALS_FROM_S
         sig = _signature(fleet, sched, now_ns / 1e9)
         due = (self.last_ns is None or sig != self.signature or now_ns >= self.step_end_ns
                or now_ns - self.last_ns >= self.cfg.plan_interval_s * 1e9)
@@ -345,4 +393,5 @@ class Planner(Service):
                 "last_solve_s": round(last.solve_s, 3) if last else None,
                 "objective": round(last.objective, 3) if last and math.isfinite(last.objective) else None,
                 "guidance_fresh": bool(snap_site["guidance_fresh"]),
-                "guidance_age_s": round((now - taken) / 1e9, 1) if taken else None}
+                "guidance_age_s": round((now - taken) / 1e9, 1) if taken else None,
+                "arrivals_expected_w": round(self.arrivals.expected(now)[0])}
