@@ -255,7 +255,6 @@ class Arrivals:
         self.window_ns = int(window_s * 1e9)
         self.seen = collections.deque(maxlen=4096)  # (t_ns, kWh asked, worth per kWh)
         self.connected = None
-        self.since_ns = None
 
     def see(self, snap, now_ns: int, rating_charge_w) -> None:
         """Note the EVs connected since the last look, with what they asked for on arrival."""
@@ -270,19 +269,17 @@ class Arrivals:
                 dep = np.nan_to_num(p["departure_in_s"][new].astype(float), nan=np.inf)
                 w = horizon.worth(p["soc"][new] * cap, cap, np.nan_to_num(charge), dep)
                 self.seen.extend(zip([now_ns] * new.size, asked, w))
-        else:
-            self.since_ns = now_ns
         self.connected = now
         while self.seen and self.seen[0][0] < now_ns - self.window_ns:
             self.seen.popleft()
 
-    def expected(self, now_ns: int) -> tuple[float, float]:
-        """(W, points per kWh) the EVs not yet here will take; (0, 0) before any was seen."""
-        span_ns = min(self.window_ns, now_ns - self.since_ns) if self.since_ns is not None else 0
+    def expected(self) -> tuple[float, float]:
+        """(W, points per kWh) the EVs not yet here will take; (0, 0) before any was seen. Over the
+        whole window even before it has passed: one EV a minute after a start is not 60 an hour."""
         kwh = sum(a for _, a, _ in self.seen)
-        if span_ns <= 0 or kwh <= 0.0:
+        if kwh <= 0.0:
             return 0.0, 0.0
-        return kwh * 1000.0 / (span_ns / 3.6e12), sum(a * w for _, a, w in self.seen) / kwh
+        return kwh * 1000.0 / (self.window_ns / 3.6e12), sum(a * w for _, a, w in self.seen) / kwh
 
 
 def _signature(fleet: horizon.Fleet, sched: horizon.Schedule, now_s: float) -> tuple:
@@ -329,7 +326,7 @@ class Planner(Service):
         fleet = self.fleet(snap)
         self.arrivals.see(snap, now_ns, self.rating_charge_w)
         sched = schedule_of(snap, now_ns, self.cfg, self.default_w, self.ctrl.scheduled())
-        sched.arrivals_w, sched.arrivals_worth = self.arrivals.expected(now_ns)
+        sched.arrivals_w, sched.arrivals_worth = self.arrivals.expected()
         sched.arrivals_from_s = ARRIVALS_FROM_S
         sig = _signature(fleet, sched, now_ns / 1e9)
         due = (self.last_ns is None or sig != self.signature or now_ns >= self.step_end_ns
@@ -394,4 +391,4 @@ class Planner(Service):
                 "objective": round(last.objective, 3) if last and math.isfinite(last.objective) else None,
                 "guidance_fresh": bool(snap_site["guidance_fresh"]),
                 "guidance_age_s": round((now - taken) / 1e9, 1) if taken else None,
-                "arrivals_expected_w": round(self.arrivals.expected(now)[0])}
+                "arrivals_expected_w": round(self.arrivals.expected()[0])}
